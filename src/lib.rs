@@ -1,0 +1,13 @@
+//! scenewatch: watches NAVER Cloud Media Intelligence scene summaries until they reach a terminal
+//! state and delivers the results to sinks. See ARCHITECTURE.md for the map.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod ncp;
+pub mod progress;
+pub mod schedule;
+pub mod sim;
+pub mod sink;
+pub mod telemetry;
+pub mod watch;

@@ -1,0 +1,1 @@
+//! The Media Intelligence HTTP client (being written).

@@ -1,0 +1,1 @@
+//! Typed wire models of Media Intelligence answers (being written).

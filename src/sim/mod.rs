@@ -1,0 +1,1 @@
+//! The Media Intelligence simulator (being written).

@@ -1,0 +1,1 @@
+//! The client against the simulator, on loopback: every status and every fault kind.

@@ -1,0 +1,4 @@
+//! The one integration test binary (see STYLE.md §13). Each module says what belongs in it.
+
+mod client;
+mod sim;
