@@ -1,1 +1,811 @@
-//! The Media Intelligence HTTP client (being written).
+//! The Media Intelligence HTTP client: the only code that knows its URLs, headers and JSON.
+//!
+//! Each call builds the path for its endpoint generation, signs it afresh with the wall clock,
+//! reads the answer under a size cap and hands it to [`classify`](super::classify) for the one
+//! [`Verdict`] the scheduler reads. It does not retry or sleep: when to call again is the
+//! scheduler's decision (DESIGN.md "Polling policy").
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::Method;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+
+use super::classify::{Answer, Ctx, Success, classify};
+use super::error::{ErrorOrigin, Operation, Verdict};
+use super::model::{
+    Generation, RequestAccepted, SummaryResult, SummaryStatus, Target, decode_accepted,
+    decode_result, decode_status,
+};
+use super::signing::{Credentials, sign};
+
+/// Default whole-request timeout (`api.timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on a decompressed answer body (`api.max_body_bytes`): results of long videos
+/// run to megabytes, so this is generous, but bounded so a broken server cannot exhaust memory.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// Service codes of the result endpoint that mean "not completed yet". The real code is not
+/// documented (API doc §2), hence configurable; `10100` is what the simulator uses by default.
+pub const DEFAULT_PENDING_CODES: &[&str] = &["10100"];
+/// `User-Agent` sent when the caller does not choose one.
+pub const DEFAULT_USER_AGENT: &str = concat!("scenewatch/", env!("CARGO_PKG_VERSION"));
+
+/// Header with the gateway's request id, which NCP support asks for.
+pub const HEADER_TRACE_ID: &str = "x-ncp-trace-id";
+/// Header the gateway sets on answers it produced itself.
+pub const HEADER_APIGW_ORIGIN: &str = "x-ncp-apigw-response-origin";
+
+/// Error bodies are only read for their code and message, so a few KiB are plenty; capping them
+/// separately keeps a huge 5xx page classified by its status instead of as "too large".
+const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+
+/// Everything the client needs; validated by [`Client::new`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Base URL, e.g. `https://mi.apigw.ntruss.com` or `http://127.0.0.1:PORT`; a trailing slash
+    /// is ignored, a path prefix is kept (and signed).
+    pub endpoint: String,
+    pub credentials: Credentials,
+    /// Whole request: connect, send, and read the full body.
+    pub timeout: Duration,
+    /// Cap on the decompressed body of a success answer.
+    pub max_body_bytes: u64,
+    /// Service codes on the result endpoint that mean "not completed yet".
+    pub pending_codes: Vec<String>,
+    pub user_agent: String,
+}
+
+impl ClientOptions {
+    /// Options with every default but the endpoint and the key pair.
+    pub fn new(endpoint: impl Into<String>, credentials: Credentials) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            credentials,
+            timeout: DEFAULT_TIMEOUT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            pending_codes: DEFAULT_PENDING_CODES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            user_agent: DEFAULT_USER_AGENT.to_owned(),
+        }
+    }
+}
+
+/// Why a [`Client`] could not be built. Config validation should catch these first; this is the
+/// last line.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("invalid api endpoint {endpoint:?}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("api timeout must be more than zero")]
+    ZeroTimeout,
+    #[error("api.max_body_bytes must be more than zero")]
+    ZeroBodyCap,
+    #[error("building the http client failed: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
+/// The Media Intelligence client. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// The endpoint without a trailing slash.
+    base: String,
+    credentials: Credentials,
+    timeout: Duration,
+    max_body_bytes: u64,
+    pending_codes: Vec<String>,
+}
+
+// Written by hand so the shape is explicit; `Credentials` redacts the secret anyway.
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.inner.base)
+            .field("access_key", &self.inner.credentials.access_key)
+            .field("timeout", &self.inner.timeout)
+            .field("max_body_bytes", &self.inner.max_body_bytes)
+            .field("pending_codes", &self.inner.pending_codes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(opts: ClientOptions) -> Result<Client, ClientBuildError> {
+        let base = opts.endpoint.trim().trim_end_matches('/').to_owned();
+        let bad = |reason: &str| ClientBuildError::Endpoint {
+            endpoint: opts.endpoint.clone(),
+            reason: reason.to_owned(),
+        };
+        let url = reqwest::Url::parse(&base).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("scheme must be http or https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("no host"));
+        }
+        // User info would be sent on every request and shown in every log line.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("must not contain a user name or password"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("must not contain a query or fragment"));
+        }
+        if opts.timeout.is_zero() {
+            return Err(ClientBuildError::ZeroTimeout);
+        }
+        if opts.max_body_bytes == 0 {
+            return Err(ClientBuildError::ZeroBodyCap);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(opts.timeout)
+            .connect_timeout(opts.timeout)
+            .user_agent(opts.user_agent.clone())
+            // A redirect would change the signed path and could carry the signature to another
+            // host: surface it as an error instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(ClientBuildError::Http)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                credentials: opts.credentials,
+                timeout: opts.timeout,
+                max_body_bytes: opts.max_body_bytes,
+                pending_codes: opts.pending_codes,
+            }),
+        })
+    }
+
+    /// The endpoint as configured, without a trailing slash.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// The path (no host) of one call, for logs and `scenewatch sign`. For the index-level
+    /// status and cancel of a target without a scene summary id, the id segment is the literal
+    /// placeholder `{scene_summary_id}`; those calls are refused before sending.
+    pub fn path_for(&self, op: Operation, generation: Generation, t: &Target) -> String {
+        path_for(op, generation, t)
+    }
+
+    /// The HTTP method of one call.
+    pub fn method_for(&self, op: Operation, generation: Generation) -> &'static str {
+        method_name(op, generation)
+    }
+
+    /// Reads the summary status. The index-level endpoint needs `t.scene_summary_id`; without it
+    /// the answer is `Permanent` (origin `Client`): poll [`Client::result`] instead.
+    pub async fn status(&self, generation: Generation, t: &Target) -> Verdict<SummaryStatus> {
+        let op = Operation::Status;
+        if let Some(v) = self.refuse_without_sid(op, generation, t) {
+            return v;
+        }
+        self.call(op, generation, t, None, |ctx, s| {
+            let Some(result) = s.result else {
+                return ctx.decode_failure(None, "answer has no result object");
+            };
+            match decode_status(result) {
+                Ok(st) => Verdict::Ok(st),
+                Err(e) => ctx.decode_failure(None, format!("unexpected status result: {e}")),
+            }
+        })
+        .await
+    }
+
+    /// Reads the summary result. "Not completed yet" (a code in `pending_codes`) is `Pending`;
+    /// a well-formed result without `sceneSummaryInfo` is `Ok` with `info: None`.
+    pub async fn result(&self, generation: Generation, t: &Target) -> Verdict<SummaryResult> {
+        self.call(Operation::Result, generation, t, None, |ctx, s| {
+            let Some(result) = s.result else {
+                return ctx.decode_failure(None, "answer has no result object");
+            };
+            match decode_result(result) {
+                Ok(r) => Verdict::Ok(r),
+                Err(e) => ctx.decode_failure(None, format!("unexpected summary result: {e}")),
+            }
+        })
+        .await
+    }
+
+    /// Requests a summary: all scenes when `scene_ids` is `None`, else a partial re-run of those
+    /// scenes. `locale` exists only on the asset-level API and is ignored (with a debug line) on
+    /// the index level.
+    pub async fn request(
+        &self,
+        generation: Generation,
+        t: &Target,
+        scene_ids: Option<&[u64]>,
+        locale: Option<&str>,
+    ) -> Verdict<RequestAccepted> {
+        let body = request_body(generation, scene_ids, locale);
+        if locale.is_some() && generation == Generation::Index {
+            tracing::debug!(
+                index_id = %t.index_id,
+                "Locale ignored: the index-level request takes none."
+            );
+        }
+        self.call(Operation::Request, generation, t, Some(body), |_, s| {
+            Verdict::Ok(decode_accepted(s.result, s.body))
+        })
+        .await
+    }
+
+    /// Cancels a running or queued summary. The index-level endpoint needs `t.scene_summary_id`.
+    pub async fn cancel(&self, generation: Generation, t: &Target) -> Verdict<()> {
+        let op = Operation::Cancel;
+        if let Some(v) = self.refuse_without_sid(op, generation, t) {
+            return v;
+        }
+        // The asset-level cancel is a POST; an empty object is the least surprising body.
+        let body = (generation == Generation::Asset).then(|| b"{}".to_vec());
+        self.call(op, generation, t, body, |_, _| Verdict::Ok(()))
+            .await
+    }
+
+    fn refuse_without_sid<T>(
+        &self,
+        op: Operation,
+        generation: Generation,
+        t: &Target,
+    ) -> Option<Verdict<T>> {
+        if generation != Generation::Index || t.scene_summary_id.is_some() {
+            return None;
+        }
+        let ctx = Ctx {
+            op,
+            path: &path_for(op, generation, t),
+            http_status: None,
+            trace_id: None,
+        };
+        let hint = match op {
+            Operation::Status => "; poll the result endpoint instead",
+            _ => "",
+        };
+        Some(Verdict::Permanent(ctx.error(
+            ErrorOrigin::Client,
+            None,
+            format!(
+                "the index-level {op} call needs a scene summary id, and the watch has none{hint}"
+            ),
+            None,
+        )))
+    }
+
+    /// One signed exchange, classified, then decoded by `decode` on success.
+    async fn call<T>(
+        &self,
+        op: Operation,
+        generation: Generation,
+        t: &Target,
+        body: Option<Vec<u8>>,
+        decode: impl FnOnce(&Ctx<'_>, Success<'_>) -> Verdict<T>,
+    ) -> Verdict<T> {
+        let method = method_for(op, generation);
+        let url = format!("{}{}", self.inner.base, path_for(op, generation, t));
+        let raw = match self.exchange(op, method, &url, body).await {
+            Ok(raw) => raw,
+            Err(v) => return v,
+        };
+        let answer = Answer {
+            http_status: raw.status,
+            retry_after: raw.retry_after.as_deref(),
+            trace_id: raw.trace_id.as_deref(),
+            apigw_origin: raw.apigw_origin,
+            body: &raw.body,
+        };
+        let verdict = match classify(
+            op,
+            &raw.path,
+            &answer,
+            &self.inner.pending_codes,
+            SystemTime::now(),
+        )
+        .split()
+        {
+            Ok(success) => {
+                let ctx = Ctx {
+                    op,
+                    path: &raw.path,
+                    http_status: Some(raw.status),
+                    trace_id: raw.trace_id.as_deref(),
+                };
+                decode(&ctx, success)
+            }
+            Err(failure) => failure,
+        };
+        tracing::debug!(
+            operation = %op,
+            path = %raw.path,
+            http_status = raw.status,
+            trace_id = raw.trace_id.as_deref().unwrap_or(""),
+            body_bytes = raw.body.len(),
+            verdict = verdict.kind(),
+            "Media Intelligence answered."
+        );
+        verdict
+    }
+
+    /// Sends one signed request and reads the answer under the cap. `Err` carries the verdict of
+    /// an exchange that produced no classifiable answer (transport failure, oversized body).
+    #[allow(
+        clippy::result_large_err,
+        reason = "the Err is the verdict the caller returns as is; boxing it would only add an allocation"
+    )]
+    async fn exchange<T>(
+        &self,
+        op: Operation,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<RawAnswer, Verdict<T>> {
+        let url = match reqwest::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => {
+                let ctx = Ctx {
+                    op,
+                    path: url,
+                    http_status: None,
+                    trace_id: None,
+                };
+                return Err(Verdict::Permanent(ctx.error(
+                    ErrorOrigin::Client,
+                    None,
+                    format!("cannot build the request url: {e}"),
+                    None,
+                )));
+            }
+        };
+        // Sign exactly what goes on the wire, after URL normalisation, including any prefix of
+        // the endpoint. None of our calls has a query, but keep it if one ever appears.
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let ctx = Ctx {
+            op,
+            path: &path,
+            http_status: None,
+            trace_id: None,
+        };
+        let signed = sign(&self.inner.credentials, method.as_str(), &path, now_ms());
+        let mut rb = self
+            .inner
+            .http
+            .request(method, url)
+            // Documented as required on GETs too (API doc §4).
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json");
+        for (name, value) in signed.headers() {
+            rb = rb.header(name, value);
+        }
+        if let Some(b) = body {
+            rb = rb.body(b);
+        }
+        let mut resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(self.transport_failure(&ctx, &e, "sending the request failed")),
+        };
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let trace_id = header(HEADER_TRACE_ID);
+        let retry_after = header(RETRY_AFTER.as_str());
+        let apigw_origin =
+            header(HEADER_APIGW_ORIGIN).is_some_and(|v| v.eq_ignore_ascii_case("APIGW"));
+        let ctx = Ctx {
+            http_status: Some(status),
+            trace_id: trace_id.as_deref(),
+            ..ctx
+        };
+        let success = (200..300).contains(&status);
+        let cap = self.inner.max_body_bytes;
+        let too_large = |seen: &str| {
+            Verdict::Permanent(ctx.error(
+                ErrorOrigin::TooLarge,
+                None,
+                format!(
+                    "answer body {seen} exceeds the cap of {cap} bytes; raise api.max_body_bytes if this result is genuine"
+                ),
+                None,
+            ))
+        };
+        // Content-Length is the compressed size when gzip is on (reqwest then reports none), so
+        // this is only a shortcut; the count while reading is the real guard.
+        if success && resp.content_length().is_some_and(|n| n > cap) {
+            let n = resp.content_length().unwrap_or_default();
+            return Err(too_large(&format!("of {n} bytes (content-length)")));
+        }
+        let limit = if success {
+            cap
+        } else {
+            cap.min(ERROR_BODY_LIMIT)
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(
+            resp.content_length()
+                .unwrap_or(0)
+                .min(limit)
+                .min(1024 * 1024) as usize,
+        );
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = usize::try_from(limit)
+                        .unwrap_or(usize::MAX)
+                        .saturating_sub(buf.len());
+                    if chunk.len() > room {
+                        if success {
+                            return Err(too_large("of more bytes"));
+                        }
+                        // An error body is only read for its code: keep the start, drop the rest.
+                        buf.extend_from_slice(&chunk[..room]);
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                // A cut-off error body still has a telling status; a cut-off success body is
+                // a transient failure.
+                Err(_) if !success => break,
+                Err(e) => {
+                    return Err(self.transport_failure(&ctx, &e, "reading the answer body failed"));
+                }
+            }
+        }
+        Ok(RawAnswer {
+            path,
+            status,
+            retry_after,
+            trace_id,
+            apigw_origin,
+            body: buf,
+        })
+    }
+
+    fn transport_failure<T>(&self, ctx: &Ctx<'_>, e: &reqwest::Error, what: &str) -> Verdict<T> {
+        if e.is_builder() {
+            // An invalid header value (say, an access key with a newline): no retry will fix it.
+            return Verdict::Permanent(ctx.error(
+                ErrorOrigin::Client,
+                None,
+                format!("cannot build the request: {}", error_chain(e)),
+                None,
+            ));
+        }
+        let message = if e.is_timeout() {
+            format!(
+                "{what}: timed out after {}",
+                humantime::format_duration(self.inner.timeout)
+            )
+        } else {
+            format!("{what}: {}", error_chain(e))
+        };
+        Verdict::Retryable {
+            after: None,
+            error: ctx.error(ErrorOrigin::Transport, None, message, None),
+        }
+    }
+}
+
+/// An answer as read off the wire, owned so classification can borrow from it.
+struct RawAnswer {
+    path: String,
+    status: u16,
+    retry_after: Option<String>,
+    trace_id: Option<String>,
+    apigw_origin: bool,
+    body: Vec<u8>,
+}
+
+/// The error and its sources on one line, as reqwest nests the useful part (connection reset,
+/// refused) a few levels down.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+fn now_ms() -> u64 {
+    // A clock before 1970 cannot be signed meaningfully; the gateway will answer 401 and say so.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The wire name of the method of one call (API doc §1).
+fn method_name(op: Operation, generation: Generation) -> &'static str {
+    match (op, generation) {
+        (Operation::Status | Operation::Result, _) => "GET",
+        (Operation::Request, _) => "POST",
+        (Operation::Cancel, Generation::Index) => "DELETE",
+        (Operation::Cancel, Generation::Asset) => "POST",
+    }
+}
+
+fn method_for(op: Operation, generation: Generation) -> Method {
+    match method_name(op, generation) {
+        "POST" => Method::POST,
+        "DELETE" => Method::DELETE,
+        _ => Method::GET,
+    }
+}
+
+/// The path of one call (API doc §1).
+pub(crate) fn path_for(op: Operation, generation: Generation, t: &Target) -> String {
+    let mut p = format!(
+        "/api/v1/workspaces/{}/projects/{}/assets/{}",
+        seg(&t.workspace),
+        seg(&t.project_id),
+        seg(&t.asset_id)
+    );
+    let sid = || {
+        t.scene_summary_id
+            .as_deref()
+            .map_or_else(|| "{scene_summary_id}".to_owned(), seg)
+    };
+    match generation {
+        Generation::Index => {
+            p.push_str("/indexes/");
+            p.push_str(&seg(&t.index_id));
+            p.push_str("/scene-summaries");
+            match op {
+                Operation::Request | Operation::Result => {}
+                Operation::Status => {
+                    p.push('/');
+                    p.push_str(&sid());
+                    p.push_str("/status");
+                }
+                Operation::Cancel => {
+                    p.push('/');
+                    p.push_str(&sid());
+                }
+            }
+        }
+        Generation::Asset => {
+            p.push_str("/scene-summary");
+            match op {
+                Operation::Request | Operation::Result => {}
+                Operation::Status => p.push_str("/status"),
+                Operation::Cancel => p.push_str("/cancel"),
+            }
+        }
+    }
+    p
+}
+
+/// Percent-encodes one path segment. Ids are validated upstream to `[A-Za-z0-9._-]`, which pass
+/// unchanged; anything else is encoded so it can never add a segment or a query.
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `{"sceneIds":[…]}` for a partial run, `locale` on the asset level only, else `{}`.
+fn request_body(
+    generation: Generation,
+    scene_ids: Option<&[u64]>,
+    locale: Option<&str>,
+) -> Vec<u8> {
+    let mut m = serde_json::Map::new();
+    if let Some(ids) = scene_ids {
+        m.insert("sceneIds".into(), serde_json::Value::from(ids.to_vec()));
+    }
+    if let (Some(l), Generation::Asset) = (locale, generation) {
+        m.insert("locale".into(), serde_json::Value::from(l));
+    }
+    serde_json::Value::Object(m).to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(sid: Option<&str>) -> Target {
+        Target {
+            workspace: "my-workspace".into(),
+            project_id: "1234".into(),
+            asset_id: "5678".into(),
+            index_id: "1001".into(),
+            scene_summary_id: sid.map(String::from),
+        }
+    }
+
+    fn client(endpoint: &str) -> Client {
+        Client::new(ClientOptions::new(
+            endpoint,
+            Credentials::new("AK_TEST", "SK_SECRET_VALUE"),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn paths_of_both_generations() {
+        let c = client("https://mi.apigw.ntruss.com/");
+        let t = target(Some("101"));
+        let pre = "/api/v1/workspaces/my-workspace/projects/1234/assets/5678";
+        let cases = [
+            (
+                Operation::Request,
+                Generation::Index,
+                "POST",
+                "/indexes/1001/scene-summaries",
+            ),
+            (
+                Operation::Status,
+                Generation::Index,
+                "GET",
+                "/indexes/1001/scene-summaries/101/status",
+            ),
+            (
+                Operation::Result,
+                Generation::Index,
+                "GET",
+                "/indexes/1001/scene-summaries",
+            ),
+            (
+                Operation::Cancel,
+                Generation::Index,
+                "DELETE",
+                "/indexes/1001/scene-summaries/101",
+            ),
+            (
+                Operation::Request,
+                Generation::Asset,
+                "POST",
+                "/scene-summary",
+            ),
+            (
+                Operation::Status,
+                Generation::Asset,
+                "GET",
+                "/scene-summary/status",
+            ),
+            (
+                Operation::Result,
+                Generation::Asset,
+                "GET",
+                "/scene-summary",
+            ),
+            (
+                Operation::Cancel,
+                Generation::Asset,
+                "POST",
+                "/scene-summary/cancel",
+            ),
+        ];
+        for (op, g, method, tail) in cases {
+            assert_eq!(c.path_for(op, g, &t), format!("{pre}{tail}"), "{op} {g}");
+            assert_eq!(c.method_for(op, g), method, "{op} {g}");
+        }
+        assert_eq!(
+            c.path_for(Operation::Status, Generation::Index, &target(None)),
+            format!("{pre}/indexes/1001/scene-summaries/{{scene_summary_id}}/status")
+        );
+        assert_eq!(c.endpoint(), "https://mi.apigw.ntruss.com");
+    }
+
+    #[test]
+    fn odd_ids_are_percent_encoded() {
+        let mut t = target(Some("a/b"));
+        t.workspace = "w s?x#y%".into();
+        let p = path_for(Operation::Status, Generation::Index, &t);
+        assert_eq!(
+            p,
+            "/api/v1/workspaces/w%20s%3Fx%23y%25/projects/1234/assets/5678/indexes/1001/scene-summaries/a%2Fb/status"
+        );
+        assert_eq!(seg("A-z_0.9~"), "A-z_0.9~");
+        assert_eq!(seg("한"), "%ED%95%9C");
+    }
+
+    #[test]
+    fn request_bodies() {
+        let s = |v: Vec<u8>| String::from_utf8(v).unwrap();
+        assert_eq!(s(request_body(Generation::Index, None, None)), "{}");
+        assert_eq!(
+            s(request_body(
+                Generation::Index,
+                Some(&[1, 3, 5]),
+                Some("ko")
+            )),
+            r#"{"sceneIds":[1,3,5]}"#
+        );
+        assert_eq!(
+            s(request_body(Generation::Asset, None, Some("ko"))),
+            r#"{"locale":"ko"}"#
+        );
+        assert_eq!(
+            s(request_body(Generation::Asset, Some(&[2]), Some("en"))),
+            r#"{"locale":"en","sceneIds":[2]}"#
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let creds = Credentials::new("a", "b");
+        for ep in [
+            "",
+            "mi.apigw.ntruss.com",
+            "ftp://x",
+            "https://user:pw@x",
+            "https://x/?q=1",
+            "https://x/#f",
+        ] {
+            assert!(
+                Client::new(ClientOptions::new(ep, creds.clone())).is_err(),
+                "{ep:?}"
+            );
+        }
+        let mut o = ClientOptions::new("http://127.0.0.1:1", creds.clone());
+        o.timeout = Duration::ZERO;
+        assert!(matches!(Client::new(o), Err(ClientBuildError::ZeroTimeout)));
+        let mut o = ClientOptions::new("http://127.0.0.1:1", creds);
+        o.max_body_bytes = 0;
+        assert!(matches!(Client::new(o), Err(ClientBuildError::ZeroBodyCap)));
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let c = client("http://127.0.0.1:1");
+        let d = format!(
+            "{c:?} {:?}",
+            ClientOptions::new("x", Credentials::new("AK_TEST", "SK_SECRET_VALUE"))
+        );
+        assert!(!d.contains("SK_SECRET_VALUE"), "{d}");
+        assert!(d.contains("AK_TEST"));
+    }
+
+    #[tokio::test]
+    async fn index_status_without_id_is_refused_locally() {
+        let c = client("http://127.0.0.1:1");
+        let v = c.status(Generation::Index, &target(None)).await;
+        let Verdict::Permanent(e) = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(e.origin, ErrorOrigin::Client);
+        assert!(e.message.contains("scene summary id"), "{e}");
+        assert!(matches!(
+            c.cancel(Generation::Index, &target(None)).await,
+            Verdict::Permanent(_)
+        ));
+    }
+
+    /// Nothing listens on port 1, so this exercises the transport path without a server.
+    #[tokio::test]
+    async fn refused_connection_is_retryable_transport() {
+        let c = client("http://127.0.0.1:1");
+        let v = c.status(Generation::Asset, &target(None)).await;
+        let Verdict::Retryable { after: None, error } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(error.origin, ErrorOrigin::Transport);
+        assert_eq!(error.http_status, None);
+        assert!(!error.to_string().contains("SK_SECRET_VALUE"));
+    }
+}

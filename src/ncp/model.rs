@@ -1,1 +1,739 @@
-//! Typed wire models of Media Intelligence answers (being written).
+//! Typed wire models of Media Intelligence answers, tolerant of unknown fields and missing optional ones.
+//!
+//! Only `ncp` knows this JSON (ARCHITECTURE.md). Every struct here ignores unknown fields, since
+//! most of the API's `result` fields are undocumented, and every field the docs mark as sometimes
+//! absent is an `Option` or defaults. Where the docs say "string" but public code has seen numbers
+//! (`errorCode`, ids), both are accepted and normalised to strings.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use serde_json::value::RawValue;
+
+/// Which endpoint family a watch uses (API doc §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Generation {
+    /// The original index-level API (`…/indexes/{index_id}/scene-summaries`), deprecated upstream.
+    Index,
+    /// The current asset-level API (`…/scene-summary`), always the asset's latest index.
+    Asset,
+}
+
+impl Generation {
+    /// The config spelling: `index` or `asset`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Generation::Index => "index",
+            Generation::Asset => "asset",
+        }
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The ids that address one summary. Validated upstream (config) to `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub workspace: String,
+    pub project_id: String,
+    pub asset_id: String,
+    pub index_id: String,
+    /// Returned by the index-level request call; only the index-level status and cancel need it.
+    pub scene_summary_id: Option<String>,
+}
+
+/// `result.status` of the status endpoint (API doc §2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RemoteStatus {
+    BeforeSummarize,
+    WaitSummarize,
+    Summarizing,
+    Completed,
+    Failed,
+    Canceled,
+    /// A status string this build does not know, kept verbatim so the caller can log and decide.
+    Unknown(String),
+}
+
+impl RemoteStatus {
+    /// Maps the wire spelling; anything else (including other capitalisations) is `Unknown`, so
+    /// what the server really sent stays visible.
+    pub fn from_wire(s: &str) -> Self {
+        match s {
+            "BEFORE_SUMMARIZE" => Self::BeforeSummarize,
+            "WAIT_SUMMARIZE" => Self::WaitSummarize,
+            "SUMMARIZING" => Self::Summarizing,
+            "SUMMARIZE_COMPLETED" => Self::Completed,
+            "SUMMARIZE_FAIL" => Self::Failed,
+            "SUMMARIZE_CANCELED" => Self::Canceled,
+            other => Self::Unknown(other.to_owned()),
+        }
+    }
+
+    /// The wire spelling (`SUMMARIZE_FAIL`, `SUMMARIZE_CANCELED`, …), or the unknown string as received.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::BeforeSummarize => "BEFORE_SUMMARIZE",
+            Self::WaitSummarize => "WAIT_SUMMARIZE",
+            Self::Summarizing => "SUMMARIZING",
+            Self::Completed => "SUMMARIZE_COMPLETED",
+            Self::Failed => "SUMMARIZE_FAIL",
+            Self::Canceled => "SUMMARIZE_CANCELED",
+            Self::Unknown(s) => s,
+        }
+    }
+
+    /// Completed, failed or canceled. `BEFORE_SUMMARIZE` is not terminal (a request may come) and
+    /// neither is an unknown status: the caller decides how long to tolerate it.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
+    }
+}
+
+impl fmt::Display for RemoteStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// Serialised as the wire spelling, so ledgers and events store what the API says.
+impl serde::Serialize for RemoteStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RemoteStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Self::from_wire(&s))
+    }
+}
+
+/// The status endpoint's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryStatus {
+    pub status: RemoteStatus,
+}
+
+/// The result endpoint's answer.
+#[derive(Debug, Clone)]
+pub struct SummaryResult {
+    /// The API's `result` object, byte for byte, for sinks that store it unchanged.
+    pub raw: Box<RawValue>,
+    pub index_id: Option<i64>,
+    /// `None` until summarization has completed.
+    pub info: Option<SceneSummaryInfo>,
+    pub scenes: Vec<Scene>,
+}
+
+/// `result.sceneSummaryInfo`: present once a summary has completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SceneSummaryInfo {
+    /// Identifies a result version (DESIGN.md "Delivery guarantee"), kept as sent.
+    pub last_analyzed_at: String,
+    /// `None` after a full run; the scene ids of the last partial run otherwise (numbers
+    /// normalised to strings, since the docs say strings but we do not trust that).
+    pub analyzed_scene_ids: Option<Vec<String>>,
+}
+
+/// One entry of `result.sceneSummaries`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scene {
+    pub scene: u64,
+    pub start_ms: Option<u64>,
+    pub end_ms: Option<u64>,
+    /// `None` for scenes that were never analyzed.
+    pub summary: Option<SceneSummary>,
+}
+
+/// `sceneSummary` of one scene.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SceneSummary {
+    pub description: String,
+    /// Person labels or the script changed since this summary was made.
+    pub metadata_changed_after_summary: bool,
+    pub analyzed_at: Option<String>,
+}
+
+/// The request endpoint's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestAccepted {
+    /// Needed by the index-level status and cancel calls. The field name is a guess
+    /// (`sceneSummaryId`, API doc §1), so `None` is a normal outcome, not an error.
+    pub scene_summary_id: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire shapes. Private: the rest of the crate sees only the types above.
+
+/// The success envelope `{"code":"0","message":"success","result":{…}}`, borrowing `result`
+/// so a large body is parsed once and never copied before we know it is wanted.
+#[derive(Deserialize)]
+pub(crate) struct Envelope<'a> {
+    #[serde(default, deserialize_with = "opt_str_or_num")]
+    pub code: Option<String>,
+    #[serde(default, deserialize_with = "opt_lenient_string")]
+    pub message: Option<String>,
+    #[serde(default, borrow)]
+    pub result: Option<&'a RawValue>,
+    /// A gateway error object inside a 2xx answer: should never happen, but is not success.
+    #[serde(default, borrow)]
+    pub error: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "responseError")]
+    pub response_error: Option<&'a RawValue>,
+}
+
+/// The parts of an error body that classification uses, from any of the documented shapes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ErrorBody {
+    /// True when the body had the gateway's `{"error":{…}}` shape.
+    pub gateway: bool,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub details: Option<String>,
+}
+
+/// One error object: the gateway's (`errorCode`) or the service's (`code`), fields under either name.
+#[derive(Deserialize, Default)]
+struct ErrorFields {
+    #[serde(default, deserialize_with = "opt_str_or_num")]
+    code: Option<String>,
+    #[serde(default, rename = "errorCode", deserialize_with = "opt_str_or_num")]
+    error_code: Option<String>,
+    #[serde(default, deserialize_with = "opt_lenient_string")]
+    message: Option<String>,
+    #[serde(
+        default,
+        rename = "errorMessage",
+        deserialize_with = "opt_lenient_string"
+    )]
+    error_message: Option<String>,
+    #[serde(default, deserialize_with = "opt_lenient_string")]
+    details: Option<String>,
+}
+
+impl ErrorFields {
+    fn into_body(self, gateway: bool) -> ErrorBody {
+        ErrorBody {
+            gateway,
+            code: self.error_code.or(self.code),
+            message: self.message.or(self.error_message),
+            details: self.details,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorTop<'a> {
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "responseError")]
+    response_error: Option<&'a RawValue>,
+    #[serde(flatten)]
+    fields: ErrorFields,
+}
+
+impl ErrorBody {
+    /// Reads `{"error":{…}}` (gateway), `{"responseError":{…}}` or `{"code":…,"message":…}`
+    /// (service). `None` when the body is not a JSON object at all (an HTML page from a proxy).
+    pub(crate) fn parse(body: &[u8]) -> Option<ErrorBody> {
+        let top: ErrorTop<'_> = serde_json::from_slice(body).ok()?;
+        Some(Self::from_parts(top.error, top.response_error, top.fields))
+    }
+
+    /// The same, from the raw `error` / `responseError` members of an already parsed envelope.
+    pub(crate) fn from_nested(
+        error: Option<&RawValue>,
+        response_error: Option<&RawValue>,
+    ) -> ErrorBody {
+        Self::from_parts(error, response_error, ErrorFields::default())
+    }
+
+    fn from_parts(
+        error: Option<&RawValue>,
+        response_error: Option<&RawValue>,
+        top: ErrorFields,
+    ) -> ErrorBody {
+        let nested = |raw: Option<&RawValue>| -> Option<ErrorFields> {
+            serde_json::from_str::<ErrorFields>(raw?.get()).ok()
+        };
+        if let Some(f) = nested(error) {
+            return f.into_body(true);
+        }
+        if let Some(f) = nested(response_error) {
+            return f.into_body(false);
+        }
+        top.into_body(false)
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusWire {
+    status: String,
+}
+
+#[derive(Deserialize)]
+struct ResultWire {
+    #[serde(default, rename = "indexId", deserialize_with = "opt_i64_lenient")]
+    index_id: Option<i64>,
+    #[serde(default, rename = "sceneSummaryInfo")]
+    info: Option<InfoWire>,
+    #[serde(default, rename = "sceneSummaries", deserialize_with = "null_as_empty")]
+    scenes: Vec<SceneWire>,
+}
+
+#[derive(Deserialize)]
+struct InfoWire {
+    #[serde(rename = "lastAnalyzedAt", deserialize_with = "str_or_num")]
+    last_analyzed_at: String,
+    #[serde(default, rename = "analyzedSceneIds", deserialize_with = "opt_id_list")]
+    analyzed_scene_ids: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct SceneWire {
+    #[serde(deserialize_with = "u64_lenient")]
+    scene: u64,
+    #[serde(default, rename = "startMs", deserialize_with = "opt_u64_lenient")]
+    start_ms: Option<u64>,
+    #[serde(default, rename = "endMs", deserialize_with = "opt_u64_lenient")]
+    end_ms: Option<u64>,
+    #[serde(default, rename = "sceneSummary")]
+    summary: Option<SceneSummaryWire>,
+}
+
+#[derive(Deserialize)]
+struct SceneSummaryWire {
+    // A summary without a description is odd but not worth rejecting the whole result for.
+    #[serde(default, deserialize_with = "opt_lenient_string")]
+    description: Option<String>,
+    #[serde(default, rename = "metadataChangedAfterSummary")]
+    metadata_changed_after_summary: Option<bool>,
+    #[serde(
+        default,
+        rename = "analyzedAt",
+        deserialize_with = "opt_lenient_string"
+    )]
+    analyzed_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AcceptedWire {
+    #[serde(
+        default,
+        rename = "sceneSummaryId",
+        deserialize_with = "opt_str_or_num"
+    )]
+    scene_summary_id: Option<String>,
+}
+
+/// Decodes the status endpoint's `result`.
+pub(crate) fn decode_status(result: &RawValue) -> Result<SummaryStatus, serde_json::Error> {
+    let w: StatusWire = serde_json::from_str(result.get())?;
+    Ok(SummaryStatus {
+        status: RemoteStatus::from_wire(&w.status),
+    })
+}
+
+/// Decodes the result endpoint's `result`, keeping its exact bytes in `raw`.
+pub(crate) fn decode_result(result: &RawValue) -> Result<SummaryResult, serde_json::Error> {
+    let w: ResultWire = serde_json::from_str(result.get())?;
+    Ok(SummaryResult {
+        raw: result.to_owned(),
+        index_id: w.index_id,
+        info: w.info.map(|i| SceneSummaryInfo {
+            last_analyzed_at: i.last_analyzed_at,
+            analyzed_scene_ids: i.analyzed_scene_ids,
+        }),
+        scenes: w
+            .scenes
+            .into_iter()
+            .map(|s| Scene {
+                scene: s.scene,
+                start_ms: s.start_ms,
+                end_ms: s.end_ms,
+                summary: s.summary.map(|m| SceneSummary {
+                    description: m.description.unwrap_or_default(),
+                    metadata_changed_after_summary: m
+                        .metadata_changed_after_summary
+                        .unwrap_or(false),
+                    analyzed_at: m.analyzed_at,
+                }),
+            })
+            .collect(),
+    })
+}
+
+/// Decodes the request endpoint's answer. The id may sit in `result` or at the top level; a
+/// `result` that is not an object (or absent) simply yields no id.
+pub(crate) fn decode_accepted(result: Option<&RawValue>, body: &[u8]) -> RequestAccepted {
+    let from = |text: &[u8]| {
+        serde_json::from_slice::<AcceptedWire>(text)
+            .ok()
+            .and_then(|w| w.scene_summary_id)
+    };
+    let scene_summary_id = result
+        .and_then(|r| from(r.get().as_bytes()))
+        .or_else(|| from(body));
+    RequestAccepted { scene_summary_id }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lenient field decoders.
+
+/// A JSON scalar the docs call a string but that has been seen as a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Str(String),
+    U(u64),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Scalar::Str(s) => s,
+            Scalar::U(n) => n.to_string(),
+            Scalar::I(n) => n.to_string(),
+            Scalar::F(n) => n.to_string(),
+            Scalar::B(b) => b.to_string(),
+        }
+    }
+}
+
+fn str_or_num<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Scalar::deserialize(d).map(Scalar::into_string)
+}
+
+fn opt_str_or_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::into_string))
+}
+
+/// Any JSON value as an optional string: text fields that should not fail a whole answer if a
+/// server sends a number or an object there. Non-scalars are kept as their JSON text.
+fn opt_lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    })
+}
+
+fn scalar_to_u64<E: de::Error>(s: Scalar) -> Result<u64, E> {
+    match s {
+        Scalar::U(n) => Ok(n),
+        Scalar::Str(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| E::custom(format!("expected a non-negative integer, got {t:?}"))),
+        Scalar::F(f) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => Ok(f as u64),
+        Scalar::I(n) => Err(E::custom(format!(
+            "expected a non-negative integer, got {n}"
+        ))),
+        Scalar::F(f) => Err(E::custom(format!("expected an integer, got {f}"))),
+        Scalar::B(b) => Err(E::custom(format!("expected an integer, got {b}"))),
+    }
+}
+
+fn u64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    scalar_to_u64(Scalar::deserialize(d)?)
+}
+
+fn opt_u64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Option::<Scalar>::deserialize(d)?
+        .map(scalar_to_u64)
+        .transpose()
+}
+
+fn opt_i64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Option::<Scalar>::deserialize(d)? {
+        None => Ok(None),
+        Some(Scalar::I(n)) => Ok(Some(n)),
+        Some(Scalar::U(n)) => i64::try_from(n)
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("indexId out of range: {n}"))),
+        Some(Scalar::Str(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("indexId is not an integer: {t:?}"))),
+        Some(other) => Err(de::Error::custom(format!(
+            "indexId is not an integer: {}",
+            other.into_string()
+        ))),
+    }
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `analyzedSceneIds`: null, a list of strings or numbers, or (defensively) one comma-separated
+/// string.
+fn opt_id_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        List(Vec<Scalar>),
+        One(Scalar),
+    }
+    Ok(match Option::<Ids>::deserialize(d)? {
+        None => None,
+        Some(Ids::List(v)) => Some(v.into_iter().map(Scalar::into_string).collect()),
+        Some(Ids::One(Scalar::Str(s))) => Some(
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+        Some(Ids::One(other)) => Some(vec![other.into_string()]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    const DOC_RESULT: &str = r#"{
+  "indexId":1001,
+  "sceneSummaryInfo":{"lastAnalyzedAt":"2026-04-17T10:30:00","analyzedSceneIds":null},
+  "sceneSummaries":[{"scene":1,"startMs":1000,"endMs":3000,
+    "sceneSummary":{"description":"A \"quoted\" remark.","metadataChangedAfterSummary":false,"analyzedAt":"2026-04-17T10:30:00"}}]}"#;
+
+    #[test]
+    fn documented_result_decodes() {
+        let r = decode_result(&raw(DOC_RESULT)).unwrap();
+        assert_eq!(r.index_id, Some(1001));
+        let info = r.info.unwrap();
+        assert_eq!(info.last_analyzed_at, "2026-04-17T10:30:00");
+        assert_eq!(info.analyzed_scene_ids, None);
+        assert_eq!(
+            r.scenes,
+            vec![Scene {
+                scene: 1,
+                start_ms: Some(1000),
+                end_ms: Some(3000),
+                summary: Some(SceneSummary {
+                    description: "A \"quoted\" remark.".into(),
+                    metadata_changed_after_summary: false,
+                    analyzed_at: Some("2026-04-17T10:30:00".into()),
+                }),
+            }]
+        );
+    }
+
+    /// `raw` must be the API's bytes unchanged (whitespace, key order, escapes) because sinks
+    /// store it as the canonical result.
+    #[test]
+    fn raw_is_byte_identical_to_the_result_object() {
+        let body = format!(
+            "{{\"code\":\"0\",\"message\":\"success\",\"result\":{DOC_RESULT} , \"extra\":1}}"
+        );
+        let env: Envelope<'_> = serde_json::from_str(&body).unwrap();
+        let r = decode_result(env.result.unwrap()).unwrap();
+        assert_eq!(r.raw.get(), DOC_RESULT);
+    }
+
+    #[test]
+    fn scene_summary_info_absent_or_null_before_completion() {
+        for body in [
+            r#"{"indexId":1001,"sceneSummaries":[]}"#,
+            r#"{"indexId":1001,"sceneSummaryInfo":null,"sceneSummaries":null}"#,
+            r#"{}"#,
+        ] {
+            let r = decode_result(&raw(body)).unwrap();
+            assert!(r.info.is_none(), "{body}");
+            assert!(r.scenes.is_empty(), "{body}");
+        }
+    }
+
+    #[test]
+    fn scene_summary_absent_for_unanalyzed_scenes() {
+        let r = decode_result(&raw(
+            r#"{"sceneSummaries":[{"scene":1},{"scene":2,"sceneSummary":null},
+                {"scene":"3","startMs":"10","endMs":null,"sceneSummary":{}}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(r.scenes.len(), 3);
+        assert!(r.scenes[0].summary.is_none());
+        assert!(r.scenes[1].summary.is_none());
+        assert_eq!(r.scenes[2].scene, 3);
+        assert_eq!(r.scenes[2].start_ms, Some(10));
+        assert_eq!(r.scenes[2].end_ms, None);
+        let s = r.scenes[2].summary.as_ref().unwrap();
+        assert_eq!(s.description, "");
+        assert!(!s.metadata_changed_after_summary);
+        assert_eq!(s.analyzed_at, None);
+    }
+
+    #[test]
+    fn analyzed_scene_ids_null_strings_numbers() {
+        let cases: [(&str, Option<Vec<&str>>); 6] = [
+            ("null", None),
+            (r#"["1","3","5"]"#, Some(vec!["1", "3", "5"])),
+            ("[1,3,5]", Some(vec!["1", "3", "5"])),
+            (r#"[1,"3"]"#, Some(vec!["1", "3"])),
+            (r#""1, 3,5""#, Some(vec!["1", "3", "5"])),
+            ("[]", Some(vec![])),
+        ];
+        for (ids, want) in cases {
+            let body = format!(
+                r#"{{"sceneSummaryInfo":{{"lastAnalyzedAt":"t","analyzedSceneIds":{ids}}}}}"#
+            );
+            let r = decode_result(&raw(&body)).unwrap();
+            let got = r.info.unwrap().analyzed_scene_ids;
+            let want = want.map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
+            assert_eq!(got, want, "{ids}");
+        }
+        // Absent is the same as null.
+        let r = decode_result(&raw(r#"{"sceneSummaryInfo":{"lastAnalyzedAt":"t"}}"#)).unwrap();
+        assert_eq!(r.info.unwrap().analyzed_scene_ids, None);
+    }
+
+    #[test]
+    fn unknown_fields_everywhere_are_ignored() {
+        let r = decode_result(&raw(
+            r#"{"new":{"deep":[1,2]},"indexId":"7","sceneSummaryInfo":{"lastAnalyzedAt":"t","x":1},
+                "sceneSummaries":[{"scene":2,"y":null,"sceneSummary":{"description":"d","z":[],"metadataChangedAfterSummary":true}}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(r.index_id, Some(7));
+        assert_eq!(r.scenes[0].scene, 2);
+        assert!(
+            r.scenes[0]
+                .summary
+                .as_ref()
+                .unwrap()
+                .metadata_changed_after_summary
+        );
+        let s = decode_status(&raw(r#"{"status":"SUMMARIZING","progress":40,"more":{}}"#)).unwrap();
+        assert_eq!(s.status, RemoteStatus::Summarizing);
+    }
+
+    #[test]
+    fn missing_required_fields_are_errors_not_panics() {
+        assert!(decode_status(&raw("{}")).is_err());
+        assert!(decode_status(&raw("[]")).is_err());
+        assert!(decode_result(&raw(r#"{"sceneSummaryInfo":{}}"#)).is_err());
+        assert!(decode_result(&raw(r#"{"sceneSummaries":[{"scene":-1}]}"#)).is_err());
+        assert!(decode_result(&raw(r#"{"sceneSummaries":{}}"#)).is_err());
+        assert!(decode_result(&raw("null")).is_err());
+    }
+
+    #[test]
+    fn statuses_round_trip_and_unknown_is_kept() {
+        let all = [
+            ("BEFORE_SUMMARIZE", RemoteStatus::BeforeSummarize, false),
+            ("WAIT_SUMMARIZE", RemoteStatus::WaitSummarize, false),
+            ("SUMMARIZING", RemoteStatus::Summarizing, false),
+            ("SUMMARIZE_COMPLETED", RemoteStatus::Completed, true),
+            ("SUMMARIZE_FAIL", RemoteStatus::Failed, true),
+            ("SUMMARIZE_CANCELED", RemoteStatus::Canceled, true),
+        ];
+        for (wire, st, terminal) in all {
+            assert_eq!(RemoteStatus::from_wire(wire), st);
+            assert_eq!(st.as_str(), wire);
+            assert_eq!(st.is_terminal(), terminal, "{wire}");
+            assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{wire}\""));
+        }
+        let u = RemoteStatus::from_wire("SUMMARIZE_PAUSED");
+        assert_eq!(u, RemoteStatus::Unknown("SUMMARIZE_PAUSED".into()));
+        assert_eq!(u.as_str(), "SUMMARIZE_PAUSED");
+        assert!(!u.is_terminal());
+    }
+
+    #[test]
+    fn error_code_string_or_number_and_both_wrappers() {
+        let gw = ErrorBody::parse(
+            br#"{"error":{"errorCode":200,"message":"Authentication Failed","details":"bad sig"}}"#,
+        )
+        .unwrap();
+        assert!(gw.gateway);
+        assert_eq!(gw.code.as_deref(), Some("200"));
+        assert_eq!(gw.message.as_deref(), Some("Authentication Failed"));
+        assert_eq!(gw.details.as_deref(), Some("bad sig"));
+
+        let gw = ErrorBody::parse(br#"{"error":{"errorCode":"410","message":"Throttle Limited"}}"#)
+            .unwrap();
+        assert_eq!(gw.code.as_deref(), Some("410"));
+
+        let top =
+            ErrorBody::parse(br#"{"code":"10001","message":"Invalid Request.","x":1}"#).unwrap();
+        assert!(!top.gateway);
+        assert_eq!(top.code.as_deref(), Some("10001"));
+
+        let num = ErrorBody::parse(br#"{"code":10100,"message":"not completed"}"#).unwrap();
+        assert_eq!(num.code.as_deref(), Some("10100"));
+
+        let wrapped =
+            ErrorBody::parse(br#"{"responseError":{"code":"10014","message":"no asset"}}"#)
+                .unwrap();
+        assert!(!wrapped.gateway);
+        assert_eq!(wrapped.code.as_deref(), Some("10014"));
+        assert_eq!(wrapped.message.as_deref(), Some("no asset"));
+
+        let alt =
+            ErrorBody::parse(br#"{"responseError":{"errorCode":5,"errorMessage":"m"}}"#).unwrap();
+        assert_eq!(alt.code.as_deref(), Some("5"));
+        assert_eq!(alt.message.as_deref(), Some("m"));
+
+        assert!(ErrorBody::parse(b"<html>bad gateway</html>").is_none());
+        assert!(ErrorBody::parse(b"").is_none());
+        assert_eq!(ErrorBody::parse(b"{}"), Some(ErrorBody::default()));
+        // A `message` that is not a string does not lose the code.
+        let odd = ErrorBody::parse(br#"{"code":"1","message":{"ko":"x"}}"#).unwrap();
+        assert_eq!(odd.code.as_deref(), Some("1"));
+        assert_eq!(odd.message.as_deref(), Some(r#"{"ko":"x"}"#));
+    }
+
+    #[test]
+    fn accepted_id_string_number_or_absent() {
+        let r = raw(r#"{"sceneSummaryId":101}"#);
+        assert_eq!(
+            decode_accepted(Some(&r), b"").scene_summary_id.as_deref(),
+            Some("101")
+        );
+        let r = raw(r#"{"sceneSummaryId":"abc","other":true}"#);
+        assert_eq!(
+            decode_accepted(Some(&r), b"").scene_summary_id.as_deref(),
+            Some("abc")
+        );
+        assert_eq!(decode_accepted(None, b"{}").scene_summary_id, None);
+        assert_eq!(
+            decode_accepted(None, br#"{"code":"0","sceneSummaryId":9}"#)
+                .scene_summary_id
+                .as_deref(),
+            Some("9")
+        );
+        let r = raw("true");
+        assert_eq!(decode_accepted(Some(&r), b"garbage").scene_summary_id, None);
+    }
+
+    #[test]
+    fn generation_config_spelling() {
+        assert_eq!(
+            serde_json::to_string(&Generation::Index).unwrap(),
+            "\"index\""
+        );
+        assert_eq!(
+            serde_json::from_str::<Generation>("\"asset\"").unwrap(),
+            Generation::Asset
+        );
+    }
+}
