@@ -1,0 +1,263 @@
+//! Test-only control routes under `/__sim/` (a prefix the real API never uses): inspect state and
+//! counters, move assets through the state machine now, queue faults. No signature needed.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::faults::{FaultKind, MAX_QUEUED};
+use super::scenario::{AssetSpec, FaultRates, Status};
+use super::server::Sim;
+
+type S = State<Arc<Sim>>;
+
+pub fn router() -> Router<Arc<Sim>> {
+    Router::new()
+        .route("/state", get(state))
+        .route("/stats", get(stats))
+        .route("/stats/reset", post(stats_reset))
+        .route("/assets", post(add_asset))
+        .route(
+            "/assets/{workspace}/{project_id}/{asset_id}/advance",
+            post(advance),
+        )
+        .route(
+            "/assets/{workspace}/{project_id}/{asset_id}/force",
+            post(force),
+        )
+        .route(
+            "/assets/{workspace}/{project_id}/{asset_id}/metadata-changed",
+            post(metadata_changed),
+        )
+        .route("/faults/next", post(faults_next).delete(faults_clear))
+        .route("/faults/rates", get(rates_get).put(rates_put))
+        .route("/clock/skew", post(skew))
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such control route".into()) })
+}
+
+fn ok(v: Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+fn err(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// JSON bodies are parsed here rather than by axum's extractor so errors stay JSON.
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct AssetPath {
+    workspace: String,
+    project_id: String,
+    asset_id: String,
+}
+
+/// `?index_id=` picks one index of the asset; default: its latest.
+#[derive(Deserialize)]
+struct IndexQuery {
+    index_id: Option<String>,
+}
+
+/// Runs `f` on the addressed index (settled to now) and answers with its new state.
+fn with_asset(
+    sim: &Sim,
+    p: &AssetPath,
+    q: &IndexQuery,
+    f: impl FnOnce(&mut super::state::Asset, Instant) -> Result<(), Response>,
+) -> Response {
+    let mut inner = sim.lock();
+    let found = match &q.index_id {
+        Some(i) => inner
+            .store
+            .find(&p.workspace, &p.project_id, &p.asset_id, i),
+        None => inner.store.latest(&p.workspace, &p.project_id, &p.asset_id),
+    };
+    let Some(asset) = found.and_then(|i| inner.store.assets.get_mut(i)) else {
+        return err(StatusCode::NOT_FOUND, "no such asset or index".into());
+    };
+    let now = Instant::now();
+    asset.settle(now, &sim.clock);
+    match f(asset, now) {
+        Ok(()) => ok(asset.to_json()),
+        Err(resp) => resp,
+    }
+}
+
+async fn state(State(sim): S) -> Response {
+    let mut inner = sim.lock();
+    let now = Instant::now();
+    let assets: Vec<Value> = inner
+        .store
+        .assets
+        .iter_mut()
+        .map(|a| {
+            a.settle(now, &sim.clock);
+            a.to_json()
+        })
+        .collect();
+    ok(json!({ "assets": assets, "clock_skew_ms": sim.clock.skew_ms() }))
+}
+
+async fn stats(State(sim): S) -> Response {
+    let stats = sim.lock().stats.clone();
+    ok(serde_json::to_value(stats).unwrap_or(Value::Null))
+}
+
+async fn stats_reset(State(sim): S) -> Response {
+    sim.lock().stats = Default::default();
+    ok(json!({}))
+}
+
+async fn add_asset(State(sim): S, bytes: Bytes) -> Response {
+    let spec: AssetSpec = match body(&bytes) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Err(m) = spec.validate() {
+        return err(StatusCode::BAD_REQUEST, format!("{}: {m}", spec.label()));
+    }
+    let mut inner = sim.lock();
+    match inner.store.add(&spec, sim.seed, Instant::now(), &sim.clock) {
+        Ok(i) => match inner.store.assets.get(i) {
+            Some(a) => ok(a.to_json()),
+            None => err(StatusCode::INTERNAL_SERVER_ERROR, "asset vanished".into()),
+        },
+        Err(m) => err(StatusCode::CONFLICT, m),
+    }
+}
+
+async fn advance(State(sim): S, Path(p): Path<AssetPath>, Query(q): Query<IndexQuery>) -> Response {
+    with_asset(&sim, &p, &q, |a, now| {
+        if a.advance(now, &sim.clock) {
+            Ok(())
+        } else {
+            Err(err(
+                StatusCode::CONFLICT,
+                format!("{} is terminal; use force", a.status().as_str()),
+            ))
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceBody {
+    status: Status,
+}
+
+async fn force(
+    State(sim): S,
+    Path(p): Path<AssetPath>,
+    Query(q): Query<IndexQuery>,
+    bytes: Bytes,
+) -> Response {
+    let b: ForceBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    with_asset(&sim, &p, &q, |a, now| {
+        a.force(b.status, now, &sim.clock);
+        Ok(())
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenesBody {
+    scenes: Vec<u32>,
+}
+
+async fn metadata_changed(
+    State(sim): S,
+    Path(p): Path<AssetPath>,
+    Query(q): Query<IndexQuery>,
+    bytes: Bytes,
+) -> Response {
+    let b: ScenesBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    with_asset(&sim, &p, &q, |a, _| {
+        a.set_metadata_changed(&b.scenes)
+            .map_err(|m| err(StatusCode::BAD_REQUEST, m))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextBody {
+    kind: FaultKind,
+    #[serde(default = "one")]
+    count: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+async fn faults_next(State(sim): S, bytes: Bytes) -> Response {
+    let b: NextBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut inner = sim.lock();
+    let queued = &mut inner.faults.queued;
+    if queued.len().saturating_add(b.count) > MAX_QUEUED {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_QUEUED} queued faults"),
+        );
+    }
+    queued.extend(std::iter::repeat_n(b.kind, b.count));
+    ok(json!({ "queued": queued.len() }))
+}
+
+async fn faults_clear(State(sim): S) -> Response {
+    sim.lock().faults.queued.clear();
+    ok(json!({ "queued": 0 }))
+}
+
+async fn rates_get(State(sim): S) -> Response {
+    let rates = sim.lock().faults.rates.clone();
+    ok(serde_json::to_value(rates).unwrap_or(Value::Null))
+}
+
+async fn rates_put(State(sim): S, bytes: Bytes) -> Response {
+    let rates: FaultRates = match body(&bytes) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(e) = rates.validate() {
+        return err(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    sim.lock().faults.rates = rates.clone();
+    ok(serde_json::to_value(rates).unwrap_or(Value::Null))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkewBody {
+    ms: i64,
+}
+
+async fn skew(State(sim): S, bytes: Bytes) -> Response {
+    let b: SkewBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    sim.clock.set_skew_ms(b.ms);
+    ok(json!({ "clock_skew_ms": b.ms }))
+}

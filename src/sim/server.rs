@@ -1,0 +1,170 @@
+//! The running simulator: shared state behind one mutex, the router, trace ids and the
+//! request counters that tests read through `/__sim/stats`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::Response;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::clock::Clock;
+use super::faults::FaultPlan;
+use super::rng::{SplitMix64, mix};
+use super::scenario::{ApiSpec, Scenario};
+use super::state::Store;
+use super::{SimError, api, control};
+
+/// Everything the handlers share. Configuration is immutable; what changes sits in `inner`.
+pub struct Sim {
+    pub api: ApiSpec,
+    /// access key -> secret key. Never logged.
+    pub secrets: HashMap<String, String>,
+    pub clock: Clock,
+    pub seed: u64,
+    pub shutdown: CancellationToken,
+    trace_counter: AtomicU64,
+    /// A std mutex, never held across an await: every critical section is a few field updates
+    /// (or one asset lookup), far cheaper than an async lock on loopback request rates.
+    inner: Mutex<Inner>,
+}
+
+pub struct Inner {
+    pub store: Store,
+    pub stats: Stats,
+    pub faults: FaultPlan,
+    pub rng: SplitMix64,
+    pub bucket: Option<Bucket>,
+}
+
+/// Counts of API requests (control routes excluded).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    pub total: u64,
+    pub by_route: BTreeMap<String, u64>,
+    pub by_status: BTreeMap<String, u64>,
+    pub by_fault: BTreeMap<String, u64>,
+    /// `route status` pairs, e.g. `"index_status 200"`, for precise assertions.
+    pub by_route_status: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    pub fn record(&mut self, route: &str, status: u16, fault: Option<&str>) {
+        self.total += 1;
+        *self.by_route.entry(route.to_owned()).or_default() += 1;
+        *self.by_status.entry(status.to_string()).or_default() += 1;
+        *self
+            .by_route_status
+            .entry(format!("{route} {status}"))
+            .or_default() += 1;
+        if let Some(f) = fault {
+            *self.by_fault.entry(f.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+/// The `[api] requests_per_second` quota: a token bucket holding one second of requests.
+#[derive(Debug)]
+pub struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    pub fn new(rate: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            tokens: rate.max(1.0),
+            last: now,
+        }
+    }
+
+    pub fn take(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate.max(1.0));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Sim {
+    pub fn new(scenario: Scenario, shutdown: CancellationToken) -> Result<Self, SimError> {
+        scenario.validate()?;
+        let clock = Clock::new();
+        let start = clock.start();
+        let mut store = Store::new();
+        for spec in scenario.expanded_assets() {
+            store
+                .add(&spec, scenario.seed, start, &clock)
+                .map_err(SimError::Invalid)?;
+        }
+        let secrets = scenario
+            .credentials
+            .iter()
+            .map(|c| (c.access_key.clone(), c.secret_key.clone()))
+            .collect();
+        let bucket = scenario
+            .api
+            .requests_per_second
+            .map(|r| Bucket::new(r, start));
+        Ok(Self {
+            api: scenario.api,
+            secrets,
+            clock,
+            seed: scenario.seed,
+            shutdown,
+            trace_counter: AtomicU64::new(0),
+            inner: Mutex::new(Inner {
+                store,
+                stats: Stats::default(),
+                faults: FaultPlan {
+                    rates: scenario.faults,
+                    queued: VecDeque::new(),
+                },
+                rng: SplitMix64::new(mix(&[scenario.seed, 0xFA17])),
+                bucket,
+            }),
+        })
+    }
+
+    /// The state; a poisoned lock (a panic elsewhere) is recovered rather than spread.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// 32 hex digits, unique per response within a run and repeatable for a seed.
+    fn next_trace_id(&self) -> String {
+        let n = self.trace_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{n:016x}", mix(&[self.seed, n]))
+    }
+}
+
+/// Adds `x-ncp-trace-id` to every response, API or control, success or error.
+async fn add_trace_id(State(sim): State<Arc<Sim>>, mut resp: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&sim.next_trace_id()) {
+        resp.headers_mut().insert("x-ncp-trace-id", v);
+    }
+    resp
+}
+
+pub fn router(sim: Arc<Sim>) -> Router {
+    Router::new()
+        .nest("/__sim", control::router())
+        .fallback(api::handle)
+        .layer(axum::middleware::map_response_with_state(
+            sim.clone(),
+            add_trace_id,
+        ))
+        .with_state(sim)
+}
