@@ -1,1 +1,339 @@
-//! watch (being written).
+//! One poll step as a pure decision: a classified API answer in, the next watch state and the
+//! action to take out. No IO, no clock, no sleeping: time is passed in (STYLE.md §6).
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::ncp::{RemoteStatus, SummaryResult, SummaryStatus, Verdict};
+
+/// Where a watch is in its life (DESIGN.md "A watch").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// Never polled.
+    Pending,
+    /// Queued or running remotely (or not requested yet, within the grace); polled on a growing
+    /// interval.
+    Waiting,
+    /// A result version was fetched; deliveries are pending.
+    Completed,
+    /// Delivered; rechecked at a slow interval for a newer version.
+    Watching,
+    /// `SUMMARIZE_FAIL`.
+    Failed,
+    /// `SUMMARIZE_CANCELED`.
+    Canceled,
+    /// `BEFORE_SUMMARIZE` for longer than the grace.
+    NotRequested,
+    /// `max_wait` passed before completion.
+    TimedOut,
+    /// A permanent API error; needs an operator.
+    Rejected,
+}
+
+impl Phase {
+    /// Every phase, in display order.
+    pub const ALL: [Phase; 9] = [
+        Phase::Pending,
+        Phase::Waiting,
+        Phase::Completed,
+        Phase::Watching,
+        Phase::Failed,
+        Phase::Canceled,
+        Phase::NotRequested,
+        Phase::TimedOut,
+        Phase::Rejected,
+    ];
+
+    /// The name used in logs, events, the ledger and `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Waiting => "waiting",
+            Phase::Completed => "completed",
+            Phase::Watching => "watching",
+            Phase::Failed => "failed",
+            Phase::Canceled => "canceled",
+            Phase::NotRequested => "not_requested",
+            Phase::TimedOut => "timed_out",
+            Phase::Rejected => "rejected",
+        }
+    }
+
+    /// Parses [`Phase::as_str`].
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Terminal phases end polling; they stay in the ledger until reset.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Failed
+                | Phase::Canceled
+                | Phase::NotRequested
+                | Phase::TimedOut
+                | Phase::Rejected
+        )
+    }
+
+    /// True once a result was delivered (the success outcome of `scenewatch once`).
+    pub fn is_success(self) -> bool {
+        matches!(self, Phase::Watching)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the step needs to know of the watch's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deadline from the first poll to completion.
+    pub max_wait: Duration,
+    /// How long `BEFORE_SUMMARIZE` may last.
+    pub not_requested_grace: Duration,
+}
+
+/// The state of one watch. Times are offsets on the caller's monotonic clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchState {
+    /// The phase.
+    pub phase: Phase,
+    /// The last remote status seen, if any.
+    pub remote: Option<RemoteStatus>,
+    /// Answers received (successful or not).
+    pub polls: u64,
+    /// Failed attempts since the last good answer.
+    pub consecutive_errors: u32,
+    /// When the watch started waiting (its first poll).
+    pub started_at: Option<Duration>,
+    /// When `BEFORE_SUMMARIZE` was first seen in the current stretch.
+    pub before_since: Option<Duration>,
+    /// `lastAnalyzedAt` of the last version fetched.
+    pub last_version: Option<String>,
+    /// The last error, for display (never holds secrets: API errors do not).
+    pub last_error: Option<String>,
+}
+
+impl Default for WatchState {
+    fn default() -> Self {
+        Self {
+            phase: Phase::Pending,
+            remote: None,
+            polls: 0,
+            consecutive_errors: 0,
+            started_at: None,
+            before_since: None,
+            last_version: None,
+            last_error: None,
+        }
+    }
+}
+
+/// What the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Poll the status (or result) again after the next backoff delay; start the backoff over
+    /// when `reset_backoff` (the remote status changed).
+    PollAgain {
+        /// The remote status changed: interval back to `initial_interval`.
+        reset_backoff: bool,
+    },
+    /// The status says completed: fetch the result now.
+    FetchResult,
+    /// A new version was fetched: record and deliver it, then call [`delivered`].
+    Deliver {
+        /// Its `lastAnalyzedAt`.
+        version: String,
+    },
+    /// The version fetched was already delivered: recheck after `recheck_interval`.
+    Recheck,
+    /// A transient failure: retry the same call after the error backoff (or `after`).
+    Retry {
+        /// A delay suggested by the server.
+        after: Option<Duration>,
+    },
+    /// The gateway throttled us: slow the whole request budget, then retry.
+    Throttle {
+        /// `Retry-After`, when sent.
+        retry_after: Option<Duration>,
+    },
+    /// The credentials were refused: pause every watch of this client.
+    PauseClient,
+    /// A terminal phase was reached.
+    Stop,
+}
+
+/// A classified answer from the API.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    /// From the status endpoint.
+    Status(&'a Verdict<SummaryStatus>),
+    /// From the result endpoint.
+    Result(&'a Verdict<SummaryResult>),
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The next state.
+    pub state: WatchState,
+    /// What to do.
+    pub action: Action,
+}
+
+/// Checks the deadline before a poll; `Some` when the watch has timed out.
+pub fn check_deadline(state: &WatchState, now: Duration, limits: Limits) -> Option<Step> {
+    let started = state.started_at?;
+    let waiting = matches!(state.phase, Phase::Pending | Phase::Waiting);
+    if waiting && now.saturating_sub(started) >= limits.max_wait {
+        let mut next = state.clone();
+        next.phase = Phase::TimedOut;
+        return Some(Step {
+            state: next,
+            action: Action::Stop,
+        });
+    }
+    None
+}
+
+/// Decides what an answer means for the watch.
+pub fn step(state: &WatchState, now: Duration, limits: Limits, answer: Answer<'_>) -> Step {
+    let mut next = state.clone();
+    next.polls += 1;
+    next.started_at.get_or_insert(now);
+    if next.phase == Phase::Pending {
+        next.phase = Phase::Waiting;
+    }
+    // Errors are handled alike for both endpoints.
+    let failure = match answer {
+        Answer::Status(v) => failure_of(v),
+        Answer::Result(v) => failure_of(v),
+    };
+    if let Some((error, action)) = failure {
+        next.consecutive_errors += 1;
+        next.last_error = Some(error.to_string());
+        if action == Action::Stop {
+            next.phase = Phase::Rejected;
+        }
+        return Step {
+            state: next,
+            action,
+        };
+    }
+    next.consecutive_errors = 0;
+    next.last_error = None;
+
+    let action = match answer {
+        Answer::Status(Verdict::Ok(s)) => on_status(&mut next, now, limits, &s.status),
+        Answer::Result(Verdict::Ok(r)) => match &r.info {
+            Some(info) => {
+                next.before_since = None;
+                next.remote = Some(RemoteStatus::Completed);
+                if state.last_version.as_deref() == Some(info.last_analyzed_at.as_str()) {
+                    next.phase = Phase::Watching;
+                    Action::Recheck
+                } else {
+                    next.phase = Phase::Completed;
+                    next.last_version = Some(info.last_analyzed_at.clone());
+                    Action::Deliver {
+                        version: info.last_analyzed_at.clone(),
+                    }
+                }
+            }
+            // A result without sceneSummaryInfo is not complete yet.
+            None => Action::PollAgain {
+                reset_backoff: false,
+            },
+        },
+        // "Not completed yet" from the result endpoint: still waiting.
+        Answer::Result(Verdict::Pending(_)) | Answer::Status(Verdict::Pending(_)) => {
+            Action::PollAgain {
+                reset_backoff: false,
+            }
+        }
+        // Failures were handled above.
+        _ => Action::PollAgain {
+            reset_backoff: false,
+        },
+    };
+    Step {
+        state: next,
+        action,
+    }
+}
+
+fn on_status(
+    next: &mut WatchState,
+    now: Duration,
+    limits: Limits,
+    status: &RemoteStatus,
+) -> Action {
+    let changed = next.remote.as_ref() != Some(status);
+    next.remote = Some(status.clone());
+    match status {
+        RemoteStatus::BeforeSummarize => {
+            let since = *next.before_since.get_or_insert(now);
+            if now.saturating_sub(since) >= limits.not_requested_grace {
+                next.phase = Phase::NotRequested;
+                return Action::Stop;
+            }
+            Action::PollAgain {
+                reset_backoff: changed,
+            }
+        }
+        RemoteStatus::WaitSummarize | RemoteStatus::Summarizing | RemoteStatus::Unknown(_) => {
+            next.before_since = None;
+            if next.phase == Phase::Watching {
+                // A re-analysis started after delivery: poll it like a first run.
+                next.phase = Phase::Waiting;
+                next.started_at = Some(now);
+            }
+            Action::PollAgain {
+                reset_backoff: changed,
+            }
+        }
+        RemoteStatus::Completed => {
+            next.before_since = None;
+            Action::FetchResult
+        }
+        RemoteStatus::Failed => {
+            next.phase = Phase::Failed;
+            Action::Stop
+        }
+        RemoteStatus::Canceled => {
+            next.phase = Phase::Canceled;
+            Action::Stop
+        }
+    }
+}
+
+/// The error of a failed verdict and the action it calls for; `None` for `Ok` and `Pending`.
+fn failure_of<T>(v: &Verdict<T>) -> Option<(&crate::ncp::ApiError, Action)> {
+    match v {
+        Verdict::Ok(_) | Verdict::Pending(_) => None,
+        Verdict::Retryable { after, error } => Some((error, Action::Retry { after: *after })),
+        Verdict::Throttled { retry_after, error } => Some((
+            error,
+            Action::Throttle {
+                retry_after: *retry_after,
+            },
+        )),
+        Verdict::AuthFailure(error) => Some((error, Action::PauseClient)),
+        Verdict::Permanent(error) => Some((error, Action::Stop)),
+    }
+}
+
+/// Records that every sink confirmed `version`.
+pub fn delivered(state: &WatchState, version: &str) -> WatchState {
+    let mut next = state.clone();
+    next.phase = Phase::Watching;
+    next.last_version = Some(version.to_string());
+    next
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,507 @@
-//! config (being written).
+//! Configuration: the TOML file layered under `SCENEWATCH__…` environment variables, checked in two
+//! stages (shape, then meaning) with every problem reported at once, each naming its key and source.
+//!
+//! Stage one ([`load_raw`]) merges the sources with the `config` crate and walks the merged tree
+//! key by key, so one unknown key or wrong type does not hide the next. Stage two
+//! ([`validate::validate`]) turns the raw strings into strong types. The only IO here is reading
+//! the config file and the secret key file.
+
+mod raw;
+mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File, FileFormat, Map, Value, ValueKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use raw::{RawApi, RawConfig, RawFileSink, RawPoll, RawSink, RawWatch};
+pub use validate::{
+    ApiConfig, Config, FileSinkConfig, PollConfig, SinkConfig, WatchKey, WatchSpec, validate,
+    validate_id,
+};
+
+/// Prefix of environment variables: `SCENEWATCH__API__ACCESS_KEY` sets `api.access_key`.
+pub const ENV_PREFIX: &str = "SCENEWATCH";
+/// Separator between the levels of an environment variable name.
+pub const ENV_SEPARATOR: &str = "__";
+/// Where `--config` points when it is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/scenewatch/scenewatch.toml";
+/// The documented defaults, embedded so that `scenewatch demo` needs no file.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A configuration file.
+    File(PathBuf),
+    /// An environment variable (its full name).
+    Env(String),
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "in {}", p.display()),
+            Origin::Env(v) => write!(f, "from environment variable {v}"),
+            Origin::Default => f.write_str("built-in default"),
+        }
+    }
+}
+
+/// One problem with the configuration. Never carries a configured value (it could be a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `watch[2].asset_id`.
+    pub key: String,
+    /// Where the offending value came from.
+    pub origin: Origin,
+    /// What is wrong, lowercase, no trailing period.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} ({})", self.key, self.message, self.origin)
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} configuration problem{}",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.0 {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Knows where each key came from, to name it in problems found after merging.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    by_key: HashMap<String, Origin>,
+}
+
+impl Origins {
+    /// The origin of `key`, or [`Origin::Default`] when nothing set it.
+    pub fn of(&self, key: &str) -> Origin {
+        self.by_key.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// A problem at `key`, with its origin filled in.
+    pub fn problem(&self, key: &str, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.to_string(),
+            origin: self.of(key),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where configuration comes from: an optional file and an environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The TOML file, if any.
+    pub file: Option<PathBuf>,
+    /// Inline TOML used instead of a file (the demo, tests), with a name for messages.
+    pub inline: Option<(String, String)>,
+    /// Environment variables to consider; `None` reads the process environment.
+    pub env: Option<HashMap<String, String>>,
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), looked up for `ncp-secret-key`.
+    pub credentials_directory: Option<PathBuf>,
+}
+
+impl Sources {
+    /// The file at `path` and the process environment.
+    pub fn file_and_process_env(path: &Path) -> Self {
+        Self {
+            file: Some(path.to_path_buf()),
+            inline: None,
+            env: None,
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        }
+    }
+}
+
+/// Loads and validates: the single entry point for commands that need a configuration.
+pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+    let (raw, origins) = load_raw(sources)?;
+    validate(&raw, &origins, sources.credentials_directory.as_deref())
+}
+
+/// Stage one: merges the sources and checks the shape of every key.
+pub fn load_raw(sources: &Sources) -> Result<(RawConfig, Origins), ConfigErrors> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = &sources.file {
+        // Read it ourselves so that a missing or unreadable file gets a message naming it.
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![Problem {
+                key: "(file)".into(),
+                origin: Origin::File(path.clone()),
+                message: format!("cannot read the configuration file: {e}"),
+            }])
+        })?;
+        builder = builder.add_source(NamedToml::new(path.display().to_string(), text));
+    }
+    if let Some((name, text)) = &sources.inline {
+        builder = builder.add_source(NamedToml::new(name.clone(), text.clone()));
+    }
+    let env = Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator(ENV_SEPARATOR)
+        .separator(ENV_SEPARATOR)
+        .source(sources.env.clone().map(|m| m.into_iter().collect()));
+    builder = builder.add_source(env);
+    let merged = builder.build().map_err(|e| {
+        let file = sources
+            .file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(inline)"));
+        ConfigErrors(vec![Problem {
+            key: "(file)".into(),
+            origin: Origin::File(file),
+            message: format!("not valid TOML: {e}"),
+        }])
+    })?;
+    let root = config::Source::collect(&merged).map_err(|e| {
+        ConfigErrors(vec![Problem {
+            key: "(file)".into(),
+            origin: Origin::Default,
+            message: e.to_string(),
+        }])
+    })?;
+    let mut walker = Walker::default();
+    let raw = walker.root(root);
+    if walker.problems.is_empty() {
+        Ok((raw, walker.origins))
+    } else {
+        Err(ConfigErrors(walker.problems))
+    }
+}
+
+/// A TOML source whose values carry the file's name as their origin.
+#[derive(Debug, Clone)]
+struct NamedToml {
+    name: String,
+    text: String,
+}
+
+impl NamedToml {
+    fn new(name: String, text: String) -> Self {
+        Self { name, text }
+    }
+}
+
+impl config::Source for NamedToml {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        let file = File::from_str(&self.text, FileFormat::Toml);
+        // `File::from_str` has no name; re-tag every value with ours.
+        let table = config::Source::collect(&file)
+            .map_err(|e| config::ConfigError::Message(format!("{}: {e}", self.name)))?;
+        Ok(retag(table, &self.name))
+    }
+}
+
+fn retag(table: Map<String, Value>, name: &str) -> Map<String, Value> {
+    let origin = name.to_string();
+    table
+        .into_iter()
+        .map(|(k, v)| (k, retag_value(v, &origin)))
+        .collect()
+}
+
+fn retag_value(v: Value, origin: &String) -> Value {
+    let kind = match v.kind {
+        ValueKind::Table(t) => ValueKind::Table(
+            t.into_iter()
+                .map(|(k, v)| (k, retag_value(v, origin)))
+                .collect(),
+        ),
+        ValueKind::Array(a) => {
+            ValueKind::Array(a.into_iter().map(|v| retag_value(v, origin)).collect())
+        }
+        other => other,
+    };
+    Value::new(Some(origin), kind)
+}
+
+/// Walks the merged tree, recording origins and every shape problem.
+#[derive(Default)]
+struct Walker {
+    origins: Origins,
+    problems: Vec<Problem>,
+}
+
+impl Walker {
+    fn root(&mut self, root: Map<String, Value>) -> RawConfig {
+        let mut out = RawConfig::default();
+        // Sorted so that problems come out in a stable order.
+        let root: BTreeMap<_, _> = root.into_iter().collect();
+        let mut scalars = Map::new();
+        for (k, v) in root {
+            match k.as_str() {
+                "api" => {
+                    if let Some(t) = self.table("api", v) {
+                        out.api = self.fields("api", t).unwrap_or_default();
+                    }
+                }
+                "poll" => {
+                    if let Some(t) = self.table("poll", v) {
+                        out.poll = self.fields("poll", t).unwrap_or_default();
+                    }
+                }
+                "watch" => {
+                    for (i, item) in self.array("watch", v).into_iter().enumerate() {
+                        let path = format!("watch[{i}]");
+                        if let Some(t) = self.table(&path, item) {
+                            out.watches.push(self.fields(&path, t).unwrap_or_default());
+                        }
+                    }
+                }
+                "sink" => {
+                    for (i, item) in self.array("sink", v).into_iter().enumerate() {
+                        let path = format!("sink[{i}]");
+                        if let Some(t) = self.table(&path, item)
+                            && let Some(s) = self.sink(&path, t)
+                        {
+                            out.sinks.push(s);
+                        }
+                    }
+                }
+                _ => {
+                    scalars.insert(k, v);
+                }
+            }
+        }
+        // Top-level scalars (state_dir) and unknown top-level keys.
+        let top: Option<TopLevel> = self.fields("", scalars);
+        if let Some(state_dir) = top.and_then(|t| t.state_dir) {
+            out.state_dir = state_dir;
+        }
+        out
+    }
+
+    fn sink(&mut self, path: &str, mut t: Map<String, Value>) -> Option<RawSink> {
+        let Some(kind) = t.remove("type") else {
+            self.problems.push(Problem {
+                key: format!("{path}.type"),
+                origin: first_origin_in(&t),
+                message: format!("missing; one of {}", RawSink::TYPES.join(", ")),
+            });
+            return None;
+        };
+        let key = format!("{path}.type");
+        let origin = origin_of(&kind, &key);
+        self.origins.by_key.insert(key.clone(), origin.clone());
+        match kind.into_string().ok().as_deref() {
+            Some("file") => self.fields(path, t).map(RawSink::File),
+            other => {
+                self.problems.push(Problem {
+                    key,
+                    origin,
+                    message: format!(
+                        "unknown sink type {:?}; one of {}",
+                        other.unwrap_or("(not a string)"),
+                        RawSink::TYPES.join(", ")
+                    ),
+                });
+                None
+            }
+        }
+    }
+
+    fn table(&mut self, path: &str, v: Value) -> Option<Map<String, Value>> {
+        let origin = origin_of(&v, path);
+        match v.kind {
+            ValueKind::Table(t) => Some(t),
+            _ => {
+                self.problems.push(Problem {
+                    key: path.to_string(),
+                    origin,
+                    message: "expected a table".into(),
+                });
+                None
+            }
+        }
+    }
+
+    fn array(&mut self, path: &str, v: Value) -> Vec<Value> {
+        let origin = origin_of(&v, path);
+        match v.kind {
+            ValueKind::Array(a) => a,
+            _ => {
+                self.problems.push(Problem {
+                    key: path.to_string(),
+                    origin,
+                    message: format!("expected an array of tables ([[{path}]])"),
+                });
+                Vec::new()
+            }
+        }
+    }
+
+    /// Checks each key of `t` against the fields of `T` on its own (so every problem is
+    /// found), then deserializes the whole table.
+    fn fields<T>(&mut self, path: &str, t: Map<String, Value>) -> Option<T>
+    where
+        T: DeserializeOwned + Serialize + Default,
+    {
+        let known: Vec<String> = match serde_json::to_value(T::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let before = self.problems.len();
+        let t: BTreeMap<String, Value> = t.into_iter().collect();
+        for (k, v) in &t {
+            let key = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            let origin = origin_of(v, &key);
+            self.origins.by_key.insert(key.clone(), origin.clone());
+            if !known.iter().any(|n| n == k) {
+                let hint = closest(k, &known)
+                    .map(|c| format!(" (did you mean `{c}`?)"))
+                    .unwrap_or_default();
+                self.problems.push(Problem {
+                    key,
+                    origin,
+                    message: format!("unknown key{hint}"),
+                });
+                continue;
+            }
+            let mut single = Map::new();
+            single.insert(k.clone(), v.clone());
+            if let Err(e) = T::deserialize(Value::new(None, ValueKind::Table(single))) {
+                self.problems.push(Problem {
+                    key,
+                    origin,
+                    message: describe_type_error(&e),
+                });
+            }
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        let table: Map<String, Value> = t.into_iter().collect();
+        match T::deserialize(Value::new(None, ValueKind::Table(table))) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problems.push(Problem {
+                    key: if path.is_empty() {
+                        "(top level)".into()
+                    } else {
+                        path.into()
+                    },
+                    origin: Origin::Default,
+                    message: describe_type_error(&e),
+                });
+                None
+            }
+        }
+    }
+}
+
+/// The top-level scalar keys, checked like any other table.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct TopLevel {
+    state_dir: Option<String>,
+    // The tables are walked separately; listed so they are not reported as unknown.
+    #[serde(skip_deserializing)]
+    api: (),
+    #[serde(skip_deserializing)]
+    poll: (),
+    #[serde(skip_deserializing)]
+    watch: (),
+    #[serde(skip_deserializing)]
+    sink: (),
+}
+
+/// A type error without the offending value: the value could be a secret.
+fn describe_type_error(e: &config::ConfigError) -> String {
+    let text = e.to_string();
+    // The config crate says `invalid type: string "…", expected …`; keep only the kinds.
+    if let Some(rest) = text.strip_prefix("invalid type: ") {
+        let found = rest.split([' ', ',']).next().unwrap_or("value");
+        let expected = rest
+            .split("expected ")
+            .nth(1)
+            .map(|s| s.split(" for key").next().unwrap_or(s))
+            .unwrap_or("another type");
+        return format!("wrong type: found {found}, expected {expected}");
+    }
+    if text.contains("invalid value") || text.contains("invalid digit") || text.contains("parse") {
+        return "wrong type or out of range for this key".into();
+    }
+    // Other messages (missing field, unknown variant) name keys, not values.
+    text.split(" for key").next().unwrap_or(&text).to_string()
+}
+
+fn origin_of(v: &Value, key: &str) -> Origin {
+    match v.origin() {
+        Some("the environment") => Origin::Env(env_var_name(key)),
+        Some(file) => Origin::File(PathBuf::from(file)),
+        None => Origin::Default,
+    }
+}
+
+fn first_origin_in(t: &Map<String, Value>) -> Origin {
+    t.values()
+        .find_map(|v| v.origin().map(|o| Origin::File(PathBuf::from(o))))
+        .unwrap_or(Origin::Default)
+}
+
+/// `api.access_key` → `SCENEWATCH__API__ACCESS_KEY`.
+pub fn env_var_name(key: &str) -> String {
+    let mut name = String::from(ENV_PREFIX);
+    for part in key.split('.') {
+        name.push_str(ENV_SEPARATOR);
+        name.push_str(&part.to_ascii_uppercase());
+    }
+    name
+}
+
+/// The known key nearest to `k` by edit distance, when it is near enough to be a typo.
+fn closest<'a>(k: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|n| (edit_distance(k, n), n.as_str()))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests;

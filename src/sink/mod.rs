@@ -1,1 +1,150 @@
-//! sinks (being written).
+//! Sinks: where results go. One file per sink kind behind the small [`Sink`] trait, the envelope
+//! every sink writes, and the stable version id that makes deliveries idempotent.
+//!
+//! Failure semantics: `deliver` returns `Ok` only once the output is durable (fsync'd file,
+//! committed row, 2xx answer). An `Err` means nothing is confirmed and the same delivery may be
+//! retried; sinks are idempotent on [`Delivery::version_id`], so a retry never duplicates.
+
+pub mod file;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::config::{SinkConfig, WatchKey};
+use crate::ncp::SummaryResult;
+
+/// A sink failed; the message names the sink and the thing at fault.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind} sink `{name}`: {message}")]
+pub struct SinkError {
+    /// The sink kind (`file`, …).
+    pub kind: &'static str,
+    /// The sink's configured name.
+    pub name: String,
+    /// What failed, naming the path, URL or table.
+    pub message: String,
+}
+
+/// What a sink confirms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Where the version now is (a path, a URL, a row key).
+    pub location: String,
+}
+
+/// One sink. Implementations must be idempotent on the version id.
+pub trait Sink: Send + Sync {
+    /// The configured name, for logs.
+    fn name(&self) -> &str;
+    /// Writes one version durably.
+    fn deliver<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>>;
+    /// Checks that the sink can take deliveries (directory writable, server reachable).
+    fn healthcheck(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Builds the sink a configuration names.
+pub fn build(config: &SinkConfig) -> Arc<dyn Sink> {
+    match config {
+        SinkConfig::File(f) => Arc::new(file::FileSink::new(f.clone())),
+    }
+}
+
+/// One result version on its way to the sinks.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The watch it belongs to.
+    pub key: WatchKey,
+    /// Stable id of `(key, lastAnalyzedAt)`, see [`version_id`].
+    pub version_id: String,
+    /// The version's `lastAnalyzedAt`.
+    pub last_analyzed_at: String,
+    /// When scenewatch fetched it.
+    pub fetched_at: SystemTime,
+    /// The fetched result.
+    pub result: Arc<SummaryResult>,
+}
+
+impl Delivery {
+    /// A delivery of `result`, which must have `sceneSummaryInfo` (callers only deliver
+    /// completed results); `None` otherwise.
+    pub fn new(key: WatchKey, result: Arc<SummaryResult>, fetched_at: SystemTime) -> Option<Self> {
+        let last = result.info.as_ref()?.last_analyzed_at.clone();
+        Some(Self {
+            version_id: version_id(&key, &last),
+            key,
+            last_analyzed_at: last,
+            fetched_at,
+            result,
+        })
+    }
+
+    /// The JSON document sinks write: an envelope around the API's `result`, unchanged.
+    pub fn envelope_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let info = self.result.info.as_ref();
+        let envelope = Envelope {
+            source: self.key.source(),
+            watch: EnvelopeWatch {
+                workspace: &self.key.workspace,
+                project_id: &self.key.project_id,
+                asset_id: &self.key.asset_id,
+                index_id: &self.key.index_id,
+            },
+            version: &self.version_id,
+            last_analyzed_at: &self.last_analyzed_at,
+            analyzed_scene_ids: info.and_then(|i| i.analyzed_scene_ids.as_deref()),
+            scene_count: self.result.scenes.len(),
+            fetched_at: humantime::format_rfc3339_millis(self.fetched_at).to_string(),
+            result: &self.result.raw,
+        };
+        let mut out = serde_json::to_vec_pretty(&envelope)?;
+        out.push(b'\n');
+        Ok(out)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    source: String,
+    watch: EnvelopeWatch<'a>,
+    version: &'a str,
+    last_analyzed_at: &'a str,
+    analyzed_scene_ids: Option<&'a [String]>,
+    scene_count: usize,
+    fetched_at: String,
+    result: &'a RawValue,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvelopeWatch<'a> {
+    workspace: &'a str,
+    project_id: &'a str,
+    asset_id: &'a str,
+    index_id: &'a str,
+}
+
+/// The id of a result version: the first 128 bits, in hex, of SHA-256 over the watch key and
+/// `lastAnalyzedAt`. Stable across runs and versions of scenewatch, so consumers can dedupe.
+pub fn version_id(key: &WatchKey, last_analyzed_at: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        key.workspace.as_str(),
+        key.project_id.as_str(),
+        key.asset_id.as_str(),
+        key.index_id.as_str(),
+        last_analyzed_at,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let digest = h.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}

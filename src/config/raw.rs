@@ -1,0 +1,159 @@
+//! The raw configuration: a struct that mirrors the TOML file exactly, with the documented defaults.
+//!
+//! Every field here has the same name, and the same default, as in `config/default.toml`; a test
+//! keeps the two equal. Values stay loosely typed (durations are strings) so that validation can
+//! report every problem at once, naming the key and where it came from.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Directory for the state database and default outputs.
+    pub state_dir: String,
+    /// How to reach Media Intelligence.
+    pub api: RawApi,
+    /// The polling policy.
+    pub poll: RawPoll,
+    /// The indexes to follow.
+    #[serde(rename = "watch")]
+    pub watches: Vec<RawWatch>,
+    /// Where results go.
+    #[serde(rename = "sink")]
+    pub sinks: Vec<RawSink>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: "/var/lib/scenewatch".into(),
+            api: RawApi::default(),
+            poll: RawPoll::default(),
+            watches: Vec::new(),
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    /// Base URL of the API gateway.
+    pub endpoint: String,
+    /// Allow `http://` to hosts other than loopback.
+    pub allow_insecure_http: bool,
+    /// The NCP access key id.
+    pub access_key: String,
+    /// The secret key itself; better given by `secret_key_file` or the environment.
+    pub secret_key: String,
+    /// A file holding the secret key.
+    pub secret_key_file: String,
+    /// Default endpoint generation: "index" or "asset".
+    pub generation: String,
+    /// Timeout of one request, connection included.
+    pub timeout: String,
+    /// Largest accepted response body, in bytes.
+    pub max_body_bytes: u64,
+    /// Steady request rate per API host.
+    pub requests_per_second: f64,
+    /// Requests that may go out at once after a quiet period.
+    pub burst: u32,
+    /// Service error codes from the result endpoint that mean "not completed yet".
+    pub pending_codes: Vec<String>,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://mi.apigw.ntruss.com".into(),
+            allow_insecure_http: false,
+            access_key: String::new(),
+            secret_key: String::new(),
+            secret_key_file: String::new(),
+            generation: "index".into(),
+            timeout: "10s".into(),
+            max_body_bytes: 32 * 1024 * 1024,
+            requests_per_second: 10.0,
+            burst: 20,
+            pending_codes: vec!["10100".into()],
+        }
+    }
+}
+
+/// `[poll]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPoll {
+    /// First interval between status polls.
+    pub initial_interval: String,
+    /// Longest interval between status polls.
+    pub max_interval: String,
+    /// Give up on a watch that has not completed after this long.
+    pub max_wait: String,
+    /// Recheck interval of delivered watches.
+    pub recheck_interval: String,
+    /// How long `BEFORE_SUMMARIZE` may last before the watch ends as `not_requested`.
+    pub not_requested_grace: String,
+    /// Polls in flight at once.
+    pub concurrency: u32,
+}
+
+impl Default for RawPoll {
+    fn default() -> Self {
+        Self {
+            initial_interval: "10s".into(),
+            max_interval: "5m".into(),
+            max_wait: "24h".into(),
+            recheck_interval: "1h".into(),
+            not_requested_grace: "1h".into(),
+            concurrency: 32,
+        }
+    }
+}
+
+/// One `[[watch]]`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWatch {
+    /// Workspace name.
+    pub workspace: String,
+    /// Project id.
+    pub project_id: String,
+    /// Asset id.
+    pub asset_id: String,
+    /// Index id.
+    pub index_id: String,
+    /// Scene summary id, when known (lets the index-level status endpoint be used).
+    pub scene_summary_id: Option<String>,
+    /// Overrides `api.generation` for this watch.
+    pub generation: Option<String>,
+    /// Overrides `poll.max_wait` for this watch.
+    pub max_wait: Option<String>,
+}
+
+/// One `[[sink]]`, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RawSink {
+    /// One JSON document per index, written atomically.
+    File(RawFileSink),
+}
+
+impl RawSink {
+    /// The `type` names the walker accepts, for error messages.
+    pub const TYPES: &'static [&'static str] = &["file"];
+}
+
+/// `[[sink]] type = "file"`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFileSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// Output directory; defaults to `{state_dir}/results`.
+    pub dir: String,
+    /// Also keep every version as `{index_id}/{lastAnalyzedAt}.json`.
+    pub keep_versions: bool,
+}

@@ -1,0 +1,263 @@
+//! Configuration tests: defaults stay documented, every problem is reported with key and origin.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::*;
+
+fn inline(toml: &str, env: &[(&str, &str)]) -> Sources {
+    Sources {
+        file: None,
+        inline: Some(("test.toml".into(), toml.into())),
+        env: Some(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        credentials_directory: None,
+    }
+}
+
+const CREDS: &[(&str, &str)] = &[
+    ("SCENEWATCH__API__ACCESS_KEY", "AK"),
+    ("SCENEWATCH__API__SECRET_KEY", "SUPERSECRET-0042"),
+];
+
+fn problems(toml: &str, env: &[(&str, &str)]) -> Vec<Problem> {
+    match load(&inline(toml, env)) {
+        Ok(c) => panic!(
+            "expected problems, got a config with {} watches",
+            c.watches.len()
+        ),
+        Err(e) => e.0,
+    }
+}
+
+#[test]
+fn default_toml_equals_the_built_in_defaults() {
+    let (raw, _) = load_raw(&inline(DEFAULT_TOML, &[])).expect("default.toml loads");
+    assert_eq!(raw, RawConfig::default());
+}
+
+#[test]
+fn minimal_config_with_env_credentials_is_valid() {
+    let c = load(&inline(
+        r#"
+[[watch]]
+workspace = "w"
+project_id = "1"
+asset_id = "2"
+index_id = "3"
+"#,
+        CREDS,
+    ))
+    .expect("valid");
+    assert_eq!(c.api.credentials.access_key, "AK");
+    assert_eq!(c.watches.len(), 1);
+    assert_eq!(c.poll.initial_interval, std::time::Duration::from_secs(10));
+    assert_eq!(c.sinks.len(), 1, "a default file sink is added");
+    // The secret never shows in Debug output of the whole config.
+    assert!(!format!("{c:?}").contains("SUPERSECRET"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_key_and_origin() {
+    let ps = problems(
+        r#"
+state_dir = "/tmp/x"
+colour = "blue"
+[api]
+endpiont = "https://x"
+timeout = "ten seconds"
+burst = "many"
+[poll]
+max_interval = "1s"
+initial_interval = "5s"
+[[watch]]
+workspace = "w/../etc"
+project_id = ""
+asset_id = "2"
+index_id = "3"
+"#,
+        &[("SCENEWATCH__POLL__MAX_WAIT", "forever")],
+    );
+    let text: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
+    let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+    assert!(has("colour: unknown key (in test.toml)"), "{text:#?}");
+    assert!(
+        has("api.endpiont: unknown key (did you mean `endpoint`?)"),
+        "{text:#?}"
+    );
+    assert!(has("api.burst: wrong type"), "{text:#?}");
+    // Shape problems stop before meaning; fix those and the rest appears.
+    let ps = problems(
+        r#"
+[api]
+timeout = "ten seconds"
+[poll]
+max_interval = "1s"
+initial_interval = "5s"
+[[watch]]
+workspace = "w/../etc"
+project_id = ""
+asset_id = "2"
+index_id = "3"
+"#,
+        &[("SCENEWATCH__POLL__MAX_WAIT", "forever")],
+    );
+    let text: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
+    let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+    assert!(
+        has("api.timeout: \"ten seconds\" is not a duration"),
+        "{text:#?}"
+    );
+    assert!(
+        has("poll.max_wait: \"forever\" is not a duration")
+            && has("from environment variable SCENEWATCH__POLL__MAX_WAIT"),
+        "{text:#?}"
+    );
+    assert!(
+        has("poll.max_interval: is shorter than poll.initial_interval"),
+        "{text:#?}"
+    );
+    assert!(
+        has("watch[0].workspace: \"w/../etc\" contains '/'"),
+        "{text:#?}"
+    );
+    assert!(
+        has("watch[0].project_id: \"\" must not be empty"),
+        "{text:#?}"
+    );
+    assert!(has("api.access_key: missing"), "{text:#?}");
+    assert!(has("api.secret_key: missing"), "{text:#?}");
+}
+
+#[test]
+fn duplicate_watch_names_both_places() {
+    let w =
+        "[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
+    let ps = problems(&format!("{w}{w}"), CREDS);
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    let t = ps[0].to_string();
+    assert!(t.starts_with("watch[1]: watches w/1/2/3 again"), "{t}");
+    assert!(t.contains("already declared as watch[0]"), "{t}");
+}
+
+#[test]
+fn ids_are_checked_as_the_design_says() {
+    for ok in ["1001", "my-workspace", "a_b.c", &"x".repeat(128)] {
+        assert!(validate_id(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "..",
+        ".",
+        "a..b",
+        "a/b",
+        "a b",
+        "é",
+        "a%2F",
+        "a?b",
+        &"x".repeat(129),
+    ] {
+        assert!(validate_id(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_problems() {
+    // A secret with the wrong type, a secret next to a conflicting file: no message echoes it.
+    let ps = problems(
+        "[api]\nsecret_key = \"HUNTER2-SECRET\"\nsecret_key_file = \"/nonexistent\"\n",
+        &[],
+    );
+    for p in &ps {
+        assert!(!p.to_string().contains("HUNTER2"), "{p}");
+    }
+    let ps = problems("[api]\nsecret_key = 12345678\n", &[]);
+    assert!(!ps.is_empty());
+    for p in &ps {
+        assert!(!p.to_string().contains("12345678"), "{p}");
+    }
+}
+
+#[test]
+fn secret_from_file_and_systemd_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("key");
+    std::fs::write(&f, "FROM-FILE\n").unwrap();
+    let toml = format!(
+        "[api]\naccess_key = \"AK\"\nsecret_key_file = \"{}\"\n",
+        f.display()
+    );
+    let c = load(&inline(&toml, &[])).expect("valid");
+    use secrecy::ExposeSecret;
+    assert_eq!(c.api.credentials.secret_key.expose_secret(), "FROM-FILE");
+
+    std::fs::write(dir.path().join(validate::CREDENTIAL_NAME), "FROM-SYSTEMD").unwrap();
+    let mut s = inline("[api]\naccess_key = \"AK\"\n", &[]);
+    s.credentials_directory = Some(dir.path().to_path_buf());
+    let c = load(&s).expect("valid");
+    assert_eq!(c.api.credentials.secret_key.expose_secret(), "FROM-SYSTEMD");
+
+    let ps = problems(
+        "[api]\naccess_key = \"AK\"\nsecret_key_file = \"/nonexistent/key\"\n",
+        &[],
+    );
+    assert!(
+        ps[0].to_string().contains("cannot read /nonexistent/key"),
+        "{}",
+        ps[0]
+    );
+}
+
+#[test]
+fn plain_http_only_to_loopback() {
+    let ps = problems("[api]\nendpoint = \"http://example.com\"\n", CREDS);
+    assert!(
+        ps[0].to_string().contains("only allowed to loopback"),
+        "{}",
+        ps[0]
+    );
+    for ok in [
+        "http://127.0.0.1:8080",
+        "http://localhost:1",
+        "http://[::1]:9",
+    ] {
+        let c = load(&inline(&format!("[api]\nendpoint = \"{ok}\"\n"), CREDS));
+        assert!(c.is_ok(), "{ok}: {c:?}");
+    }
+}
+
+#[test]
+fn unknown_sink_type_and_sink_keys() {
+    let ps = problems(
+        "[[sink]]\ntype = \"ftp\"\n[[sink]]\ntype = \"file\"\ndirectory = \"/x\"\n",
+        CREDS,
+    );
+    let text: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("sink[0].type: unknown sink type \"ftp\"")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("sink[1].directory: unknown key")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn missing_file_is_named() {
+    let s = Sources {
+        file: Some(PathBuf::from("/nonexistent/scenewatch.toml")),
+        env: Some(HashMap::new()),
+        ..Sources::default()
+    };
+    let e = load(&s).unwrap_err();
+    assert!(
+        e.to_string().contains("/nonexistent/scenewatch.toml"),
+        "{e}"
+    );
+}

@@ -1,0 +1,535 @@
+//! Stage two of configuration: a pure check that turns the raw shape into strong types and
+//! reports every problem at once. The only IO is reading the secret key file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+
+use super::{ConfigErrors, Origins, Problem, RawConfig, RawSink};
+use crate::ncp::Generation;
+use crate::ncp::signing::Credentials;
+
+/// Name of the systemd credential (`LoadCredential=ncp-secret-key:…`) holding the secret key.
+pub const CREDENTIAL_NAME: &str = "ncp-secret-key";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// The API.
+    pub api: ApiConfig,
+    /// The polling policy.
+    pub poll: PollConfig,
+    /// Watches in file order, unique by key.
+    pub watches: Vec<WatchSpec>,
+    /// Sinks in file order.
+    pub sinks: Vec<SinkConfig>,
+    /// Things worth saying that do not stop a run.
+    pub warnings: Vec<String>,
+}
+
+/// `[api]`, validated.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Base URL, without a trailing slash.
+    pub endpoint: String,
+    /// The key pair (the secret is redacted from `Debug`).
+    pub credentials: Credentials,
+    /// Default generation of watches.
+    pub generation: Generation,
+    /// Timeout of one request.
+    pub timeout: Duration,
+    /// Largest accepted response body.
+    pub max_body_bytes: u64,
+    /// Steady request rate per host.
+    pub requests_per_second: f64,
+    /// Burst size.
+    pub burst: u32,
+    /// Result-endpoint service codes that mean "not completed yet".
+    pub pending_codes: Vec<String>,
+}
+
+/// `[poll]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollConfig {
+    /// First interval.
+    pub initial_interval: Duration,
+    /// Longest interval.
+    pub max_interval: Duration,
+    /// Default deadline of a watch.
+    pub max_wait: Duration,
+    /// Recheck interval after delivery.
+    pub recheck_interval: Duration,
+    /// Grace for `BEFORE_SUMMARIZE`.
+    pub not_requested_grace: Duration,
+    /// Polls in flight at once.
+    pub concurrency: usize,
+}
+
+/// The four ids that identify a watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WatchKey {
+    /// Workspace name.
+    pub workspace: String,
+    /// Project id.
+    pub project_id: String,
+    /// Asset id.
+    pub asset_id: String,
+    /// Index id.
+    pub index_id: String,
+}
+
+impl WatchKey {
+    /// The CloudEvents `source` of the watch and the envelope's `source`.
+    pub fn source(&self) -> String {
+        format!(
+            "/workspaces/{}/projects/{}/assets/{}/indexes/{}",
+            self.workspace, self.project_id, self.asset_id, self.index_id
+        )
+    }
+}
+
+impl fmt::Display for WatchKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.workspace, self.project_id, self.asset_id, self.index_id
+        )
+    }
+}
+
+/// One watch, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchSpec {
+    /// Its identity.
+    pub key: WatchKey,
+    /// Known scene summary id, if any.
+    pub scene_summary_id: Option<String>,
+    /// Which endpoints it uses.
+    pub generation: Generation,
+    /// Its deadline.
+    pub max_wait: Duration,
+    /// Where it was declared, for messages (e.g. `watch[3] in /etc/scenewatch/scenewatch.toml`).
+    pub declared_at: String,
+}
+
+impl WatchSpec {
+    /// The target handed to the client.
+    pub fn target(&self) -> crate::ncp::Target {
+        crate::ncp::Target {
+            workspace: self.key.workspace.clone(),
+            project_id: self.key.project_id.clone(),
+            asset_id: self.key.asset_id.clone(),
+            index_id: self.key.index_id.clone(),
+            scene_summary_id: self.scene_summary_id.clone(),
+        }
+    }
+}
+
+/// A sink, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkConfig {
+    /// The file sink.
+    File(FileSinkConfig),
+}
+
+impl SinkConfig {
+    /// The sink's name in logs.
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::File(f) => &f.name,
+        }
+    }
+}
+
+/// `[[sink]] type = "file"`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Keep every version too.
+    pub keep_versions: bool,
+}
+
+/// Checks an id: non-empty, at most 128 bytes, letters, digits, `-`, `_`, `.`, and no `..`
+/// (nor only dots), so it is safe both in a URL path and as a file name.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.len() > 128 {
+        return Err(format!("is {} bytes long; at most 128", id.len()));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "contains {c:?}; only letters, digits, '-', '_' and '.' are allowed"
+        ));
+    }
+    if id.contains("..") || id.chars().all(|c| c == '.') {
+        return Err("must not contain \"..\" or be only dots".into());
+    }
+    Ok(())
+}
+
+/// Parses a humantime duration ("10s", "5m", "1h 30m").
+fn duration(
+    origins: &Origins,
+    problems: &mut Vec<Problem>,
+    key: &str,
+    value: &str,
+) -> Option<Duration> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if d.is_zero() => {
+            problems.push(origins.problem(key, "must be longer than zero"));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.push(origins.problem(
+                key,
+                format!("{value:?} is not a duration ({e}); write e.g. \"10s\", \"5m\", \"24h\""),
+            ));
+            None
+        }
+    }
+}
+
+fn generation(
+    origins: &Origins,
+    problems: &mut Vec<Problem>,
+    key: &str,
+    v: &str,
+) -> Option<Generation> {
+    match v {
+        "index" => Some(Generation::Index),
+        "asset" => Some(Generation::Asset),
+        other => {
+            problems.push(origins.problem(
+                key,
+                format!("{other:?} is not a generation; use \"index\" or \"asset\""),
+            ));
+            None
+        }
+    }
+}
+
+/// Stage two: every problem at once, or a [`Config`].
+pub fn validate(
+    raw: &RawConfig,
+    origins: &Origins,
+    credentials_directory: Option<&Path>,
+) -> Result<Config, ConfigErrors> {
+    let mut p = Vec::new();
+    let mut warnings = Vec::new();
+
+    if raw.state_dir.trim().is_empty() {
+        p.push(origins.problem("state_dir", "must not be empty"));
+    }
+    let state_dir = PathBuf::from(&raw.state_dir);
+
+    // [api]
+    let a = &raw.api;
+    let endpoint = check_endpoint(origins, &mut p, &a.endpoint, a.allow_insecure_http);
+    if a.access_key.trim().is_empty() {
+        p.push(origins.problem(
+            "api.access_key",
+            format!(
+                "missing; set it in the file or as {}",
+                super::env_var_name("api.access_key")
+            ),
+        ));
+    }
+    let secret = secret_key(origins, &mut p, &mut warnings, raw, credentials_directory);
+    let gen_default = generation(origins, &mut p, "api.generation", &a.generation);
+    let timeout = duration(origins, &mut p, "api.timeout", &a.timeout);
+    if a.max_body_bytes < 1024 {
+        p.push(origins.problem("api.max_body_bytes", "must be at least 1024"));
+    }
+    if !(a.requests_per_second.is_finite() && a.requests_per_second > 0.0) {
+        p.push(origins.problem("api.requests_per_second", "must be a number above zero"));
+    }
+    if a.burst == 0 {
+        p.push(origins.problem("api.burst", "must be at least 1"));
+    }
+
+    // [poll]
+    let r = &raw.poll;
+    let initial = duration(
+        origins,
+        &mut p,
+        "poll.initial_interval",
+        &r.initial_interval,
+    );
+    let max_interval = duration(origins, &mut p, "poll.max_interval", &r.max_interval);
+    let max_wait = duration(origins, &mut p, "poll.max_wait", &r.max_wait);
+    let recheck = duration(
+        origins,
+        &mut p,
+        "poll.recheck_interval",
+        &r.recheck_interval,
+    );
+    let grace = duration(
+        origins,
+        &mut p,
+        "poll.not_requested_grace",
+        &r.not_requested_grace,
+    );
+    if let (Some(i), Some(m)) = (initial, max_interval)
+        && i > m
+    {
+        p.push(origins.problem(
+            "poll.max_interval",
+            format!(
+                "is shorter than poll.initial_interval ({})",
+                humantime::format_duration(i)
+            ),
+        ));
+    }
+    if r.concurrency == 0 {
+        p.push(origins.problem("poll.concurrency", "must be at least 1"));
+    }
+
+    // [[watch]]
+    let mut watches = Vec::new();
+    let mut seen: HashMap<WatchKey, String> = HashMap::new();
+    for (i, w) in raw.watches.iter().enumerate() {
+        let base = format!("watch[{i}]");
+        let mut ok = true;
+        for (field, value) in [
+            ("workspace", &w.workspace),
+            ("project_id", &w.project_id),
+            ("asset_id", &w.asset_id),
+            ("index_id", &w.index_id),
+        ] {
+            if let Err(e) = validate_id(value) {
+                let key = format!("{base}.{field}");
+                // The id is not secret and the user needs to see which one is at fault.
+                p.push(origins.problem(&key, format!("{value:?} {e}")));
+                ok = false;
+            }
+        }
+        if let Some(sid) = &w.scene_summary_id
+            && let Err(e) = validate_id(sid)
+        {
+            p.push(origins.problem(&format!("{base}.scene_summary_id"), format!("{sid:?} {e}")));
+            ok = false;
+        }
+        let generation = match &w.generation {
+            Some(g) => generation(origins, &mut p, &format!("{base}.generation"), g),
+            None => gen_default,
+        };
+        let wait = match &w.max_wait {
+            Some(m) => duration(origins, &mut p, &format!("{base}.max_wait"), m),
+            None => max_wait,
+        };
+        let declared_at = format!("{base} ({})", origins.of(&format!("{base}.workspace")));
+        let key = WatchKey {
+            workspace: w.workspace.clone(),
+            project_id: w.project_id.clone(),
+            asset_id: w.asset_id.clone(),
+            index_id: w.index_id.clone(),
+        };
+        if ok && let Some(first) = seen.get(&key) {
+            p.push(origins.problem(
+                &base,
+                format!("watches {key} again; it is already declared as {first}"),
+            ));
+            ok = false;
+        }
+        if let (true, Some(generation), Some(max_wait)) = (ok, generation, wait) {
+            seen.insert(key.clone(), declared_at.clone());
+            watches.push(WatchSpec {
+                key,
+                scene_summary_id: w.scene_summary_id.clone(),
+                generation,
+                max_wait,
+                declared_at,
+            });
+        }
+    }
+
+    // [[sink]]
+    let mut sinks = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, s) in raw.sinks.iter().enumerate() {
+        match s {
+            RawSink::File(f) => {
+                let name = f.name.clone().unwrap_or_else(|| "file".into());
+                let dir = if f.dir.trim().is_empty() {
+                    state_dir.join("results")
+                } else {
+                    PathBuf::from(&f.dir)
+                };
+                if let Some(j) = names.insert(name.clone(), i) {
+                    p.push(origins.problem(
+                        &format!("sink[{i}].name"),
+                        format!(
+                            "{name:?} is already the name of sink[{j}]; give each sink its own name"
+                        ),
+                    ));
+                }
+                sinks.push(SinkConfig::File(FileSinkConfig {
+                    name,
+                    dir,
+                    keep_versions: f.keep_versions,
+                }));
+            }
+        }
+    }
+    if sinks.is_empty() {
+        sinks.push(SinkConfig::File(FileSinkConfig {
+            name: "file".into(),
+            dir: state_dir.join("results"),
+            keep_versions: false,
+        }));
+    }
+    if watches.is_empty() && p.is_empty() {
+        warnings.push("no [[watch]] entries: there is nothing to poll".into());
+    }
+
+    match (p.is_empty(), endpoint, secret, gen_default, timeout) {
+        (true, Some(endpoint), Some(secret), Some(generation), Some(timeout)) => Ok(Config {
+            state_dir,
+            api: ApiConfig {
+                endpoint,
+                credentials: Credentials::new(a.access_key.trim(), secret),
+                generation,
+                timeout,
+                max_body_bytes: a.max_body_bytes,
+                requests_per_second: a.requests_per_second,
+                burst: a.burst,
+                pending_codes: a.pending_codes.clone(),
+            },
+            poll: PollConfig {
+                initial_interval: initial.unwrap_or_default(),
+                max_interval: max_interval.unwrap_or_default(),
+                max_wait: max_wait.unwrap_or_default(),
+                recheck_interval: recheck.unwrap_or_default(),
+                not_requested_grace: grace.unwrap_or_default(),
+                concurrency: r.concurrency as usize,
+            },
+            watches,
+            sinks,
+            warnings,
+        }),
+        _ => Err(ConfigErrors(p)),
+    }
+}
+
+fn check_endpoint(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    endpoint: &str,
+    allow_insecure_http: bool,
+) -> Option<String> {
+    let url = match Url::parse(endpoint) {
+        Ok(u) => u,
+        Err(e) => {
+            p.push(origins.problem("api.endpoint", format!("{endpoint:?} is not a URL ({e})")));
+            return None;
+        }
+    };
+    let loopback = url
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .is_some_and(|h| h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback || allow_insecure_http => {}
+        "http" => {
+            p.push(origins.problem(
+                "api.endpoint",
+                "plain http:// is only allowed to loopback addresses; use https:// or set api.allow_insecure_http = true",
+            ));
+            return None;
+        }
+        other => {
+            p.push(origins.problem(
+                "api.endpoint",
+                format!("scheme {other:?} is not supported; use https://"),
+            ));
+            return None;
+        }
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        p.push(origins.problem(
+            "api.endpoint",
+            "must be a base URL without user, query or fragment",
+        ));
+        return None;
+    }
+    Some(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// The secret key from exactly one of: `api.secret_key` (environment or file), `api.secret_key_file`,
+/// or the systemd credential `ncp-secret-key`. Never echoes the key.
+fn secret_key(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+    raw: &RawConfig,
+    credentials_directory: Option<&Path>,
+) -> Option<String> {
+    let inline = raw.api.secret_key.trim();
+    let file = raw.api.secret_key_file.trim();
+    if !inline.is_empty() && !file.is_empty() {
+        p.push(origins.problem(
+            "api.secret_key",
+            format!(
+                "both api.secret_key and api.secret_key_file ({}) are set; keep one",
+                origins.of("api.secret_key_file")
+            ),
+        ));
+        return None;
+    }
+    if !inline.is_empty() {
+        if let super::Origin::File(f) = origins.of("api.secret_key") {
+            warnings.push(format!(
+                "api.secret_key is written in {}; prefer api.secret_key_file or {}",
+                f.display(),
+                super::env_var_name("api.secret_key")
+            ));
+        }
+        return Some(inline.to_string());
+    }
+    let path = if !file.is_empty() {
+        Some(("api.secret_key_file", PathBuf::from(file)))
+    } else {
+        credentials_directory
+            .map(|d| d.join(CREDENTIAL_NAME))
+            .filter(|p| p.exists())
+            .map(|p| ("api.secret_key_file", p))
+    };
+    let Some((key, path)) = path else {
+        p.push(origins.problem(
+            "api.secret_key",
+            format!(
+                "missing; set api.secret_key_file, {} or the systemd credential {CREDENTIAL_NAME}",
+                super::env_var_name("api.secret_key")
+            ),
+        ));
+        return None;
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().is_empty() => {
+            p.push(origins.problem(key, format!("{} is empty", path.display())));
+            None
+        }
+        Ok(s) => Some(s.trim().to_string()),
+        Err(e) => {
+            p.push(origins.problem(key, format!("cannot read {}: {e}", path.display())));
+            None
+        }
+    }
+}

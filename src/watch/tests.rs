@@ -1,0 +1,343 @@
+//! Table tests of the poll step: every answer kind, from every relevant state.
+
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use super::*;
+use crate::ncp::{
+    ApiError, ErrorOrigin, Operation, SceneSummaryInfo, SummaryResult, SummaryStatus, Verdict,
+};
+
+const LIMITS: Limits = Limits {
+    max_wait: Duration::from_secs(3600),
+    not_requested_grace: Duration::from_secs(600),
+};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn err(status: u16) -> ApiError {
+    ApiError {
+        operation: Operation::Status,
+        path: "/p".into(),
+        http_status: Some(status),
+        code: None,
+        message: "m".into(),
+        details: None,
+        trace_id: Some("trace-1".into()),
+        origin: ErrorOrigin::Gateway,
+    }
+}
+
+fn status(s: RemoteStatus) -> Verdict<SummaryStatus> {
+    Verdict::Ok(SummaryStatus { status: s })
+}
+
+fn result(last: Option<&str>) -> Verdict<SummaryResult> {
+    Verdict::Ok(SummaryResult {
+        raw: RawValue::from_string("{}".into()).unwrap(),
+        index_id: Some(1),
+        info: last.map(|l| SceneSummaryInfo {
+            last_analyzed_at: l.into(),
+            analyzed_scene_ids: None,
+        }),
+        scenes: Vec::new(),
+    })
+}
+
+fn waiting(remote: RemoteStatus) -> WatchState {
+    WatchState {
+        phase: Phase::Waiting,
+        remote: Some(remote),
+        polls: 3,
+        started_at: Some(secs(0)),
+        ..WatchState::default()
+    }
+}
+
+#[test]
+fn status_answers() {
+    use RemoteStatus::*;
+    let fresh = WatchState::default();
+    // (from, answer, expected phase, expected action)
+    let cases: Vec<(WatchState, Verdict<SummaryStatus>, Phase, Action)> = vec![
+        (
+            fresh.clone(),
+            status(WaitSummarize),
+            Phase::Waiting,
+            Action::PollAgain {
+                reset_backoff: true,
+            },
+        ),
+        (
+            waiting(WaitSummarize),
+            status(WaitSummarize),
+            Phase::Waiting,
+            Action::PollAgain {
+                reset_backoff: false,
+            },
+        ),
+        (
+            waiting(WaitSummarize),
+            status(Summarizing),
+            Phase::Waiting,
+            Action::PollAgain {
+                reset_backoff: true,
+            },
+        ),
+        (
+            waiting(Summarizing),
+            status(Completed),
+            Phase::Waiting,
+            Action::FetchResult,
+        ),
+        (
+            waiting(Summarizing),
+            status(Failed),
+            Phase::Failed,
+            Action::Stop,
+        ),
+        (
+            waiting(Summarizing),
+            status(Canceled),
+            Phase::Canceled,
+            Action::Stop,
+        ),
+        (
+            waiting(Summarizing),
+            status(Unknown("NEW_THING".into())),
+            Phase::Waiting,
+            Action::PollAgain {
+                reset_backoff: true,
+            },
+        ),
+        (
+            fresh.clone(),
+            status(BeforeSummarize),
+            Phase::Waiting,
+            Action::PollAgain {
+                reset_backoff: true,
+            },
+        ),
+        (
+            waiting(Summarizing),
+            Verdict::Retryable {
+                after: Some(secs(2)),
+                error: err(503),
+            },
+            Phase::Waiting,
+            Action::Retry {
+                after: Some(secs(2)),
+            },
+        ),
+        (
+            waiting(Summarizing),
+            Verdict::Throttled {
+                retry_after: None,
+                error: err(429),
+            },
+            Phase::Waiting,
+            Action::Throttle { retry_after: None },
+        ),
+        (
+            waiting(Summarizing),
+            Verdict::AuthFailure(err(401)),
+            Phase::Waiting,
+            Action::PauseClient,
+        ),
+        (
+            waiting(Summarizing),
+            Verdict::Permanent(err(404)),
+            Phase::Rejected,
+            Action::Stop,
+        ),
+    ];
+    for (i, (from, answer, phase, action)) in cases.into_iter().enumerate() {
+        let s = step(&from, secs(10), LIMITS, Answer::Status(&answer));
+        assert_eq!(
+            (s.state.phase, &s.action),
+            (phase, &action),
+            "case {i}: {answer:?}"
+        );
+        assert_eq!(
+            s.state.polls,
+            from.polls + 1,
+            "case {i}: every answer counts as a poll"
+        );
+    }
+}
+
+#[test]
+fn errors_are_counted_kept_for_display_and_cleared_by_success() {
+    let s = step(
+        &waiting(RemoteStatus::Summarizing),
+        secs(5),
+        LIMITS,
+        Answer::Status(&Verdict::Retryable {
+            after: None,
+            error: err(504),
+        }),
+    );
+    assert_eq!(s.state.consecutive_errors, 1);
+    assert!(
+        s.state.last_error.as_deref().unwrap().contains("trace-1"),
+        "trace id kept for logs"
+    );
+    let s = step(
+        &s.state,
+        secs(6),
+        LIMITS,
+        Answer::Status(&status(RemoteStatus::Summarizing)),
+    );
+    assert_eq!(s.state.consecutive_errors, 0);
+    assert_eq!(s.state.last_error, None);
+}
+
+#[test]
+fn before_summarize_beyond_the_grace_is_not_requested() {
+    let s = step(
+        &WatchState::default(),
+        secs(0),
+        LIMITS,
+        Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+    );
+    let s = step(
+        &s.state,
+        secs(599),
+        LIMITS,
+        Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+    );
+    assert_eq!(
+        s.action,
+        Action::PollAgain {
+            reset_backoff: false
+        }
+    );
+    let s = step(
+        &s.state,
+        secs(600),
+        LIMITS,
+        Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+    );
+    assert_eq!(
+        (s.state.phase, s.action),
+        (Phase::NotRequested, Action::Stop)
+    );
+    // A request in between restarts the grace.
+    let s = step(
+        &WatchState::default(),
+        secs(0),
+        LIMITS,
+        Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+    );
+    let s = step(
+        &s.state,
+        secs(300),
+        LIMITS,
+        Answer::Status(&status(RemoteStatus::WaitSummarize)),
+    );
+    let s = step(
+        &s.state,
+        secs(700),
+        LIMITS,
+        Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+    );
+    assert_eq!(s.state.phase, Phase::Waiting);
+}
+
+#[test]
+fn result_answers_deliver_new_versions_once() {
+    let s = step(
+        &waiting(RemoteStatus::Completed),
+        secs(1),
+        LIMITS,
+        Answer::Result(&result(Some("2026-04-17T10:30:00"))),
+    );
+    assert_eq!(s.state.phase, Phase::Completed);
+    assert_eq!(
+        s.action,
+        Action::Deliver {
+            version: "2026-04-17T10:30:00".into()
+        }
+    );
+    let done = delivered(&s.state, "2026-04-17T10:30:00");
+    assert_eq!(done.phase, Phase::Watching);
+    // The same version again: nothing to deliver.
+    let s = step(
+        &done,
+        secs(2),
+        LIMITS,
+        Answer::Result(&result(Some("2026-04-17T10:30:00"))),
+    );
+    assert_eq!(
+        (s.state.phase, &s.action),
+        (Phase::Watching, &Action::Recheck)
+    );
+    // A newer version (partial re-analysis): delivered again.
+    let s = step(
+        &done,
+        secs(3),
+        LIMITS,
+        Answer::Result(&result(Some("2026-04-18T09:00:00"))),
+    );
+    assert_eq!(
+        s.action,
+        Action::Deliver {
+            version: "2026-04-18T09:00:00".into()
+        }
+    );
+    // No sceneSummaryInfo, or "not completed yet": keep polling.
+    let s = step(
+        &waiting(RemoteStatus::Summarizing),
+        secs(4),
+        LIMITS,
+        Answer::Result(&result(None)),
+    );
+    assert_eq!(
+        s.action,
+        Action::PollAgain {
+            reset_backoff: false
+        }
+    );
+    let s = step(
+        &WatchState::default(),
+        secs(4),
+        LIMITS,
+        Answer::Result(&Verdict::Pending(err(400))),
+    );
+    assert_eq!(
+        (s.state.phase, s.action),
+        (
+            Phase::Waiting,
+            Action::PollAgain {
+                reset_backoff: false
+            }
+        )
+    );
+}
+
+#[test]
+fn deadline_applies_only_while_waiting() {
+    let w = waiting(RemoteStatus::Summarizing);
+    assert_eq!(check_deadline(&w, secs(3599), LIMITS), None);
+    let s = check_deadline(&w, secs(3600), LIMITS).unwrap();
+    assert_eq!((s.state.phase, s.action), (Phase::TimedOut, Action::Stop));
+    let mut done = w.clone();
+    done.phase = Phase::Watching;
+    assert_eq!(check_deadline(&done, secs(99_999), LIMITS), None);
+    assert_eq!(
+        check_deadline(&WatchState::default(), secs(99_999), LIMITS),
+        None,
+        "not started yet"
+    );
+}
+
+#[test]
+fn phase_names_round_trip() {
+    for p in Phase::ALL {
+        assert_eq!(Phase::parse(p.as_str()), Some(p));
+    }
+    assert_eq!(Phase::parse("nope"), None);
+}
