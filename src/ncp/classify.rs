@@ -9,7 +9,7 @@
 //! | 429, or gateway errorCode 400 / 410 / 420 whatever the status | `Throttled` (+ `Retry-After`) |
 //! | 401, or gateway errorCode 200 / 210 | `AuthFailure` |
 //! | result call, 4xx service error with a code in `pending_codes` | `Pending` |
-//! | 5xx, 408, or gateway errorCode 500 / 510 / 900 | `Retryable` (+ `Retry-After`) |
+//! | 5xx, 408, gateway errorCode 500 / 510 / 900, or a broken JSON error body | `Retryable` (+ `Retry-After`) |
 //! | any other status (4xx, 3xx: redirects are not followed, the signature covers the path) | `Permanent` |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -171,6 +171,7 @@ pub(crate) fn classify<'a>(
 
     let retry_after = answer.retry_after.and_then(|v| parse_retry_after(v, now));
     let parsed = ErrorBody::parse(answer.body);
+    let parsed_none = parsed.is_none();
     let service_shaped = parsed
         .as_ref()
         .is_some_and(|b| !b.gateway && (b.code.is_some() || b.message.is_some()));
@@ -208,7 +209,10 @@ pub(crate) fn classify<'a>(
     {
         return Verdict::Pending(error);
     }
-    if status >= 500 || status == 408 || matches!(gw, Some("500" | "510" | "900")) {
+    // Half a JSON object is a garbled answer, not the service's word: retry rather than give up
+    // on a watch. (A non-JSON page, say a proxy's HTML 404, is taken at its status.)
+    let garbled = parsed_none && answer.body.trim_ascii_start().starts_with(b"{");
+    if status >= 500 || status == 408 || matches!(gw, Some("500" | "510" | "900")) || garbled {
         return Verdict::Retryable {
             after: retry_after,
             error,

@@ -216,8 +216,8 @@ impl Client {
     }
 
     /// Requests a summary: all scenes when `scene_ids` is `None`, else a partial re-run of those
-    /// scenes. `locale` exists only on the asset-level API and is ignored (with a debug line) on
-    /// the index level.
+    /// scenes. `locale` exists only for full runs on the asset-level API and is ignored (with a
+    /// debug line) otherwise.
     pub async fn request(
         &self,
         generation: Generation,
@@ -226,10 +226,10 @@ impl Client {
         locale: Option<&str>,
     ) -> Verdict<RequestAccepted> {
         let body = request_body(generation, scene_ids, locale);
-        if locale.is_some() && generation == Generation::Index {
+        if locale.is_some() && (generation == Generation::Index || scene_ids.is_some()) {
             tracing::debug!(
                 index_id = %t.index_id,
-                "Locale ignored: the index-level request takes none."
+                "Locale ignored: only full asset-level runs take one."
             );
         }
         self.call(Operation::Request, generation, t, Some(body), |_, s| {
@@ -455,9 +455,9 @@ impl Client {
                     buf.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                // A cut-off error body still has a telling status; a cut-off success body is
-                // a transient failure.
-                Err(_) if !success => break,
+                // Where the status alone decides the verdict, a cut-off error body does not
+                // matter; elsewhere (a 4xx whose code we need) the answer is incomplete.
+                Err(_) if status == 401 || status == 429 || status >= 500 => break,
                 Err(e) => {
                     return Err(self.transport_failure(&ctx, &e, "reading the answer body failed"));
                 }
@@ -607,7 +607,7 @@ fn seg(s: &str) -> String {
     out
 }
 
-/// `{"sceneIds":[…]}` for a partial run, `locale` on the asset level only, else `{}`.
+/// `{"sceneIds":[…]}` for a partial run, `{"locale":…}` for a full asset-level run, else `{}`.
 fn request_body(
     generation: Generation,
     scene_ids: Option<&[u64]>,
@@ -617,7 +617,8 @@ fn request_body(
     if let Some(ids) = scene_ids {
         m.insert("sceneIds".into(), serde_json::Value::from(ids.to_vec()));
     }
-    if let (Some(l), Generation::Asset) = (locale, generation) {
+    // `locale` exists on the asset level only, and for full runs only (API doc §2).
+    if let (Some(l), Generation::Asset, None) = (locale, generation, scene_ids) {
         m.insert("locale".into(), serde_json::Value::from(l));
     }
     serde_json::Value::Object(m).to_string().into_bytes()
@@ -742,7 +743,7 @@ mod tests {
         );
         assert_eq!(
             s(request_body(Generation::Asset, Some(&[2]), Some("en"))),
-            r#"{"locale":"en","sceneIds":[2]}"#
+            r#"{"sceneIds":[2]}"#
         );
     }
 
