@@ -461,7 +461,7 @@ fn serve(sim: &Sim, route: &Route<'_>, body: &[u8]) -> Answer {
                     Err(r) => refusal(sim, r, route.generation),
                 };
             }
-            Op::Result => match asset.result() {
+            Op::Result => match asset.result(&sim.clock) {
                 Ok(s) => s,
                 Err(r) => return refusal(sim, r, route.generation),
             },
@@ -520,7 +520,7 @@ fn render_result(s: &ResultSnapshot) -> ResultOut {
                         .metadata_changed
                         .binary_search(&scene)
                         .is_ok(),
-                    analyzed_at: kst_string(at),
+                    analyzed_at: kst_string(s.wall_secs(at)),
                 }),
             };
             start += len;
@@ -530,7 +530,7 @@ fn render_result(s: &ResultSnapshot) -> ResultOut {
     ResultOut {
         index_id: s.index_id,
         scene_summary_info: InfoOut {
-            last_analyzed_at: kst_string(s.last_analyzed_at),
+            last_analyzed_at: kst_string(s.wall_secs(s.last_analyzed_at)),
             analyzed_scene_ids: s
                 .analyzed_scene_ids
                 .as_ref()

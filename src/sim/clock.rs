@@ -28,11 +28,20 @@ impl Clock {
         self.start
     }
 
-    /// Unix seconds at `at`, as seen by the state machine.
-    pub fn wall_secs(&self, at: Instant) -> i64 {
-        let since = i64::try_from(at.saturating_duration_since(self.start).as_millis())
-            .unwrap_or(i64::MAX / 2);
-        self.start_wall_ms.saturating_add(since) / 1000
+    /// Milliseconds from start to `at`. The state machine stores times this way, so texts
+    /// seeded from them repeat across runs (absolute wall times would differ every run).
+    pub fn rel_ms(&self, at: Instant) -> i64 {
+        i64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
+    /// Wall-clock Unix milliseconds at start: what relative times are displayed against.
+    pub fn start_wall_ms(&self) -> i64 {
+        self.start_wall_ms
+    }
+
+    /// Unix seconds of a relative time.
+    pub fn wall_secs_of(&self, rel_ms: i64) -> i64 {
+        self.start_wall_ms.saturating_add(rel_ms).div_euclid(1000)
     }
 
     /// The gateway's idea of now, in Unix milliseconds, for the 5-minute window.

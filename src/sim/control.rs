@@ -53,9 +53,12 @@ fn err(status: StatusCode, message: String) -> Response {
 }
 
 /// JSON bodies are parsed here rather than by axum's extractor so errors stay JSON.
-fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+/// A control-route failure, turned into a JSON response by `err` (kept small for `Result`).
+type Failure = (StatusCode, String);
+
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
     serde_json::from_slice(bytes)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -76,7 +79,7 @@ fn with_asset(
     sim: &Sim,
     p: &AssetPath,
     q: &IndexQuery,
-    f: impl FnOnce(&mut super::state::Asset, Instant) -> Result<(), Response>,
+    f: impl FnOnce(&mut super::state::Asset, Instant) -> Result<(), Failure>,
 ) -> Response {
     let mut inner = sim.lock();
     let found = match &q.index_id {
@@ -91,8 +94,8 @@ fn with_asset(
     let now = Instant::now();
     asset.settle(now, &sim.clock);
     match f(asset, now) {
-        Ok(()) => ok(asset.to_json()),
-        Err(resp) => resp,
+        Ok(()) => ok(asset.to_json(&sim.clock)),
+        Err((status, message)) => err(status, message),
     }
 }
 
@@ -105,7 +108,7 @@ async fn state(State(sim): S) -> Response {
         .iter_mut()
         .map(|a| {
             a.settle(now, &sim.clock);
-            a.to_json()
+            a.to_json(&sim.clock)
         })
         .collect();
     ok(json!({ "assets": assets, "clock_skew_ms": sim.clock.skew_ms() }))
@@ -124,7 +127,7 @@ async fn stats_reset(State(sim): S) -> Response {
 async fn add_asset(State(sim): S, bytes: Bytes) -> Response {
     let spec: AssetSpec = match body(&bytes) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err((status, message)) => return err(status, message),
     };
     if let Err(m) = spec.validate() {
         return err(StatusCode::BAD_REQUEST, format!("{}: {m}", spec.label()));
@@ -132,7 +135,7 @@ async fn add_asset(State(sim): S, bytes: Bytes) -> Response {
     let mut inner = sim.lock();
     match inner.store.add(&spec, sim.seed, Instant::now(), &sim.clock) {
         Ok(i) => match inner.store.assets.get(i) {
-            Some(a) => ok(a.to_json()),
+            Some(a) => ok(a.to_json(&sim.clock)),
             None => err(StatusCode::INTERNAL_SERVER_ERROR, "asset vanished".into()),
         },
         Err(m) => err(StatusCode::CONFLICT, m),
@@ -144,7 +147,7 @@ async fn advance(State(sim): S, Path(p): Path<AssetPath>, Query(q): Query<IndexQ
         if a.advance(now, &sim.clock) {
             Ok(())
         } else {
-            Err(err(
+            Err((
                 StatusCode::CONFLICT,
                 format!("{} is terminal; use force", a.status().as_str()),
             ))
@@ -166,7 +169,7 @@ async fn force(
 ) -> Response {
     let b: ForceBody = match body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err((status, message)) => return err(status, message),
     };
     with_asset(&sim, &p, &q, |a, now| {
         a.force(b.status, now, &sim.clock);
@@ -188,11 +191,11 @@ async fn metadata_changed(
 ) -> Response {
     let b: ScenesBody = match body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err((status, message)) => return err(status, message),
     };
     with_asset(&sim, &p, &q, |a, _| {
         a.set_metadata_changed(&b.scenes)
-            .map_err(|m| err(StatusCode::BAD_REQUEST, m))
+            .map_err(|m| (StatusCode::BAD_REQUEST, m))
     })
 }
 
@@ -211,7 +214,7 @@ fn one() -> usize {
 async fn faults_next(State(sim): S, bytes: Bytes) -> Response {
     let b: NextBody = match body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err((status, message)) => return err(status, message),
     };
     let mut inner = sim.lock();
     let queued = &mut inner.faults.queued;
@@ -238,7 +241,7 @@ async fn rates_get(State(sim): S) -> Response {
 async fn rates_put(State(sim): S, bytes: Bytes) -> Response {
     let rates: FaultRates = match body(&bytes) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err((status, message)) => return err(status, message),
     };
     if let Err(e) = rates.validate() {
         return err(StatusCode::BAD_REQUEST, e.to_string());
@@ -256,7 +259,7 @@ struct SkewBody {
 async fn skew(State(sim): S, bytes: Bytes) -> Response {
     let b: SkewBody = match body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err((status, message)) => return err(status, message),
     };
     sim.clock.set_skew_ms(b.ms);
     ok(json!({ "clock_skew_ms": b.ms }))

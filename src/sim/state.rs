@@ -11,8 +11,8 @@ use super::rng::{SplitMix64, hash_str, mix};
 use super::scenario::{AssetSpec, DurationRange, Outcome, Status, parse_index_id};
 
 /// A full run done before the simulator started (for `rerun_scene_ids` and initial
-/// SUMMARIZE_COMPLETED) is dated this long before start.
-const EARLIER_RUN_AGE_SECS: i64 = 3600;
+/// SUMMARIZE_COMPLETED) is dated an hour before start (times are ms relative to start).
+const EARLIER_RUN_MS: i64 = -3_600_000;
 
 /// One index of one asset.
 #[derive(Debug)]
@@ -35,7 +35,8 @@ pub struct Asset {
     done_at: Option<Instant>,
     /// The running job's scenes; None for a full run.
     job_scenes: Option<Vec<u32>>,
-    /// Wall seconds of the last completed full run: all scenes analyzed then.
+    /// Times below are milliseconds relative to simulator start (see `Clock::rel_ms`).
+    /// The last completed full run: all scenes analyzed then.
     full_run_at: Option<i64>,
     /// Scenes re-analyzed by later partial runs, with their time (sorted by scene).
     overrides: Vec<(u32, i64)>,
@@ -59,10 +60,17 @@ pub struct ResultSnapshot {
     pub last_analyzed_at: i64,
     pub analyzed_scene_ids: Option<Vec<u32>>,
     pub metadata_changed: Vec<u32>,
+    /// Adds to the relative times above to give wall-clock milliseconds.
+    pub wall_base_ms: i64,
 }
 
 impl ResultSnapshot {
-    /// When `scene` was last analyzed, if ever.
+    /// Wall-clock Unix seconds of a relative time.
+    pub fn wall_secs(&self, rel_ms: i64) -> i64 {
+        self.wall_base_ms.saturating_add(rel_ms).div_euclid(1000)
+    }
+
+    /// When `scene` was last analyzed (relative ms), if ever.
     pub fn analyzed_at(&self, scene: u32) -> Option<i64> {
         match self.overrides.binary_search_by_key(&scene, |o| o.0) {
             Ok(i) => self.overrides.get(i).map(|o| o.1),
@@ -113,7 +121,7 @@ impl Asset {
 
     /// Puts the asset in its scenario `initial` state, with durations counted from `start`.
     pub fn init(&mut self, spec: &AssetSpec, start: Instant, clock: &Clock) {
-        let earlier = clock.wall_secs(start) - EARLIER_RUN_AGE_SECS;
+        let earlier = clock.rel_ms(start) + EARLIER_RUN_MS;
         if let Some(ids) = &spec.rerun_scene_ids {
             self.full_run_at = Some(earlier);
             self.last_analyzed_at = Some(earlier);
@@ -185,15 +193,17 @@ impl Asset {
             self.status = Status::SummarizeFail;
             return;
         }
-        self.complete(clock.wall_secs(at), scenes);
+        self.complete(clock.rel_ms(at), scenes, clock);
     }
 
-    fn complete(&mut self, wall: i64, scenes: Option<Vec<u32>>) {
-        // A new version must have a new lastAnalyzedAt (the client keys versions on it), even
-        // when tests complete two runs within one second.
+    fn complete(&mut self, at: i64, scenes: Option<Vec<u32>>, clock: &Clock) {
+        // A new version must show a new lastAnalyzedAt (second precision; the client keys
+        // versions on it), even when tests complete two runs within one second.
         let wall = match self.last_analyzed_at {
-            Some(prev) if wall <= prev => prev + 1,
-            _ => wall,
+            Some(prev) if clock.wall_secs_of(at) <= clock.wall_secs_of(prev) => {
+                (clock.wall_secs_of(prev) + 1) * 1000 - clock.start_wall_ms()
+            }
+            _ => at,
         };
         match scenes {
             None => {
@@ -266,7 +276,7 @@ impl Asset {
     }
 
     /// The result, only in SUMMARIZE_COMPLETED.
-    pub fn result(&self) -> Result<ResultSnapshot, Refusal> {
+    pub fn result(&self, clock: &Clock) -> Result<ResultSnapshot, Refusal> {
         match (self.status, self.last_analyzed_at) {
             (Status::SummarizeCompleted, Some(last)) => Ok(ResultSnapshot {
                 index_id: self.index_id,
@@ -277,6 +287,7 @@ impl Asset {
                 last_analyzed_at: last,
                 analyzed_scene_ids: self.analyzed_scene_ids.clone(),
                 metadata_changed: self.metadata_changed.clone(),
+                wall_base_ms: clock.start_wall_ms(),
             }),
             (Status::BeforeSummarize, _) => Err(Refusal::NeverSummarized),
             _ => Err(Refusal::NotReady),
@@ -344,7 +355,7 @@ impl Asset {
                 };
                 self.run_at = None;
                 self.done_at = None;
-                self.complete(clock.wall_secs(now), scenes);
+                self.complete(clock.rel_ms(now), scenes, clock);
             }
             Status::SummarizeFail | Status::SummarizeCanceled => {
                 self.status = status;
@@ -368,7 +379,7 @@ impl Asset {
     }
 
     /// The control routes' view of this index.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub fn to_json(&self, clock: &Clock) -> serde_json::Value {
         serde_json::json!({
             "workspace": self.workspace,
             "project_id": self.project_id,
@@ -377,7 +388,9 @@ impl Asset {
             "scene_summary_id": self.summary_id,
             "status": self.status.as_str(),
             "scenes": self.scenes,
-            "last_analyzed_at": self.last_analyzed_at.map(super::clock::kst_string),
+            "last_analyzed_at": self
+                .last_analyzed_at
+                .map(|t| super::clock::kst_string(clock.wall_secs_of(t))),
             "analyzed_scene_ids": self.analyzed_scene_ids.as_ref()
                 .map(|v| v.iter().map(u32::to_string).collect::<Vec<_>>()),
             "metadata_changed_scenes": self.metadata_changed,
@@ -497,15 +510,12 @@ mod tests {
         assert_eq!(a.status(), Status::WaitSummarize);
         a.settle(t0 + Duration::from_secs(2), &clock);
         assert_eq!(a.status(), Status::Summarizing);
-        assert_eq!(a.result().unwrap_err(), Refusal::NotReady);
+        assert_eq!(a.result(&clock).unwrap_err(), Refusal::NotReady);
         a.settle(t0 + Duration::from_secs(60), &clock);
         assert_eq!(a.status(), Status::SummarizeCompleted);
         // Completed at t0+5s, not at the time of the look.
-        let r = a.result().unwrap();
-        assert_eq!(
-            r.last_analyzed_at,
-            clock.wall_secs(t0 + Duration::from_secs(5))
-        );
+        let r = a.result(&clock).unwrap();
+        assert_eq!(r.last_analyzed_at, 5_000);
         assert_eq!(a.cancel(), Err(Refusal::NotCancelable));
     }
 
@@ -515,7 +525,7 @@ mod tests {
         let a = &mut s.assets[0];
         let before = a.last_analyzed_at.unwrap();
         a.settle(t0 + Duration::from_secs(10), &clock);
-        let r = a.result().unwrap();
+        let r = a.result(&clock).unwrap();
         assert_eq!(r.analyzed_scene_ids, Some(vec![2, 5]));
         assert!(r.last_analyzed_at > before);
         assert_eq!(r.analyzed_at(2), Some(r.last_analyzed_at));
@@ -526,7 +536,7 @@ mod tests {
     fn refusals() {
         let (mut s, clock, t0) = one("initial='BEFORE_SUMMARIZE'");
         let a = &mut s.assets[0];
-        assert_eq!(a.result().unwrap_err(), Refusal::NeverSummarized);
+        assert_eq!(a.result(&clock).unwrap_err(), Refusal::NeverSummarized);
         assert_eq!(
             a.request(t0, Some(vec![1]), "x".into()),
             Err(Refusal::PartialBeforeFull)

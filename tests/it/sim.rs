@@ -1,1 +1,1051 @@
 //! The simulator on its own: the wire contract, its refusals, the state machine, fault injection.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::Method;
+use scenewatch::ncp::signing::{Credentials, sign};
+use scenewatch::sim::{self, Scenario, SimHandle};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const AK: &str = "AK_IT";
+const SK: &str = "SK_IT";
+const W: &str = "/api/v1/workspaces/ws/projects/1";
+
+/// Assets that never move on their own (1h queue), so tests drive them with control routes.
+const SCENARIO: &str = r#"
+seed = 11
+
+[[credentials]]
+access_key = "AK_IT"
+secret_key = "SK_IT"
+
+[[asset]]                       # waiting
+workspace = "ws"
+project_id = "1"
+asset_id = "10"
+index_id = "100"
+scene_summary_id = "1000"
+scenes = 6
+queue = "1h"
+run = "1h"
+
+[[asset]]                       # completed before start
+workspace = "ws"
+project_id = "1"
+asset_id = "11"
+index_id = "110"
+scene_summary_id = "1100"
+scenes = 5
+initial = "SUMMARIZE_COMPLETED"
+queue = "1h"
+run = "1h"
+
+[[asset]]                       # never requested
+workspace = "ws"
+project_id = "1"
+asset_id = "12"
+index_id = "120"
+scenes = 7
+initial = "BEFORE_SUMMARIZE"
+queue = "1h"
+run = "1h"
+
+[[asset]]                       # partial re-run requested at start
+workspace = "ws"
+project_id = "1"
+asset_id = "13"
+index_id = "130"
+scene_summary_id = "1300"
+scenes = 8
+rerun_scene_ids = [5, 2]
+queue = "1h"
+run = "1h"
+
+[[asset]]                       # a long video
+workspace = "ws"
+project_id = "1"
+asset_id = "14"
+index_id = "140"
+scenes = 3000
+initial = "SUMMARIZE_COMPLETED"
+"#;
+
+/// A simulator in-process on 127.0.0.1:0, stopped when dropped.
+struct TestSim {
+    handle: Option<SimHandle>,
+    shutdown: CancellationToken,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for TestSim {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn start(toml: &str) -> TestSim {
+    let scenario = Scenario::from_toml_str(toml).expect("test scenario parses");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = sim::spawn(scenario, listener, shutdown.clone())
+        .await
+        .unwrap();
+    let base = handle.base_url();
+    // No pooling: a fault that breaks a connection must not leak into the next request.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    TestSim {
+        handle: Some(handle),
+        shutdown,
+        base,
+        http,
+    }
+}
+
+impl TestSim {
+    /// A request signed with `(ak, sk)` at `ts`; `path` includes any query.
+    fn signed(
+        &self,
+        method: Method,
+        path: &str,
+        ak: &str,
+        sk: &str,
+        ts: u64,
+    ) -> reqwest::RequestBuilder {
+        let s = sign(&Credentials::new(ak, sk), method.as_str(), path, ts);
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        for (k, v) in s.headers() {
+            rb = rb.header(k, v);
+        }
+        rb
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {
+        let mut rb = self.signed(method, path, AK, SK, now_ms());
+        if let Some(b) = body {
+            rb = rb.body(b.to_string());
+        }
+        rb.send().await.expect("request sent")
+    }
+
+    /// Status and JSON body of a signed call.
+    async fn json(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let r = self.call(method, path, body).await;
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.expect("body read");
+        (status, serde_json::from_slice(&bytes).expect("JSON body"))
+    }
+
+    async fn ctl(&self, method: Method, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .request(method, format!("{}/__sim{path}", self.base))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    async fn advance(&self, asset: &str) -> Value {
+        let (s, v) = self
+            .ctl(
+                Method::POST,
+                &format!("/assets/ws/1/{asset}/advance"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.join().await;
+        }
+    }
+}
+
+fn status_of(v: &Value) -> &str {
+    v["result"]["status"].as_str().unwrap_or("")
+}
+
+/// Asserts a service error: HTTP status, code and no APIGW origin.
+fn assert_service_error(got: &(u16, Value), status: u16, code: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["code"], code, "{}", got.1);
+}
+
+#[tokio::test]
+async fn index_generation_walks_request_status_result_cancel() {
+    let sim = start(SCENARIO).await;
+    let idx = format!("{W}/assets/10/indexes/100/scene-summaries");
+    let status = |id: &str| format!("{idx}/{id}/status");
+
+    let st = sim.json(Method::GET, &status("1000"), None).await;
+    assert_eq!(st.0, 200);
+    assert_eq!(st.1["code"], "0");
+    assert_eq!(status_of(&st.1), "WAIT_SUMMARIZE");
+    assert_service_error(&sim.json(Method::GET, &idx, None).await, 400, "10100");
+    // A request while one waits is refused.
+    assert_service_error(&sim.json(Method::POST, &idx, None).await, 400, "10030");
+
+    sim.advance("10").await;
+    assert_eq!(
+        status_of(&sim.json(Method::GET, &status("1000"), None).await.1),
+        "SUMMARIZING"
+    );
+    assert_service_error(&sim.json(Method::POST, &idx, None).await, 400, "10030");
+    sim.advance("10").await;
+    assert_eq!(
+        status_of(&sim.json(Method::GET, &status("1000"), None).await.1),
+        "SUMMARIZE_COMPLETED"
+    );
+
+    let (code, res) = sim.json(Method::GET, &idx, None).await;
+    assert_eq!(code, 200, "{res}");
+    assert_eq!(res["message"], "success");
+    assert_eq!(res["result"]["indexId"], 100);
+    assert_eq!(
+        res["result"]["sceneSummaryInfo"]["analyzedSceneIds"],
+        Value::Null
+    );
+    let scenes = res["result"]["sceneSummaries"].as_array().unwrap();
+    assert_eq!(scenes.len(), 6);
+    assert_eq!(scenes[0]["scene"], 1);
+    assert_eq!(scenes[0]["startMs"], 0);
+    assert_eq!(scenes[1]["startMs"], scenes[0]["endMs"]);
+    assert_eq!(
+        scenes[0]["sceneSummary"]["metadataChangedAfterSummary"],
+        false
+    );
+    let last = res["result"]["sceneSummaryInfo"]["lastAnalyzedAt"]
+        .as_str()
+        .unwrap();
+    assert_eq!(last.len(), 19, "YYYY-MM-DDTHH:MM:SS without offset: {last}");
+    assert_eq!(scenes[0]["sceneSummary"]["analyzedAt"], last);
+
+    // Cancel after completion is refused.
+    assert_service_error(
+        &sim.json(Method::DELETE, &format!("{idx}/1000"), None).await,
+        400,
+        "10032",
+    );
+
+    // A new full request gets a new id; the old one is no longer the index's.
+    let (code, req) = sim.json(Method::POST, &idx, Some(json!({}))).await;
+    assert_eq!(code, 200, "{req}");
+    let new_id = req["result"]["sceneSummaryId"]
+        .as_u64()
+        .expect("numeric id")
+        .to_string();
+    assert_ne!(new_id, "1000");
+    assert_service_error(
+        &sim.json(Method::GET, &status("1000"), None).await,
+        404,
+        "10040",
+    );
+    assert_eq!(
+        status_of(&sim.json(Method::GET, &status(&new_id), None).await.1),
+        "WAIT_SUMMARIZE"
+    );
+    // The result is an error again until the new run completes.
+    assert_service_error(&sim.json(Method::GET, &idx, None).await, 400, "10100");
+
+    let (code, c) = sim
+        .json(Method::DELETE, &format!("{idx}/{new_id}"), None)
+        .await;
+    assert_eq!(code, 200, "{c}");
+    assert_eq!(
+        status_of(&sim.json(Method::GET, &status(&new_id), None).await.1),
+        "SUMMARIZE_CANCELED"
+    );
+    assert_service_error(
+        &sim.json(Method::DELETE, &format!("{idx}/{new_id}"), None)
+            .await,
+        400,
+        "10032",
+    );
+    // Unknown index and asset are service 404s.
+    assert_service_error(
+        &sim.json(
+            Method::GET,
+            &format!("{W}/assets/10/indexes/999/scene-summaries"),
+            None,
+        )
+        .await,
+        404,
+        "10040",
+    );
+    assert_service_error(
+        &sim.json(
+            Method::GET,
+            &format!("{W}/assets/99/scene-summary/status"),
+            None,
+        )
+        .await,
+        404,
+        "10040",
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn asset_generation_walks_request_status_result_cancel() {
+    let sim = start(SCENARIO).await;
+    let base = format!("{W}/assets/12/scene-summary");
+    let status = format!("{base}/status");
+    let cancel = format!("{base}/cancel");
+
+    assert_eq!(
+        status_of(&sim.json(Method::GET, &status, None).await.1),
+        "BEFORE_SUMMARIZE"
+    );
+    // No summary ever: the new result API answers 404.
+    assert_service_error(&sim.json(Method::GET, &base, None).await, 404, "10041");
+    assert_service_error(&sim.json(Method::POST, &cancel, None).await, 400, "10032");
+    // Partial before any full run.
+    assert_service_error(
+        &sim.json(Method::POST, &base, Some(json!({"sceneIds": [1, 3]})))
+            .await,
+        400,
+        "10031",
+    );
+    let (code, r) = sim
+        .json(Method::POST, &base, Some(json!({"locale": "ko"})))
+        .await;
+    assert_eq!(code, 200, "{r}");
+    assert!(r["result"]["sceneSummaryId"].is_u64());
+    assert_service_error(&sim.json(Method::POST, &base, None).await, 400, "10030");
+    assert_service_error(&sim.json(Method::GET, &base, None).await, 400, "10100");
+    let (code, _) = sim.json(Method::POST, &cancel, None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        status_of(&sim.json(Method::GET, &status, None).await.1),
+        "SUMMARIZE_CANCELED"
+    );
+
+    // Again, run to the end with the control routes.
+    let (code, _) = sim.json(Method::POST, &base, None).await;
+    assert_eq!(code, 200);
+    sim.advance("12").await;
+    sim.advance("12").await;
+    assert_eq!(
+        status_of(&sim.json(Method::GET, &status, None).await.1),
+        "SUMMARIZE_COMPLETED"
+    );
+    let (code, res) = sim.json(Method::GET, &base, None).await;
+    assert_eq!(code, 200, "{res}");
+    assert_eq!(res["result"]["indexId"], 120);
+    assert_eq!(res["result"]["sceneSummaries"].as_array().unwrap().len(), 7);
+    // Bad bodies are the documented 10001.
+    assert_service_error(
+        &sim.json(Method::POST, &base, Some(json!({"sceneIds": [0]})))
+            .await,
+        400,
+        "10001",
+    );
+    assert_service_error(
+        &sim.json(Method::POST, &base, Some(json!({"sceneIds": "1"})))
+            .await,
+        400,
+        "10001",
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn partial_rerun_updates_last_analyzed_at_and_analyzed_scene_ids() {
+    let sim = start(SCENARIO).await;
+    let (_, state) = sim.ctl(Method::GET, "/state", Value::Null).await;
+    let before = state["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["asset_id"] == "13")
+        .unwrap()["last_analyzed_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = format!("{W}/assets/13/scene-summary");
+    assert_eq!(
+        status_of(
+            &sim.json(Method::GET, &format!("{base}/status"), None)
+                .await
+                .1
+        ),
+        "WAIT_SUMMARIZE"
+    );
+    sim.advance("13").await;
+    let after = sim.advance("13").await;
+    assert_eq!(after["status"], "SUMMARIZE_COMPLETED");
+
+    let (code, res) = sim.json(Method::GET, &base, None).await;
+    assert_eq!(code, 200);
+    let info = &res["result"]["sceneSummaryInfo"];
+    assert_eq!(info["analyzedSceneIds"], json!(["2", "5"]));
+    let last = info["lastAnalyzedAt"].as_str().unwrap().to_owned();
+    assert!(last > before, "{last} after {before}");
+    let scenes = res["result"]["sceneSummaries"].as_array().unwrap();
+    for s in scenes {
+        let at = s["sceneSummary"]["analyzedAt"].as_str().unwrap();
+        let rerun = s["scene"] == 2 || s["scene"] == 5;
+        assert_eq!(at == last, rerun, "scene {}", s["scene"]);
+        if !rerun {
+            assert_eq!(at, before);
+        }
+    }
+
+    // Another partial run through the API moves lastAnalyzedAt again.
+    let (code, _) = sim
+        .json(Method::POST, &base, Some(json!({"sceneIds": [3]})))
+        .await;
+    assert_eq!(code, 200);
+    sim.advance("13").await;
+    sim.advance("13").await;
+    let (_, res2) = sim.json(Method::GET, &base, None).await;
+    let info2 = &res2["result"]["sceneSummaryInfo"];
+    assert_eq!(info2["analyzedSceneIds"], json!(["3"]));
+    assert!(info2["lastAnalyzedAt"].as_str().unwrap() > last.as_str());
+    sim.stop().await;
+}
+
+/// Every auth refusal is the gateway's 401 / errorCode 200 with the APIGW origin header.
+#[tokio::test]
+async fn auth_refusals_are_gateway_401_with_details() {
+    let sim = start(SCENARIO).await;
+    let path = format!("{W}/assets/11/scene-summary/status");
+    let now = now_ms();
+    let cases: Vec<(&str, reqwest::RequestBuilder, &str)> = vec![
+        (
+            "wrong secret",
+            sim.signed(Method::GET, &path, AK, "WRONG", now),
+            "Signature does not match.",
+        ),
+        (
+            "unknown key",
+            sim.signed(Method::GET, &path, "NOPE", SK, now),
+            "Invalid access key.",
+        ),
+        (
+            "stale timestamp",
+            sim.signed(Method::GET, &path, AK, SK, now - 6 * 60 * 1000),
+            "Timestamp is more than 5 minutes away from the gateway clock.",
+        ),
+        (
+            "future timestamp",
+            sim.signed(Method::GET, &path, AK, SK, now + 6 * 60 * 1000),
+            "Timestamp is more than 5 minutes away from the gateway clock.",
+        ),
+        (
+            "query left out of the signature",
+            {
+                let h = sign(&Credentials::new(AK, SK), "GET", &path, now);
+                let mut rb = sim.http.get(format!("{}{path}?x=1", sim.base));
+                for (k, v) in h.headers() {
+                    rb = rb.header(k, v);
+                }
+                rb
+            },
+            "Signature does not match.",
+        ),
+        (
+            "missing headers",
+            sim.http.get(format!("{}{path}", sim.base)),
+            "Required header x-ncp-apigw-timestamp is missing.",
+        ),
+        (
+            "missing signature",
+            sim.http
+                .get(format!("{}{path}", sim.base))
+                .header("x-ncp-apigw-timestamp", now.to_string())
+                .header("x-ncp-iam-access-key", AK),
+            "Required header x-ncp-apigw-signature-v2 is missing.",
+        ),
+        (
+            "timestamp not a number",
+            sim.http
+                .get(format!("{}{path}", sim.base))
+                .header("x-ncp-apigw-timestamp", "yesterday")
+                .header("x-ncp-iam-access-key", AK)
+                .header("x-ncp-apigw-signature-v2", "AAAA"),
+            "Invalid timestamp: x-ncp-apigw-timestamp must be milliseconds since the epoch.",
+        ),
+    ];
+    for (what, rb, details) in cases {
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{what}");
+        assert_eq!(
+            r.headers()["x-ncp-apigw-response-origin"],
+            "APIGW",
+            "{what}"
+        );
+        assert!(r.headers().contains_key("x-ncp-trace-id"), "{what}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["errorCode"], "200", "{what}");
+        assert_eq!(v["error"]["message"], "Authentication Failed", "{what}");
+        assert_eq!(v["error"]["details"], details, "{what}");
+    }
+    // The query is part of what is signed: a correctly signed query is accepted.
+    let ok = sim
+        .signed(Method::GET, &format!("{path}?x=1"), AK, SK, now)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+    assert_eq!(stats["by_route_status"]["asset_status 401"], 8, "{stats}");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn clock_skew_moves_the_signature_window() {
+    let sim = start(SCENARIO).await;
+    let path = format!("{W}/assets/11/scene-summary/status");
+    let (code, _) = sim
+        .ctl(Method::POST, "/clock/skew", json!({"ms": 10 * 60 * 1000}))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        sim.call(Method::GET, &path, None).await.status().as_u16(),
+        401
+    );
+    sim.ctl(Method::POST, "/clock/skew", json!({"ms": 0})).await;
+    assert_eq!(
+        sim.call(Method::GET, &path, None).await.status().as_u16(),
+        200
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_paths_are_gateway_404_before_auth() {
+    let sim = start(SCENARIO).await;
+    for (m, p) in [
+        (Method::GET, "/api/v1/nothing".to_string()),
+        (Method::GET, format!("{W}/assets/11/scene-summaries")),
+        (Method::DELETE, format!("{W}/assets/11/scene-summary")),
+        (
+            Method::GET,
+            format!("{W}/assets/11/indexes/110/scene-summaries/1100"),
+        ),
+    ] {
+        for rb in [
+            sim.signed(m.clone(), &p, AK, SK, now_ms()),
+            sim.http.request(m.clone(), format!("{}{p}", sim.base)),
+        ] {
+            let r = rb.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 404, "{m} {p}");
+            assert_eq!(r.headers()["x-ncp-apigw-response-origin"], "APIGW");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["errorCode"], "300");
+            assert_eq!(v["error"]["message"], "Not Found Exception");
+            assert_eq!(v["error"]["details"], "URL not found.");
+        }
+    }
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn every_response_has_a_unique_trace_id() {
+    let sim = start(SCENARIO).await;
+    let path = format!("{W}/assets/11/scene-summary/status");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let r = sim.call(Method::GET, &path, None).await;
+        let id = r.headers()["x-ncp-trace-id"].to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 32);
+        assert!(seen.insert(id));
+    }
+    sim.stop().await;
+}
+
+/// Queues one fault and makes one status call.
+async fn faulted(
+    sim: &TestSim,
+    kind: &str,
+) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), reqwest::Error> {
+    let (code, _) = sim
+        .ctl(
+            Method::POST,
+            "/faults/next",
+            json!({"kind": kind, "count": 1}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let path = format!("{W}/assets/11/scene-summary/status");
+    let r = sim
+        .signed(Method::GET, &path, AK, SK, now_ms())
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await?;
+    Ok((status, headers, body.to_vec()))
+}
+
+#[tokio::test]
+async fn gateway_fault_kinds_answer_their_status_and_code() {
+    let sim = start(SCENARIO).await;
+    let cases = [
+        ("throttle_400", 429, "400", false),
+        ("throttle_410", 429, "410", false),
+        ("throttle_420", 429, "420", false),
+        ("throttle_retry_after", 429, "420", true),
+        ("http_500", 500, "900", false),
+        ("http_503", 503, "500", false),
+        ("http_504", 504, "510", false),
+    ];
+    for (kind, status, code, retry_after) in cases {
+        let (s, h, body) = faulted(&sim, kind).await.expect(kind);
+        assert_eq!(s, status, "{kind}");
+        assert_eq!(h["x-ncp-apigw-response-origin"], "APIGW", "{kind}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["errorCode"], code, "{kind}");
+        assert_eq!(
+            h.get("retry-after").map(|v| v.to_str().unwrap()),
+            retry_after.then_some("2"),
+            "{kind}"
+        );
+    }
+    let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+    assert_eq!(stats["by_fault"]["http_504"], 1);
+    assert_eq!(stats["by_status"]["429"], 4);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn broken_body_fault_kinds_break_the_body() {
+    let sim = start(SCENARIO).await;
+    assert!(
+        faulted(&sim, "reset").await.is_err(),
+        "reset must fail the request"
+    );
+    assert!(
+        faulted(&sim, "truncated").await.is_err(),
+        "truncated must fail reading the body"
+    );
+    let (s, _, body) = faulted(&sim, "malformed_json").await.unwrap();
+    assert_eq!(s, 200);
+    assert!(serde_json::from_slice::<Value>(&body).is_err());
+    // Nothing is left broken: the next request is fine.
+    let (s, _, body) = faulted(&sim, "none").await.unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["result"]["status"],
+        "SUMMARIZE_COMPLETED"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_stream_beyond_a_mebibyte() {
+    let sim = start(SCENARIO).await;
+    sim.ctl(Method::POST, "/faults/next", json!({"kind": "oversized"}))
+        .await;
+    let mut r = sim
+        .call(
+            Method::GET,
+            &format!("{W}/assets/11/scene-summary/status"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 200);
+    let mut read = 0usize;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        read += chunk.len();
+        if read > 1024 * 1024 {
+            break;
+        }
+    }
+    assert!(read > 1024 * 1024, "read only {read} bytes");
+    drop(r);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn slow_answers_wait_the_configured_delay() {
+    let sim = start(SCENARIO).await;
+    let (code, _) = sim
+        .ctl(Method::PUT, "/faults/rates", json!({"slow_delay": "300ms"}))
+        .await;
+    assert_eq!(code, 200);
+    let t0 = tokio::time::Instant::now();
+    let (s, _, _) = faulted(&sim, "slow").await.unwrap();
+    assert_eq!(s, 200);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn queued_faults_are_deterministic_and_counted() {
+    let sim = start(SCENARIO).await;
+    let path = format!("{W}/assets/11/scene-summary/status");
+    sim.ctl(
+        Method::POST,
+        "/faults/next",
+        json!({"kind": "http_504", "count": 2}),
+    )
+    .await;
+    let mut got = vec![];
+    for _ in 0..3 {
+        got.push(sim.call(Method::GET, &path, None).await.status().as_u16());
+    }
+    assert_eq!(got, [504, 504, 200]);
+    let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+    assert_eq!(stats["total"], 3);
+    assert_eq!(stats["by_route"]["asset_status"], 3);
+    assert_eq!(stats["by_route_status"]["asset_status 504"], 2);
+    assert_eq!(stats["by_fault"]["http_504"], 2);
+    // Control routes never count and never get faults.
+    sim.ctl(Method::POST, "/faults/next", json!({"kind": "reset"}))
+        .await;
+    let (code, _) = sim.ctl(Method::GET, "/state", Value::Null).await;
+    assert_eq!(code, 200);
+    let (code, q) = sim.ctl(Method::DELETE, "/faults/next", Value::Null).await;
+    assert_eq!((code, &q["queued"]), (200, &json!(0)));
+    assert_eq!(
+        sim.call(Method::GET, &path, None).await.status().as_u16(),
+        200
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn fault_rates_apply_and_are_validated() {
+    let sim = start(SCENARIO).await;
+    let path = format!("{W}/assets/11/scene-summary/status");
+    let (code, _) = sim
+        .ctl(Method::PUT, "/faults/rates", json!({"http_503": 1.0}))
+        .await;
+    assert_eq!(code, 200);
+    for _ in 0..3 {
+        assert_eq!(
+            sim.call(Method::GET, &path, None).await.status().as_u16(),
+            503
+        );
+    }
+    let (code, e) = sim
+        .ctl(
+            Method::PUT,
+            "/faults/rates",
+            json!({"reset": 0.6, "slow": 0.6}),
+        )
+        .await;
+    assert_eq!(code, 400, "{e}");
+    let (code, e) = sim
+        .ctl(Method::PUT, "/faults/rates", json!({"bogus": 0.1}))
+        .await;
+    assert_eq!(code, 400, "{e}");
+    sim.ctl(Method::PUT, "/faults/rates", json!({})).await;
+    assert_eq!(
+        sim.call(Method::GET, &path, None).await.status().as_u16(),
+        200
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn quota_answers_429_rate_limited() {
+    let toml = format!("{SCENARIO}\n[api]\nrequests_per_second = 2.0\n");
+    let sim = start(&toml).await;
+    let path = format!("{W}/assets/11/scene-summary/status");
+    let mut limited = 0;
+    for _ in 0..6 {
+        let r = sim.call(Method::GET, &path, None).await;
+        if r.status().as_u16() == 429 {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["errorCode"], "420");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 3, "{limited} of 6 limited");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn api_knobs_change_envelopes() {
+    let toml = format!(
+        "{SCENARIO}\n[api]\nerror_envelope = \"responseError\"\ngateway_error_code_as_number = true\n\
+         result_not_ready_status = 409\nresult_not_ready_code = \"77\"\nresult_not_ready_message = \"later\"\n"
+    );
+    let sim = start(&toml).await;
+    let (s, v) = sim
+        .json(Method::GET, &format!("{W}/assets/10/scene-summary"), None)
+        .await;
+    assert_eq!(s, 409);
+    assert_eq!(
+        v["responseError"],
+        json!({"code": "77", "message": "later"})
+    );
+    let r = sim
+        .http
+        .get(format!("{}{W}/assets/10/scene-summary", sim.base))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["errorCode"], 200);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn control_routes_force_and_mark_metadata() {
+    let sim = start(SCENARIO).await;
+    let (code, v) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/10/force",
+            json!({"status": "SUMMARIZE_FAIL"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "SUMMARIZE_FAIL");
+    let st = format!("{W}/assets/10/scene-summary/status");
+    assert_eq!(
+        status_of(&sim.json(Method::GET, &st, None).await.1),
+        "SUMMARIZE_FAIL"
+    );
+    assert_service_error(
+        &sim.json(Method::GET, &format!("{W}/assets/10/scene-summary"), None)
+            .await,
+        400,
+        "10100",
+    );
+    let (code, _) = sim
+        .ctl(Method::POST, "/assets/ws/1/10/advance", json!({}))
+        .await;
+    assert_eq!(code, 409);
+    sim.ctl(
+        Method::POST,
+        "/assets/ws/1/10/force",
+        json!({"status": "SUMMARIZE_COMPLETED"}),
+    )
+    .await;
+    let (code, v) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/10/metadata-changed",
+            json!({"scenes": [2, 4]}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (_, res) = sim
+        .json(Method::GET, &format!("{W}/assets/10/scene-summary"), None)
+        .await;
+    let flags: Vec<bool> = res["result"]["sceneSummaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["sceneSummary"]["metadataChangedAfterSummary"]
+                .as_bool()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(flags, [false, true, false, true, false, false]);
+    let (code, _) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/10/metadata-changed",
+            json!({"scenes": [99]}),
+        )
+        .await;
+    assert_eq!(code, 400);
+    let (code, _) = sim
+        .ctl(Method::POST, "/assets/ws/1/nope/advance", json!({}))
+        .await;
+    assert_eq!(code, 404);
+    let (code, _) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/10/force",
+            json!({"status": "DONE"}),
+        )
+        .await;
+    assert_eq!(code, 400);
+
+    // Adding an asset at run time, same shape as [[asset]].
+    let (code, v) = sim
+        .ctl(
+            Method::POST,
+            "/assets",
+            json!({"workspace": "ws", "project_id": "1", "asset_id": "50", "index_id": "500",
+                   "scenes": 3, "initial": "SUMMARIZING", "run": "1h"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        status_of(
+            &sim.json(
+                Method::GET,
+                &format!("{W}/assets/50/scene-summary/status"),
+                None
+            )
+            .await
+            .1
+        ),
+        "SUMMARIZING"
+    );
+    let (code, _) = sim
+        .ctl(Method::POST, "/assets", json!({"workspace": "ws", "project_id": "1", "asset_id": "50", "index_id": "500", "scenes": 3}))
+        .await;
+    assert_eq!(code, 409);
+    sim.stop().await;
+}
+
+/// Descriptions come from (seed, asset, scene, analysis time relative to start), so two
+/// simulators with one scenario serve the same texts for assets completed before start.
+#[tokio::test]
+async fn same_seed_gives_same_descriptions_and_a_3000_scene_result_serves() {
+    let a = start(SCENARIO).await;
+    let b = start(SCENARIO).await;
+    let other = start(&SCENARIO.replace("seed = 11", "seed = 12")).await;
+    let path = format!("{W}/assets/14/scene-summary");
+    let texts = |v: &Value| -> Vec<String> {
+        v["result"]["sceneSummaries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                s["sceneSummary"]["description"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let (code, ra) = a.json(Method::GET, &path, None).await;
+    assert_eq!(code, 200);
+    let ta = texts(&ra);
+    assert_eq!(ta.len(), 3000);
+    assert_eq!(ta, texts(&b.json(Method::GET, &path, None).await.1));
+    assert_ne!(ta, texts(&other.json(Method::GET, &path, None).await.1));
+    for t in &ta {
+        let sentences = t.matches(['.', '!', '?']).count();
+        assert!((4..=6).contains(&sentences), "{sentences} sentences: {t}");
+        assert_eq!(t.matches('"').count(), 2, "one quoted remark: {t}");
+    }
+    let last = ra["result"]["sceneSummaries"][2999]["endMs"]
+        .as_u64()
+        .unwrap();
+    assert!(last > 3000 * 1000);
+    a.stop().await;
+    b.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_generated_assets_load_and_serve() {
+    let toml = format!(
+        "{SCENARIO}\n[[generate]]\ncount = 100000\nworkspace = \"bulk\"\nproject_id = \"9\"\n\
+         index_id_start = 7000000\nscenes = \"5..3000\"\nfail_rate = 0.2\n"
+    );
+    let sim = start(&toml).await;
+    let (code, v) = sim
+        .json(
+            Method::GET,
+            "/api/v1/workspaces/bulk/projects/9/assets/gen-100000/indexes/7099999/scene-summaries",
+            None,
+        )
+        .await;
+    assert_service_error(&(code, v), 400, "10100");
+    sim.stop().await;
+}
+
+#[test]
+fn scenario_errors_name_the_bad_key_or_asset() {
+    let cases = [
+        (SCENARIO.replace("scenes = 6", "sceens = 6"), "sceens"),
+        (
+            SCENARIO.replace("index_id = \"100\"", "index_id = \"x1\""),
+            "ws/1/10/x1",
+        ),
+        (SCENARIO.replace("scenes = 6", "scenes = 0"), "ws/1/10/100"),
+        (
+            SCENARIO.replace("rerun_scene_ids = [5, 2]", "rerun_scene_ids = [9]"),
+            "rerun_scene_ids",
+        ),
+        (
+            SCENARIO.replace("queue = \"1h\"", "queue = \"soon\""),
+            "queue",
+        ),
+        (
+            format!("{SCENARIO}\n[faults]\nreset = 1.5\n"),
+            "faults.reset",
+        ),
+        (format!("{SCENARIO}\n[faults]\nrest = 0.5\n"), "rest"),
+        (
+            format!("{SCENARIO}\n[api]\nerror_envelope = \"nested\"\n"),
+            "nested",
+        ),
+        (
+            SCENARIO.replace("initial = \"BEFORE_SUMMARIZE\"", "initial = \"DONE\""),
+            "DONE",
+        ),
+        ("seed = 1\n".to_string(), "credentials"),
+    ];
+    for (toml, want) in cases {
+        let err = Scenario::from_toml_str(&toml).expect_err(want).to_string();
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    // Duplicates are caught too.
+    let dup = format!(
+        "{SCENARIO}\n{}",
+        &SCENARIO[SCENARIO.find("[[asset]]").unwrap()
+            ..SCENARIO
+                .find("[[asset]]                       # completed")
+                .unwrap()]
+    );
+    let err = Scenario::from_toml_str(&dup).unwrap_err().to_string();
+    assert!(err.contains("declared twice"), "{err}");
+}
+
+#[test]
+fn scenario_load_errors_name_the_file() {
+    let missing = std::path::Path::new("/nonexistent/scenario.toml");
+    assert!(
+        Scenario::load(missing)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/scenario.toml")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "seed = \"x\"").unwrap();
+    let err = Scenario::load(&bad).unwrap_err().to_string();
+    assert!(err.contains("bad.toml") && err.contains("seed"), "{err}");
+}
+
+#[test]
+fn every_simulator_config_file_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/simulator");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "found {n} scenario files");
+    let demo = sim::demo_scenario();
+    assert_eq!(demo.assets.len(), 5);
+    assert_eq!(demo.credentials[0].access_key, "DEMO_ACCESS_KEY");
+}
