@@ -416,7 +416,7 @@ impl Client {
                 ErrorOrigin::TooLarge,
                 None,
                 format!(
-                    "answer body {seen} exceeds the cap of {cap} bytes; raise api.max_body_bytes if this result is genuine"
+                    "answer body {seen} exceeds api.max_body_bytes = {cap}; raise it if this result is genuine"
                 ),
                 None,
             ))
@@ -446,7 +446,7 @@ impl Client {
                         .saturating_sub(buf.len());
                     if chunk.len() > room {
                         if success {
-                            return Err(too_large("of more bytes"));
+                            return Err(too_large(&format!("of more than {cap} bytes")));
                         }
                         // An error body is only read for its code: keep the start, drop the rest.
                         buf.extend_from_slice(&chunk[..room]);
@@ -808,5 +808,135 @@ mod tests {
         assert_eq!(error.origin, ErrorOrigin::Transport);
         assert_eq!(error.http_status, None);
         assert!(!error.to_string().contains("SK_SECRET_VALUE"));
+    }
+
+    /// A one-shot HTTP/1.1 server: reads the request head (and a small body), answers `response`
+    /// verbatim, and hands the request text back. For what the simulator does not show: exact
+    /// headers on the wire and hand-made answers.
+    async fn one_shot(response: Vec<u8>) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            sock.write_all(&response).await.unwrap();
+            sock.flush().await.unwrap();
+            // Hold the connection open briefly, so a client that waits for more body would hang
+            // (and time out) rather than see a close.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        (format!("http://{addr}"), task)
+    }
+
+    fn http(status: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {status}\r\n").into_bytes();
+        for h in headers {
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn get_carries_content_type_and_a_fresh_valid_signature() {
+        let body = br#"{"code":"0","message":"success","result":{"status":"WAIT_SUMMARIZE"}}"#;
+        let cl = format!("content-length: {}", body.len());
+        let (base, server) =
+            one_shot(http("200 OK", &[&cl, "x-ncp-trace-id: abc-123"], body)).await;
+        let c = client(&format!("{base}/prefix/"));
+        let v = c.status(Generation::Asset, &target(None)).await;
+        assert_eq!(
+            v.ok().map(|s| s.status),
+            Some(crate::ncp::RemoteStatus::WaitSummarize)
+        );
+        let req = server.await.unwrap().to_ascii_lowercase();
+        let path =
+            "/prefix/api/v1/workspaces/my-workspace/projects/1234/assets/5678/scene-summary/status";
+        assert!(
+            req.starts_with(&format!("get {path} http/1.1\r\n")),
+            "{req}"
+        );
+        assert!(req.contains("content-type: application/json\r\n"), "{req}");
+        assert!(req.contains("x-ncp-iam-access-key: ak_test\r\n"), "{req}");
+        let header = |name: &str| {
+            req.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .map(str::to_owned)
+        };
+        let ts: u64 = header("x-ncp-apigw-timestamp").unwrap().parse().unwrap();
+        assert!(ts.abs_diff(now_ms()) < 60_000, "timestamp {ts} is not now");
+        // Recompute with the secret: the signature covers the prefixed path actually sent.
+        let want = sign(
+            &Credentials::new("AK_TEST", "SK_SECRET_VALUE"),
+            "GET",
+            path,
+            ts,
+        );
+        assert_eq!(
+            header("x-ncp-apigw-signature-v2").unwrap(),
+            want.signature.to_ascii_lowercase()
+        );
+        assert!(!req.contains("sk_secret_value"));
+    }
+
+    #[tokio::test]
+    async fn content_length_over_the_cap_fails_before_reading() {
+        // The server announces 10 MiB and sends none of it: only the header can stop the read.
+        let (base, _server) = one_shot(http(
+            "200 OK",
+            &["content-length: 10485760", "x-ncp-trace-id: t-big"],
+            b"",
+        ))
+        .await;
+        let mut o = ClientOptions::new(base, Credentials::new("AK_TEST", "SK_SECRET_VALUE"));
+        o.max_body_bytes = 1024;
+        o.timeout = Duration::from_secs(30);
+        let c = Client::new(o).unwrap();
+        let v = c.result(Generation::Asset, &target(None)).await;
+        let Verdict::Permanent(e) = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(e.origin, ErrorOrigin::TooLarge);
+        assert_eq!(e.trace_id.as_deref(), Some("t-big"));
+        assert!(e.message.contains("api.max_body_bytes = 1024"), "{e}");
+        assert!(e.message.contains("10485760"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_huge_error_page_is_classified_by_its_status() {
+        let page = vec![b'x'; 300 * 1024];
+        let cl = format!("content-length: {}", page.len());
+        let (base, _server) = one_shot(http(
+            "503 Service Unavailable",
+            &[&cl, "retry-after: Wed, 21 Oct 2099 07:28:00 GMT"],
+            &page,
+        ))
+        .await;
+        let mut o = ClientOptions::new(base, Credentials::new("AK_TEST", "SK_SECRET_VALUE"));
+        o.max_body_bytes = 100 * 1024;
+        let c = Client::new(o).unwrap();
+        let v = c.status(Generation::Asset, &target(None)).await;
+        let Verdict::Retryable {
+            after: Some(after),
+            error,
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert!(after > Duration::from_secs(365 * 86_400), "{after:?}");
+        assert_eq!(error.http_status, Some(503));
+        assert_eq!(error.origin, ErrorOrigin::Gateway);
     }
 }
