@@ -69,7 +69,7 @@ enum Command {
     },
     /// Validate the configuration and report every problem at once (exit 78 when invalid).
     ///
-    /// Example: SCENEWATCH__API__SECRET_KEY=… scenewatch check --config config/example.toml
+    /// Example: scenewatch check --config config/example.toml (with SCENEWATCH__API__SECRET_KEY set)
     Check {
         /// Configuration file (TOML); SCENEWATCH__SECTION__KEY variables override it.
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]

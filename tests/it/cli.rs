@@ -1,0 +1,196 @@
+//! The command line as a user meets it: `check` on every shipped config and on broken ones,
+//! `sign` against the documented vectors, `demo` from start to summary, and `--help`.
+
+use crate::support::{run, scenewatch, text};
+
+#[test]
+fn check_accepts_every_shipped_config() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = scenewatch()
+                .arg("check")
+                .arg("--config")
+                .arg(&path)
+                .env("SCENEWATCH__API__ACCESS_KEY", "AK")
+                .env("SCENEWATCH__API__SECRET_KEY", "SK")
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                text(&out)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "default.toml and example.toml at least");
+}
+
+#[test]
+fn check_reports_every_problem_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("broken.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[api]
+access_key = "AK"
+secret_key = "TOP-SECRET-VALUE"
+timeout = "soon"
+[poll]
+max_wait = "-1"
+[[watch]]
+workspace = "team a"
+project_id = "1"
+asset_id = "../etc"
+index_id = "3"
+"#,
+    )
+    .unwrap();
+    let out = scenewatch()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{all}");
+    let file = cfg.display().to_string();
+    for needle in [
+        "api.timeout: \"soon\" is not a duration",
+        "poll.max_wait: \"-1\" is not a duration",
+        "watch[0].workspace: \"team a\" contains ' '",
+        "watch[0].asset_id: \"../etc\" contains '/'",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert!(all.contains(&format!("(in {file})")), "{all}");
+    assert!(all.contains("4 configuration problems"), "{all}");
+    assert!(!all.contains("TOP-SECRET-VALUE"), "{all}");
+
+    // Environment overrides are named as such; unknown keys get a suggestion.
+    std::fs::write(&cfg, "[api]\naccess_key = \"AK\"\nburts = 3\n").unwrap();
+    let out = scenewatch()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .env("SCENEWATCH__POLL__CONCURRENCY", "lots")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{all}");
+    assert!(
+        all.contains("api.burts: unknown key (did you mean `burst`?)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("from environment variable SCENEWATCH__POLL__CONCURRENCY"),
+        "{all}"
+    );
+}
+
+#[test]
+fn check_names_a_missing_secret_and_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[api]\naccess_key = \"AK\"\n").unwrap();
+    let out = scenewatch()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out).contains("api.secret_key: missing"),
+        "{}",
+        text(&out)
+    );
+
+    let out = scenewatch()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("nope.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out).contains("nope.toml"), "{}", text(&out));
+}
+
+#[test]
+fn sign_prints_the_documented_vector_and_never_the_secret() {
+    let out = scenewatch()
+        .args([
+            "sign",
+            "--method",
+            "GET",
+            "--path",
+            "/api/v1/workspaces/my-workspace/projects/1234/assets/5678/scene-summary/status",
+            "--timestamp",
+            "1700000000000",
+        ])
+        .env("SCENEWATCH__API__ACCESS_KEY", "AK_TEST")
+        .env("SCENEWATCH__API__SECRET_KEY", "SK_TEST")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("x-ncp-apigw-signature-v2: hbVT3o59bXBN3Q1sJdcy82apODfpymoidL+KnEryfYE="),
+        "{all}"
+    );
+    assert!(all.contains("  GET /api/v1/workspaces/my-workspace/projects/1234/assets/5678/scene-summary/status\n  1700000000000\n  AK_TEST\n"), "{all}");
+    assert!(!all.contains("SK_TEST"), "{all}");
+}
+
+#[test]
+fn help_explains_each_verb_with_an_example() {
+    for verb in ["once", "check", "simulate", "demo", "sign"] {
+        let out = scenewatch().args([verb, "--help"]).output().unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{verb}: {all}");
+        assert!(
+            all.contains("Example: scenewatch"),
+            "{verb} --help has no example:\n{all}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_writes_results_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo-out");
+    let mut cmd = scenewatch();
+    cmd.arg("demo").arg("--out").arg(&out_dir);
+    let out = run(cmd).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let results = out_dir.canonicalize().unwrap().join("results");
+    assert!(
+        all.contains(&format!("4 result(s) written under {}", results.display())),
+        "{all}"
+    );
+    for (asset, index) in [
+        ("2001", "3001"),
+        ("2002", "3002"),
+        ("2004", "3004"),
+        ("2005", "3005"),
+    ] {
+        let p = results.join(format!("demo/100/{asset}/{index}.json"));
+        assert!(p.exists(), "{} missing:\n{all}", p.display());
+    }
+    assert!(
+        !results.join("demo/100/2003/3003.json").exists(),
+        "the failing asset writes nothing"
+    );
+    assert!(all.contains("✘ demo/100/2003/3003  failed"), "{all}");
+    let long: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("demo/100/2005/3005.json")).unwrap())
+            .unwrap();
+    assert_eq!(long["sceneCount"], 1500);
+}
