@@ -1049,3 +1049,44 @@ fn every_simulator_config_file_parses() {
     assert_eq!(demo.assets.len(), 5);
     assert_eq!(demo.credentials[0].access_key, "DEMO_ACCESS_KEY");
 }
+
+/// Scenario durations run on tokio's clock: with paused time a test walks the demo's first asset
+/// through its ~4 seconds without waiting.
+#[tokio::test(start_paused = true)]
+async fn demo_asset_walks_on_paused_time() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = sim::spawn(sim::demo_scenario(), listener, shutdown.clone())
+        .await
+        .unwrap();
+    let path =
+        "/api/v1/workspaces/demo/projects/100/assets/2001/indexes/3001/scene-summaries/4001/status";
+    // No idle pool: its timer could let paused time jump ahead while a request is in flight.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let status = |ts: u64| {
+        let s = sign(
+            &Credentials::new("DEMO_ACCESS_KEY", "DEMO_SECRET_KEY_NOT_SECRET"),
+            "GET",
+            path,
+            ts,
+        );
+        let mut rb = http.get(format!("{}{path}", handle.base_url()));
+        for (k, v) in s.headers() {
+            rb = rb.header(k, v);
+        }
+        async move {
+            let v: Value = rb.send().await.unwrap().json().await.unwrap();
+            v["result"]["status"].as_str().unwrap_or("").to_owned()
+        }
+    };
+    assert_eq!(status(now_ms()).await, "WAIT_SUMMARIZE");
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    assert_eq!(status(now_ms()).await, "SUMMARIZING");
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert_eq!(status(now_ms()).await, "SUMMARIZE_COMPLETED");
+    shutdown.cancel();
+    handle.join().await;
+}
