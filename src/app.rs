@@ -101,7 +101,7 @@ pub fn client(config: &Config) -> anyhow::Result<Client> {
 pub async fn sinks(config: &Config) -> Result<Vec<Arc<dyn Sink>>, sink::SinkError> {
     let mut out = Vec::new();
     for c in &config.sinks {
-        let s = sink::build(c);
+        let s = sink::build(c)?;
         s.healthcheck().await?;
         out.push(s);
     }

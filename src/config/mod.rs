@@ -17,7 +17,10 @@ use config::{Environment, File, FileFormat, Map, Value, ValueKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use raw::{RawApi, RawConfig, RawFileSink, RawPoll, RawSink, RawWatch};
+pub use raw::{
+    RawApi, RawConfig, RawEventSink, RawFileSink, RawJsonlSink, RawPoll, RawServer, RawSink,
+    RawStdoutSink, RawWatch, RawWebhookSink,
+};
 pub use validate::{
     ApiConfig, Config, FileSinkConfig, PollConfig, SinkConfig, WatchKey, WatchSpec, validate,
     validate_id,
@@ -183,7 +186,11 @@ pub fn load_raw(sources: &Sources) -> Result<(RawConfig, Origins), ConfigErrors>
         }])
     })?;
     let mut walker = Walker::default();
-    let raw = walker.root(root);
+    let mut raw = walker.root(root);
+    if !raw.watch_dir.trim().is_empty() {
+        let dir = PathBuf::from(raw.watch_dir.trim());
+        walker.watch_dir(&dir, &mut raw.watches);
+    }
     if walker.problems.is_empty() {
         Ok((raw, walker.origins))
     } else {
@@ -274,6 +281,11 @@ impl Walker {
                         }
                     }
                 }
+                "server" => {
+                    if let Some(t) = self.table("server", v) {
+                        out.server = self.fields("server", t).unwrap_or_default();
+                    }
+                }
                 "sink" => {
                     for (i, item) in self.array("sink", v).into_iter().enumerate() {
                         let path = format!("sink[{i}]");
@@ -284,6 +296,16 @@ impl Walker {
                         }
                     }
                 }
+                "event_sink" => {
+                    for (i, item) in self.array("event_sink", v).into_iter().enumerate() {
+                        let path = format!("event_sink[{i}]");
+                        if let Some(t) = self.table(&path, item)
+                            && let Some(s) = self.event_sink(&path, t)
+                        {
+                            out.event_sinks.push(s);
+                        }
+                    }
+                }
                 _ => {
                     scalars.insert(k, v);
                 }
@@ -291,36 +313,125 @@ impl Walker {
         }
         // Top-level scalars (state_dir) and unknown top-level keys.
         let top: Option<TopLevel> = self.fields("", scalars);
-        if let Some(state_dir) = top.and_then(|t| t.state_dir) {
-            out.state_dir = state_dir;
+        if let Some(top) = top {
+            if let Some(v) = top.state_dir {
+                out.state_dir = v;
+            }
+            if let Some(v) = top.watch_dir {
+                out.watch_dir = v;
+            }
+            if let Some(v) = top.shutdown_timeout {
+                out.shutdown_timeout = v;
+            }
         }
         out
     }
 
-    fn sink(&mut self, path: &str, mut t: Map<String, Value>) -> Option<RawSink> {
+    /// Appends the watches of every `*.toml` file in `dir` (sorted by name), one watch per file.
+    fn watch_dir(&mut self, dir: &Path, watches: &mut Vec<RawWatch>) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                let origin = self.origins.of("watch_dir");
+                self.problems.push(Problem {
+                    key: "watch_dir".into(),
+                    origin,
+                    message: format!("cannot read directory {}: {e}", dir.display()),
+                });
+                return;
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        for file in files {
+            let path = format!("watch[{}]", watches.len());
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.problems.push(Problem {
+                        key: path,
+                        origin: Origin::File(file.clone()),
+                        message: format!("cannot read the watch file: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let source = NamedToml::new(file.display().to_string(), text);
+            match config::Source::collect(&source) {
+                Ok(table) => {
+                    if let Some(w) = self.fields(&path, table) {
+                        watches.push(w);
+                    } else {
+                        // Keep numbering stable so later files name their own index.
+                        watches.push(RawWatch::default());
+                    }
+                }
+                Err(e) => self.problems.push(Problem {
+                    key: path,
+                    origin: Origin::File(file.clone()),
+                    message: format!("not valid TOML: {e}"),
+                }),
+            }
+        }
+    }
+
+    /// Reads and removes `type`, recording a problem when it is missing or not a string.
+    fn sink_type(
+        &mut self,
+        path: &str,
+        t: &mut Map<String, Value>,
+        types: &[&str],
+    ) -> Option<(String, String, Origin)> {
+        let key = format!("{path}.type");
         let Some(kind) = t.remove("type") else {
             self.problems.push(Problem {
-                key: format!("{path}.type"),
-                origin: first_origin_in(&t),
-                message: format!("missing; one of {}", RawSink::TYPES.join(", ")),
+                key,
+                origin: first_origin_in(t),
+                message: format!("missing; one of {}", types.join(", ")),
             });
             return None;
         };
-        let key = format!("{path}.type");
         let origin = origin_of(&kind, &key);
         self.origins.by_key.insert(key.clone(), origin.clone());
-        match kind.into_string().ok().as_deref() {
-            Some("file") => self.fields(path, t).map(RawSink::File),
+        let name = kind
+            .into_string()
+            .unwrap_or_else(|_| "(not a string)".into());
+        Some((name, key, origin))
+    }
+
+    fn unknown_type(&mut self, key: String, origin: Origin, name: &str, types: &[&str]) {
+        self.problems.push(Problem {
+            key,
+            origin,
+            message: format!("unknown type {name:?}; one of {}", types.join(", ")),
+        });
+    }
+
+    fn sink(&mut self, path: &str, mut t: Map<String, Value>) -> Option<RawSink> {
+        let (name, key, origin) = self.sink_type(path, &mut t, RawSink::TYPES)?;
+        match name.as_str() {
+            "file" => self.fields(path, t).map(RawSink::File),
+            "stdout" => self.fields(path, t).map(RawSink::Stdout),
+            "jsonl" => self.fields(path, t).map(RawSink::Jsonl),
+            "webhook" => self.fields(path, t).map(RawSink::Webhook),
             other => {
-                self.problems.push(Problem {
-                    key,
-                    origin,
-                    message: format!(
-                        "unknown sink type {:?}; one of {}",
-                        other.unwrap_or("(not a string)"),
-                        RawSink::TYPES.join(", ")
-                    ),
-                });
+                self.unknown_type(key, origin, other, RawSink::TYPES);
+                None
+            }
+        }
+    }
+
+    fn event_sink(&mut self, path: &str, mut t: Map<String, Value>) -> Option<RawEventSink> {
+        let (name, key, origin) = self.sink_type(path, &mut t, RawEventSink::TYPES)?;
+        match name.as_str() {
+            "stdout" => self.fields(path, t).map(RawEventSink::Stdout),
+            "jsonl" => self.fields(path, t).map(RawEventSink::Jsonl),
+            "webhook" => self.fields(path, t).map(RawEventSink::Webhook),
+            other => {
+                self.unknown_type(key, origin, other, RawEventSink::TYPES);
                 None
             }
         }
@@ -424,6 +535,8 @@ impl Walker {
 #[serde(deny_unknown_fields, default)]
 struct TopLevel {
     state_dir: Option<String>,
+    watch_dir: Option<String>,
+    shutdown_timeout: Option<String>,
     // The tables are walked separately; listed so they are not reported as unknown.
     #[serde(skip_deserializing)]
     api: (),
@@ -433,6 +546,10 @@ struct TopLevel {
     watch: (),
     #[serde(skip_deserializing)]
     sink: (),
+    #[serde(skip_deserializing)]
+    event_sink: (),
+    #[serde(skip_deserializing)]
+    server: (),
 }
 
 /// A type error without the offending value: the value could be a secret.

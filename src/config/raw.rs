@@ -22,6 +22,15 @@ pub struct RawConfig {
     /// Where results go.
     #[serde(rename = "sink")]
     pub sinks: Vec<RawSink>,
+    /// Where events go.
+    #[serde(rename = "event_sink")]
+    pub event_sinks: Vec<RawEventSink>,
+    /// A directory of watch files (one `*.toml` per watch); empty for none.
+    pub watch_dir: String,
+    /// How long a graceful shutdown may take.
+    pub shutdown_timeout: String,
+    /// The HTTP server for health and metrics.
+    pub server: RawServer,
 }
 
 impl Default for RawConfig {
@@ -32,6 +41,10 @@ impl Default for RawConfig {
             poll: RawPoll::default(),
             watches: Vec::new(),
             sinks: Vec::new(),
+            event_sinks: Vec::new(),
+            watch_dir: String::new(),
+            shutdown_timeout: "20s".into(),
+            server: RawServer::default(),
         }
     }
 }
@@ -133,17 +146,56 @@ pub struct RawWatch {
     pub max_wait: Option<String>,
 }
 
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Address of the health and metrics endpoints.
+    pub listen: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
 /// One `[[sink]]`, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum RawSink {
     /// One JSON document per index, written atomically.
     File(RawFileSink),
+    /// One JSON line per version on standard output.
+    Stdout(RawStdoutSink),
+    /// One JSON line per version appended to a file, rotated by size.
+    Jsonl(RawJsonlSink),
+    /// A signed POST per version.
+    Webhook(RawWebhookSink),
 }
 
 impl RawSink {
     /// The `type` names the walker accepts, for error messages.
-    pub const TYPES: &'static [&'static str] = &["file"];
+    pub const TYPES: &'static [&'static str] = &["file", "stdout", "jsonl", "webhook"];
+}
+
+/// One `[[event_sink]]`, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RawEventSink {
+    /// One CloudEvent JSON line per event on standard output.
+    Stdout(RawStdoutSink),
+    /// One CloudEvent JSON line per event appended to a file, rotated by size.
+    Jsonl(RawJsonlSink),
+    /// A signed POST per event.
+    Webhook(RawWebhookSink),
+}
+
+impl RawEventSink {
+    /// The `type` names the walker accepts, for error messages.
+    pub const TYPES: &'static [&'static str] = &["stdout", "jsonl", "webhook"];
 }
 
 /// `[[sink]] type = "file"`.
@@ -156,4 +208,71 @@ pub struct RawFileSink {
     pub dir: String,
     /// Also keep every version as `{index_id}/{lastAnalyzedAt}.json`.
     pub keep_versions: bool,
+}
+
+/// `type = "stdout"`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStdoutSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+}
+
+/// `type = "jsonl"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawJsonlSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// The file appended to; required.
+    pub path: String,
+    /// Rotate when the file would grow beyond this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` … `path.N`).
+    pub keep_files: u32,
+}
+
+impl Default for RawJsonlSink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            path: String::new(),
+            max_bytes: 100 * 1024 * 1024,
+            keep_files: 5,
+        }
+    }
+}
+
+/// `type = "webhook"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebhookSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// Where to POST; required.
+    pub url: String,
+    /// The signing secret itself (better: `secret_file` or `secret_env`).
+    pub secret: String,
+    /// A file holding the signing secret.
+    pub secret_file: String,
+    /// The name of an environment variable holding the signing secret.
+    pub secret_env: String,
+    /// Timeout of one POST.
+    pub timeout: String,
+    /// Allow `http://` to hosts other than loopback.
+    pub allow_insecure_http: bool,
+}
+
+impl Default for RawWebhookSink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            url: String::new(),
+            secret: String::new(),
+            secret_file: String::new(),
+            secret_env: String::new(),
+            timeout: "10s".into(),
+            allow_insecure_http: false,
+        }
+    }
 }

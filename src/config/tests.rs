@@ -238,7 +238,7 @@ fn unknown_sink_type_and_sink_keys() {
     let text: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
     assert!(
         text.iter()
-            .any(|t| t.contains("sink[0].type: unknown sink type \"ftp\"")),
+            .any(|t| t.contains("sink[0].type: unknown type \"ftp\"")),
         "{text:?}"
     );
     assert!(
@@ -259,5 +259,44 @@ fn missing_file_is_named() {
     assert!(
         e.to_string().contains("/nonexistent/scenewatch.toml"),
         "{e}"
+    );
+}
+
+#[test]
+fn watch_dir_files_are_watches_and_duplicates_name_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let wd = dir.path().join("watches.d");
+    std::fs::create_dir(&wd).unwrap();
+    let w = |asset: &str| {
+        format!("workspace = \"w\"\nproject_id = \"1\"\nasset_id = \"{asset}\"\nindex_id = \"3\"\n")
+    };
+    std::fs::write(wd.join("a.toml"), w("10")).unwrap();
+    std::fs::write(wd.join("b.toml"), w("11")).unwrap();
+    std::fs::write(wd.join("notes.txt"), "ignored").unwrap();
+    let toml = format!("watch_dir = \"{}\"\n[[watch]]\n{}", wd.display(), w("9"));
+    let c = load(&inline(&toml, CREDS)).expect("valid");
+    let assets: Vec<_> = c.watches.iter().map(|w| w.key.asset_id.as_str()).collect();
+    assert_eq!(assets, ["9", "10", "11"]);
+    assert!(
+        c.watches[1].declared_at.contains("a.toml"),
+        "{}",
+        c.watches[1].declared_at
+    );
+
+    // The same watch in the file and in the directory: one problem naming both places.
+    std::fs::write(wd.join("c.toml"), w("9")).unwrap();
+    let ps = problems(&toml, CREDS);
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    let t = ps[0].to_string();
+    assert!(t.contains("c.toml") && t.contains("test.toml"), "{t}");
+
+    // A broken watch file is named.
+    std::fs::write(wd.join("c.toml"), "workspace = \"w\"\nasset = 3\n").unwrap();
+    let ps = problems(&toml, CREDS);
+    assert!(
+        ps.iter()
+            .any(|p| p.to_string().contains("asset: unknown key")
+                && p.to_string().contains("c.toml")),
+        "{ps:?}"
     );
 }

@@ -9,7 +9,12 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::{ConfigErrors, Origins, Problem, RawConfig, RawSink};
+use secrecy::SecretString;
+
+use super::{
+    ConfigErrors, Origins, Problem, RawConfig, RawEventSink, RawJsonlSink, RawSink, RawStdoutSink,
+    RawWebhookSink,
+};
 use crate::ncp::Generation;
 use crate::ncp::signing::Credentials;
 
@@ -29,6 +34,14 @@ pub struct Config {
     pub watches: Vec<WatchSpec>,
     /// Sinks in file order.
     pub sinks: Vec<SinkConfig>,
+    /// Event sinks in file order.
+    pub event_sinks: Vec<EventSinkConfig>,
+    /// The watch directory, if any.
+    pub watch_dir: Option<PathBuf>,
+    /// How long a graceful shutdown may take.
+    pub shutdown_timeout: Duration,
+    /// Address of the health and metrics endpoints.
+    pub listen: std::net::SocketAddr,
     /// Things worth saying that do not stop a run.
     pub warnings: Vec<String>,
 }
@@ -132,18 +145,49 @@ impl WatchSpec {
     }
 }
 
-/// A sink, validated.
-#[derive(Debug, Clone, PartialEq)]
+/// A result sink, validated.
+#[derive(Debug, Clone)]
 pub enum SinkConfig {
     /// The file sink.
     File(FileSinkConfig),
+    /// JSON lines on stdout.
+    Stdout(StdoutSinkConfig),
+    /// JSON lines appended to a file.
+    Jsonl(JsonlSinkConfig),
+    /// Signed POSTs.
+    Webhook(WebhookSinkConfig),
 }
 
 impl SinkConfig {
-    /// The sink's name in logs.
+    /// The sink's name in logs, metrics and the ledger.
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::File(f) => &f.name,
+            SinkConfig::Stdout(s) => &s.name,
+            SinkConfig::Jsonl(j) => &j.name,
+            SinkConfig::Webhook(w) => &w.name,
+        }
+    }
+}
+
+/// An event sink, validated.
+#[derive(Debug, Clone)]
+pub enum EventSinkConfig {
+    /// CloudEvents as JSON lines on stdout.
+    Stdout(StdoutSinkConfig),
+    /// CloudEvents as JSON lines appended to a file.
+    Jsonl(JsonlSinkConfig),
+    /// Signed POSTs of CloudEvents.
+    Webhook(WebhookSinkConfig),
+}
+
+impl EventSinkConfig {
+    /// The sink's name in logs, metrics and the ledger.
+    pub fn name(&self) -> &str {
+        match self {
+            EventSinkConfig::Stdout(s) => &s.name,
+            EventSinkConfig::Jsonl(j) => &j.name,
+            EventSinkConfig::Webhook(w) => &w.name,
         }
     }
 }
@@ -157,6 +201,40 @@ pub struct FileSinkConfig {
     pub dir: PathBuf,
     /// Keep every version too.
     pub keep_versions: bool,
+}
+
+/// `type = "stdout"`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StdoutSinkConfig {
+    /// Name in logs.
+    pub name: String,
+}
+
+/// `type = "jsonl"`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonlSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// The file appended to.
+    pub path: PathBuf,
+    /// Rotation size.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep_files: u32,
+}
+
+/// `type = "webhook"`, validated.
+#[derive(Debug, Clone)]
+pub struct WebhookSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// Where to POST.
+    pub url: String,
+    /// The Standard Webhooks signing secret (raw bytes of the configured string; a `whsec_`
+    /// prefix is base64-decoded as the spec says).
+    pub secret: SecretString,
+    /// Timeout of one POST.
+    pub timeout: Duration,
 }
 
 /// Checks an id: non-empty, at most 128 bytes, letters, digits, `-`, `_`, `.`, and no `..`
@@ -341,10 +419,11 @@ pub fn validate(
             index_id: w.index_id.clone(),
         };
         if ok && let Some(first) = seen.get(&key) {
-            p.push(origins.problem(
-                &base,
-                format!("watches {key} again; it is already declared as {first}"),
-            ));
+            p.push(Problem {
+                key: base.clone(),
+                origin: origins.of(&format!("{base}.workspace")),
+                message: format!("watches {key} again; it is already declared as {first}"),
+            });
             ok = false;
         }
         if let (true, Some(generation), Some(max_wait)) = (ok, generation, wait) {
@@ -359,32 +438,33 @@ pub fn validate(
         }
     }
 
-    // [[sink]]
+    // [[sink]] and [[event_sink]]
+    let mut names: HashMap<String, String> = HashMap::new();
     let mut sinks = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
     for (i, s) in raw.sinks.iter().enumerate() {
-        match s {
+        let base = format!("sink[{i}]");
+        let sink = match s {
             RawSink::File(f) => {
-                let name = f.name.clone().unwrap_or_else(|| "file".into());
                 let dir = if f.dir.trim().is_empty() {
                     state_dir.join("results")
                 } else {
                     PathBuf::from(&f.dir)
                 };
-                if let Some(j) = names.insert(name.clone(), i) {
-                    p.push(origins.problem(
-                        &format!("sink[{i}].name"),
-                        format!(
-                            "{name:?} is already the name of sink[{j}]; give each sink its own name"
-                        ),
-                    ));
-                }
-                sinks.push(SinkConfig::File(FileSinkConfig {
-                    name,
+                Some(SinkConfig::File(FileSinkConfig {
+                    name: f.name.clone().unwrap_or_else(|| "file".into()),
                     dir,
                     keep_versions: f.keep_versions,
-                }));
+                }))
             }
+            RawSink::Stdout(s) => Some(SinkConfig::Stdout(stdout_sink(s))),
+            RawSink::Jsonl(j) => jsonl_sink(origins, &mut p, &base, j).map(SinkConfig::Jsonl),
+            RawSink::Webhook(w) => {
+                webhook_sink(origins, &mut p, &mut warnings, &base, w).map(SinkConfig::Webhook)
+            }
+        };
+        if let Some(sink) = sink {
+            unique_name(origins, &mut p, &mut names, &base, sink.name());
+            sinks.push(sink);
         }
     }
     if sinks.is_empty() {
@@ -394,12 +474,60 @@ pub fn validate(
             keep_versions: false,
         }));
     }
+    let mut event_sinks = Vec::new();
+    for (i, s) in raw.event_sinks.iter().enumerate() {
+        let base = format!("event_sink[{i}]");
+        let sink = match s {
+            RawEventSink::Stdout(s) => Some(EventSinkConfig::Stdout(stdout_sink(s))),
+            RawEventSink::Jsonl(j) => {
+                jsonl_sink(origins, &mut p, &base, j).map(EventSinkConfig::Jsonl)
+            }
+            RawEventSink::Webhook(w) => {
+                webhook_sink(origins, &mut p, &mut warnings, &base, w).map(EventSinkConfig::Webhook)
+            }
+        };
+        if let Some(sink) = sink {
+            unique_name(origins, &mut p, &mut names, &base, sink.name());
+            event_sinks.push(sink);
+        }
+    }
+    let shutdown_timeout = duration(origins, &mut p, "shutdown_timeout", &raw.shutdown_timeout);
+    let listen = match raw.server.listen.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(origins.problem(
+                "server.listen",
+                format!(
+                    "{:?} is not an address; write e.g. \"127.0.0.1:9464\"",
+                    raw.server.listen
+                ),
+            ));
+            None
+        }
+    };
+    let watch_dir = (!raw.watch_dir.trim().is_empty()).then(|| PathBuf::from(raw.watch_dir.trim()));
     if watches.is_empty() && p.is_empty() {
         warnings.push("no [[watch]] entries: there is nothing to poll".into());
     }
 
-    match (p.is_empty(), endpoint, secret, gen_default, timeout) {
-        (true, Some(endpoint), Some(secret), Some(generation), Some(timeout)) => Ok(Config {
+    match (
+        p.is_empty(),
+        endpoint,
+        secret,
+        gen_default,
+        timeout,
+        shutdown_timeout,
+        listen,
+    ) {
+        (
+            true,
+            Some(endpoint),
+            Some(secret),
+            Some(generation),
+            Some(timeout),
+            Some(shutdown_timeout),
+            Some(listen),
+        ) => Ok(Config {
             state_dir,
             api: ApiConfig {
                 endpoint,
@@ -421,6 +549,10 @@ pub fn validate(
             },
             watches,
             sinks,
+            event_sinks,
+            watch_dir,
+            shutdown_timeout,
+            listen,
             warnings,
         }),
         _ => Err(ConfigErrors(p)),
@@ -440,10 +572,7 @@ fn check_endpoint(
             return None;
         }
     };
-    let loopback = url
-        .host_str()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-        .is_some_and(|h| h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+    let loopback = is_loopback(&url);
     match url.scheme() {
         "https" => {}
         "http" if loopback || allow_insecure_http => {}
@@ -532,4 +661,164 @@ fn secret_key(
             None
         }
     }
+}
+
+fn unique_name(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    names: &mut HashMap<String, String>,
+    base: &str,
+    name: &str,
+) {
+    if let Some(first) = names.insert(name.to_string(), base.to_string()) {
+        p.push(origins.problem(
+            &format!("{base}.name"),
+            format!("{name:?} is already the name of {first}; give each sink its own name"),
+        ));
+    }
+}
+
+fn stdout_sink(s: &RawStdoutSink) -> StdoutSinkConfig {
+    StdoutSinkConfig {
+        name: s.name.clone().unwrap_or_else(|| "stdout".into()),
+    }
+}
+
+fn jsonl_sink(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    base: &str,
+    j: &RawJsonlSink,
+) -> Option<JsonlSinkConfig> {
+    let mut ok = true;
+    if j.path.trim().is_empty() {
+        p.push(origins.problem(&format!("{base}.path"), "missing; the file to append to"));
+        ok = false;
+    }
+    if j.max_bytes < 4096 {
+        p.push(origins.problem(&format!("{base}.max_bytes"), "must be at least 4096"));
+        ok = false;
+    }
+    ok.then(|| JsonlSinkConfig {
+        name: j.name.clone().unwrap_or_else(|| "jsonl".into()),
+        path: PathBuf::from(j.path.trim()),
+        max_bytes: j.max_bytes,
+        keep_files: j.keep_files,
+    })
+}
+
+fn webhook_sink(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+    base: &str,
+    w: &RawWebhookSink,
+) -> Option<WebhookSinkConfig> {
+    let before = p.len();
+    let url_key = format!("{base}.url");
+    match Url::parse(w.url.trim()) {
+        Ok(u) => {
+            let loopback = is_loopback(&u);
+            match u.scheme() {
+                "https" => {}
+                "http" if loopback || w.allow_insecure_http => {}
+                "http" => p.push(origins.problem(
+                    &url_key,
+                    "plain http:// is only allowed to loopback addresses; use https:// or set allow_insecure_http = true",
+                )),
+                other => p.push(origins.problem(&url_key, format!("scheme {other:?} is not supported"))),
+            }
+            if !u.username().is_empty() || u.password().is_some() {
+                // The URL is logged; credentials in it would leak.
+                p.push(origins.problem(
+                    &url_key,
+                    "must not carry a user or password; use the signing secret",
+                ));
+            }
+        }
+        Err(e) => p.push(origins.problem(
+            &url_key,
+            if w.url.trim().is_empty() {
+                "missing".to_string()
+            } else {
+                format!("not a URL ({e})")
+            },
+        )),
+    }
+    let timeout = duration(origins, p, &format!("{base}.timeout"), &w.timeout);
+    let set = [
+        !w.secret.is_empty(),
+        !w.secret_file.is_empty(),
+        !w.secret_env.is_empty(),
+    ];
+    let secret = match set.iter().filter(|b| **b).count() {
+        0 => {
+            p.push(origins.problem(
+                &format!("{base}.secret"),
+                "missing; set secret_file, secret_env (the name of an environment variable) or secret",
+            ));
+            None
+        }
+        1 if !w.secret.is_empty() => {
+            if let super::Origin::File(f) = origins.of(&format!("{base}.secret")) {
+                warnings.push(format!(
+                    "{base}.secret is written in {}; prefer secret_file or secret_env",
+                    f.display()
+                ));
+            }
+            Some(w.secret.clone())
+        }
+        1 if !w.secret_file.is_empty() => match std::fs::read_to_string(w.secret_file.trim()) {
+            Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Ok(_) => {
+                p.push(origins.problem(
+                    &format!("{base}.secret_file"),
+                    format!("{} is empty", w.secret_file),
+                ));
+                None
+            }
+            Err(e) => {
+                p.push(origins.problem(
+                    &format!("{base}.secret_file"),
+                    format!("cannot read {}: {e}", w.secret_file),
+                ));
+                None
+            }
+        },
+        1 => match std::env::var(w.secret_env.trim()) {
+            Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            _ => {
+                p.push(origins.problem(
+                    &format!("{base}.secret_env"),
+                    format!(
+                        "environment variable {} is not set or empty",
+                        w.secret_env.trim()
+                    ),
+                ));
+                None
+            }
+        },
+        _ => {
+            p.push(origins.problem(
+                &format!("{base}.secret"),
+                "set only one of secret, secret_file and secret_env",
+            ));
+            None
+        }
+    };
+    if p.len() != before {
+        return None;
+    }
+    Some(WebhookSinkConfig {
+        name: w.name.clone().unwrap_or_else(|| "webhook".into()),
+        url: w.url.trim().to_string(),
+        secret: SecretString::from(secret?),
+        timeout: timeout?,
+    })
+}
+
+fn is_loopback(url: &Url) -> bool {
+    url.host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .is_some_and(|h| h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
 }

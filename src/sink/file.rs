@@ -28,6 +28,8 @@ impl FileSink {
             kind: "file",
             name: self.config.name.clone(),
             message,
+            // Disks fill up and get fixed, directories get their permissions back: retry.
+            disposition: super::Disposition::Retry,
         }
     }
 

@@ -28,6 +28,20 @@ pub struct SinkError {
     pub name: String,
     /// What failed, naming the path, URL or table.
     pub message: String,
+    /// What the outbox does with the delivery.
+    pub disposition: Disposition,
+}
+
+/// What to do with a delivery that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Transient (disk full, server down, 5xx, 429, timeout): retry with backoff.
+    Retry,
+    /// The receiver refused this delivery for good (a 4xx): keep it parked and report it;
+    /// retrying would not help, dropping it would lose it.
+    Park,
+    /// The endpoint is gone (webhook 410): stop sending to it and report it.
+    Disable,
 }
 
 /// What a sink confirms.
@@ -50,9 +64,16 @@ pub trait Sink: Send + Sync {
 }
 
 /// Builds the sink a configuration names.
-pub fn build(config: &SinkConfig) -> Arc<dyn Sink> {
+pub fn build(config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
     match config {
-        SinkConfig::File(f) => Arc::new(file::FileSink::new(f.clone())),
+        SinkConfig::File(f) => Ok(Arc::new(file::FileSink::new(f.clone()))),
+        // Being written in parallel; `scenewatch check` accepts them already.
+        other => Err(SinkError {
+            kind: "result",
+            name: other.name().to_string(),
+            message: "this sink type is not available in this build yet".into(),
+            disposition: Disposition::Disable,
+        }),
     }
 }
 
