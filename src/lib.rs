@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod ncp;
 pub mod progress;
 pub mod schedule;
