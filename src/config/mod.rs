@@ -22,8 +22,8 @@ pub use raw::{
     RawStdoutSink, RawWatch, RawWebhookSink,
 };
 pub use validate::{
-    ApiConfig, Config, FileSinkConfig, PollConfig, SinkConfig, WatchKey, WatchSpec, validate,
-    validate_id,
+    ApiConfig, Config, EventSinkConfig, FileSinkConfig, JsonlSinkConfig, PollConfig, SinkConfig,
+    StdoutSinkConfig, WatchKey, WatchSpec, WebhookSinkConfig, validate, validate_id,
 };
 
 /// Prefix of environment variables: `SCENEWATCH__API__ACCESS_KEY` sets `api.access_key`.
