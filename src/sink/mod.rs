@@ -6,6 +6,9 @@
 //! retried; sinks are idempotent on [`Delivery::version_id`], so a retry never duplicates.
 
 pub mod file;
+pub mod jsonl;
+pub mod stdout;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -15,7 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::config::{SinkConfig, WatchKey};
+use crate::config::{EventSinkConfig, SinkConfig, WatchKey};
 use crate::ncp::SummaryResult;
 
 /// A sink failed; the message names the sink and the thing at fault.
@@ -67,13 +70,38 @@ pub trait Sink: Send + Sync {
 pub fn build(config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
     match config {
         SinkConfig::File(f) => Ok(Arc::new(file::FileSink::new(f.clone()))),
-        // Being written in parallel; `scenewatch check` accepts them already.
-        other => Err(SinkError {
-            kind: "result",
-            name: other.name().to_string(),
-            message: "this sink type is not available in this build yet".into(),
-            disposition: Disposition::Disable,
-        }),
+        SinkConfig::Stdout(s) => Ok(Arc::new(stdout::StdoutSink::new(s))),
+        SinkConfig::Jsonl(j) => Ok(Arc::new(jsonl::JsonlSink::new(j))),
+        SinkConfig::Webhook(w) => Ok(Arc::new(webhook::WebhookSink::new(w)?)),
+    }
+}
+
+/// An event destination. `send` returns Ok only once every event of the batch is confirmed
+/// (written and flushed/fsync'd, or acknowledged with 2xx); events carry stable ids, so a retried
+/// batch can be deduped by consumers.
+///
+/// An `Err` means some events of the batch may have gone out and some not: the caller retries
+/// the whole batch (at-least-once), as the error's [`Disposition`] says.
+pub trait EventSink: Send + Sync {
+    /// The configured name, for logs.
+    fn name(&self) -> &str;
+    /// Sends a batch of events, in order.
+    fn send<'a>(
+        &'a self,
+        events: &'a [crate::events::Event],
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Checks that the sink can take events.
+    fn healthcheck(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Builds the event sink a configuration names.
+pub fn build_event_sink(config: &EventSinkConfig) -> Result<Arc<dyn EventSink>, SinkError> {
+    match config {
+        EventSinkConfig::Stdout(s) => Ok(Arc::new(stdout::StdoutSink::new(s))),
+        EventSinkConfig::Jsonl(j) => Ok(Arc::new(jsonl::JsonlSink::new(j))),
+        EventSinkConfig::Webhook(w) => Ok(Arc::new(webhook::WebhookSink::new(w)?)),
     }
 }
 
@@ -108,8 +136,29 @@ impl Delivery {
 
     /// The JSON document sinks write: an envelope around the API's `result`, unchanged.
     pub fn envelope_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = serde_json::to_vec_pretty(&self.envelope(&self.result.raw))?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// The envelope as one line (no trailing newline), for line-oriented sinks (stdout, JSON
+    /// lines) and webhook bodies. The API's `result` keeps every byte except whitespace between
+    /// tokens: the API may send it pretty-printed, and a newline would split the line.
+    pub fn envelope_json_compact(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let raw = self.result.raw.get();
+        let compact;
+        let result: &RawValue = if raw.contains(['\n', '\r']) {
+            compact = RawValue::from_string(minify_json(raw))?;
+            &compact
+        } else {
+            &self.result.raw
+        };
+        serde_json::to_vec(&self.envelope(result))
+    }
+
+    fn envelope<'a>(&'a self, result: &'a RawValue) -> Envelope<'a> {
         let info = self.result.info.as_ref();
-        let envelope = Envelope {
+        Envelope {
             source: self.key.source(),
             watch: EnvelopeWatch {
                 workspace: &self.key.workspace,
@@ -122,12 +171,32 @@ impl Delivery {
             analyzed_scene_ids: info.and_then(|i| i.analyzed_scene_ids.as_deref()),
             scene_count: self.result.scenes.len(),
             fetched_at: humantime::format_rfc3339_millis(self.fetched_at).to_string(),
-            result: &self.result.raw,
-        };
-        let mut out = serde_json::to_vec_pretty(&envelope)?;
-        out.push(b'\n');
-        Ok(out)
+            result,
+        }
     }
+}
+
+/// Drops whitespace outside strings from valid JSON. Inside strings a raw newline cannot occur
+/// (JSON escapes it), so the result is one line with every other byte kept.
+fn minify_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[derive(Serialize)]
