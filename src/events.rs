@@ -353,10 +353,34 @@ impl Event {
         })
     }
 
-    /// The compact CloudEvents JSON, as sinks write it.
+    /// The compact CloudEvents JSON, as sinks write it: the same document as
+    /// [`Event::to_cloudevent`], with the attributes in specification order (`Value` would sort
+    /// them), which reads better in a terminal or a log.
     pub fn to_cloudevent_bytes(&self) -> Vec<u8> {
-        // Serialising a `Value` to memory cannot fail (its keys are strings).
-        serde_json::to_vec(&self.to_cloudevent()).unwrap_or_default()
+        #[derive(serde::Serialize)]
+        struct CloudEvent<'a> {
+            specversion: &'static str,
+            id: &'a str,
+            source: &'a str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            subject: &'a str,
+            time: String,
+            datacontenttype: &'static str,
+            data: &'a Value,
+        }
+        let ce = CloudEvent {
+            specversion: "1.0",
+            id: &self.id,
+            source: &self.source,
+            kind: self.kind.as_str(),
+            subject: &self.subject,
+            time: format_time_ms(self.time_ms),
+            datacontenttype: DATA_CONTENT_TYPE,
+            data: &self.data,
+        };
+        // Serialising strings and a `Value` to memory cannot fail.
+        serde_json::to_vec(&ce).unwrap_or_default()
     }
 
     /// Writes this event's structured log line: target `scenewatch::events`, level `warn` for
@@ -869,6 +893,7 @@ mod tests {
             assert_eq!(back.as_ref(), Some(&e), "{:?}", e.kind);
             // And through bytes, as the ledger stores them.
             let v: Value = serde_json::from_slice(&e.to_cloudevent_bytes()).unwrap();
+            assert_eq!(v, e.to_cloudevent());
             assert_eq!(Event::from_cloudevent(&v), Some(e));
         }
     }
@@ -987,5 +1012,134 @@ mod tests {
         let mut odd = Event::sink_recovered("s", 1, T);
         odd.data = json!({"scenes": "not a list", "httpStatus": -1});
         odd.log();
+    }
+
+    /// Runs `f` with a JSON subscriber and returns the lines it logged.
+    fn logged(f: impl FnOnce()) -> Vec<Value> {
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn log_lines_carry_the_documented_fields() {
+        let k = key();
+        let lines = logged(|| {
+            Event::delivered(&k, "v1", "files", "/out/1001.json", T).log();
+            Event::rejected(
+                &k,
+                "c1",
+                Some(403),
+                Some("210"),
+                Some("tr-9"),
+                "forbidden",
+                T,
+            )
+            .log();
+            Event::sink_failing("files", 2, "disk full", T).log();
+        });
+        assert_eq!(lines.len(), 3);
+        let f = |i: usize| &lines[i]["fields"];
+        assert_eq!(lines[0]["target"], "scenewatch::events");
+        assert_eq!(lines[0]["level"], "INFO");
+        assert_eq!(f(0)["message"], "Summary delivered");
+        assert_eq!(f(0)["event_type"], "com.scenewatch.summary.delivered");
+        assert_eq!(
+            f(0)["event_id"],
+            Event::delivered(&k, "v1", "files", "", 0).id.as_str()
+        );
+        assert_eq!(f(0)["watch"], "ws/1234/5678/1001");
+        assert_eq!(f(0)["version"], "v1");
+        assert_eq!(f(0)["sink"], "files");
+        assert_eq!(f(0)["location"], "/out/1001.json");
+        // Absent data is absent, not null: log queries can test for the field.
+        assert!(f(0).get("http_status").is_none(), "{}", f(0));
+
+        assert_eq!(lines[1]["level"], "WARN");
+        assert_eq!(f(1)["http_status"], 403);
+        assert_eq!(f(1)["code"], "210");
+        assert_eq!(f(1)["trace_id"], "tr-9");
+        assert_eq!(f(1)["detail"], "forbidden");
+
+        assert_eq!(lines[2]["level"], "WARN");
+        assert!(f(2).get("watch").is_none(), "{}", f(2));
+        assert_eq!(f(2)["episode"], 2);
+        assert_eq!(f(2)["error"], "disk full");
+    }
+
+    #[test]
+    fn docs_examples_are_what_the_code_builds() {
+        // docs/events.md shows ids and CloudEvents; keep them true.
+        let doc = include_str!("../docs/events.md");
+        let k = WatchKey {
+            workspace: "my-workspace".into(),
+            project_id: "1234".into(),
+            asset_id: "5678".into(),
+            index_id: "1001".into(),
+        };
+        let version = crate::sink::version_id(&k, "2026-04-17T10:30:00");
+        assert!(doc.contains(&version), "{version}");
+        let completed = Event::completed(
+            &k,
+            &version,
+            "2026-04-17T10:30:00",
+            42,
+            None,
+            1_776_421_862_512,
+        );
+        let location = "/var/lib/scenewatch/results/my-workspace/1234/5678/1001.json";
+        let delivered = Event::delivered(&k, &version, "results", location, 1_776_421_862_734);
+        let examples: Vec<Value> = doc
+            .split("```json\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .filter(|block| block.contains("\"specversion\""))
+            .map(|block| serde_json::from_str(block).unwrap())
+            .collect();
+        assert_eq!(
+            examples,
+            [completed.to_cloudevent(), delivered.to_cloudevent()]
+        );
+        // The indented examples list attributes in the order the sinks write them.
+        let line = String::from_utf8(completed.to_cloudevent_bytes()).unwrap();
+        let order = [
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "datacontenttype",
+            "data",
+        ];
+        let at: Vec<_> = order
+            .iter()
+            .map(|a| line.find(&format!("\"{a}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{line}");
     }
 }

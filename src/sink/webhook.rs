@@ -157,7 +157,7 @@ impl WebhookSink {
                     "request failed"
                 };
                 return Err(self.error(
-                    format!("POST {} {what}: {}", self.shown_url, error_chain(&e)),
+                    format!("POST {} {what}: {}", self.shown_url, error_chain(e)),
                     Disposition::Retry,
                 ));
             }
@@ -196,28 +196,15 @@ fn shown(url: &reqwest::Url) -> String {
 }
 
 /// The error and its sources, without the URL reqwest would put in (it may have a query).
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut out = String::new();
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
-    let mut first = true;
+fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut cur = std::error::Error::source(&e);
     while let Some(err) = cur {
-        let text = if first {
-            first = false;
-            // `without_url` needs ownership; format the kind instead of the URL-bearing Display.
-            if e.is_timeout() {
-                "operation timed out".to_string()
-            } else if e.is_connect() {
-                "connection failed".to_string()
-            } else {
-                "error sending request".to_string()
-            }
-        } else {
-            err.to_string()
-        };
-        if !out.is_empty() && !out.ends_with(&text) {
-            out.push_str(": ");
-        }
+        let text = err.to_string();
+        // Layers often repeat their inner error's text; say it once.
         if !out.ends_with(&text) {
+            out.push_str(": ");
             out.push_str(&text);
         }
         cur = err.source();
