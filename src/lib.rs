@@ -10,5 +10,6 @@ pub mod progress;
 pub mod schedule;
 pub mod sim;
 pub mod sink;
+pub mod state;
 pub mod telemetry;
 pub mod watch;

@@ -1,0 +1,960 @@
+//! The SQL of each ledger operation, run on the ledger thread inside the group transaction that
+//! `worker.rs` opened. Nothing here begins or commits a transaction, except the open sequence,
+//! the writability probe and close.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+
+use super::schema::{self, Found};
+use super::{
+    Backlog, DB_FILE, PendingDelivery, SCHEMA_VERSION, SinkHealth, StateError, StatusRow,
+    StepCommit, WatchRecord, sql_error,
+};
+use crate::config::{WatchKey, WatchSpec};
+use crate::events::Event;
+use crate::ncp::RemoteStatus;
+use crate::watch::{Phase, WatchState};
+
+/// How long a statement waits for a lock held by another connection (a `status` reader
+/// checkpointing, a backup tool) before failing loudly.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Page cache of the writer, in KiB (negative `cache_size` means KiB): the watch table of
+/// 100,000 watches and the open-delivery indexes stay in memory.
+const CACHE_KIB: i64 = 32 * 1024;
+
+/// The WAL is truncated back to this size after a checkpoint, so one large sync does not leave a
+/// large file behind.
+const WAL_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
+/// What `sync_watches` needs of a configured watch.
+#[derive(Debug, Clone)]
+pub(crate) struct SpecRow {
+    key: WatchKey,
+    scene_summary_id: Option<String>,
+    generation: &'static str,
+}
+
+impl From<&WatchSpec> for SpecRow {
+    fn from(spec: &WatchSpec) -> Self {
+        SpecRow {
+            key: spec.key.clone(),
+            scene_summary_id: spec.scene_summary_id.clone(),
+            generation: spec.generation.as_str(),
+        }
+    }
+}
+
+/// The open database and what the ledger thread knows besides.
+pub(crate) struct Store {
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
+    /// Result sinks: one delivery row each per new version.
+    pub(crate) sinks: Vec<String>,
+    /// Event sinks: one delivery row each per new event.
+    pub(crate) event_sinks: Vec<String>,
+    pub(crate) read_only: bool,
+    /// The last write failure, until a write commits again (readiness reports it).
+    pub(crate) last_write_error: Option<StateError>,
+}
+
+/// Milliseconds as SQLite stores them. Saturates: no real timestamp reaches `i64::MAX` ms.
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A row value this build cannot interpret, reported as a conversion failure so `sql_error`
+/// classifies it as a damaged database.
+fn bad_value(col: usize, what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, what.into())
+}
+
+/// Columns read by [`watch_record`], in order.
+const WATCH_COLUMNS: &str = "workspace, project_id, asset_id, index_id, phase, remote_status, \
+     polls, consecutive_errors, started_at_ms, before_since_ms, last_analyzed_at, last_error, \
+     attempt, next_poll_at_ms, last_version_id, last_change_at_ms, stale_version_id";
+
+/// A non-negative integer column (rusqlite reads `u64` only with a feature this crate does not
+/// enable); a negative value means the file was edited or damaged.
+fn u64_at(row: &Row<'_>, col: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(col)?;
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(col, v))
+}
+
+/// [`u64_at`] of a nullable column.
+fn opt_u64_at(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<u64>> {
+    match row.get::<_, Option<i64>>(col)? {
+        None => Ok(None),
+        Some(v) => u64::try_from(v)
+            .map(Some)
+            .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(col, v)),
+    }
+}
+
+fn key_at(row: &Row<'_>, first: usize) -> rusqlite::Result<WatchKey> {
+    Ok(WatchKey {
+        workspace: row.get(first)?,
+        project_id: row.get(first + 1)?,
+        asset_id: row.get(first + 2)?,
+        index_id: row.get(first + 3)?,
+    })
+}
+
+fn phase_at(row: &Row<'_>, col: usize) -> rusqlite::Result<Phase> {
+    let s: String = row.get(col)?;
+    Phase::parse(&s).ok_or_else(|| bad_value(col, format!("unknown phase `{s}`")))
+}
+
+fn watch_record(row: &Row<'_>) -> rusqlite::Result<WatchRecord> {
+    let remote: Option<String> = row.get(5)?;
+    let started = opt_u64_at(row, 8)?;
+    let before = opt_u64_at(row, 9)?;
+    // Every field is named so that a field added to `WatchState` fails to compile here until
+    // it is persisted too.
+    let state = WatchState {
+        phase: phase_at(row, 4)?,
+        remote: remote.as_deref().map(RemoteStatus::from_wire),
+        polls: u64_at(row, 6)?,
+        consecutive_errors: row.get(7)?,
+        started_at: started.map(Duration::from_millis),
+        before_since: before.map(Duration::from_millis),
+        last_version: row.get(10)?,
+        last_error: row.get(11)?,
+    };
+    Ok(WatchRecord {
+        key: key_at(row, 0)?,
+        state,
+        attempt: row.get(12)?,
+        next_poll_at_ms: opt_u64_at(row, 13)?,
+        last_version_id: row.get(14)?,
+        last_change_at_ms: opt_u64_at(row, 15)?,
+        stale_version_id: row.get(16)?,
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) for the daemon: pre-flight (read only), integrity check,
+    /// durability settings, migration.
+    pub(crate) fn open_rw(
+        dir: &Path,
+        sinks: Vec<String>,
+        event_sinks: Vec<String>,
+    ) -> Result<Store, StateError> {
+        let path = dir.join(DB_FILE);
+        std::fs::create_dir_all(dir).map_err(|e| StateError::Io {
+            path: path.clone(),
+            op: "create the directory of",
+            detail: e.to_string(),
+        })?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| sql_error(&path, "open", &e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sql_error(&path, "open", &e))?;
+        let found = schema::preflight(&conn, &path)?;
+        // SQLite silently opens a write-protected file read-only; say so now rather than at the
+        // first poll step.
+        if conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(|e| sql_error(&path, "open", &e))?
+        {
+            return Err(StateError::Io {
+                path,
+                op: "open for writing",
+                detail: "the file is read-only (make the file and its directory writable by the \
+                         user scenewatch runs as)"
+                    .into(),
+            });
+        }
+        if found != Found::Fresh {
+            schema::quick_check(&conn, &path)?;
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| sql_error(&path, "open", &e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StateError::Io {
+                path,
+                op: "open",
+                detail: format!(
+                    "the file system does not support write-ahead logging (journal mode \
+                     stayed `{mode}`); put state_dir on a local file system"
+                ),
+            });
+        }
+        // FULL: the WAL is fsync'd at every commit, so a power cut cannot lose a transaction
+        // whose caller was told it was recorded (NORMAL would, in WAL mode).
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = FULL;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA cache_size = -{CACHE_KIB};
+             PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};"
+        ))
+        .map_err(|e| sql_error(&path, "open", &e))?;
+        schema::migrate(&conn, &path)?;
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS sync_seen (watch_id INTEGER PRIMARY KEY)",
+        )
+        .map_err(|e| sql_error(&path, "open", &e))?;
+        Ok(Store {
+            conn,
+            path,
+            sinks,
+            event_sinks,
+            read_only: false,
+            last_write_error: None,
+        })
+    }
+
+    /// Opens an existing ledger read-only, for `status`: no file is created, nothing migrated.
+    pub(crate) fn open_ro(dir: &Path) -> Result<Store, StateError> {
+        let path = dir.join(DB_FILE);
+        match path.try_exists() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(StateError::Io {
+                    path,
+                    op: "open",
+                    detail: "no such file: scenewatch has not run with this state_dir yet".into(),
+                });
+            }
+            Err(e) => {
+                return Err(StateError::Io {
+                    path,
+                    op: "open",
+                    detail: e.to_string(),
+                });
+            }
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| sql_error(&path, "open", &e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sql_error(&path, "open", &e))?;
+        match schema::preflight(&conn, &path)? {
+            Found::Ledger(SCHEMA_VERSION) => {}
+            Found::Fresh => {
+                return Err(StateError::Io {
+                    path,
+                    op: "read",
+                    detail: "the file holds no ledger yet (the daemon creates it on start)".into(),
+                });
+            }
+            Found::Ledger(v) => {
+                return Err(StateError::Io {
+                    path,
+                    op: "read",
+                    detail: format!(
+                        "it has schema {v} of an older scenewatch; start the daemon once to \
+                         migrate it to schema {SCHEMA_VERSION}"
+                    ),
+                });
+            }
+        }
+        // Belt and braces: even a bug here cannot write through this connection.
+        conn.execute_batch("PRAGMA query_only = 1")
+            .map_err(|e| sql_error(&path, "open", &e))?;
+        Ok(Store {
+            conn,
+            path,
+            sinks: Vec::new(),
+            event_sinks: Vec::new(),
+            read_only: true,
+            last_write_error: None,
+        })
+    }
+
+    fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        move |e| sql_error(&self.path, op, &e)
+    }
+
+    /// Runs SQL without results (transaction control).
+    pub(crate) fn exec(&self, op: &'static str, sql: &str) -> Result<(), StateError> {
+        self.conn.execute_batch(sql).map_err(self.err(op))
+    }
+
+    /// Begins a group transaction. The writer takes the write lock up front (`IMMEDIATE`), so a
+    /// lock conflict shows at `BEGIN`, where `busy_timeout` applies, and not mid-transaction.
+    pub(crate) fn begin(&self) -> Result<(), StateError> {
+        if self.read_only {
+            self.exec("read", "BEGIN")
+        } else {
+            self.exec("write", "BEGIN IMMEDIATE")
+        }
+    }
+
+    /// Rolls back the open transaction, if SQLite has not done so already.
+    pub(crate) fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            // A failed rollback leaves nothing more to do: SQLite then rolls back on its own.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// Remembers a write failure for the readiness probe.
+    pub(crate) fn note_failure(&mut self, e: &StateError) {
+        if !self.read_only && matches!(e, StateError::Io { .. }) {
+            self.last_write_error = Some(e.clone());
+        }
+    }
+
+    /// See [`super::Ledger::probe_writable`].
+    pub(crate) fn probe_writable(&mut self) -> Result<(), StateError> {
+        const PROBE: &str = "INSERT INTO meta (key, value) VALUES ('probe', 'ok')
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        self.begin()?;
+        let wrote = self.conn.execute(PROBE, []).map_err(self.err("write"));
+        let settled = match wrote {
+            Err(e) => Err(e),
+            // After a failure, only a durable commit proves that writing works again.
+            Ok(_) if self.last_write_error.is_some() => self.exec("write", "COMMIT"),
+            Ok(_) => self.exec("write", "ROLLBACK"),
+        };
+        match settled {
+            Ok(()) => {
+                self.last_write_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback();
+                self.note_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checkpoints the WAL into the database file (the daemon is stopping).
+    pub(crate) fn close(self) -> Result<(), StateError> {
+        if !self.read_only {
+            self.exec("checkpoint", "PRAGMA wal_checkpoint(TRUNCATE)")?;
+        }
+        let path = self.path;
+        self.conn
+            .close()
+            .map_err(|(_, e)| sql_error(&path, "close", &e))
+    }
+
+    /// Id of a watch row, if present.
+    fn watch_id(&self, key: &WatchKey) -> Result<Option<i64>, StateError> {
+        self.conn
+            .prepare_cached(
+                "SELECT watch_id FROM watches
+                 WHERE workspace = ?1 AND project_id = ?2 AND asset_id = ?3 AND index_id = ?4",
+            )
+            .and_then(|mut st| {
+                st.query_row(
+                    params![key.workspace, key.project_id, key.asset_id, key.index_id],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .map_err(self.err("read"))
+    }
+
+    pub(crate) fn sync_watches(
+        &mut self,
+        specs: &[SpecRow],
+        _now_ms: u64,
+    ) -> Result<Vec<WatchRecord>, StateError> {
+        let w = self.err("write");
+        self.conn
+            .execute("DELETE FROM temp.sync_seen", [])
+            .map_err(&w)?;
+        let mut order = Vec::with_capacity(specs.len());
+        {
+            let mut find = self
+                .conn
+                .prepare_cached(
+                    "SELECT watch_id, scene_summary_id, generation, removed FROM watches
+                     WHERE workspace = ?1 AND project_id = ?2 AND asset_id = ?3 AND index_id = ?4",
+                )
+                .map_err(&w)?;
+            let mut insert = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO watches
+                       (workspace, project_id, asset_id, index_id, scene_summary_id, generation,
+                        phase)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
+                )
+                .map_err(&w)?;
+            // Only rows that changed are written: a reload of 100,000 unchanged watches is
+            // 100,000 index lookups, not 100,000 row rewrites.
+            let mut refresh = self
+                .conn
+                .prepare_cached(
+                    "UPDATE watches SET scene_summary_id = ?2, generation = ?3, removed = 0
+                     WHERE watch_id = ?1",
+                )
+                .map_err(&w)?;
+            let mut seen = self
+                .conn
+                .prepare_cached("INSERT OR IGNORE INTO temp.sync_seen (watch_id) VALUES (?1)")
+                .map_err(&w)?;
+            for spec in specs {
+                let k = &spec.key;
+                let existing = find
+                    .query_row(
+                        params![k.workspace, k.project_id, k.asset_id, k.index_id],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, Option<String>>(1)?,
+                                r.get::<_, Option<String>>(2)?,
+                                r.get::<_, bool>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()
+                    .map_err(&w)?;
+                let id = match existing {
+                    None => {
+                        insert
+                            .execute(params![
+                                k.workspace,
+                                k.project_id,
+                                k.asset_id,
+                                k.index_id,
+                                spec.scene_summary_id,
+                                spec.generation
+                            ])
+                            .map_err(&w)?;
+                        self.conn.last_insert_rowid()
+                    }
+                    Some((id, summary_id, generation, removed)) => {
+                        if removed
+                            || summary_id != spec.scene_summary_id
+                            || generation.as_deref() != Some(spec.generation)
+                        {
+                            refresh
+                                .execute(params![id, spec.scene_summary_id, spec.generation])
+                                .map_err(&w)?;
+                        }
+                        id
+                    }
+                };
+                seen.execute([id]).map_err(&w)?;
+                order.push(id);
+            }
+        }
+        self.conn
+            .execute(
+                "UPDATE watches SET removed = 1
+                 WHERE removed = 0 AND watch_id NOT IN (SELECT watch_id FROM temp.sync_seen)",
+                [],
+            )
+            .map_err(&w)?;
+        let mut by_id = HashMap::with_capacity(order.len());
+        {
+            let r = self.err("read");
+            let mut st = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {WATCH_COLUMNS}, watch_id FROM watches WHERE removed = 0"
+                ))
+                .map_err(&r)?;
+            let rows = st
+                .query_map([], |row| Ok((row.get::<_, i64>(17)?, watch_record(row)?)))
+                .map_err(&r)?;
+            for row in rows {
+                let (id, record) = row.map_err(&r)?;
+                by_id.insert(id, record);
+            }
+        }
+        self.conn
+            .execute("DELETE FROM temp.sync_seen", [])
+            .map_err(&w)?;
+        // In `specs` order; a key listed twice (config forbids it) is returned once.
+        Ok(order.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
+    pub(crate) fn commit_step(&mut self, c: &StepCommit) -> Result<(), StateError> {
+        let w = self.err("write");
+        let r = &c.record;
+        let s = &r.state;
+        let k = &r.key;
+        // An upsert, so a step for a watch that was never synced (a test, a race with a reload)
+        // still records its state instead of failing.
+        self.conn
+            .prepare_cached(
+                "INSERT INTO watches
+                   (workspace, project_id, asset_id, index_id, phase, remote_status, polls,
+                    consecutive_errors, started_at_ms, before_since_ms, last_analyzed_at,
+                    last_error, attempt, next_poll_at_ms, last_version_id, last_change_at_ms,
+                    stale_version_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                         ?17)
+                 ON CONFLICT (workspace, project_id, asset_id, index_id) DO UPDATE SET
+                   phase = excluded.phase, remote_status = excluded.remote_status,
+                   polls = excluded.polls, consecutive_errors = excluded.consecutive_errors,
+                   started_at_ms = excluded.started_at_ms,
+                   before_since_ms = excluded.before_since_ms,
+                   last_analyzed_at = excluded.last_analyzed_at,
+                   last_error = excluded.last_error, attempt = excluded.attempt,
+                   next_poll_at_ms = excluded.next_poll_at_ms,
+                   last_version_id = excluded.last_version_id,
+                   last_change_at_ms = excluded.last_change_at_ms,
+                   stale_version_id = excluded.stale_version_id",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    k.workspace,
+                    k.project_id,
+                    k.asset_id,
+                    k.index_id,
+                    s.phase.as_str(),
+                    s.remote.as_ref().map(RemoteStatus::as_str),
+                    ms(s.polls),
+                    s.consecutive_errors,
+                    s.started_at.map(duration_ms),
+                    s.before_since.map(duration_ms),
+                    s.last_version,
+                    s.last_error,
+                    r.attempt,
+                    r.next_poll_at_ms.map(ms),
+                    r.last_version_id,
+                    r.last_change_at_ms.map(ms),
+                    r.stale_version_id,
+                ])
+            })
+            .map_err(&w)?;
+
+        if let Some(v) = &c.new_version {
+            let watch_id = self.watch_id(&v.key)?.ok_or_else(|| StateError::Io {
+                path: self.path.clone(),
+                op: "record a version in",
+                detail: format!(
+                    "version {} is for watch {}, which the ledger does not hold",
+                    v.version_id, v.key
+                ),
+            })?;
+            let ids = match &v.analyzed_scene_ids {
+                Some(ids) => Some(serde_json::to_string(ids).map_err(|e| StateError::Io {
+                    path: self.path.clone(),
+                    op: "record a version in",
+                    detail: e.to_string(),
+                })?),
+                None => None,
+            };
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO versions
+                       (version_id, watch_id, last_analyzed_at, fetched_at_ms, scene_count,
+                        analyzed_scene_ids, result_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        v.version_id,
+                        watch_id,
+                        v.last_analyzed_at,
+                        ms(v.fetched_at_ms),
+                        ms(v.scene_count),
+                        ids,
+                        v.result_json,
+                    ])
+                })
+                .map_err(&w)?;
+            // OR IGNORE: a version fetched again keeps its rows (a done delivery stays done);
+            // a sink added since gets its row.
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO deliveries
+                       (version_id, sink, state, attempts, next_attempt_at_ms, created_at_ms)
+                     VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
+                )
+                .map_err(&w)?;
+            for sink in &self.sinks {
+                st.execute(params![v.version_id, sink, ms(v.fetched_at_ms)])
+                    .map_err(&w)?;
+            }
+        }
+        // Events last: if one fails, the savepoint takes the watch and version rows back with
+        // it (the atomicity test relies on this order to show it).
+        self.insert_events(&c.events)
+    }
+
+    fn insert_events(&self, events: &[Event]) -> Result<(), StateError> {
+        let w = self.err("write");
+        let mut insert = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO events (id, type, watch_key, time_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(&w)?;
+        let mut queue = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO event_deliveries
+                   (sink, seq, state, attempts, next_attempt_at_ms)
+                 VALUES (?1, ?2, 'pending', 0, ?3)",
+            )
+            .map_err(&w)?;
+        for ev in events {
+            let body = ev.to_cloudevent().to_string();
+            let inserted = insert
+                .execute(params![
+                    ev.id,
+                    ev.kind.as_str(),
+                    ev.watch,
+                    ms(ev.time_ms),
+                    body
+                ])
+                .map_err(&w)?;
+            // Only a new event is queued: the same fact recorded again is not sent again.
+            if inserted == 1 {
+                let seq = self.conn.last_insert_rowid();
+                for sink in &self.event_sinks {
+                    queue
+                        .execute(params![sink, seq, ms(ev.time_ms)])
+                        .map_err(&w)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn record_events(&mut self, events: &[Event]) -> Result<(), StateError> {
+        self.insert_events(events)
+    }
+
+    pub(crate) fn due_deliveries(
+        &mut self,
+        sink: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StateError> {
+        let r = self.err("read");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut st = self.conn.prepare_cached(DUE_DELIVERIES).map_err(&r)?;
+        let rows = st
+            .query_map(params![sink, ms(now_ms), limit], |row| {
+                Ok(PendingDelivery {
+                    version_id: row.get(0)?,
+                    key: key_at(row, 1)?,
+                    last_analyzed_at: row.get(5)?,
+                    fetched_at_ms: u64_at(row, 6)?,
+                    result_json: row.get(7)?,
+                    attempts: row.get(8)?,
+                })
+            })
+            .map_err(&r)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&r)
+    }
+
+    pub(crate) fn delivery_succeeded(
+        &mut self,
+        version_id: &str,
+        sink: &str,
+        location: &str,
+        events: &[Event],
+        now_ms: u64,
+    ) -> Result<bool, StateError> {
+        let w = self.err("write");
+        self.conn
+            .prepare_cached(
+                "UPDATE deliveries
+                 SET state = 'done', location = ?3, done_at_ms = ?4, last_error = NULL
+                 WHERE version_id = ?1 AND sink = ?2 AND state <> 'done'",
+            )
+            .and_then(|mut st| st.execute(params![version_id, sink, location, ms(now_ms)]))
+            .map_err(&w)?;
+        self.insert_events(events)?;
+        let (total, open): (i64, i64) = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(state <> 'done'), 0) FROM deliveries
+                 WHERE version_id = ?1",
+            )
+            .and_then(|mut st| st.query_row([version_id], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(&w)?;
+        let complete = total > 0 && open == 0;
+        if complete {
+            self.conn
+                .prepare_cached(
+                    "UPDATE watches SET phase = 'watching'
+                     WHERE watch_id = (SELECT watch_id FROM versions WHERE version_id = ?1)
+                       AND last_version_id = ?1 AND phase = 'completed'",
+                )
+                .and_then(|mut st| st.execute([version_id]))
+                .map_err(&w)?;
+        }
+        Ok(complete)
+    }
+
+    pub(crate) fn delivery_failed(
+        &mut self,
+        version_id: &str,
+        sink: &str,
+        error: &str,
+        next_attempt_at_ms: u64,
+        park: bool,
+    ) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE deliveries
+                 SET attempts = attempts + 1, last_error = ?3, next_attempt_at_ms = ?4,
+                     state = CASE WHEN ?5 THEN 'parked' ELSE state END
+                 WHERE version_id = ?1 AND sink = ?2 AND state <> 'done'",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    version_id,
+                    sink,
+                    error,
+                    ms(next_attempt_at_ms),
+                    park
+                ])
+            })
+            .map_err(self.err("write"))?;
+        Ok(())
+    }
+
+    pub(crate) fn due_events(
+        &mut self,
+        sink: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StateError> {
+        let r = self.err("read");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        let mut undecodable = Vec::new();
+        {
+            let mut st = self.conn.prepare_cached(DUE_EVENTS).map_err(&r)?;
+            let mut rows = st.query(params![sink, limit]).map_err(&r)?;
+            while let Some(row) = rows.next().map_err(&r)? {
+                let seq: i64 = row.get(0).map_err(&r)?;
+                let due = u64_at(row, 1).map_err(&r)?;
+                // Strict emission order: the first event still in backoff holds back the rest.
+                if due > now_ms {
+                    break;
+                }
+                let id: String = row.get(2).map_err(&r)?;
+                let body: String = row.get(3).map_err(&r)?;
+                let event = serde_json::from_str(&body)
+                    .ok()
+                    .and_then(|v| Event::from_cloudevent(&v));
+                match event {
+                    Some(ev) => out.push(ev),
+                    None => undecodable.push((seq, id)),
+                }
+            }
+        }
+        if !undecodable.is_empty() {
+            if self.read_only {
+                return Err(StateError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("stored event {} cannot be decoded", undecodable[0].1),
+                });
+            }
+            let mut park = self
+                .conn
+                .prepare_cached(
+                    "UPDATE event_deliveries SET state = 'parked',
+                       last_error = 'the stored event cannot be decoded by this scenewatch'
+                     WHERE sink = ?1 AND seq = ?2",
+                )
+                .map_err(self.err("write"))?;
+            for (seq, id) in &undecodable {
+                tracing::error!(
+                    sink,
+                    event = %id,
+                    path = %self.path.display(),
+                    "Stored event cannot be decoded; parked it so the queue goes on."
+                );
+                park.execute(params![sink, seq])
+                    .map_err(self.err("write"))?;
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn events_sent(&mut self, sink: &str, ids: &[String]) -> Result<(), StateError> {
+        let w = self.err("write");
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "UPDATE event_deliveries SET state = 'done', last_error = NULL
+                 WHERE sink = ?1 AND seq = (SELECT seq FROM events WHERE id = ?2)
+                   AND state <> 'done'",
+            )
+            .map_err(&w)?;
+        for id in ids {
+            st.execute(params![sink, id]).map_err(&w)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn events_failed(
+        &mut self,
+        sink: &str,
+        ids: &[String],
+        error: &str,
+        next_attempt_at_ms: u64,
+        park: bool,
+    ) -> Result<(), StateError> {
+        let w = self.err("write");
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "UPDATE event_deliveries
+                 SET attempts = attempts + 1, last_error = ?3, next_attempt_at_ms = ?4,
+                     state = CASE WHEN ?5 THEN 'parked' ELSE state END
+                 WHERE sink = ?1 AND seq = (SELECT seq FROM events WHERE id = ?2)
+                   AND state <> 'done'",
+            )
+            .map_err(&w)?;
+        for id in ids {
+            st.execute(params![sink, id, error, ms(next_attempt_at_ms), park])
+                .map_err(&w)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sink_health(&mut self, sink: &str) -> Result<SinkHealth, StateError> {
+        let found = self
+            .conn
+            .prepare_cached("SELECT failing, episode FROM sink_health WHERE sink = ?1")
+            .and_then(|mut st| {
+                st.query_row([sink], |r| {
+                    Ok(SinkHealth {
+                        failing: r.get(0)?,
+                        episode: u64_at(r, 1)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(self.err("read"))?;
+        Ok(found.unwrap_or_default())
+    }
+
+    pub(crate) fn set_sink_health(
+        &mut self,
+        sink: &str,
+        health: SinkHealth,
+    ) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sink_health (sink, failing, episode) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sink) DO UPDATE SET
+                   failing = excluded.failing, episode = excluded.episode",
+            )
+            .and_then(|mut st| st.execute(params![sink, health.failing, ms(health.episode)]))
+            .map_err(self.err("write"))?;
+        Ok(())
+    }
+
+    pub(crate) fn status(&mut self) -> Result<Vec<StatusRow>, StateError> {
+        let r = self.err("read");
+        let mut st = self.conn.prepare_cached(STATUS).map_err(&r)?;
+        let rows = st
+            .query_map([], |row| {
+                Ok(StatusRow {
+                    key: key_at(row, 0)?,
+                    phase: phase_at(row, 4)?,
+                    remote_status: row.get(5)?,
+                    polls: u64_at(row, 6)?,
+                    last_change_at_ms: opt_u64_at(row, 7)?,
+                    next_poll_at_ms: opt_u64_at(row, 8)?,
+                    removed: row.get(9)?,
+                    last_error: row.get(10)?,
+                    pending_deliveries: u64_at(row, 11)?,
+                    parked_deliveries: u64_at(row, 12)?,
+                })
+            })
+            .map_err(&r)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&r)
+    }
+
+    pub(crate) fn backlog(&mut self) -> Result<Vec<Backlog>, StateError> {
+        let r = self.err("read");
+        let mut by_sink: std::collections::BTreeMap<String, (u64, u64)> = self
+            .sinks
+            .iter()
+            .chain(&self.event_sinks)
+            .map(|s| (s.clone(), (0, 0)))
+            .collect();
+        let mut st = self.conn.prepare_cached(BACKLOG).map_err(&r)?;
+        let rows = st
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, u64_at(row, 1)?, u64_at(row, 2)?))
+            })
+            .map_err(&r)?;
+        for row in rows {
+            let (sink, pending, parked) = row.map_err(&r)?;
+            // A result sink and an event sink may share a name; their counts add up.
+            let entry = by_sink.entry(sink).or_default();
+            entry.0 += pending;
+            entry.1 += parked;
+        }
+        Ok(by_sink
+            .into_iter()
+            .map(|(sink, (pending, parked))| Backlog {
+                sink,
+                pending,
+                parked,
+            })
+            .collect())
+    }
+}
+
+/// Due deliveries of one sink. `state <> 'done'` repeats the partial index's condition so that
+/// SQLite can use `deliveries_open` (see `schema.rs`); `INDEXED BY` pins that plan, since without
+/// statistics the planner may prefer the primary key and walk every done row of the sink.
+pub(crate) const DUE_DELIVERIES: &str = "
+    SELECT d.version_id, w.workspace, w.project_id, w.asset_id, w.index_id,
+           v.last_analyzed_at, v.fetched_at_ms, v.result_json, d.attempts
+    FROM deliveries AS d INDEXED BY deliveries_open
+    JOIN versions AS v ON v.version_id = d.version_id
+    JOIN watches AS w ON w.watch_id = v.watch_id
+    WHERE d.sink = ?1 AND d.state = 'pending' AND d.state <> 'done'
+      AND d.next_attempt_at_ms <= ?2
+    ORDER BY d.next_attempt_at_ms, d.version_id
+    LIMIT ?3";
+
+/// Pending events of one event sink in emission order; the caller stops at the first not due.
+/// Pinned to `event_deliveries_open` like [`DUE_DELIVERIES`]: the primary key `(sink, seq)` also
+/// gives seq order, and the planner picks it on an unanalysed database, which would walk every
+/// event ever sent to the sink before finding a pending one.
+pub(crate) const DUE_EVENTS: &str = "
+    SELECT q.seq, q.next_attempt_at_ms, e.id, e.body
+    FROM event_deliveries AS q INDEXED BY event_deliveries_open
+    JOIN events AS e ON e.seq = q.seq
+    WHERE q.sink = ?1 AND q.state = 'pending' AND q.state <> 'done'
+    ORDER BY q.seq
+    LIMIT ?2";
+
+/// Every watch with the open deliveries of its versions.
+const STATUS: &str = "
+    SELECT w.workspace, w.project_id, w.asset_id, w.index_id, w.phase, w.remote_status, w.polls,
+           w.last_change_at_ms, w.next_poll_at_ms, w.removed, w.last_error,
+           coalesce(o.pending, 0), coalesce(o.parked, 0)
+    FROM watches AS w
+    LEFT JOIN (
+        SELECT v.watch_id AS watch_id,
+               sum(d.state = 'pending') AS pending, sum(d.state = 'parked') AS parked
+        FROM deliveries AS d JOIN versions AS v ON v.version_id = d.version_id
+        WHERE d.state <> 'done'
+        GROUP BY v.watch_id
+    ) AS o ON o.watch_id = w.watch_id
+    ORDER BY w.workspace, w.project_id, w.asset_id, w.index_id";
+
+/// Open rows per sink, result and event deliveries alike.
+const BACKLOG: &str = "
+    SELECT sink, sum(state = 'pending'), sum(state = 'parked')
+    FROM deliveries WHERE state <> 'done' GROUP BY sink
+    UNION ALL
+    SELECT sink, sum(state = 'pending'), sum(state = 'parked')
+    FROM event_deliveries WHERE state <> 'done' GROUP BY sink";

@@ -1,0 +1,889 @@
+//! Ledger tests on real SQLite files in temp dirs: restart round trips, outbox atomicity,
+//! idempotence, refusals that leave the file untouched, and the query plans of the due queries.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::config::{WatchKey, WatchSpec};
+use crate::events::Event;
+use crate::ncp::{Generation, RemoteStatus};
+use crate::watch::{Phase, WatchState};
+
+fn key(index: &str) -> WatchKey {
+    WatchKey {
+        workspace: "ws".into(),
+        project_id: "p1".into(),
+        asset_id: "a1".into(),
+        index_id: index.into(),
+    }
+}
+
+fn spec(index: &str) -> WatchSpec {
+    WatchSpec {
+        key: key(index),
+        scene_summary_id: Some(format!("ss-{index}")),
+        generation: Generation::Index,
+        max_wait: Duration::from_secs(3600),
+        declared_at: format!("watch {index} in test"),
+    }
+}
+
+fn sinks() -> Vec<String> {
+    vec!["files".into(), "hook".into()]
+}
+
+fn event_sinks() -> Vec<String> {
+    vec!["log".into()]
+}
+
+async fn open(dir: &Path) -> Ledger {
+    match Ledger::open(dir, sinks(), event_sinks()).await {
+        Ok(l) => l,
+        Err(e) => panic!("open failed: {e}"),
+    }
+}
+
+fn waiting_record(index: &str) -> WatchRecord {
+    WatchRecord {
+        key: key(index),
+        state: WatchState {
+            phase: Phase::Waiting,
+            remote: Some(RemoteStatus::Summarizing),
+            polls: 7,
+            consecutive_errors: 2,
+            started_at: Some(Duration::from_millis(1_700_000_000_123)),
+            before_since: Some(Duration::from_millis(1_700_000_000_456)),
+            last_version: None,
+            last_error: Some("HTTP 503 from the gateway".into()),
+        },
+        attempt: 3,
+        next_poll_at_ms: Some(1_700_000_060_000),
+        last_version_id: None,
+        last_change_at_ms: Some(1_700_000_000_999),
+        stale_version_id: None,
+    }
+}
+
+fn version(index: &str, at: &str) -> NewVersion {
+    NewVersion {
+        version_id: crate::sink::version_id(&key(index), at),
+        key: key(index),
+        last_analyzed_at: at.into(),
+        fetched_at_ms: 1_000,
+        scene_count: 2,
+        analyzed_scene_ids: Some(vec!["1".into(), "2".into()]),
+        result_json: r#"{ "sceneSummaries" : [ ], "x":1.50 }"#.into(),
+    }
+}
+
+fn completed_step(index: &str, at: &str, events: Vec<Event>) -> StepCommit {
+    let v = version(index, at);
+    let mut record = waiting_record(index);
+    record.state.phase = Phase::Completed;
+    record.state.remote = Some(RemoteStatus::Completed);
+    record.state.last_version = Some(at.into());
+    record.last_version_id = Some(v.version_id.clone());
+    StepCommit {
+        record,
+        events,
+        new_version: Some(v),
+    }
+}
+
+fn waiting_event(index: &str, status: &str, time_ms: u64) -> Event {
+    Event::waiting(&key(index), status, "", time_ms)
+}
+
+/// Runs one query on the ledger thread and returns its single integer.
+async fn count(ledger: &Ledger, sql: &'static str) -> i64 {
+    let r = ledger
+        .with_store(move |s| {
+            s.conn
+                .query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map_err(|e| sql_error(&s.path, "read", &e))
+        })
+        .await;
+    match r {
+        Ok(n) => n,
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn restart_resumes_each_watch_at_its_persisted_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = [spec("i1"), spec("i2")];
+    let ledger = open(dir.path()).await;
+    let fresh = ledger.sync_watches(&specs, 10).await.unwrap();
+    assert_eq!(fresh.len(), 2);
+    assert_eq!(fresh[0].key, key("i1"));
+    assert_eq!(fresh[0].state, WatchState::default());
+    assert_eq!(fresh[0].next_poll_at_ms, None);
+
+    let record = waiting_record("i1");
+    ledger
+        .commit_step(StepCommit {
+            record: record.clone(),
+            events: vec![],
+            new_version: None,
+        })
+        .await
+        .unwrap();
+    ledger.close().await.unwrap();
+
+    let ledger = open(dir.path()).await;
+    let back = ledger.sync_watches(&specs, 20).await.unwrap();
+    assert_eq!(back[0], record, "every field survives the restart");
+    assert_eq!(back[0].next_poll_at_ms, Some(1_700_000_060_000));
+    assert_eq!(back[1].state.phase, Phase::Pending);
+    ledger.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger
+        .sync_watches(&[spec("i1"), spec("i2")], 0)
+        .await
+        .unwrap();
+    let record = waiting_record("i2");
+    ledger
+        .commit_step(StepCommit {
+            record: record.clone(),
+            events: vec![],
+            new_version: None,
+        })
+        .await
+        .unwrap();
+
+    let active = ledger.sync_watches(&[spec("i1")], 1).await.unwrap();
+    assert_eq!(active.len(), 1);
+    let status = ledger.status().await.unwrap();
+    assert_eq!(status.len(), 2, "the removed watch is kept");
+    let i2 = status.iter().find(|r| r.key == key("i2")).unwrap();
+    assert!(i2.removed);
+    assert_eq!(i2.phase, Phase::Waiting);
+    assert_eq!(i2.polls, 7);
+    assert!(!status.iter().find(|r| r.key == key("i1")).unwrap().removed);
+
+    let mut changed = spec("i2");
+    changed.scene_summary_id = Some("other".into());
+    changed.generation = Generation::Asset;
+    let active = ledger
+        .sync_watches(&[changed, spec("i1")], 2)
+        .await
+        .unwrap();
+    assert_eq!(active[0], record, "re-added with its state, in specs order");
+    assert_eq!(active[1].key, key("i1"));
+    assert!(ledger.status().await.unwrap().iter().all(|r| !r.removed));
+    let generation = ledger
+        .with_store(|s| {
+            s.conn
+                .query_row(
+                    "SELECT generation || '/' || scene_summary_id FROM watches
+                     WHERE index_id = 'i2'",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(|e| sql_error(&s.path, "read", &e))
+        })
+        .await
+        .unwrap();
+    assert_eq!(generation, "asset/other");
+}
+
+#[tokio::test]
+async fn a_new_version_queues_one_delivery_per_sink_with_the_result_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let step = completed_step("i1", "2025-01-01T00:00:00Z", vec![]);
+    let v = step.new_version.clone().unwrap();
+    ledger.commit_step(step.clone()).await.unwrap();
+    // The same version committed again (a replayed step) queues nothing more.
+    ledger.commit_step(step).await.unwrap();
+
+    for sink in sinks() {
+        let due = ledger.due_deliveries(&sink, 1_000, 10).await.unwrap();
+        assert_eq!(due.len(), 1, "{sink}");
+        assert_eq!(due[0].version_id, v.version_id);
+        assert_eq!(due[0].key, key("i1"));
+        assert_eq!(due[0].result_json, v.result_json);
+        assert_eq!(due[0].fetched_at_ms, 1_000);
+        assert_eq!(due[0].attempts, 0);
+    }
+    assert!(
+        ledger
+            .due_deliveries("files", 999, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due before it was fetched"
+    );
+    assert!(
+        ledger
+            .due_deliveries("other", 5_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let backlog = ledger.backlog().await.unwrap();
+    assert_eq!(
+        backlog,
+        vec![
+            Backlog {
+                sink: "files".into(),
+                pending: 1,
+                parked: 0
+            },
+            Backlog {
+                sink: "hook".into(),
+                pending: 1,
+                parked: 0
+            },
+            Backlog {
+                sink: "log".into(),
+                pending: 0,
+                parked: 0
+            },
+        ]
+    );
+}
+
+/// A step whose last insert fails must leave nothing of itself behind: not the version, not its
+/// deliveries, not the watch row. A temp trigger makes the event insert fail after the watch and
+/// version rows were written in the same transaction.
+#[tokio::test]
+async fn a_step_that_fails_midway_leaves_no_trace_and_others_in_the_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger
+        .sync_watches(&[spec("i1"), spec("i2")], 0)
+        .await
+        .unwrap();
+    ledger
+        .with_store(|s| {
+            s.exec(
+                "write",
+                "CREATE TEMP TRIGGER boom BEFORE INSERT ON events WHEN NEW.id LIKE '%boom%'
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+        })
+        .await
+        .unwrap();
+    let mut bad_event = waiting_event("i1", "SUMMARIZING", 5);
+    bad_event.id = "boom".into();
+    let bad = completed_step("i1", "v1", vec![bad_event]);
+    let good = completed_step("i2", "v1", vec![waiting_event("i2", "SUMMARIZING", 5)]);
+    // Sent together, so the ledger thread most likely runs them in one group transaction.
+    let (bad_result, good_result) = tokio::join!(ledger.commit_step(bad), ledger.commit_step(good));
+    let err = bad_result.unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert!(err.to_string().contains("scenewatch.db"), "{err}");
+    good_result.unwrap();
+
+    assert_eq!(count(&ledger, "SELECT count(*) FROM versions").await, 1);
+    assert_eq!(count(&ledger, "SELECT count(*) FROM deliveries").await, 2);
+    assert_eq!(count(&ledger, "SELECT count(*) FROM events").await, 1);
+    let status = ledger.status().await.unwrap();
+    let i1 = status.iter().find(|r| r.key == key("i1")).unwrap();
+    assert_eq!(
+        i1.phase,
+        Phase::Pending,
+        "the watch row was rolled back too"
+    );
+    assert_eq!(i1.pending_deliveries, 0);
+    let i2 = status.iter().find(|r| r.key == key("i2")).unwrap();
+    assert_eq!(i2.phase, Phase::Completed);
+    assert_eq!(i2.pending_deliveries, 2);
+}
+
+#[tokio::test]
+async fn delivery_succeeded_is_idempotent_and_flips_to_watching_when_all_sinks_are_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let step = completed_step("i1", "v1", vec![]);
+    let vid = step.new_version.as_ref().unwrap().version_id.clone();
+    ledger.commit_step(step).await.unwrap();
+    let phase = |l: Ledger| async move { l.status().await.unwrap()[0].phase };
+
+    let delivered = Event::delivered(&key("i1"), &vid, "files", "/out/i1.json", 2_000);
+    for _ in 0..2 {
+        let done = ledger
+            .delivery_succeeded(
+                &vid,
+                "files",
+                "/out/i1.json",
+                vec![delivered.clone()],
+                2_000,
+            )
+            .await
+            .unwrap();
+        assert!(!done, "hook is still pending");
+        assert_eq!(phase(ledger.clone()).await, Phase::Completed);
+    }
+    assert_eq!(count(&ledger, "SELECT count(*) FROM events").await, 1);
+    assert!(
+        ledger
+            .due_deliveries("files", 9_999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let done = ledger
+        .delivery_succeeded(&vid, "hook", "https://example/hook", vec![], 3_000)
+        .await
+        .unwrap();
+    assert!(done);
+    assert_eq!(phase(ledger.clone()).await, Phase::Watching);
+    // Again: still fully delivered, still watching, nothing else changes.
+    assert!(
+        ledger
+            .delivery_succeeded(&vid, "hook", "https://example/hook", vec![], 4_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(phase(ledger.clone()).await, Phase::Watching);
+    let status = ledger.status().await.unwrap();
+    assert_eq!(status[0].pending_deliveries, 0);
+}
+
+#[tokio::test]
+async fn completed_does_not_flip_when_a_newer_version_is_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let old = completed_step("i1", "v1", vec![]);
+    let old_id = old.new_version.as_ref().unwrap().version_id.clone();
+    ledger.commit_step(old).await.unwrap();
+    ledger
+        .commit_step(completed_step("i1", "v2", vec![]))
+        .await
+        .unwrap();
+    for sink in sinks() {
+        ledger
+            .delivery_succeeded(&old_id, &sink, "x", vec![], 1)
+            .await
+            .unwrap();
+    }
+    assert_eq!(ledger.status().await.unwrap()[0].phase, Phase::Completed);
+}
+
+#[tokio::test]
+async fn parked_deliveries_are_not_due_but_counted_and_failures_back_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let step = completed_step("i1", "v1", vec![]);
+    let vid = step.new_version.as_ref().unwrap().version_id.clone();
+    ledger.commit_step(step).await.unwrap();
+
+    ledger
+        .delivery_failed(&vid, "files", "disk full", 5_000, false)
+        .await
+        .unwrap();
+    assert!(
+        ledger
+            .due_deliveries("files", 4_999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = ledger.due_deliveries("files", 5_000, 10).await.unwrap();
+    assert_eq!(due[0].attempts, 1);
+
+    ledger
+        .delivery_failed(&vid, "hook", "HTTP 400", 6_000, true)
+        .await
+        .unwrap();
+    assert!(
+        ledger
+            .due_deliveries("hook", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let backlog = ledger.backlog().await.unwrap();
+    let hook = backlog.iter().find(|b| b.sink == "hook").unwrap();
+    assert_eq!((hook.pending, hook.parked), (0, 1));
+    let status = ledger.status().await.unwrap();
+    assert_eq!(
+        (status[0].pending_deliveries, status[0].parked_deliveries),
+        (1, 1)
+    );
+
+    // A late failure report cannot undo a success.
+    ledger
+        .delivery_succeeded(&vid, "files", "f", vec![], 7_000)
+        .await
+        .unwrap();
+    ledger
+        .delivery_failed(&vid, "files", "late", 8_000, false)
+        .await
+        .unwrap();
+    assert!(
+        ledger
+            .due_deliveries("files", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn events_are_queued_once_per_id_and_due_in_emission_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let a = waiting_event("i1", "WAIT_SUMMARIZE", 300);
+    let b = Event::sink_failing("hook", 1, "HTTP 503", 100);
+    let c = waiting_event("i1", "SUMMARIZING", 200);
+    ledger
+        .record_events(vec![a.clone(), b.clone()])
+        .await
+        .unwrap();
+    ledger
+        .record_events(vec![b.clone(), c.clone(), a.clone()])
+        .await
+        .unwrap();
+    assert_eq!(count(&ledger, "SELECT count(*) FROM events").await, 3);
+
+    let due = ledger.due_events("log", 1_000, 10).await.unwrap();
+    assert_eq!(
+        due,
+        vec![a.clone(), b.clone(), c.clone()],
+        "seq order, not time order"
+    );
+    assert_eq!(ledger.due_events("log", 1_000, 2).await.unwrap().len(), 2);
+
+    // A failed batch holds back the events after it: order is kept.
+    ledger
+        .events_failed(
+            "log",
+            std::slice::from_ref(&a.id),
+            "broken pipe",
+            5_000,
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(
+        ledger
+            .due_events("log", 4_999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(ledger.due_events("log", 5_000, 10).await.unwrap().len(), 3);
+
+    ledger
+        .events_sent("log", &[a.id.clone(), b.id.clone()])
+        .await
+        .unwrap();
+    ledger
+        .events_sent("log", std::slice::from_ref(&a.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.due_events("log", 5_000, 10).await.unwrap(),
+        vec![c.clone()]
+    );
+
+    ledger
+        .events_failed("log", std::slice::from_ref(&c.id), "400", 0, true)
+        .await
+        .unwrap();
+    assert!(
+        ledger
+            .due_events("log", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let log = ledger
+        .backlog()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|b| b.sink == "log")
+        .unwrap();
+    assert_eq!((log.pending, log.parked), (0, 1));
+}
+
+#[tokio::test]
+async fn an_undecodable_stored_event_is_parked_not_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let a = waiting_event("i1", "WAIT_SUMMARIZE", 1);
+    let b = waiting_event("i1", "SUMMARIZING", 2);
+    ledger.record_events(vec![a, b.clone()]).await.unwrap();
+    ledger
+        .with_store(|s| {
+            s.exec(
+                "write",
+                "UPDATE events SET body = '{\"garbage\"' WHERE seq = 1",
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(ledger.due_events("log", 10, 10).await.unwrap(), vec![b]);
+    let log = ledger.backlog().await.unwrap();
+    assert_eq!(log.iter().find(|b| b.sink == "log").unwrap().parked, 1);
+}
+
+#[tokio::test]
+async fn sink_health_and_sinks_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    assert_eq!(
+        ledger.sink_health("hook").await.unwrap(),
+        SinkHealth::default()
+    );
+    let h = SinkHealth {
+        failing: true,
+        episode: 3,
+    };
+    ledger.set_sink_health("hook", h).await.unwrap();
+    ledger.close().await.unwrap();
+    let ledger = open(dir.path()).await;
+    assert_eq!(ledger.sink_health("hook").await.unwrap(), h);
+
+    // A sink added on reload gets rows for versions fetched from then on.
+    ledger.set_sinks(vec!["s3".into()], vec![]).await.unwrap();
+    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    ledger
+        .commit_step(completed_step(
+            "i1",
+            "v1",
+            vec![waiting_event("i1", "X", 1)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.due_deliveries("s3", 1_000, 10).await.unwrap().len(),
+        1
+    );
+    assert!(
+        ledger
+            .due_deliveries("files", 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        count(&ledger, "SELECT count(*) FROM event_deliveries").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_the_file_left_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    ledger
+        .with_store(|s| s.exec("write", "PRAGMA user_version = 7"))
+        .await
+        .unwrap();
+    ledger.close().await.unwrap();
+    let path = dir.path().join(DB_FILE);
+    let before = std::fs::read(&path).unwrap();
+
+    let err = Ledger::open(dir.path(), sinks(), event_sinks())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StateError::NewerSchema {
+                found: 7,
+                supported: SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("newer scenewatch (schema 7, this one knows 1)"),
+        "{msg}"
+    );
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("left untouched"), "{msg}");
+    let err = Ledger::open_read_only(dir.path()).await.unwrap_err();
+    assert!(matches!(err, StateError::NewerSchema { .. }), "{err:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_garbage_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &garbage).unwrap();
+    let err = Ledger::open(dir.path(), sinks(), event_sinks())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+    assert!(msg.contains("not a scenewatch state database"), "{msg}");
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("move it aside and restore a backup"), "{msg}");
+    assert!(Ledger::open_read_only(dir.path()).await.is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), garbage);
+}
+
+#[tokio::test]
+async fn another_applications_sqlite_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('hi');")
+            .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let err = Ledger::open(dir.path(), sinks(), event_sinks())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not a scenewatch state database"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+/// A state_dir that cannot be created fails the same loud way, and this one runs as root too.
+#[tokio::test]
+async fn an_uncreatable_state_dir_gives_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let state = file.join("state");
+    let err = Ledger::open(&state, sinks(), event_sinks())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StateError::Io { .. }), "{err:?}");
+    assert!(
+        msg.contains(&state.join(DB_FILE).display().to_string()),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with("cannot create the directory of the state database"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_state_dir_gives_an_error_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Root ignores directory permissions, so there is nothing to observe when running as root
+    // (containers, CI): detect that by trying, and skip the assertion then.
+    if std::fs::write(state.join("probe"), b"x").is_ok() {
+        eprintln!("skipped: running as root, permissions are not enforced");
+        return;
+    }
+    let err = Ledger::open(&state, sinks(), event_sinks())
+        .await
+        .unwrap_err();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, StateError::Io { .. }), "{err:?}");
+    assert!(
+        msg.contains(&state.join(DB_FILE).display().to_string()),
+        "{msg}"
+    );
+    assert!(msg.starts_with("cannot "), "{msg}");
+}
+
+#[tokio::test]
+async fn open_read_only_sees_rows_while_a_writer_is_open_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        Ledger::open_read_only(dir.path()).await.is_err(),
+        "no file, no ledger"
+    );
+    assert!(
+        !dir.path().join(DB_FILE).exists(),
+        "read-only open creates nothing"
+    );
+    let writer = open(dir.path()).await;
+    writer.sync_watches(&[spec("i1")], 0).await.unwrap();
+    writer
+        .commit_step(completed_step("i1", "v1", vec![]))
+        .await
+        .unwrap();
+
+    let reader = Ledger::open_read_only(dir.path()).await.unwrap();
+    let rows = reader.status().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].phase, Phase::Completed);
+    assert_eq!(rows[0].pending_deliveries, 2);
+    assert_eq!(reader.backlog().await.unwrap().len(), 2);
+
+    // The writer goes on while the reader is open, and the reader sees the new commits.
+    writer
+        .sync_watches(&[spec("i1"), spec("i2")], 1)
+        .await
+        .unwrap();
+    assert_eq!(reader.status().await.unwrap().len(), 2);
+
+    let err = reader.sync_watches(&[], 2).await.unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    assert!(reader.probe_writable().await.is_err());
+    reader.close().await.unwrap();
+    writer.probe_writable().await.unwrap();
+    writer.close().await.unwrap();
+}
+
+/// SQLITE_FULL is provoked with `max_page_count`: the failing command gets a loud error naming
+/// the file and the op, readiness reports it, and what was committed before is intact.
+#[tokio::test]
+async fn disk_full_is_loud_and_loses_nothing_already_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    ledger
+        .commit_step(completed_step("i1", "v1", vec![]))
+        .await
+        .unwrap();
+    let pages = count(&ledger, "PRAGMA page_count").await;
+    ledger
+        .with_store(move |s| s.exec("write", &format!("PRAGMA max_page_count = {pages}")))
+        .await
+        .unwrap();
+    let mut big = completed_step("i1", "v2", vec![]);
+    if let Some(v) = big.new_version.as_mut() {
+        v.result_json = "x".repeat(200_000);
+    }
+    let err = ledger.commit_step(big).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StateError::Io { op: "write", .. }), "{err:?}");
+    assert!(msg.contains("full"), "{msg}");
+    assert!(msg.contains(DB_FILE), "{msg}");
+    // Readiness remembers the failure until a write commits again. (The probe itself could pass
+    // here: `max_page_count` does not limit the WAL, a real full disk would.)
+    let remembered = ledger
+        .with_store(|s| Ok(s.last_write_error.is_some()))
+        .await
+        .unwrap();
+    assert!(remembered);
+
+    let status = ledger.status().await.unwrap();
+    assert_eq!(status[0].phase, Phase::Completed);
+    assert_eq!(
+        status[0].pending_deliveries, 2,
+        "v1 and its deliveries are intact"
+    );
+    assert_eq!(count(&ledger, "SELECT count(*) FROM versions").await, 1);
+
+    // Space comes back: writes and readiness recover.
+    ledger
+        .with_store(|s| s.exec("write", "PRAGMA max_page_count = 1073741823"))
+        .await
+        .unwrap();
+    ledger.probe_writable().await.unwrap();
+    ledger
+        .commit_step(completed_step("i1", "v2", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(count(&ledger, "SELECT count(*) FROM versions").await, 2);
+}
+
+#[tokio::test]
+async fn closed_ledger_answers_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let other = ledger.clone();
+    ledger.close().await.unwrap();
+    let err = other.status().await.unwrap_err();
+    assert!(matches!(err, StateError::Closed { .. }), "{err:?}");
+    assert!(format!("{other:?}").contains("scenewatch.db"));
+}
+
+#[tokio::test]
+async fn many_concurrent_steps_all_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let specs: Vec<WatchSpec> = (0..300).map(|i| spec(&format!("i{i}"))).collect();
+    ledger.sync_watches(&specs, 0).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let l = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let index = format!("i{i}");
+            l.commit_step(completed_step(
+                &index,
+                "v1",
+                vec![waiting_event(&index, "S", 1)],
+            ))
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(count(&ledger, "SELECT count(*) FROM versions").await, 300);
+    assert_eq!(count(&ledger, "SELECT count(*) FROM deliveries").await, 600);
+    assert_eq!(
+        count(&ledger, "SELECT count(*) FROM event_deliveries").await,
+        300
+    );
+    ledger.close().await.unwrap();
+    let ledger = open(dir.path()).await;
+    assert_eq!(ledger.sync_watches(&specs, 1).await.unwrap().len(), 300);
+}
+
+/// The per-second due queries must go through the partial indexes, not scan the tables.
+#[tokio::test]
+async fn due_queries_use_the_open_row_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let plans = ledger
+        .with_store(|s| {
+            let mut out = Vec::new();
+            for (sql, n) in [(store::DUE_DELIVERIES, 3), (store::DUE_EVENTS, 2)] {
+                let explain = format!("EXPLAIN QUERY PLAN {sql}");
+                let mut st = s
+                    .conn
+                    .prepare(&explain)
+                    .map_err(|e| sql_error(&s.path, "read", &e))?;
+                let params: Vec<i64> = vec![0; n];
+                let rows = st
+                    .query_map(rusqlite::params_from_iter(params), |r| {
+                        r.get::<_, String>(3)
+                    })
+                    .map_err(|e| sql_error(&s.path, "read", &e))?;
+                let mut plan = Vec::new();
+                for r in rows {
+                    plan.push(r.map_err(|e| sql_error(&s.path, "read", &e))?);
+                }
+                out.push(plan.join(" | "));
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap();
+    assert!(plans[0].contains("deliveries_open"), "{}", plans[0]);
+    assert!(plans[1].contains("event_deliveries_open"), "{}", plans[1]);
+    for plan in &plans {
+        assert!(!plan.contains("TEMP B-TREE"), "no sort step: {plan}");
+        assert!(
+            !plan.split(" | ").any(|p| p.starts_with("SCAN ")),
+            "no full scan: {plan}"
+        );
+    }
+}
+
+#[test]
+fn migrations_match_the_schema_version() {
+    assert_eq!(schema::MIGRATIONS.len(), SCHEMA_VERSION as usize);
+}
