@@ -1142,4 +1142,16 @@ mod tests {
             .collect();
         assert!(at.windows(2).all(|w| w[0] < w[1]), "{line}");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn time_round_trips(ms in 0..=MAX_TIME_MS) {
+            proptest::prop_assert_eq!(parse_time_ms(&format_time_ms(ms)), Some(ms));
+        }
+
+        #[test]
+        fn time_parsing_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_time_ms(&s);
+        }
+    }
 }

@@ -508,4 +508,44 @@ mod tests {
         let ce: Value = serde_json::from_str(&lines[1]).unwrap();
         assert_eq!(Event::from_cloudevent(&ce), Some(e));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever the line sizes and limits: every file holds whole lines, only a file with a
+        /// single line may exceed `max_bytes`, at most `keep_files` rotated files exist, and
+        /// reading them oldest first gives the newest lines written, in order.
+        #[test]
+        fn rotation_never_splits_or_reorders(
+            sizes in proptest::collection::vec(0usize..120, 1..60),
+            batch in 1usize..5,
+            max_bytes in 8u64..300,
+            keep in 0u32..4,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.jsonl");
+            let w = JsonlWriter::new(path.clone(), max_bytes, keep);
+            let all: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("{i}:{}", "z".repeat(*n)).into_bytes())
+                .collect();
+            for chunk in all.chunks(batch) {
+                w.append(chunk).unwrap();
+            }
+            let mut files: Vec<PathBuf> = (1..=keep).rev().map(|n| numbered(&path, n)).collect();
+            files.push(path.clone());
+            proptest::prop_assert!(!numbered(&path, keep + 1).exists());
+            let mut read = Vec::new();
+            for f in files.iter().filter(|f| f.exists()) {
+                let bytes = std::fs::read(f).unwrap();
+                let lines = lines_of(f);
+                proptest::prop_assert!(bytes.is_empty() || bytes.ends_with(b"\n"));
+                proptest::prop_assert!(bytes.len() as u64 <= max_bytes || lines.len() == 1);
+                read.extend(lines.into_iter().map(String::into_bytes));
+            }
+            proptest::prop_assert!(!read.is_empty());
+            proptest::prop_assert_eq!(&read[..], &all[all.len() - read.len()..]);
+        }
+    }
 }

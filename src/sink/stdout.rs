@@ -198,4 +198,22 @@ mod tests {
         EventSink::send(&sink, &[]).await.unwrap();
         assert_eq!(EventSink::name(&sink), "out");
     }
+
+    proptest::proptest! {
+        /// The compact envelope is one line and carries the same `result` as the API sent,
+        /// whatever its strings hold (quotes, backslashes, escaped newlines, non-ASCII).
+        #[test]
+        fn compact_envelope_is_one_line_with_the_same_result(
+            text in "\\PC*",
+            n in proptest::num::i64::ANY,
+        ) {
+            let value =
+                serde_json::json!({"text": text, "list": [n, {"again": text}], "empty": {}});
+            let raw = serde_json::to_string_pretty(&value).unwrap();
+            let line = result_line(&test_delivery(&raw)).unwrap();
+            proptest::prop_assert!(!line.contains(&b'\n'));
+            let back: Value = serde_json::from_slice(&line).unwrap();
+            proptest::prop_assert_eq!(&back["result"], &value);
+        }
+    }
 }
