@@ -22,7 +22,8 @@
 //!                  scene_summary_id, generation, phase, remote_status, polls,
 //!                  consecutive_errors, attempt, started_at_ms, before_since_ms, next_poll_at_ms,
 //!                  last_analyzed_at, last_version_id, last_change_at_ms, stale_version_id,
-//!                  last_error, removed (0/1)
+//!                  last_error, removed (0/1), added_at_ms, removed_at_ms (when it was last
+//!                  flagged removed; for a future retention of long-removed watches)
 //! versions         version_id TEXT PK, watch_id, last_analyzed_at, fetched_at_ms, scene_count,
 //!                  analyzed_scene_ids (JSON array or NULL), result_json (the API's `result`,
 //!                  byte for byte)
@@ -97,6 +98,8 @@ CREATE TABLE watches (
     stale_version_id   TEXT,
     last_error         TEXT,
     removed            INTEGER NOT NULL DEFAULT 0,
+    added_at_ms        INTEGER,
+    removed_at_ms      INTEGER,
     UNIQUE (workspace, project_id, asset_id, index_id)
 );
 

@@ -363,7 +363,7 @@ impl Store {
     pub(crate) fn sync_watches(
         &mut self,
         specs: &[SpecRow],
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<Vec<WatchRecord>, StateError> {
         let w = self.err("write");
         self.conn
@@ -383,8 +383,8 @@ impl Store {
                 .prepare_cached(
                     "INSERT INTO watches
                        (workspace, project_id, asset_id, index_id, scene_summary_id, generation,
-                        phase)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
+                        phase, added_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
                 )
                 .map_err(&w)?;
             // Only rows that changed are written: a reload of 100,000 unchanged watches is
@@ -392,7 +392,8 @@ impl Store {
             let mut refresh = self
                 .conn
                 .prepare_cached(
-                    "UPDATE watches SET scene_summary_id = ?2, generation = ?3, removed = 0
+                    "UPDATE watches
+                     SET scene_summary_id = ?2, generation = ?3, removed = 0, removed_at_ms = NULL
                      WHERE watch_id = ?1",
                 )
                 .map_err(&w)?;
@@ -425,7 +426,8 @@ impl Store {
                                 k.asset_id,
                                 k.index_id,
                                 spec.scene_summary_id,
-                                spec.generation
+                                spec.generation,
+                                ms(now_ms)
                             ])
                             .map_err(&w)?;
                         self.conn.last_insert_rowid()
@@ -448,9 +450,9 @@ impl Store {
         }
         self.conn
             .execute(
-                "UPDATE watches SET removed = 1
+                "UPDATE watches SET removed = 1, removed_at_ms = ?1
                  WHERE removed = 0 AND watch_id NOT IN (SELECT watch_id FROM temp.sync_seen)",
-                [],
+                [ms(now_ms)],
             )
             .map_err(&w)?;
         let mut by_id = HashMap::with_capacity(order.len());

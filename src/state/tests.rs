@@ -742,6 +742,11 @@ async fn open_read_only_sees_rows_while_a_writer_is_open_and_writes_nothing() {
     reader.close().await.unwrap();
     writer.probe_writable().await.unwrap();
     writer.close().await.unwrap();
+
+    // And with no daemon running.
+    let reader = Ledger::open_read_only(dir.path()).await.unwrap();
+    assert_eq!(reader.status().await.unwrap().len(), 2);
+    reader.close().await.unwrap();
 }
 
 /// SQLITE_FULL is provoked with `max_page_count`: the failing command gets a loud error naming
@@ -886,4 +891,105 @@ async fn due_queries_use_the_open_row_indexes() {
 #[test]
 fn migrations_match_the_schema_version() {
     assert_eq!(schema::MIGRATIONS.len(), SCHEMA_VERSION as usize);
+}
+
+/// Any record (within the stored ranges: integers up to `i64::MAX`, times in whole ms) comes
+/// back from the database exactly as committed.
+mod round_trip {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn phase() -> impl Strategy<Value = Phase> {
+        (0..Phase::ALL.len()).prop_map(|i| Phase::ALL[i])
+    }
+
+    fn remote() -> impl Strategy<Value = Option<RemoteStatus>> {
+        proptest::option::of(prop_oneof![
+            Just(RemoteStatus::BeforeSummarize),
+            Just(RemoteStatus::WaitSummarize),
+            Just(RemoteStatus::Summarizing),
+            Just(RemoteStatus::Completed),
+            Just(RemoteStatus::Failed),
+            Just(RemoteStatus::Canceled),
+            "[A-Z_]{1,12}".prop_map(|s| RemoteStatus::from_wire(&s)),
+        ])
+    }
+
+    fn ms() -> impl Strategy<Value = Option<u64>> {
+        proptest::option::of(0..=i64::MAX as u64)
+    }
+
+    fn text() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(".{0,40}")
+    }
+
+    fn record(index: String) -> impl Strategy<Value = WatchRecord> {
+        (
+            (
+                phase(),
+                remote(),
+                0..=i64::MAX as u64,
+                any::<u32>(),
+                ms(),
+                ms(),
+            ),
+            (text(), text(), any::<u32>(), ms(), text(), ms(), text()),
+        )
+            .prop_map(move |((ph, rem, polls, errs, started, before), rest)| {
+                let (last_version, last_error, attempt, next, vid, change, stale) = rest;
+                WatchRecord {
+                    key: key(&index),
+                    state: WatchState {
+                        phase: ph,
+                        remote: rem,
+                        polls,
+                        consecutive_errors: errs,
+                        started_at: started.map(Duration::from_millis),
+                        before_since: before.map(Duration::from_millis),
+                        last_version,
+                        last_error,
+                    },
+                    attempt,
+                    next_poll_at_ms: next,
+                    last_version_id: vid,
+                    last_change_at_ms: change,
+                    stale_version_id: stale,
+                }
+            })
+    }
+
+    #[test]
+    fn any_record_survives_commit_and_reopen() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = rt.block_on(open(dir.path()));
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
+        // Each case gets its own watch (the runner's closure is `Fn`, hence the cell).
+        let n = std::cell::Cell::new(0u32);
+        let strategy = record("placeholder".into());
+        runner
+            .run(&strategy, |mut r| {
+                n.set(n.get() + 1);
+                r.key = key(&format!("prop{}", n.get()));
+                let back = rt.block_on(async {
+                    ledger
+                        .commit_step(StepCommit {
+                            record: r.clone(),
+                            events: vec![],
+                            new_version: None,
+                        })
+                        .await
+                        .unwrap();
+                    let mut s = spec("x");
+                    s.key = r.key.clone();
+                    ledger.sync_watches(&[s], 0).await.unwrap()
+                });
+                prop_assert_eq!(back, vec![r]);
+                Ok(())
+            })
+            .unwrap();
+    }
 }
