@@ -285,9 +285,11 @@ impl Ledger {
         })
     }
 
-    /// A read-only view for `status`: creates nothing, migrates nothing, refuses a newer schema
-    /// with the same message as [`Ledger::open`]. Works while a daemon has the database open
-    /// (WAL readers do not block the writer). Write operations fail with [`StateError::Io`].
+    /// A read-only view for `status`: creates no database, migrates nothing, refuses a newer
+    /// schema with the same message as [`Ledger::open`]. Works while a daemon has the database
+    /// open (WAL readers do not block the writer). Write operations fail with
+    /// [`StateError::Io`]. Like any WAL reader, SQLite may leave empty `-wal` / `-shm` files next
+    /// to the database (its shared-memory index); the daemon reuses them.
     pub async fn open_read_only(state_dir: &Path) -> Result<Ledger, StateError> {
         let dir = state_dir.to_path_buf();
         let path = dir.join(DB_FILE);

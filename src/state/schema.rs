@@ -17,7 +17,8 @@
 //! # Tables (schema 1)
 //!
 //! ```text
-//! meta             key TEXT PK, value TEXT            -- created_by / written_by (crate versions)
+//! meta             key TEXT PK, value TEXT            -- created_by, written_by (crate versions),
+//!                                                     probe (the readiness probe's scratch row)
 //! watches          watch_id INTEGER PK, (workspace, project_id, asset_id, index_id) UNIQUE,
 //!                  scene_summary_id, generation, phase, remote_status, polls,
 //!                  consecutive_errors, attempt, started_at_ms, before_since_ms, next_poll_at_ms,

@@ -636,6 +636,38 @@ async fn a_garbage_file_is_refused_and_left_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), garbage);
 }
 
+/// A real ledger with a damaged page (header intact) is caught by the integrity check on open.
+#[tokio::test]
+async fn a_damaged_ledger_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let specs: Vec<WatchSpec> = (0..300).map(|i| spec(&format!("i{i}"))).collect();
+    ledger.sync_watches(&specs, 0).await.unwrap();
+    let page_size = count(&ledger, "PRAGMA page_size").await as usize;
+    let pages = count(&ledger, "PRAGMA page_count").await as usize;
+    ledger.close().await.unwrap();
+    assert!(pages > 4, "{pages}");
+    let path = dir.path().join(DB_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Every page after the schema page is a b-tree page here; smash the headers of a few.
+    for page in 2..pages.min(6) {
+        let start = (page - 1) * page_size;
+        bytes[start..start + 64].fill(0xA5);
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = Ledger::open(dir.path(), sinks(), event_sinks())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("not a scenewatch state database or is damaged"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
 #[tokio::test]
 async fn another_applications_sqlite_file_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
