@@ -3,13 +3,17 @@
 
 pub mod app;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod events;
+pub mod metrics;
 pub mod ncp;
 pub mod progress;
 pub mod schedule;
+pub mod server;
 pub mod sim;
 pub mod sink;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod watch;

@@ -34,9 +34,17 @@ Exit codes:
   78  the configuration is invalid (every problem is listed)
   130 interrupted by SIGINT or SIGTERM";
 
+/// The version with the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SCENEWATCH_COMMIT"),
+    ")"
+);
+
 /// Watches NAVER Cloud Media Intelligence scene summaries until they complete, and delivers them.
 #[derive(Debug, Parser)]
-#[command(name = "scenewatch", version, about, after_help = EXIT_CODES)]
+#[command(name = "scenewatch", version = VERSION, about, after_help = EXIT_CODES)]
 struct Cli {
     /// Log format: json (one object per line), pretty, or auto (json unless stdout is a terminal).
     #[arg(
@@ -54,6 +62,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: follow every configured watch for as long as it runs.
+    ///
+    /// Polls with backoff, keeps a durable ledger in state_dir, delivers every result version to
+    /// every sink and every event to every event sink, rechecks delivered watches for newer
+    /// versions. SIGHUP reloads the configuration and the watch directory; SIGTERM or SIGINT
+    /// stops gracefully within shutdown_timeout (a second signal exits at once).
+    /// Example: scenewatch run --config /etc/scenewatch/scenewatch.toml
+    Run {
+        /// Configuration file (TOML); SCENEWATCH__SECTION__KEY variables override it.
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print the ledger: one row per watch (phase, remote status, polls, last change, next poll,
+    /// pending deliveries). Reads the state database; works while the daemon runs.
+    ///
+    /// Example: scenewatch status --config /etc/scenewatch/scenewatch.toml --json
+    Status {
+        /// Configuration file (only state_dir is read from it).
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Poll every configured watch until each completes or ends, write the results, exit.
     ///
     /// Shows one live line per watch on a terminal, plain log lines otherwise.
@@ -99,6 +131,34 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Probe a running daemon's readiness endpoint: exit 0 when ready, 1 otherwise.
+    ///
+    /// For container HEALTHCHECKs without curl. Prints the daemon's reasons when not ready.
+    /// Example: scenewatch health --url http://127.0.0.1:9464/readyz
+    Health {
+        /// The endpoint to probe.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:9464/readyz",
+            env = "SCENEWATCH_HEALTH_URL"
+        )]
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example: scenewatch completions bash > /etc/bash_completion.d/scenewatch
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line definition.
+    ///
+    /// Example: scenewatch man > /usr/local/share/man/man1/scenewatch.1
+    Man,
     /// Print the string to sign and the signature of one request, to debug a 401.
     ///
     /// The access key is shown, the secret key never. Credentials come from the configuration
@@ -138,6 +198,44 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> u8 {
     match cli.command {
+        Command::Run { config } => {
+            telemetry::init(cli.log_format, "info", None);
+            let shutdown = shutdown_on_signal();
+            let sources = Sources::file_and_process_env(&config);
+            let result = scenewatch::daemon::run(sources, shutdown, |running| {
+                tokio::spawn(forward_reloads(running.commands));
+            })
+            .await;
+            match result {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "The daemon stopped on an error.");
+                    eprintln!("error: {e:#}");
+                    if e.to_string().contains("configuration problem") {
+                        exit::CONFIG
+                    } else {
+                        exit::ERROR
+                    }
+                }
+            }
+        }
+        Command::Status { config, json } => status(&config, json).await,
+        Command::Health { url, timeout } => health(&url, timeout).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "scenewatch", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: cannot write the man page: {e}");
+                    exit::ERROR
+                }
+            }
+        }
         Command::Check { config } => check(&config),
         Command::Sign {
             method,
@@ -277,6 +375,89 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Turns SIGHUP into reload commands for the daemon.
+async fn forward_reloads(commands: tokio::sync::mpsc::Sender<scenewatch::daemon::Command>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("Cannot listen for SIGHUP; reload by restarting.");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reloading the configuration.");
+            if commands
+                .send(scenewatch::daemon::Command::Reload)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(commands);
+}
+
+/// GET `url`; 0 on a 2xx, 1 otherwise (printing why).
+async fn health(url: &str, timeout: std::time::Duration) -> u8 {
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("unhealthy: cannot build an HTTP client: {e}");
+            return 1;
+        }
+    };
+    match client.get(url).send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            if status.is_success() {
+                println!("healthy: {url} answered {status} {}", body.trim());
+                0
+            } else {
+                println!("unhealthy: {url} answered {status} {}", body.trim());
+                1
+            }
+        }
+        Err(e) => {
+            println!("unhealthy: {url}: {e}");
+            1
+        }
+    }
+}
+
+async fn status(path: &std::path::Path, json: bool) -> u8 {
+    let sources = Sources::file_and_process_env(path);
+    let state_dir = match config::load_raw(&sources) {
+        Ok((raw, _)) => PathBuf::from(raw.state_dir),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let ledger = match scenewatch::state::Ledger::open_read_only(&state_dir).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ERROR;
+        }
+    };
+    let rows = match ledger.status().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ERROR;
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    print!("{}", scenewatch::status::render(&rows, now, json));
+    exit::OK
 }
 
 fn check(path: &std::path::Path) -> u8 {

@@ -54,6 +54,58 @@ impl PollBackoff {
     }
 }
 
+/// The delay before poll number `attempt` (0-based) since the last status change: the same
+/// exponential-with-jitter series as [`PollBackoff`], computed from the persisted attempt count
+/// so that a restart continues the series where it was.
+pub fn poll_delay(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let max = max.max(initial);
+    // Past ~40 doublings every term is `max` anyway; bound the walk.
+    let n = attempt.min(64) as usize;
+    PollBackoff::build(initial, max)
+        .nth(n)
+        .unwrap_or(max)
+        .min(max)
+}
+
+/// The daemon's clock: wall-clock milliseconds that advance with tokio's clock, so persisted
+/// times are real dates while tests can still pause and advance time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall_at_start_ms: u64,
+    start: Instant,
+}
+
+impl Clock {
+    /// Anchored at the current wall clock.
+    pub fn new() -> Self {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        Self {
+            wall_at_start_ms: wall,
+            start: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.wall_at_start_ms + self.start.elapsed().as_millis() as u64
+    }
+
+    /// The tokio instant at which the wall clock reads `ms` (now if that is past).
+    pub fn instant_at(&self, ms: u64) -> Instant {
+        let now = self.now_ms();
+        Instant::now() + Duration::from_millis(ms.saturating_sub(now))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Offset of a watch's first poll within `window`, from a stable hash of its key, so that
 /// thousands of watches loaded at once do not fire together (and land at the same offsets on
 /// every start).
@@ -96,12 +148,18 @@ struct BudgetState {
     tokens: f64,
     refilled_at: Instant,
     paused_until: Option<Instant>,
+    last_cut: Option<Instant>,
 }
 
 /// The lowest rate throttling can bring the budget to, as a fraction of the configured one.
 const MIN_RATE_FRACTION: f64 = 1.0 / 64.0;
-/// How much of the configured rate each success gives back.
-const RECOVERY_FRACTION: f64 = 1.0 / 32.0;
+/// Each success gives back this fraction of the configured rate plus this fraction of the
+/// current one: slow at first, faster as confidence returns.
+const RECOVERY_FRACTION: f64 = 1.0 / 64.0;
+const RECOVERY_GROWTH: f64 = 1.0 / 16.0;
+/// 429s arriving within this window of a cut count as one: requests already in flight when the
+/// gateway started refusing all come back throttled, and that is one signal, not many.
+const CUT_WINDOW: Duration = Duration::from_secs(1);
 
 impl RequestBudget {
     /// `requests_per_second` steady, up to `burst` at once.
@@ -120,6 +178,7 @@ impl RequestBudget {
                 tokens: burst,
                 refilled_at: Instant::now(),
                 paused_until: None,
+                last_cut: None,
             }),
         }
     }
@@ -154,22 +213,30 @@ impl RequestBudget {
     }
 
     /// The gateway said 429: halve the rate, drop the saved-up burst, and pause for
-    /// `retry_after` when given.
-    pub fn throttled(&self, retry_after: Option<Duration>) {
+    /// `retry_after` when given. True when this 429 cut the rate (see `CUT_WINDOW`).
+    pub fn throttled(&self, retry_after: Option<Duration>) -> bool {
         let mut s = self.lock();
         let now = Instant::now();
         self.refill(&mut s, now);
-        s.rate = (s.rate / 2.0).max(self.max_rate * MIN_RATE_FRACTION);
+        let cut = s
+            .last_cut
+            .is_none_or(|t| now.saturating_duration_since(t) >= CUT_WINDOW);
+        if cut {
+            s.rate = (s.rate / 2.0).max(self.max_rate * MIN_RATE_FRACTION);
+            s.last_cut = Some(now);
+        }
         s.tokens = 0.0;
         let pause = retry_after.unwrap_or_else(|| Duration::from_secs_f64(1.0 / s.rate));
         let until = now + pause.min(Duration::from_secs(3600));
         s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+        cut
     }
 
     /// A request went through: win back some of the rate.
     pub fn succeeded(&self) {
         let mut s = self.lock();
-        s.rate = (s.rate + self.max_rate * RECOVERY_FRACTION).min(self.max_rate);
+        s.rate = (s.rate + self.max_rate * RECOVERY_FRACTION + s.rate * RECOVERY_GROWTH)
+            .min(self.max_rate);
     }
 
     /// The current rate, in requests per second.
@@ -213,6 +280,15 @@ mod tests {
     }
 
     #[test]
+    fn persisted_attempts_continue_the_series() {
+        let (initial, max) = (Duration::from_secs(10), Duration::from_secs(300));
+        assert!(poll_delay(initial, max, 0) < Duration::from_secs(21));
+        assert!(poll_delay(initial, max, 3) >= Duration::from_secs(80));
+        assert_eq!(poll_delay(initial, max, 40), max);
+        assert_eq!(poll_delay(initial, max, u32::MAX), max);
+    }
+
+    #[test]
     fn first_polls_are_spread_and_stable() {
         let window = Duration::from_secs(10);
         let offsets: Vec<_> = (0..1000)
@@ -246,6 +322,10 @@ mod tests {
         );
 
         budget.throttled(Some(Duration::from_secs(3)));
+        assert_eq!(budget.current_rate(), 5.0);
+        // The other requests that were in flight come back throttled too: one cut, not many.
+        budget.throttled(None);
+        budget.throttled(None);
         assert_eq!(budget.current_rate(), 5.0);
         let t = Instant::now();
         budget.acquire().await;

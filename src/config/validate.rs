@@ -478,12 +478,24 @@ pub fn validate(
     for (i, s) in raw.event_sinks.iter().enumerate() {
         let base = format!("event_sink[{i}]");
         let sink = match s {
-            RawEventSink::Stdout(s) => Some(EventSinkConfig::Stdout(stdout_sink(s))),
-            RawEventSink::Jsonl(j) => {
-                jsonl_sink(origins, &mut p, &base, j).map(EventSinkConfig::Jsonl)
-            }
+            // Event sinks default to "{type}-events", so a result sink and an event sink of the
+            // same type need no names to be told apart.
+            RawEventSink::Stdout(s) => Some(EventSinkConfig::Stdout(StdoutSinkConfig {
+                name: s.name.clone().unwrap_or_else(|| "stdout-events".into()),
+            })),
+            RawEventSink::Jsonl(j) => jsonl_sink(origins, &mut p, &base, j).map(|mut c| {
+                if j.name.is_none() {
+                    c.name = "jsonl-events".into();
+                }
+                EventSinkConfig::Jsonl(c)
+            }),
             RawEventSink::Webhook(w) => {
-                webhook_sink(origins, &mut p, &mut warnings, &base, w).map(EventSinkConfig::Webhook)
+                webhook_sink(origins, &mut p, &mut warnings, &base, w).map(|mut c| {
+                    if w.name.is_none() {
+                        c.name = "webhook-events".into();
+                    }
+                    EventSinkConfig::Webhook(c)
+                })
             }
         };
         if let Some(sink) = sink {

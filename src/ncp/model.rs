@@ -342,6 +342,27 @@ pub(crate) fn decode_status(result: &RawValue) -> Result<SummaryStatus, serde_js
     })
 }
 
+impl SummaryResult {
+    /// Rebuilds a result from the text of its `result` object, as stored by the ledger.
+    pub fn from_result_json(text: &str) -> Result<SummaryResult, serde_json::Error> {
+        let raw: Box<RawValue> = serde_json::from_str(text)?;
+        decode_result(&raw)
+    }
+
+    /// Scene numbers whose summary says `metadataChangedAfterSummary: true`.
+    pub fn stale_scenes(&self) -> Vec<u64> {
+        self.scenes
+            .iter()
+            .filter(|s| {
+                s.summary
+                    .as_ref()
+                    .is_some_and(|m| m.metadata_changed_after_summary)
+            })
+            .map(|s| s.scene)
+            .collect()
+    }
+}
+
 /// Decodes the result endpoint's `result`, keeping its exact bytes in `raw`.
 pub(crate) fn decode_result(result: &RawValue) -> Result<SummaryResult, serde_json::Error> {
     let w: ResultWire = serde_json::from_str(result.get())?;

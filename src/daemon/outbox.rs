@@ -1,0 +1,318 @@
+//! The outbox drainers: one task per result sink and per event sink, each taking its due rows
+//! from the ledger, delivering them, and recording the outcome. A failing sink holds its backlog
+//! on its own backoff (raising `sink.failing` once, then `sink.recovered`); the others and the
+//! polling carry on.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use super::Health;
+use crate::events::Event;
+use crate::ncp::SummaryResult;
+use crate::schedule::{Clock, poll_delay};
+use crate::sink::{Delivery, Disposition, EventSink, Sink, SinkError};
+use crate::state::{Ledger, PendingDelivery, SinkHealth};
+
+/// Rows taken per round.
+const BATCH: usize = 64;
+/// How often an idle drainer looks at the ledger even without a wake-up.
+const IDLE_RECHECK: Duration = Duration::from_secs(2);
+/// Backoff of a failing sink: from a second up to five minutes.
+const RETRY_INITIAL: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// What a drainer needs.
+#[derive(Clone)]
+pub struct Outbox {
+    pub ledger: Ledger,
+    pub clock: Clock,
+    pub health: Arc<Health>,
+    pub stop: CancellationToken,
+}
+
+/// Tracks one sink's failing episodes and emits the event pair.
+struct Episodes {
+    name: String,
+    health: SinkHealth,
+    consecutive_failures: u32,
+}
+
+impl Episodes {
+    async fn load(o: &Outbox, name: &str) -> Self {
+        let health = o.ledger.sink_health(name).await.unwrap_or_default();
+        o.health.set_sink_failing(name, health.failing);
+        Self {
+            name: name.to_string(),
+            health,
+            consecutive_failures: 0,
+        }
+    }
+
+    async fn failed(&mut self, o: &Outbox, e: &SinkError) -> Duration {
+        self.consecutive_failures += 1;
+        if !self.health.failing {
+            self.health = SinkHealth {
+                failing: true,
+                episode: self.health.episode + 1,
+            };
+            let ev = Event::sink_failing(
+                &self.name,
+                self.health.episode,
+                &e.to_string(),
+                o.clock.now_ms(),
+            );
+            self.record(o, ev).await;
+        }
+        poll_delay(
+            RETRY_INITIAL,
+            RETRY_MAX,
+            self.consecutive_failures.saturating_sub(1),
+        )
+    }
+
+    async fn succeeded(&mut self, o: &Outbox) {
+        self.consecutive_failures = 0;
+        if self.health.failing {
+            self.health.failing = false;
+            let ev = Event::sink_recovered(&self.name, self.health.episode, o.clock.now_ms());
+            self.record(o, ev).await;
+        }
+    }
+
+    async fn record(&self, o: &Outbox, ev: Event) {
+        o.health.set_sink_failing(&self.name, self.health.failing);
+        if let Err(e) = o.ledger.set_sink_health(&self.name, self.health).await {
+            error!(sink = %self.name, error = %e, "Cannot record the sink's health in the ledger.");
+        }
+        match o.ledger.record_events(vec![ev.clone()]).await {
+            Ok(()) => {
+                ev.log();
+                o.health.metrics.event(ev.kind.as_str());
+            }
+            Err(e) => {
+                error!(sink = %self.name, error = %e, "Cannot record a sink event in the ledger.")
+            }
+        }
+    }
+}
+
+async fn idle(o: &Outbox, wake: &Notify, d: Duration) -> bool {
+    tokio::select! {
+        _ = wake.notified() => true,
+        _ = tokio::time::sleep(d) => true,
+        _ = o.stop.cancelled() => false,
+    }
+}
+
+/// Drains one result sink until stopped.
+pub async fn drain_results(o: Outbox, sink: Arc<dyn Sink>, wake: Arc<Notify>) {
+    let name = sink.name().to_string();
+    let mut episodes = Episodes::load(&o, &name).await;
+    while !o.stop.is_cancelled() {
+        let due = match o
+            .ledger
+            .due_deliveries(&name, o.clock.now_ms(), BATCH)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                error!(sink = %name, error = %e, "Cannot read the delivery queue from the ledger.");
+                if !idle(&o, &wake, IDLE_RECHECK).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if due.is_empty() {
+            if !idle(&o, &wake, IDLE_RECHECK).await {
+                return;
+            }
+            continue;
+        }
+        for row in due {
+            if o.stop.is_cancelled() {
+                return;
+            }
+            match deliver_one(&o, sink.as_ref(), &row).await {
+                Ok(()) => episodes.succeeded(&o).await,
+                Err(e) => {
+                    let now = o.clock.now_ms();
+                    match e.disposition {
+                        Disposition::Retry => {
+                            o.health.metrics.delivery(&name, "retry", None);
+                            let delay = episodes.failed(&o, &e).await;
+                            warn!(sink = %name, version = %row.version_id, error = %e, retry_in = %humantime::format_duration(delay), "Delivery failed; the sink keeps its backlog and retries.");
+                            record_failure(
+                                &o,
+                                &row,
+                                &name,
+                                &e,
+                                now + delay.as_millis() as u64,
+                                false,
+                            )
+                            .await;
+                            // The sink is down: hold the backlog, try again after the backoff.
+                            if !idle(&o, &Notify::new(), delay).await {
+                                return;
+                            }
+                            break;
+                        }
+                        Disposition::Park => {
+                            o.health.metrics.delivery(&name, "parked", None);
+                            error!(sink = %name, version = %row.version_id, error = %e, "Delivery refused by the receiver; parked (kept, not retried).");
+                            record_failure(&o, &row, &name, &e, now, true).await;
+                        }
+                        Disposition::Disable => {
+                            o.health.metrics.delivery(&name, "disabled", None);
+                            episodes.failed(&o, &e).await;
+                            error!(sink = %name, error = %e, "Sink disabled; its backlog is kept until it is reconfigured.");
+                            record_failure(&o, &row, &name, &e, now, false).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn record_failure(
+    o: &Outbox,
+    row: &PendingDelivery,
+    sink: &str,
+    e: &SinkError,
+    next_ms: u64,
+    park: bool,
+) {
+    if let Err(le) = o
+        .ledger
+        .delivery_failed(&row.version_id, sink, &e.to_string(), next_ms, park)
+        .await
+    {
+        error!(sink, version = %row.version_id, error = %le, "Cannot record a failed delivery in the ledger.");
+    }
+}
+
+async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Result<(), SinkError> {
+    let result = SummaryResult::from_result_json(&row.result_json).map_err(|e| SinkError {
+        kind: "outbox",
+        name: sink.name().to_string(),
+        message: format!("stored version {} cannot be read back: {e}", row.version_id),
+        disposition: Disposition::Park,
+    })?;
+    let fetched_at = UNIX_EPOCH + Duration::from_millis(row.fetched_at_ms);
+    let delivery = Delivery {
+        key: row.key.clone(),
+        version_id: row.version_id.clone(),
+        last_analyzed_at: row.last_analyzed_at.clone(),
+        fetched_at: if fetched_at > UNIX_EPOCH {
+            fetched_at
+        } else {
+            SystemTime::now()
+        },
+        result: Arc::new(result),
+    };
+    let started = tokio::time::Instant::now();
+    let receipt = sink.deliver(&delivery).await?;
+    o.health.observe_delivery(sink.name(), started.elapsed());
+    let now = o.clock.now_ms();
+    let ev = Event::delivered(
+        &row.key,
+        &row.version_id,
+        sink.name(),
+        &receipt.location,
+        now,
+    );
+    match o
+        .ledger
+        .delivery_succeeded(
+            &row.version_id,
+            sink.name(),
+            &receipt.location,
+            vec![ev.clone()],
+            now,
+        )
+        .await
+    {
+        Ok(_) => {
+            ev.log();
+            o.health.metrics.event(ev.kind.as_str());
+            Ok(())
+        }
+        Err(e) => {
+            // The output is durable but the ledger does not know: it will be delivered again,
+            // which the sink's idempotence on the version id makes harmless.
+            error!(sink = sink.name(), version = %row.version_id, error = %e, "Delivered, but the ledger could not record it; it will be delivered again.");
+            Ok(())
+        }
+    }
+}
+
+/// Drains one event sink until stopped.
+pub async fn drain_events(o: Outbox, sink: Arc<dyn EventSink>, wake: Arc<Notify>) {
+    let name = sink.name().to_string();
+    let mut episodes = Episodes::load(&o, &name).await;
+    while !o.stop.is_cancelled() {
+        let due = match o.ledger.due_events(&name, o.clock.now_ms(), BATCH).await {
+            Ok(d) => d,
+            Err(e) => {
+                error!(sink = %name, error = %e, "Cannot read the event queue from the ledger.");
+                if !idle(&o, &wake, IDLE_RECHECK).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if due.is_empty() {
+            if !idle(&o, &wake, IDLE_RECHECK).await {
+                return;
+            }
+            continue;
+        }
+        let ids: Vec<String> = due.iter().map(|e| e.id.clone()).collect();
+        match sink.send(&due).await {
+            Ok(()) => {
+                if let Err(e) = o.ledger.events_sent(&name, &ids).await {
+                    error!(sink = %name, error = %e, "Events sent, but the ledger could not record it; they will be sent again.");
+                }
+                for ev in &due {
+                    o.health.metrics.event_sent(&name, ev.kind.as_str());
+                }
+                episodes.succeeded(&o).await;
+            }
+            Err(e) => {
+                let now = o.clock.now_ms();
+                let (delay, park) = match e.disposition {
+                    Disposition::Retry => (episodes.failed(&o, &e).await, false),
+                    Disposition::Park => (Duration::ZERO, true),
+                    Disposition::Disable => {
+                        episodes.failed(&o, &e).await;
+                        error!(sink = %name, error = %e, "Event sink disabled; its backlog is kept until it is reconfigured.");
+                        return;
+                    }
+                };
+                warn!(sink = %name, events = ids.len(), error = %e, "Sending events failed.");
+                if let Err(le) = o
+                    .ledger
+                    .events_failed(
+                        &name,
+                        &ids,
+                        &e.to_string(),
+                        now + delay.as_millis() as u64,
+                        park,
+                    )
+                    .await
+                {
+                    error!(sink = %name, error = %le, "Cannot record failed events in the ledger.");
+                }
+                if !delay.is_zero() && !idle(&o, &Notify::new(), delay).await {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text). Label values come from closed sets
+//! (outcomes, phases, event types) or from configured sink names: never a watch id, so the
+//! number of series stays bounded however many watches there are. Names are documented in
+//! docs/operations.md.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric scenewatch exports.
+pub struct Metrics {
+    registry: Registry,
+    polls: Family<Labels, Counter>,
+    poll_latency: Family<Labels, Histogram>,
+    watches: Family<Labels, Gauge>,
+    completion: Histogram,
+    deliveries: Family<Labels, Counter>,
+    delivery_latency: Family<Labels, Histogram>,
+    backlog: Family<Labels, Gauge>,
+    parked: Family<Labels, Gauge>,
+    sink_failing: Family<Labels, Gauge>,
+    budget_rate: Gauge<f64, AtomicU64>,
+    budget_cuts: Counter,
+    throttled: Counter,
+    auth_paused: Gauge,
+    events: Family<Labels, Counter>,
+    events_sent: Family<Labels, Counter>,
+    ledger_commit: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms … ~80 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+impl Metrics {
+    /// Registers every metric under the `scenewatch` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("scenewatch");
+        let polls = Family::<Labels, Counter>::default();
+        registry.register(
+            "polls",
+            "API answers by operation (status, result) and outcome (ok, pending, retryable, throttled, auth_failure, permanent)",
+            polls.clone(),
+        );
+        let poll_latency = Family::<Labels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "poll_duration_seconds",
+            "Time of one API request, by operation",
+            poll_latency.clone(),
+        );
+        let watches = Family::<Labels, Gauge>::default();
+        registry.register("watches", "Watches by phase", watches.clone());
+        // 10 s … ~3.8 days.
+        let completion = Histogram::new(exponential_buckets(10.0, 2.0, 16));
+        registry.register(
+            "completion_seconds",
+            "Time from a watch's first poll to its result being fetched",
+            completion.clone(),
+        );
+        let deliveries = Family::<Labels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Result deliveries by sink and outcome (ok, retry, parked, disabled)",
+            deliveries.clone(),
+        );
+        let delivery_latency = Family::<Labels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "delivery_duration_seconds",
+            "Time of one successful delivery, by sink",
+            delivery_latency.clone(),
+        );
+        let backlog = Family::<Labels, Gauge>::default();
+        registry.register(
+            "sink_backlog",
+            "Deliveries (result sinks) or events (event sinks) waiting, by sink",
+            backlog.clone(),
+        );
+        let parked = Family::<Labels, Gauge>::default();
+        registry.register(
+            "sink_parked",
+            "Deliveries refused by the receiver and kept for an operator, by sink",
+            parked.clone(),
+        );
+        let sink_failing = Family::<Labels, Gauge>::default();
+        registry.register(
+            "sink_failing",
+            "1 while a sink is failing, by sink",
+            sink_failing.clone(),
+        );
+        let budget_rate = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "request_budget_rate",
+            "Current request budget in requests per second (lowered by throttling)",
+            budget_rate.clone(),
+        );
+        let budget_cuts = Counter::default();
+        registry.register(
+            "request_budget_cuts",
+            "Times throttling halved the request budget",
+            budget_cuts.clone(),
+        );
+        let throttled = Counter::default();
+        registry.register(
+            "throttled",
+            "429 answers (gateway errorCode 400/410/420) received",
+            throttled.clone(),
+        );
+        let auth_paused = Gauge::default();
+        registry.register(
+            "auth_paused",
+            "1 while polling is paused because the API refused the credentials",
+            auth_paused.clone(),
+        );
+        let events = Family::<Labels, Counter>::default();
+        registry.register("events", "Events emitted, by type", events.clone());
+        let events_sent = Family::<Labels, Counter>::default();
+        registry.register(
+            "events_sent",
+            "Events confirmed by an event sink, by sink and type",
+            events_sent.clone(),
+        );
+        let ledger_commit = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "ledger_commit_seconds",
+            "Time to commit one poll step to the state database",
+            ledger_commit.clone(),
+        );
+        Self {
+            registry,
+            polls,
+            poll_latency,
+            watches,
+            completion,
+            deliveries,
+            delivery_latency,
+            backlog,
+            parked,
+            sink_failing,
+            budget_rate,
+            budget_cuts,
+            throttled,
+            auth_paused,
+            events,
+            events_sent,
+            ledger_commit,
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// One API answer.
+    pub fn poll(&self, operation: &'static str, outcome: &'static str, took: Duration) {
+        self.polls
+            .get_or_create(&vec![
+                ("operation", operation.into()),
+                ("outcome", outcome.into()),
+            ])
+            .inc();
+        self.poll_latency
+            .get_or_create(&vec![("operation", operation.into())])
+            .observe(took.as_secs_f64());
+        if outcome == "throttled" {
+            self.throttled.inc();
+        }
+    }
+
+    /// Watches per phase.
+    pub fn set_phase(&self, phase: &str, n: u64) {
+        self.watches
+            .get_or_create(&vec![("phase", phase.to_string())])
+            .set(n as i64);
+    }
+
+    /// A watch's result was fetched `waited` after its first poll.
+    pub fn completed(&self, waited: Duration) {
+        self.completion.observe(waited.as_secs_f64());
+    }
+
+    /// One delivery attempt.
+    pub fn delivery(&self, sink: &str, outcome: &'static str, took: Option<Duration>) {
+        self.deliveries
+            .get_or_create(&vec![
+                ("sink", sink.to_string()),
+                ("outcome", outcome.into()),
+            ])
+            .inc();
+        if let Some(t) = took {
+            self.delivery_latency
+                .get_or_create(&vec![("sink", sink.to_string())])
+                .observe(t.as_secs_f64());
+        }
+    }
+
+    /// The backlog of a sink.
+    pub fn set_backlog(&self, sink: &str, pending: u64, parked: u64) {
+        self.backlog
+            .get_or_create(&vec![("sink", sink.to_string())])
+            .set(pending as i64);
+        self.parked
+            .get_or_create(&vec![("sink", sink.to_string())])
+            .set(parked as i64);
+    }
+
+    /// Whether a sink is failing.
+    pub fn set_sink_failing(&self, sink: &str, failing: bool) {
+        self.sink_failing
+            .get_or_create(&vec![("sink", sink.to_string())])
+            .set(i64::from(failing));
+    }
+
+    /// The request budget's current rate.
+    pub fn set_budget_rate(&self, rate: f64) {
+        self.budget_rate.set(rate);
+    }
+
+    /// Throttling halved the budget to `rate`.
+    pub fn budget_cut(&self, rate: f64) {
+        self.budget_cuts.inc();
+        self.budget_rate.set(rate);
+    }
+
+    /// Whether polling is paused on refused credentials.
+    pub fn set_auth_paused(&self, paused: bool) {
+        self.auth_paused.set(i64::from(paused));
+    }
+
+    /// An event was emitted (committed to the outbox and logged).
+    pub fn event(&self, event_type: &'static str) {
+        self.events
+            .get_or_create(&vec![("type", event_type.into())])
+            .inc();
+    }
+
+    /// An event was confirmed by an event sink.
+    pub fn event_sent(&self, sink: &str, event_type: &'static str) {
+        self.events_sent
+            .get_or_create(&vec![
+                ("sink", sink.to_string()),
+                ("type", event_type.into()),
+            ])
+            .inc();
+    }
+
+    /// One ledger commit.
+    pub fn ledger_commit(&self, took: Duration) {
+        self.ledger_commit.observe(took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_openmetrics_with_bounded_labels() {
+        let m = Metrics::new();
+        m.poll("status", "ok", Duration::from_millis(12));
+        m.poll("status", "throttled", Duration::from_millis(3));
+        m.set_phase("waiting", 3);
+        m.delivery("file", "ok", Some(Duration::from_millis(2)));
+        m.set_backlog("file", 4, 1);
+        m.event("com.scenewatch.summary.completed");
+        let text = m.render();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for needle in [
+            "scenewatch_polls_total{operation=\"status\",outcome=\"ok\"} 1",
+            "scenewatch_throttled_total 1",
+            "scenewatch_watches{phase=\"waiting\"} 3",
+            "scenewatch_deliveries_total{sink=\"file\",outcome=\"ok\"} 1",
+            "scenewatch_sink_backlog{sink=\"file\"} 4",
+            "scenewatch_events_total{type=\"com.scenewatch.summary.completed\"} 1",
+            "# TYPE scenewatch_poll_duration_seconds histogram",
+        ] {
+            assert!(text.contains(needle), "missing {needle}:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The daemon's small HTTP server: `/healthz` (live: the scheduler loop turned recently),
+//! `/readyz` (ready to do its job, with the reasons when not) and `/metrics` (OpenMetrics).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Health;
+use crate::schedule::Clock;
+use crate::state::Ledger;
+
+/// How long the scheduler loop may stay silent before `/healthz` fails. It turns at least once
+/// a second, so this is generous on a loaded machine and still catches a wedged process.
+pub const STALL_LIMIT_MS: u64 = 30_000;
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<Health>,
+    ledger: Ledger,
+    clock: Clock,
+}
+
+/// Binds `listen` (an error names the address) and serves until `stop`.
+pub async fn serve(
+    listen: SocketAddr,
+    health: Arc<Health>,
+    ledger: Ledger,
+    clock: Clock,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (server.listen): {e}"))?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState {
+            health,
+            ledger,
+            clock,
+        });
+    tracing::info!(listen = %listen, "Serving /healthz, /readyz and /metrics.");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "The health and metrics server stopped.");
+        }
+    }))
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    let last = s.health.last_tick_ms.load(Ordering::Relaxed);
+    let ago = s.clock.now_ms().saturating_sub(last);
+    if last > 0 && ago <= STALL_LIMIT_MS {
+        json(
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "lastTickAgoMs": ago}),
+        )
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "stalled", "lastTickAgoMs": ago}),
+        )
+    }
+}
+
+/// Why the daemon is not ready, empty when it is.
+pub async fn not_ready_reasons(health: &Health, ledger: &Ledger) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if !health.started.load(Ordering::Relaxed) {
+        reasons.push("starting".to_string());
+    }
+    if health.draining.load(Ordering::Relaxed) {
+        reasons.push("draining: shutting down".to_string());
+    }
+    if health.auth_paused.load(Ordering::Relaxed) {
+        reasons.push("the API refused the credentials; polling is paused".to_string());
+    }
+    if let Err(e) = ledger.probe_writable().await {
+        reasons.push(format!("ledger not writable: {e}"));
+    }
+    for sink in health.failing_sinks() {
+        reasons.push(format!("sink `{sink}` is failing"));
+    }
+    reasons
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let reasons = not_ready_reasons(&s.health, &s.ledger).await;
+    if reasons.is_empty() {
+        json(StatusCode::OK, serde_json::json!({"ready": true}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"ready": false, "reasons": reasons}),
+        )
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let m = &s.health.metrics;
+    for (phase, n) in s.health.phases() {
+        m.set_phase(phase.as_str(), n);
+    }
+    if let Ok(backlog) = s.ledger.backlog().await {
+        for b in backlog {
+            m.set_backlog(&b.sink, b.pending, b.parked);
+        }
+    }
+    m.set_auth_paused(s.health.auth_paused.load(Ordering::Relaxed));
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
+}

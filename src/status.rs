@@ -1,0 +1,173 @@
+//! `scenewatch status`: the ledger's rows rendered as a table or as JSON. Pure: rows and the
+//! current time in, text out.
+
+use std::fmt::Write as _;
+
+use crate::state::StatusRow;
+
+/// Renders `rows` as an aligned table (or a JSON array when `json`), times relative to `now_ms`.
+pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
+    if json {
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "watch": r.key.to_string(),
+                    "workspace": r.key.workspace,
+                    "projectId": r.key.project_id,
+                    "assetId": r.key.asset_id,
+                    "indexId": r.key.index_id,
+                    "phase": r.phase.as_str(),
+                    "remoteStatus": r.remote_status,
+                    "polls": r.polls,
+                    "lastChangeAt": r.last_change_at_ms.map(rfc3339),
+                    "nextPollAt": r.next_poll_at_ms.map(rfc3339),
+                    "pendingDeliveries": r.pending_deliveries,
+                    "parkedDeliveries": r.parked_deliveries,
+                    "removed": r.removed,
+                    "lastError": r.last_error,
+                })
+            })
+            .collect();
+        let mut s = serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".into());
+        s.push('\n');
+        return s;
+    }
+    let header = [
+        "WATCH",
+        "PHASE",
+        "REMOTE",
+        "POLLS",
+        "LAST CHANGE",
+        "NEXT POLL",
+        "PENDING",
+    ];
+    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    for r in rows {
+        let mut watch = r.key.to_string();
+        if r.removed {
+            watch.push_str(" (removed)");
+        }
+        let pending = if r.parked_deliveries > 0 {
+            format!("{} (+{} parked)", r.pending_deliveries, r.parked_deliveries)
+        } else {
+            r.pending_deliveries.to_string()
+        };
+        table.push([
+            watch,
+            r.phase.as_str().to_string(),
+            r.remote_status.clone().unwrap_or_else(|| "-".into()),
+            r.polls.to_string(),
+            r.last_change_at_ms
+                .map(|t| relative(t, now_ms))
+                .unwrap_or_else(|| "-".into()),
+            match r.next_poll_at_ms {
+                Some(t) if !r.removed && !r.phase.is_terminal() => relative(t, now_ms),
+                _ => "-".into(),
+            },
+            pending,
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &table {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(no watches in the ledger yet)\n");
+    }
+    out
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// "5m ago" / "in 30s", to the largest two units.
+fn relative(t: u64, now: u64) -> String {
+    let (d, past) = if t <= now {
+        (now - t, true)
+    } else {
+        (t - now, false)
+    };
+    let secs = d / 1000;
+    let text = if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else if secs < 86_400 {
+        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
+    } else {
+        format!("{}d{:02}h", secs / 86_400, (secs % 86_400) / 3600)
+    };
+    if past {
+        format!("{text} ago")
+    } else {
+        format!("in {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WatchKey;
+    use crate::watch::Phase;
+
+    fn row(asset: &str, phase: Phase) -> StatusRow {
+        StatusRow {
+            key: WatchKey {
+                workspace: "w".into(),
+                project_id: "1".into(),
+                asset_id: asset.into(),
+                index_id: "3".into(),
+            },
+            phase,
+            remote_status: Some("SUMMARIZING".into()),
+            polls: 7,
+            last_change_at_ms: Some(1_000_000 - 90_000),
+            next_poll_at_ms: Some(1_000_000 + 30_000),
+            pending_deliveries: 2,
+            parked_deliveries: 0,
+            removed: false,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn table_and_json() {
+        let rows = vec![row("10", Phase::Waiting), row("11", Phase::Failed)];
+        let t = render(&rows, 1_000_000, false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "WATCH     PHASE    REMOTE       POLLS  LAST CHANGE  NEXT POLL  PENDING"
+        );
+        assert_eq!(
+            lines[1],
+            "w/1/10/3  waiting  SUMMARIZING  7      1m30s ago    in 30s     2"
+        );
+        assert_eq!(
+            lines[2],
+            "w/1/11/3  failed   SUMMARIZING  7      1m30s ago    -          2"
+        );
+        let j: serde_json::Value = serde_json::from_str(&render(&rows, 1_000_000, true)).unwrap();
+        assert_eq!(j[0]["phase"], "waiting");
+        assert_eq!(j[0]["nextPollAt"], "1970-01-01T00:17:10.000Z");
+        assert_eq!(j[1]["pendingDeliveries"], 2);
+    }
+}
