@@ -18,12 +18,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use raw::{
-    RawApi, RawConfig, RawEventSink, RawFileSink, RawJsonlSink, RawPoll, RawServer, RawSink,
-    RawStdoutSink, RawWatch, RawWebhookSink,
+    RawApi, RawConfig, RawEventSink, RawFileSink, RawJsonlSink, RawNatsEventSink, RawPoll,
+    RawPostgresSink, RawS3Sink, RawServer, RawSink, RawStdoutSink, RawWatch, RawWebhookSink,
 };
 pub use validate::{
-    ApiConfig, Config, EventSinkConfig, FileSinkConfig, JsonlSinkConfig, PollConfig, SinkConfig,
-    StdoutSinkConfig, WatchKey, WatchSpec, WebhookSinkConfig, validate, validate_id,
+    ApiConfig, Config, EventSinkConfig, FileSinkConfig, JsonlSinkConfig, NatsEventSinkConfig,
+    PollConfig, PostgresSinkConfig, S3SinkConfig, SinkConfig, StdoutSinkConfig, WatchKey,
+    WatchSpec, WebhookSinkConfig, validate, validate_id,
 };
 
 /// Prefix of environment variables: `SCENEWATCH__API__ACCESS_KEY` sets `api.access_key`.
@@ -417,6 +418,8 @@ impl Walker {
             "stdout" => self.fields(path, t).map(RawSink::Stdout),
             "jsonl" => self.fields(path, t).map(RawSink::Jsonl),
             "webhook" => self.fields(path, t).map(RawSink::Webhook),
+            "postgres" => self.fields(path, t).map(RawSink::Postgres),
+            "s3" => self.fields(path, t).map(RawSink::S3),
             other => {
                 self.unknown_type(key, origin, other, RawSink::TYPES);
                 None
@@ -430,6 +433,7 @@ impl Walker {
             "stdout" => self.fields(path, t).map(RawEventSink::Stdout),
             "jsonl" => self.fields(path, t).map(RawEventSink::Jsonl),
             "webhook" => self.fields(path, t).map(RawEventSink::Webhook),
+            "nats" => self.fields(path, t).map(RawEventSink::Nats),
             other => {
                 self.unknown_type(key, origin, other, RawEventSink::TYPES);
                 None

@@ -174,11 +174,16 @@ pub enum RawSink {
     Jsonl(RawJsonlSink),
     /// A signed POST per version.
     Webhook(RawWebhookSink),
+    /// Rows in PostgreSQL: one per version, one per scene.
+    Postgres(RawPostgresSink),
+    /// Objects in S3-compatible storage: one per version plus `latest.json`.
+    S3(RawS3Sink),
 }
 
 impl RawSink {
     /// The `type` names the walker accepts, for error messages.
-    pub const TYPES: &'static [&'static str] = &["file", "stdout", "jsonl", "webhook"];
+    pub const TYPES: &'static [&'static str] =
+        &["file", "stdout", "jsonl", "webhook", "postgres", "s3"];
 }
 
 /// One `[[event_sink]]`, tagged by `type`.
@@ -191,11 +196,13 @@ pub enum RawEventSink {
     Jsonl(RawJsonlSink),
     /// A signed POST per event.
     Webhook(RawWebhookSink),
+    /// A JetStream publish per event.
+    Nats(RawNatsEventSink),
 }
 
 impl RawEventSink {
     /// The `type` names the walker accepts, for error messages.
-    pub const TYPES: &'static [&'static str] = &["stdout", "jsonl", "webhook"];
+    pub const TYPES: &'static [&'static str] = &["stdout", "jsonl", "webhook", "nats"];
 }
 
 /// `[[sink]] type = "file"`.
@@ -273,6 +280,128 @@ impl Default for RawWebhookSink {
             secret_env: String::new(),
             timeout: "10s".into(),
             allow_insecure_http: false,
+        }
+    }
+}
+
+/// `[[sink]] type = "postgres"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPostgresSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// `postgres://user@host:port/database?sslmode=disable|prefer|require|verify-full`; required.
+    /// A password in the URL works but is better given by `password_file` or `password_env`.
+    pub url: String,
+    /// A file holding the password.
+    pub password_file: String,
+    /// The name of an environment variable holding the password.
+    pub password_env: String,
+    /// The schema the sink creates and writes to.
+    pub schema: String,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// Timeout of connecting and of each statement.
+    pub timeout: String,
+    /// PEM file of CA certificates for TLS (default: the system's roots).
+    pub ca_file: String,
+}
+
+impl Default for RawPostgresSink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            url: String::new(),
+            password_file: String::new(),
+            password_env: String::new(),
+            schema: "scenewatch".into(),
+            pool_size: 4,
+            timeout: "30s".into(),
+            ca_file: String::new(),
+        }
+    }
+}
+
+/// `[[sink]] type = "s3"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawS3Sink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// Endpoint URL for S3-compatible services (NCP Object Storage, MinIO); empty for AWS.
+    pub endpoint: String,
+    /// Region (NCP Object Storage: "kr-standard").
+    pub region: String,
+    /// Bucket; required.
+    pub bucket: String,
+    /// Key prefix, without leading or trailing slash.
+    pub prefix: String,
+    /// Path-style URLs (`endpoint/bucket/key`), as MinIO and many S3-compatible servers need.
+    pub path_style: bool,
+    /// Access key id; empty: the environment variable `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// A file holding the secret access key.
+    pub secret_access_key_file: String,
+    /// The name of an environment variable holding the secret access key.
+    pub secret_access_key_env: String,
+    /// Timeout of one request.
+    pub timeout: String,
+    /// Allow `http://` endpoints other than loopback.
+    pub allow_insecure_http: bool,
+}
+
+impl Default for RawS3Sink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            prefix: String::new(),
+            path_style: false,
+            access_key_id: String::new(),
+            secret_access_key_file: String::new(),
+            secret_access_key_env: "AWS_SECRET_ACCESS_KEY".into(),
+            timeout: "30s".into(),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// `[[event_sink]] type = "nats"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNatsEventSink {
+    /// Name used in logs and metrics; defaults to "nats-events".
+    pub name: Option<String>,
+    /// Server URL(s), comma-separated: `nats://host:4222` (`tls://` for TLS).
+    pub url: String,
+    /// Subject template; `{type}` becomes the event type without `com.scenewatch.`
+    /// (e.g. `summary.completed`).
+    pub subject: String,
+    /// The JetStream stream that captures the subjects.
+    pub stream: String,
+    /// Create the stream (subjects `{subject with {type} as >}`) when it does not exist.
+    pub create_stream: bool,
+    /// A `.creds` file (NGS / decentralized auth).
+    pub credentials_file: String,
+    /// The name of an environment variable holding a token.
+    pub token_env: String,
+    /// Timeout of connecting and of each publish acknowledgement.
+    pub timeout: String,
+}
+
+impl Default for RawNatsEventSink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            url: "nats://127.0.0.1:4222".into(),
+            subject: "scenewatch.events.{type}".into(),
+            stream: "SCENEWATCH_EVENTS".into(),
+            create_stream: true,
+            credentials_file: String::new(),
+            token_env: String::new(),
+            timeout: "10s".into(),
         }
     }
 }

@@ -12,8 +12,8 @@ use reqwest::Url;
 use secrecy::SecretString;
 
 use super::{
-    ConfigErrors, Origins, Problem, RawConfig, RawEventSink, RawJsonlSink, RawSink, RawStdoutSink,
-    RawWebhookSink,
+    ConfigErrors, Origins, Problem, RawConfig, RawEventSink, RawJsonlSink, RawNatsEventSink,
+    RawPostgresSink, RawS3Sink, RawSink, RawStdoutSink, RawWebhookSink,
 };
 use crate::ncp::Generation;
 use crate::ncp::signing::Credentials;
@@ -156,6 +156,10 @@ pub enum SinkConfig {
     Jsonl(JsonlSinkConfig),
     /// Signed POSTs.
     Webhook(WebhookSinkConfig),
+    /// PostgreSQL rows.
+    Postgres(PostgresSinkConfig),
+    /// S3-compatible objects.
+    S3(S3SinkConfig),
 }
 
 impl SinkConfig {
@@ -166,6 +170,8 @@ impl SinkConfig {
             SinkConfig::Stdout(s) => &s.name,
             SinkConfig::Jsonl(j) => &j.name,
             SinkConfig::Webhook(w) => &w.name,
+            SinkConfig::Postgres(p) => &p.name,
+            SinkConfig::S3(o) => &o.name,
         }
     }
 }
@@ -179,6 +185,8 @@ pub enum EventSinkConfig {
     Jsonl(JsonlSinkConfig),
     /// Signed POSTs of CloudEvents.
     Webhook(WebhookSinkConfig),
+    /// JetStream publishes.
+    Nats(NatsEventSinkConfig),
 }
 
 impl EventSinkConfig {
@@ -188,6 +196,7 @@ impl EventSinkConfig {
             EventSinkConfig::Stdout(s) => &s.name,
             EventSinkConfig::Jsonl(j) => &j.name,
             EventSinkConfig::Webhook(w) => &w.name,
+            EventSinkConfig::Nats(n) => &n.name,
         }
     }
 }
@@ -234,6 +243,71 @@ pub struct WebhookSinkConfig {
     /// prefix is base64-decoded as the spec says).
     pub secret: SecretString,
     /// Timeout of one POST.
+    pub timeout: Duration,
+}
+
+/// `type = "postgres"`, validated.
+#[derive(Debug, Clone)]
+pub struct PostgresSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// The connection URL without its password (safe to log).
+    pub url: String,
+    /// The password, from the URL, `password_file` or `password_env`.
+    pub password: Option<SecretString>,
+    /// The schema to create and write.
+    pub schema: String,
+    /// Pool size.
+    pub pool_size: usize,
+    /// Connect and statement timeout.
+    pub timeout: Duration,
+    /// Extra CA certificates (PEM) for TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `type = "s3"`, validated.
+#[derive(Debug, Clone)]
+pub struct S3SinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// Endpoint URL, `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Key prefix, no leading or trailing slash (may be empty).
+    pub prefix: String,
+    /// Path-style addressing.
+    pub path_style: bool,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: SecretString,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Whether plain HTTP is allowed (loopback or `allow_insecure_http`).
+    pub allow_http: bool,
+}
+
+/// `[[event_sink]] type = "nats"`, validated.
+#[derive(Debug, Clone)]
+pub struct NatsEventSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// Server URLs.
+    pub urls: Vec<String>,
+    /// Subject template with `{type}`.
+    pub subject: String,
+    /// Stream name.
+    pub stream: String,
+    /// Create the stream when missing.
+    pub create_stream: bool,
+    /// `.creds` file.
+    pub credentials_file: Option<PathBuf>,
+    /// Token.
+    pub token: Option<SecretString>,
+    /// Connect and ack timeout.
     pub timeout: Duration,
 }
 
@@ -461,6 +535,10 @@ pub fn validate(
             RawSink::Webhook(w) => {
                 webhook_sink(origins, &mut p, &mut warnings, &base, w).map(SinkConfig::Webhook)
             }
+            RawSink::Postgres(c) => {
+                postgres_sink(origins, &mut p, &base, c).map(SinkConfig::Postgres)
+            }
+            RawSink::S3(c) => s3_sink(origins, &mut p, &base, c).map(SinkConfig::S3),
         };
         if let Some(sink) = sink {
             unique_name(origins, &mut p, &mut names, &base, sink.name());
@@ -496,6 +574,9 @@ pub fn validate(
                     }
                     EventSinkConfig::Webhook(c)
                 })
+            }
+            RawEventSink::Nats(n) => {
+                nats_sink(origins, &mut p, &base, n).map(EventSinkConfig::Nats)
             }
         };
         if let Some(sink) = sink {
@@ -833,4 +914,321 @@ fn is_loopback(url: &Url) -> bool {
     url.host_str()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
         .is_some_and(|h| h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+}
+
+/// A secret from exactly one of a file or an environment variable (the field names are given
+/// for messages); `Ok(None)` when neither is set. Never echoes the secret.
+fn secret_from(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    base: &str,
+    (file_key, file): (&str, &str),
+    (env_key, env): (&str, &str),
+) -> Result<Option<String>, ()> {
+    let (file, env) = (file.trim(), env.trim());
+    match (file.is_empty(), env.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => {
+            p.push(origins.problem(
+                &format!("{base}.{file_key}"),
+                format!("set only one of {file_key} and {env_key}"),
+            ));
+            Err(())
+        }
+        (false, true) => match std::fs::read_to_string(file) {
+            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+            Ok(_) => {
+                p.push(origins.problem(&format!("{base}.{file_key}"), format!("{file} is empty")));
+                Err(())
+            }
+            Err(e) => {
+                p.push(origins.problem(
+                    &format!("{base}.{file_key}"),
+                    format!("cannot read {file}: {e}"),
+                ));
+                Err(())
+            }
+        },
+        (true, false) => match std::env::var(env) {
+            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+            _ => {
+                p.push(origins.problem(
+                    &format!("{base}.{env_key}"),
+                    format!("environment variable {env} is not set or empty"),
+                ));
+                Err(())
+            }
+        },
+    }
+}
+
+fn postgres_sink(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    base: &str,
+    c: &RawPostgresSink,
+) -> Option<PostgresSinkConfig> {
+    let before = p.len();
+    let url_key = format!("{base}.url");
+    let mut password_in_url = None;
+    let mut clean_url = String::new();
+    match Url::parse(c.url.trim()) {
+        Ok(mut u) if matches!(u.scheme(), "postgres" | "postgresql") => {
+            if let Some(pw) = u.password() {
+                password_in_url = Some(pw.to_string());
+                // Keep the password out of everything that may be logged.
+                let _ = u.set_password(None);
+            }
+            if u.host_str().is_none_or(str::is_empty) {
+                p.push(origins.problem(&url_key, "has no host"));
+            }
+            clean_url = u.to_string();
+        }
+        Ok(u) => p.push(origins.problem(
+            &url_key,
+            format!("scheme {:?} is not supported; use postgres://", u.scheme()),
+        )),
+        Err(e) => p.push(origins.problem(
+            &url_key,
+            if c.url.trim().is_empty() {
+                "missing".to_string()
+            } else {
+                format!("not a URL ({e})")
+            },
+        )),
+    }
+    let secret = secret_from(
+        origins,
+        p,
+        base,
+        ("password_file", &c.password_file),
+        ("password_env", &c.password_env),
+    );
+    let password = match (secret, password_in_url) {
+        (Ok(Some(_)), Some(_)) => {
+            p.push(origins.problem(
+                &url_key,
+                "has a password and password_file or password_env is set too; keep one",
+            ));
+            None
+        }
+        (Ok(s), u) => s.or(u),
+        (Err(()), _) => None,
+    };
+    let schema = c.schema.trim();
+    if schema.is_empty()
+        || schema.len() > 63
+        || !schema
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+        || schema.starts_with(|ch: char| ch.is_ascii_digit())
+    {
+        p.push(origins.problem(
+            &format!("{base}.schema"),
+            format!("{schema:?} is not a plain identifier: lowercase letters, digits and '_', at most 63, not starting with a digit"),
+        ));
+    }
+    if c.pool_size == 0 {
+        p.push(origins.problem(&format!("{base}.pool_size"), "must be at least 1"));
+    }
+    let timeout = duration(origins, p, &format!("{base}.timeout"), &c.timeout);
+    if p.len() != before {
+        return None;
+    }
+    Some(PostgresSinkConfig {
+        name: c.name.clone().unwrap_or_else(|| "postgres".into()),
+        url: clean_url,
+        password: password.map(SecretString::from),
+        schema: schema.to_string(),
+        pool_size: c.pool_size as usize,
+        timeout: timeout?,
+        ca_file: (!c.ca_file.trim().is_empty()).then(|| PathBuf::from(c.ca_file.trim())),
+    })
+}
+
+fn s3_sink(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    base: &str,
+    c: &RawS3Sink,
+) -> Option<S3SinkConfig> {
+    let before = p.len();
+    let mut allow_http = false;
+    let endpoint = c.endpoint.trim();
+    if !endpoint.is_empty() {
+        match Url::parse(endpoint) {
+            Ok(u) => match u.scheme() {
+                "https" => {}
+                "http" if is_loopback(&u) || c.allow_insecure_http => allow_http = true,
+                "http" => p.push(origins.problem(
+                    &format!("{base}.endpoint"),
+                    "plain http:// is only allowed to loopback addresses; use https:// or set allow_insecure_http = true",
+                )),
+                other => p.push(origins.problem(&format!("{base}.endpoint"), format!("scheme {other:?} is not supported"))),
+            },
+            Err(e) => p.push(origins.problem(&format!("{base}.endpoint"), format!("not a URL ({e})"))),
+        }
+    }
+    let bucket = c.bucket.trim();
+    if bucket.len() < 3
+        || bucket.len() > 63
+        || !bucket
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '.')
+    {
+        p.push(origins.problem(
+            &format!("{base}.bucket"),
+            if bucket.is_empty() {
+                "missing".to_string()
+            } else {
+                format!("{bucket:?} is not a valid bucket name")
+            },
+        ));
+    }
+    let prefix = c.prefix.trim().trim_matches('/');
+    if prefix.split('/').any(|seg| seg == ".." || seg == ".") {
+        p.push(origins.problem(
+            &format!("{base}.prefix"),
+            "must not contain '.' or '..' segments",
+        ));
+    }
+    if c.region.trim().is_empty() {
+        p.push(origins.problem(&format!("{base}.region"), "must not be empty"));
+    }
+    let access_key_id = if c.access_key_id.trim().is_empty() {
+        std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default()
+    } else {
+        c.access_key_id.trim().to_string()
+    };
+    if access_key_id.is_empty() {
+        p.push(origins.problem(
+            &format!("{base}.access_key_id"),
+            "missing; set it or AWS_ACCESS_KEY_ID",
+        ));
+    }
+    let secret = match secret_from(
+        origins,
+        p,
+        base,
+        ("secret_access_key_file", &c.secret_access_key_file),
+        (
+            "secret_access_key_env",
+            if c.secret_access_key_file.trim().is_empty() {
+                &c.secret_access_key_env
+            } else {
+                ""
+            },
+        ),
+    ) {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => {
+            p.push(origins.problem(
+                &format!("{base}.secret_access_key_file"),
+                "missing; set secret_access_key_file or secret_access_key_env",
+            ));
+            None
+        }
+        Err(()) => None,
+    };
+    let timeout = duration(origins, p, &format!("{base}.timeout"), &c.timeout);
+    if p.len() != before {
+        return None;
+    }
+    Some(S3SinkConfig {
+        name: c.name.clone().unwrap_or_else(|| "s3".into()),
+        endpoint: (!endpoint.is_empty()).then(|| endpoint.trim_end_matches('/').to_string()),
+        region: c.region.trim().to_string(),
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        path_style: c.path_style,
+        access_key_id,
+        secret_access_key: SecretString::from(secret?),
+        timeout: timeout?,
+        allow_http,
+    })
+}
+
+fn nats_sink(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    base: &str,
+    c: &RawNatsEventSink,
+) -> Option<NatsEventSinkConfig> {
+    let before = p.len();
+    let urls: Vec<String> = c
+        .url
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        p.push(origins.problem(&format!("{base}.url"), "missing"));
+    }
+    for u in &urls {
+        match Url::parse(u) {
+            Ok(parsed) if matches!(parsed.scheme(), "nats" | "tls") => {
+                if parsed.password().is_some() {
+                    p.push(origins.problem(
+                        &format!("{base}.url"),
+                        "must not carry a password; use token_env or credentials_file",
+                    ));
+                }
+            }
+            _ => p.push(origins.problem(
+                &format!("{base}.url"),
+                format!("{u:?} is not a nats:// or tls:// URL"),
+            )),
+        }
+    }
+    let subject = c.subject.trim();
+    let tokens_ok = subject.replace("{type}", "x").split('.').all(|t| {
+        !t.is_empty()
+            && t.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    });
+    if !tokens_ok {
+        p.push(origins.problem(
+            &format!("{base}.subject"),
+            format!("{subject:?} is not a valid subject (dot-separated tokens of letters, digits, '-', '_', with {{type}} allowed)"),
+        ));
+    }
+    let stream = c.stream.trim();
+    if stream.is_empty()
+        || !stream
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        p.push(origins.problem(
+            &format!("{base}.stream"),
+            format!("{stream:?} is not a valid stream name"),
+        ));
+    }
+    let token = secret_from(
+        origins,
+        p,
+        base,
+        ("credentials_file", ""),
+        ("token_env", &c.token_env),
+    );
+    let credentials_file = c.credentials_file.trim();
+    if !credentials_file.is_empty() && !std::path::Path::new(credentials_file).is_file() {
+        p.push(origins.problem(
+            &format!("{base}.credentials_file"),
+            format!("{credentials_file} is not a readable file"),
+        ));
+    }
+    let timeout = duration(origins, p, &format!("{base}.timeout"), &c.timeout);
+    if p.len() != before {
+        return None;
+    }
+    Some(NatsEventSinkConfig {
+        name: c.name.clone().unwrap_or_else(|| "nats-events".into()),
+        urls,
+        subject: subject.to_string(),
+        stream: stream.to_string(),
+        create_stream: c.create_stream,
+        credentials_file: (!credentials_file.is_empty()).then(|| PathBuf::from(credentials_file)),
+        token: token.ok().flatten().map(SecretString::from),
+        timeout: timeout?,
+    })
 }
