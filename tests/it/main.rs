@@ -2,7 +2,9 @@
 
 mod cli;
 mod client;
+mod crash;
 mod daemon;
 mod once;
+mod ops;
 mod sim;
 mod support;
