@@ -582,6 +582,9 @@ async fn poll(ctx: Arc<PollCtx>, client: Client, spec: WatchSpec, before: WatchR
         Action::Stop => None,
         Action::FetchResult => Some(poll.initial_interval),
     };
+    if matches!(step.action, Action::Retry { .. } | Action::Throttle { .. }) {
+        log_failed_poll(&key, &record, delay);
+    }
     if new_version.is_none() && !auth_refused {
         events.extend(facts::step_events(
             &key,
@@ -606,6 +609,20 @@ async fn poll(ctx: Arc<PollCtx>, client: Client, spec: WatchSpec, before: WatchR
     let mut o = commit(&ctx, before, record, events, new_version).await;
     o.auth_refused = auth_refused;
     o
+}
+
+/// One line per failed poll at debug level; a warning when a watch keeps failing (at the 4th,
+/// 8th, 16th … failure in a row), so 100,000 watches in a brief outage do not flood the log
+/// while a watch that stays broken is still seen.
+fn log_failed_poll(key: &WatchKey, record: &WatchRecord, delay: Option<Duration>) {
+    let n = record.state.consecutive_errors;
+    let error = record.state.last_error.as_deref().unwrap_or("");
+    let retry_in = humantime::format_duration(delay.unwrap_or_default());
+    if n >= 4 && n.is_power_of_two() {
+        warn!(watch = %key, attempt = n, error, retry_in = %retry_in, "Polls keep failing; retrying.");
+    } else {
+        tracing::debug!(watch = %key, attempt = n, error, retry_in = %retry_in, "Poll failed; retrying.");
+    }
 }
 
 /// Commits one step; on a ledger error keeps the old record and retries the poll soon.

@@ -6,5 +6,6 @@ mod crash;
 mod daemon;
 mod once;
 mod ops;
+mod ops;
 mod sim;
 mod support;
