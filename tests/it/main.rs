@@ -6,6 +6,5 @@ mod crash;
 mod daemon;
 mod once;
 mod ops;
-mod ops;
 mod sim;
 mod support;
