@@ -641,3 +641,63 @@ async fn a_second_daemon_on_the_same_state_is_refused() {
     );
     stop(first).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_metadata_raises_stale_once_per_version() {
+    let sim = start_sim(&scenario(&asset("60", "61", None, ""), "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let watches = watch("60", "61", None).replace(
+        "index_id = \"61\"\n",
+        "index_id = \"61\"\ngeneration = \"asset\"\n",
+    );
+    std::fs::write(
+        &cfg,
+        config(
+            &sim.url,
+            dir.path(),
+            free_port(),
+            &dir.path().join("r.jsonl"),
+            &watches,
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&cfg, dir.path(), &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(
+            &events_of(dir.path()),
+            ".delivered"
+        ) >= 2)
+        .await,
+        "{}",
+        d.log_text()
+    );
+    // Someone edits person labels of scenes 1 and 3 after the summary was made.
+    let marked = reqwest::Client::new()
+        .post(format!("{}/__sim/assets/w/1/60/metadata-changed", sim.url))
+        .json(&serde_json::json!({"scenes": [1, 3]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(marked.status().is_success(), "{:?}", marked.text().await);
+    let stale = wait_for(Duration::from_secs(20), || {
+        count(&events_of(dir.path()), ".stale") >= 1
+    })
+    .await;
+    // Several more rechecks (every second) must not repeat it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = stop(d).await;
+    assert!(stale, "{log}");
+    let events = events_of(dir.path());
+    let stale: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "com.scenewatch.summary.stale")
+        .collect();
+    assert_eq!(stale.len(), 1, "{events:#?}");
+    assert_eq!(stale[0]["data"]["scenes"], serde_json::json!([1, 3]));
+    assert_eq!(
+        count(&events, ".completed"),
+        1,
+        "metadata edits are not a new version"
+    );
+}
