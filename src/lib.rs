@@ -11,6 +11,7 @@ pub mod ncp;
 pub mod progress;
 pub mod schedule;
 pub mod server;
+pub mod signals;
 pub mod sim;
 pub mod sink;
 pub mod state;

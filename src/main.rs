@@ -200,7 +200,7 @@ async fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Run { config } => {
             telemetry::init(cli.log_format, "info", None);
-            let shutdown = shutdown_on_signal();
+            let shutdown = scenewatch::signals::shutdown_on_signal();
             let sources = Sources::file_and_process_env(&config);
             let result = scenewatch::daemon::run(sources, shutdown, |running| {
                 tokio::spawn(forward_reloads(running.commands));
@@ -251,9 +251,7 @@ async fn run(cli: Cli) -> u8 {
             config,
             no_progress,
         } => {
-            let progress = (!no_progress && Progress::available())
-                .then(|| Progress::new(Arc::new(Board::default())));
-            init_logs(cli.log_format, progress.as_ref());
+            let (progress, board) = progress_and_logs(cli.log_format, no_progress);
             let config = match config::load(&Sources::file_and_process_env(&config)) {
                 Ok(c) => c,
                 Err(e) => {
@@ -271,11 +269,7 @@ async fn run(cli: Cli) -> u8 {
                     return exit::SINK;
                 }
             };
-            let board = progress
-                .as_ref()
-                .map(|p| p.board().clone())
-                .unwrap_or_default();
-            let shutdown = shutdown_on_signal();
+            let shutdown = scenewatch::signals::shutdown_on_signal();
             let drawing = start_progress(progress);
             let result = app::once(config, sinks, board, shutdown).await;
             drawing.finish().await;
@@ -290,14 +284,8 @@ async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Demo { out, no_progress } => {
-            let progress = (!no_progress && Progress::available())
-                .then(|| Progress::new(Arc::new(Board::default())));
-            init_logs(cli.log_format, progress.as_ref());
-            let board = progress
-                .as_ref()
-                .map(|p| p.board().clone())
-                .unwrap_or_default();
-            let shutdown = shutdown_on_signal();
+            let (progress, board) = progress_and_logs(cli.log_format, no_progress);
+            let shutdown = scenewatch::signals::shutdown_on_signal();
             let drawing = start_progress(progress);
             let result = scenewatch::demo::run(&out, board, shutdown).await;
             drawing.finish().await;
@@ -310,6 +298,18 @@ async fn run(cli: Cli) -> u8 {
             }
         }
     }
+}
+
+/// The live progress display when wanted and on a terminal, with logs set up around it.
+fn progress_and_logs(format: LogFormat, no_progress: bool) -> (Option<Progress>, Arc<Board>) {
+    let progress =
+        (!no_progress && Progress::available()).then(|| Progress::new(Arc::new(Board::default())));
+    init_logs(format, progress.as_ref());
+    let board = progress
+        .as_ref()
+        .map(|p| p.board().clone())
+        .unwrap_or_default();
+    (progress, board)
 }
 
 /// Logs at `info`, or only warnings while the progress display shows the same facts.
@@ -339,42 +339,6 @@ fn start_progress(progress: Option<Progress>) -> Drawing {
     let stop = CancellationToken::new();
     let task = progress.map(|p| tokio::spawn(p.run(stop.clone())));
     Drawing { stop, task }
-}
-
-/// Cancels the returned token on the first SIGINT or SIGTERM; a second one exits at once.
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::warn!("Signal received; stopping (send it again to exit at once).");
-        t.cancel();
-        wait_for_signal().await;
-        std::process::exit(i32::from(exit::INTERRUPTED));
-    });
-    token
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Turns SIGHUP into reload commands for the daemon.

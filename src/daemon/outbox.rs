@@ -100,6 +100,35 @@ impl Episodes {
     }
 }
 
+/// The next due rows of a queue, waiting (for a wake-up, a short idle period) while there are
+/// none; `None` once stopped. A ledger read error is logged and retried after the idle period.
+async fn next_due<T, Fut>(
+    o: &Outbox,
+    wake: &Notify,
+    sink: &str,
+    queue: &str,
+    fetch: impl Fn() -> Fut,
+) -> Option<Vec<T>>
+where
+    Fut: std::future::Future<Output = Result<Vec<T>, crate::state::StateError>>,
+{
+    loop {
+        if o.stop.is_cancelled() {
+            return None;
+        }
+        match fetch().await {
+            Ok(rows) if !rows.is_empty() => return Some(rows),
+            Ok(_) => {}
+            Err(e) => {
+                error!(sink, error = %e, "Cannot read the {queue} queue from the ledger.");
+            }
+        }
+        if !idle(o, wake, IDLE_RECHECK).await {
+            return None;
+        }
+    }
+}
+
 async fn idle(o: &Outbox, wake: &Notify, d: Duration) -> bool {
     tokio::select! {
         _ = wake.notified() => true,
@@ -112,27 +141,8 @@ async fn idle(o: &Outbox, wake: &Notify, d: Duration) -> bool {
 pub async fn drain_results(o: Outbox, sink: Arc<dyn Sink>, wake: Arc<Notify>) {
     let name = sink.name().to_string();
     let mut episodes = Episodes::load(&o, &name).await;
-    while !o.stop.is_cancelled() {
-        let due = match o
-            .ledger
-            .due_deliveries(&name, o.clock.now_ms(), BATCH)
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                error!(sink = %name, error = %e, "Cannot read the delivery queue from the ledger.");
-                if !idle(&o, &wake, IDLE_RECHECK).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if due.is_empty() {
-            if !idle(&o, &wake, IDLE_RECHECK).await {
-                return;
-            }
-            continue;
-        }
+    let fetch = || o.ledger.due_deliveries(&name, o.clock.now_ms(), BATCH);
+    while let Some(due) = next_due(&o, &wake, &name, "delivery", fetch).await {
         for row in due {
             if o.stop.is_cancelled() {
                 return;
@@ -256,23 +266,8 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
 pub async fn drain_events(o: Outbox, sink: Arc<dyn EventSink>, wake: Arc<Notify>) {
     let name = sink.name().to_string();
     let mut episodes = Episodes::load(&o, &name).await;
-    while !o.stop.is_cancelled() {
-        let due = match o.ledger.due_events(&name, o.clock.now_ms(), BATCH).await {
-            Ok(d) => d,
-            Err(e) => {
-                error!(sink = %name, error = %e, "Cannot read the event queue from the ledger.");
-                if !idle(&o, &wake, IDLE_RECHECK).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if due.is_empty() {
-            if !idle(&o, &wake, IDLE_RECHECK).await {
-                return;
-            }
-            continue;
-        }
+    let fetch = || o.ledger.due_events(&name, o.clock.now_ms(), BATCH);
+    while let Some(due) = next_due(&o, &wake, &name, "event", fetch).await {
         let ids: Vec<String> = due.iter().map(|e| e.id.clone()).collect();
         match sink.send(&due).await {
             Ok(()) => {

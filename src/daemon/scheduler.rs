@@ -426,9 +426,23 @@ impl Scheduler {
     }
 }
 
-/// Budget feedback: throttling is handled by the step's action; good answers win rate back.
-fn good<T>(v: &Verdict<T>) -> bool {
-    matches!(v, Verdict::Ok(_) | Verdict::Pending(_))
+/// One API call inside the request budget, measured; good answers win budget back (throttling
+/// is handled by the step's action).
+async fn call<T>(
+    ctx: &PollCtx,
+    operation: &'static str,
+    request: impl std::future::Future<Output = Verdict<T>>,
+) -> Verdict<T> {
+    ctx.budget.acquire().await;
+    let started = tokio::time::Instant::now();
+    let v = request.await;
+    ctx.health
+        .metrics
+        .poll(operation, v.kind(), started.elapsed());
+    if matches!(v, Verdict::Ok(_) | Verdict::Pending(_)) {
+        ctx.budget.succeeded();
+    }
+    v
 }
 
 /// One poll of one watch: request(s), the pure step, events, and one ledger commit.
@@ -452,36 +466,19 @@ async fn poll(ctx: Arc<PollCtx>, client: Client, spec: WatchSpec, before: WatchR
     let use_status = spec.generation == Generation::Asset || spec.scene_summary_id.is_some();
     let mut error: Option<ApiError>;
     let mut fetched: Option<SummaryResult> = None;
-    ctx.budget.acquire().await;
     let mut step = if use_status {
-        let t = tokio::time::Instant::now();
-        let v = client.status(spec.generation, &target).await;
-        ctx.health.metrics.poll("status", v.kind(), t.elapsed());
-        if good(&v) {
-            ctx.budget.succeeded();
-        }
+        let v = call(&ctx, "status", client.status(spec.generation, &target)).await;
         error = v.error().cloned();
         watch::step(&before.state, now, limits, Answer::Status(&v))
     } else {
-        let t = tokio::time::Instant::now();
-        let r = client.result(spec.generation, &target).await;
-        ctx.health.metrics.poll("result", r.kind(), t.elapsed());
-        if good(&r) {
-            ctx.budget.succeeded();
-        }
+        let r = call(&ctx, "result", client.result(spec.generation, &target)).await;
         error = r.error().cloned();
         let s = watch::step(&before.state, now, limits, Answer::Result(&r));
         fetched = r.ok();
         s
     };
     if step.action == Action::FetchResult {
-        ctx.budget.acquire().await;
-        let t = tokio::time::Instant::now();
-        let r = client.result(spec.generation, &target).await;
-        ctx.health.metrics.poll("result", r.kind(), t.elapsed());
-        if good(&r) {
-            ctx.budget.succeeded();
-        }
+        let r = call(&ctx, "result", client.result(spec.generation, &target)).await;
         error = r.error().cloned();
         step = watch::step(&step.state, now, limits, Answer::Result(&r));
         fetched = r.ok();

@@ -118,32 +118,9 @@ pub async fn run_cli(listen: SocketAddr, scenario: Option<PathBuf>) -> anyhow::R
     let handle = spawn(scenario, listener, shutdown.clone()).await?;
     tracing::info!(addr = %handle.addr, "Simulator listening on {}.", handle.base_url());
     tracing::info!(access_keys = ?access_keys, "Accepting these access keys.");
-    wait_for_signal().await;
+    crate::signals::terminate().await;
     tracing::info!("Shutting down the simulator.");
     shutdown.cancel();
     handle.join().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot watch SIGTERM; only ctrl-c stops the simulator.");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
