@@ -131,6 +131,22 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Put watches that ended (failed, canceled, not_requested, timed_out, rejected) back to
+    /// pending, so they are polled again.
+    ///
+    /// Writes the ledger in state_dir; a running daemon picks the change up on its next reload
+    /// (systemctl reload scenewatch, or SIGHUP). Without WATCH keys, --all-ended is required.
+    /// Example: scenewatch reset --config /etc/scenewatch/scenewatch.toml newsroom/1234/5678/1001
+    Reset {
+        /// Configuration file (only state_dir is read from it).
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Reset every watch that ended.
+        #[arg(long)]
+        all_ended: bool,
+        /// Watch keys: workspace/project_id/asset_id/index_id.
+        watches: Vec<String>,
+    },
     /// Probe a running daemon's readiness endpoint: exit 0 when ready, 1 otherwise.
     ///
     /// For container HEALTHCHECKs without curl. Prints the daemon's reasons when not ready.
@@ -221,6 +237,11 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Status { config, json } => status(&config, json).await,
         Command::Health { url, timeout } => health(&url, timeout).await,
+        Command::Reset {
+            config,
+            all_ended,
+            watches,
+        } => reset(&config, all_ended, &watches).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "scenewatch", &mut std::io::stdout());
@@ -363,6 +384,67 @@ async fn forward_reloads(commands: tokio::sync::mpsc::Sender<scenewatch::daemon:
     }
     #[cfg(not(unix))]
     drop(commands);
+}
+
+async fn reset(path: &std::path::Path, all_ended: bool, watches: &[String]) -> u8 {
+    if watches.is_empty() != all_ended {
+        eprintln!(
+            "error: name the watches to reset (workspace/project_id/asset_id/index_id), or pass --all-ended"
+        );
+        return exit::USAGE;
+    }
+    let mut keys = Vec::new();
+    for w in watches {
+        let parts: Vec<&str> = w.split('/').collect();
+        let valid = parts.len() == 4 && parts.iter().all(|p| config::validate_id(p).is_ok());
+        if !valid {
+            eprintln!("error: {w:?} is not a watch key (workspace/project_id/asset_id/index_id)");
+            return exit::USAGE;
+        }
+        keys.push(config::WatchKey {
+            workspace: parts[0].into(),
+            project_id: parts[1].into(),
+            asset_id: parts[2].into(),
+            index_id: parts[3].into(),
+        });
+    }
+    let state_dir = match config::load_raw(&Sources::file_and_process_env(path)) {
+        Ok((raw, _)) => PathBuf::from(raw.state_dir),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::CONFIG;
+        }
+    };
+    // The sink lists only matter for new versions, which a reset does not create.
+    let ledger = match scenewatch::state::Ledger::open(&state_dir, Vec::new(), Vec::new()).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ERROR;
+        }
+    };
+    let now = scenewatch::schedule::Clock::new().now_ms();
+    let result = ledger.reset_watches(keys.clone(), now).await;
+    let _ = ledger.close().await;
+    match result {
+        Ok(done) => {
+            for k in &done {
+                println!("reset {k}");
+            }
+            for k in keys.iter().filter(|k| !done.contains(k)) {
+                println!("not reset {k}: not in the ledger, removed, or not ended");
+            }
+            println!(
+                "{} watch(es) reset; a running daemon polls them after its next reload (systemctl reload scenewatch, or kill -HUP its pid).",
+                done.len()
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::ERROR
+        }
+    }
 }
 
 /// GET `url`; 0 on a 2xx, 1 otherwise (printing why).

@@ -403,11 +403,28 @@ impl Scheduler {
             self.entries.remove(k);
         }
         let mut kept = 0;
+        let mut reset = Vec::new();
+        let ledger_records: HashMap<&WatchKey, &WatchRecord> =
+            records.iter().map(|r| (&r.key, r)).collect();
         for w in &new.watches {
             if let Some(e) = self.entries.get_mut(&w.key) {
                 e.spec = w.clone();
                 kept += 1;
+                // `scenewatch reset` put a terminal watch back to pending in the ledger.
+                if e.record.state.phase.is_terminal()
+                    && !e.in_flight
+                    && let Some(r) = ledger_records.get(&w.key)
+                    && !r.state.phase.is_terminal()
+                {
+                    e.record = (*r).clone();
+                    reset.push(w.key.clone());
+                }
             }
+        }
+        let now = self.clock.now_ms();
+        for key in &reset {
+            info!(watch = %key, "Watch reset by an operator; polling it again.");
+            self.schedule(key, now);
         }
         let added: Vec<WatchRecord> = records
             .into_iter()
@@ -421,6 +438,7 @@ impl Scheduler {
             added = n_added,
             removed = removed.len(),
             kept,
+            reset = reset.len(),
             "Configuration reloaded."
         );
     }

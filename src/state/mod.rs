@@ -334,6 +334,18 @@ impl Ledger {
             .await
     }
 
+    /// Puts terminal watches back to `pending`, due now (an operator's `scenewatch reset`);
+    /// `keys` empty means every terminal watch. Returns the keys that were reset. A running
+    /// daemon picks them up on its next reload.
+    pub async fn reset_watches(
+        &self,
+        keys: Vec<WatchKey>,
+        now_ms: u64,
+    ) -> Result<Vec<WatchKey>, StateError> {
+        self.run(true, move |s| s.reset_watches(&keys, now_ms))
+            .await
+    }
+
     /// In one transaction: the watch row, the version row and one delivery row per result sink
     /// (if `new_version`), and the events (INSERT OR IGNORE by id; only new ones are queued).
     pub async fn commit_step(&self, commit: StepCommit) -> Result<(), StateError> {

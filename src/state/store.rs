@@ -479,6 +479,56 @@ impl Store {
         Ok(order.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
+    /// Puts terminal watches (failed, canceled, not_requested, timed_out, rejected) back to
+    /// `pending`, due now; `keys` empty means every terminal watch. Returns the keys reset.
+    pub(crate) fn reset_watches(
+        &mut self,
+        keys: &[WatchKey],
+        now_ms: u64,
+    ) -> Result<Vec<WatchKey>, StateError> {
+        let w = self.err("write");
+        let terminal = "phase IN ('failed', 'canceled', 'not_requested', 'timed_out', 'rejected') AND removed = 0";
+        let mut select = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT watch_id, workspace, project_id, asset_id, index_id FROM watches WHERE {terminal}"
+            ))
+            .map_err(&w)?;
+        let rows: Vec<(i64, WatchKey)> = select
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    WatchKey {
+                        workspace: r.get(1)?,
+                        project_id: r.get(2)?,
+                        asset_id: r.get(3)?,
+                        index_id: r.get(4)?,
+                    },
+                ))
+            })
+            .map_err(&w)?
+            .collect::<Result<_, _>>()
+            .map_err(&w)?;
+        drop(select);
+        let mut update = self
+            .conn
+            .prepare_cached(
+                "UPDATE watches SET phase = 'pending', remote_status = NULL, consecutive_errors = 0,
+                   attempt = 0, started_at_ms = NULL, before_since_ms = NULL, last_error = NULL,
+                   next_poll_at_ms = ?2, last_change_at_ms = ?2
+                 WHERE watch_id = ?1",
+            )
+            .map_err(&w)?;
+        let mut reset = Vec::new();
+        for (id, key) in rows {
+            if keys.is_empty() || keys.contains(&key) {
+                update.execute(params![id, ms(now_ms)]).map_err(&w)?;
+                reset.push(key);
+            }
+        }
+        Ok(reset)
+    }
+
     pub(crate) fn commit_step(&mut self, c: &StepCommit) -> Result<(), StateError> {
         let w = self.err("write");
         let r = &c.record;

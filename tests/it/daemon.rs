@@ -701,3 +701,68 @@ async fn edited_metadata_raises_stale_once_per_version() {
         "metadata edits are not a new version"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_resets_an_ended_watch_and_the_running_daemon_polls_it_again() {
+    let sim = start_sim(&scenario(
+        &asset("80", "81", None, "outcome = \"failed\""),
+        "",
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let watches = watch("80", "81", None).replace(
+        "index_id = \"81\"\n",
+        "index_id = \"81\"\ngeneration = \"asset\"\n",
+    );
+    std::fs::write(
+        &cfg,
+        config(
+            &sim.url,
+            dir.path(),
+            free_port(),
+            &dir.path().join("r.jsonl"),
+            &watches,
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&cfg, dir.path(), &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(
+            &events_of(dir.path()),
+            ".failed"
+        ) >= 1)
+        .await,
+        "{}",
+        d.log_text()
+    );
+    // The team re-runs the summary by hand and it succeeds.
+    let forced = reqwest::Client::new()
+        .post(format!("{}/__sim/assets/w/1/80/force", sim.url))
+        .json(&serde_json::json!({"status": "SUMMARIZE_COMPLETED"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(forced.status().is_success(), "{:?}", forced.text().await);
+    // A key that does not exist is reported, not fatal.
+    let mut cmd = scenewatch();
+    cmd.args(["reset", "--config"])
+        .arg(&cfg)
+        .args(["w/1/80/81", "w/1/nope/1"]);
+    let out = run(cmd).await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("reset w/1/80/81") && said.contains("not reset w/1/nope/1"),
+        "{said}"
+    );
+    d.signal("HUP");
+    let delivered = wait_for(Duration::from_secs(30), || {
+        count(&events_of(dir.path()), ".delivered") >= 2
+    })
+    .await;
+    let log = stop(d).await;
+    assert!(delivered, "{log}");
+    assert!(log.contains("Watch reset by an operator"), "{log}");
+    assert_eq!(count(&events_of(dir.path()), ".failed"), 1);
+}
