@@ -152,7 +152,7 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), String> {
 }
 
 /// True for names made only of letters, digits and `-_.:+`, not starting with a dot.
-fn is_safe_file_name(s: &str) -> bool {
+pub(crate) fn is_safe_file_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && !s.starts_with('.')

@@ -7,6 +7,8 @@
 
 pub mod file;
 pub mod jsonl;
+pub mod nats;
+pub mod s3;
 pub mod stdout;
 pub mod webhook;
 
@@ -74,7 +76,7 @@ pub fn build(config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
         SinkConfig::Jsonl(j) => Ok(Arc::new(jsonl::JsonlSink::new(j))),
         SinkConfig::Webhook(w) => Ok(Arc::new(webhook::WebhookSink::new(w)?)),
         SinkConfig::Postgres(c) => Err(not_yet("postgres", &c.name)),
-        SinkConfig::S3(c) => Err(not_yet("s3", &c.name)),
+        SinkConfig::S3(c) => Ok(Arc::new(s3::S3Sink::new(c)?)),
     }
 }
 
@@ -114,7 +116,7 @@ pub fn build_event_sink(config: &EventSinkConfig) -> Result<Arc<dyn EventSink>, 
         EventSinkConfig::Stdout(s) => Ok(Arc::new(stdout::StdoutSink::new(s))),
         EventSinkConfig::Jsonl(j) => Ok(Arc::new(jsonl::JsonlSink::new(j))),
         EventSinkConfig::Webhook(w) => Ok(Arc::new(webhook::WebhookSink::new(w)?)),
-        EventSinkConfig::Nats(c) => Err(not_yet("nats", &c.name)),
+        EventSinkConfig::Nats(c) => Ok(Arc::new(nats::NatsSink::new(c)?)),
     }
 }
 

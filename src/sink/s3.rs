@@ -1,0 +1,361 @@
+//! The S3-compatible object storage sink (NCP Object Storage, AWS S3, MinIO, …) through
+//! `object_store`: one object per version, `{prefix}/{workspace}/{project}/{asset}/{index}/
+//! {lastAnalyzedAt}.json`, then `{…}/{index}/latest.json`, both the compact envelope.
+//!
+//! A single PUT is atomic in S3 semantics (a reader sees the old object or the new one, never a
+//! part), so no temporary key is needed. The version object is written before `latest.json`, so
+//! `latest.json` never names a version that is not there yet. The same version always maps to the
+//! same key and the same bytes, so a retried delivery overwrites rather than duplicates.
+//!
+//! The secret access key goes from the config's `SecretString` straight into the store's
+//! credential provider; this type's `Debug` and every message leave it out.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, ClientOptions, ObjectStore, PutOptions, PutPayload, RetryConfig,
+};
+use reqwest::Url;
+use secrecy::ExposeSecret;
+
+use super::file::is_safe_file_name;
+use super::{Delivery, Disposition, Receipt, Sink, SinkError};
+use crate::config::S3SinkConfig;
+
+/// The name of the object that holds the latest version of a watch.
+pub const LATEST: &str = "latest.json";
+
+/// An outer bound for a healthcheck, whose listing may page: generous, but finite.
+const HEALTHCHECK_BOUND: Duration = Duration::from_secs(60);
+
+/// Writes result versions as objects in one bucket.
+pub struct S3Sink {
+    name: String,
+    bucket: String,
+    prefix: String,
+    /// The endpoint as shown in messages (`AWS` when none is configured).
+    shown_endpoint: String,
+    region: String,
+    store: AmazonS3,
+}
+
+impl std::fmt::Debug for S3Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Written by hand: the store holds the credentials, so it is left out entirely rather
+        // than trusting every layer's Debug to redact.
+        f.debug_struct("S3Sink")
+            .field("name", &self.name)
+            .field("endpoint", &self.shown_endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Sink {
+    /// A sink for `config`. Nothing is sent until the first delivery or healthcheck; the error
+    /// (an endpoint the store cannot use) does not change by retrying, so it says `Disable`.
+    pub fn new(config: &S3SinkConfig) -> Result<Self, SinkError> {
+        let fail = |message: String| SinkError {
+            kind: "s3",
+            name: config.name.clone(),
+            message,
+            disposition: Disposition::Disable,
+        };
+        let client = ClientOptions::new()
+            .with_timeout(config.timeout)
+            .with_connect_timeout(config.timeout)
+            .with_allow_http(config.allow_http);
+        // The outbox retries with its own backoff and keeps the delivery; the store's own
+        // retries are kept short so a down server fails a delivery in bounded time.
+        let retry = RetryConfig {
+            max_retries: 2,
+            retry_timeout: config.timeout,
+            ..RetryConfig::default()
+        };
+        let mut builder = AmazonS3Builder::new()
+            .with_region(&config.region)
+            .with_bucket_name(&config.bucket)
+            .with_access_key_id(&config.access_key_id)
+            .with_secret_access_key(config.secret_access_key.expose_secret())
+            .with_virtual_hosted_style_request(!config.path_style)
+            .with_client_options(client)
+            .with_retry(retry);
+        let shown_endpoint = match &config.endpoint {
+            Some(e) => {
+                let endpoint = store_endpoint(e, &config.bucket, config.path_style)
+                    .map_err(|m| fail(format!("endpoint {e}: {m}")))?;
+                builder = builder.with_endpoint(endpoint);
+                e.clone()
+            }
+            None => "AWS".to_string(),
+        };
+        let store = builder
+            .build()
+            .map_err(|e| fail(format!("cannot build the S3 client: {e}")))?;
+        Ok(Self {
+            name: config.name.clone(),
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            shown_endpoint,
+            region: config.region.clone(),
+            store,
+        })
+    }
+
+    /// The key of a version's object. `lastAnalyzedAt` comes from the API, so it is used in the
+    /// key only when it is plainly safe; otherwise the version id stands in.
+    pub fn version_key(&self, d: &Delivery) -> Path {
+        let name = if is_safe_file_name(&d.last_analyzed_at) {
+            d.last_analyzed_at.as_str()
+        } else {
+            d.version_id.as_str()
+        };
+        self.key(d, &format!("{name}.json"))
+    }
+
+    /// The key of a watch's `latest.json`.
+    pub fn latest_key(&self, d: &Delivery) -> Path {
+        self.key(d, LATEST)
+    }
+
+    fn key(&self, d: &Delivery, file: &str) -> Path {
+        // Watch ids are validated at config time (letters, digits, '-', '_', '.', no ".."), the
+        // prefix has no '.'/'..' segments; each part is still percent-encoded by `Path`.
+        let prefix = self.prefix.split('/').filter(|s| !s.is_empty());
+        Path::from_iter(prefix.chain([
+            d.key.workspace.as_str(),
+            d.key.project_id.as_str(),
+            d.key.asset_id.as_str(),
+            d.key.index_id.as_str(),
+            file,
+        ]))
+    }
+
+    fn error(&self, message: String, disposition: Disposition) -> SinkError {
+        SinkError {
+            kind: "s3",
+            name: self.name.clone(),
+            message,
+            disposition,
+        }
+    }
+
+    /// Turns a store error into a message that says what to fix. Every store error is worth
+    /// retrying: servers come back, buckets get created, keys get fixed and reloaded.
+    fn store_error(&self, what: &str, e: &object_store::Error) -> SinkError {
+        // Listing errors come back as `Generic` whatever the status, so the S3 error code in
+        // the answer is looked at too.
+        let text = e.to_string();
+        let has = |codes: &[&str]| codes.iter().any(|c| text.contains(c));
+        let denied = matches!(
+            e,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        ) || has(&[
+            "SignatureDoesNotMatch",
+            "InvalidAccessKeyId",
+            "AccessDenied",
+            "403 Forbidden",
+        ]);
+        let no_bucket = has(&["NoSuchBucket"])
+            || (what.starts_with("PUT") && matches!(e, object_store::Error::NotFound { .. }));
+        let hint = if denied {
+            format!(
+                "; the server refused the request: check access_key_id, the secret access key, \
+                 region {:?}, the clock, and that the key may write to bucket {:?}",
+                self.region, self.bucket
+            )
+        } else if no_bucket {
+            format!(
+                "; bucket {:?} does not exist at {} (create it, or fix bucket, endpoint or \
+                 path_style)",
+                self.bucket, self.shown_endpoint
+            )
+        } else {
+            String::new()
+        };
+        self.error(
+            format!(
+                "{what} s3://{}/… at {}: {e}{hint}",
+                self.bucket, self.shown_endpoint
+            ),
+            Disposition::Retry,
+        )
+    }
+
+    async fn put(&self, key: &Path, body: PutPayload) -> Result<(), SinkError> {
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, "application/json".into());
+        let opts = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(key, body, opts)
+            .await
+            .map(drop)
+            .map_err(|e| self.store_error(&format!("PUT {key} to"), &e))
+    }
+}
+
+/// The endpoint `object_store` wants: with virtual-hosted-style requests it expects the bucket
+/// in the host already, while the configuration names endpoint and bucket separately.
+fn store_endpoint(endpoint: &str, bucket: &str, path_style: bool) -> Result<String, String> {
+    if path_style {
+        return Ok(endpoint.to_string());
+    }
+    let mut url = Url::parse(endpoint).map_err(|e| format!("not a URL ({e})"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| "has no host".to_string())?
+        .to_string();
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(
+            "is an IP address; virtual-hosted-style needs a host name, set path_style = true"
+                .into(),
+        );
+    }
+    if !host.starts_with(&format!("{bucket}.")) {
+        url.set_host(Some(&format!("{bucket}.{host}")))
+            .map_err(|e| format!("cannot put the bucket in the host name ({e})"))?;
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+impl Sink for S3Sink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
+        Box::pin(async move {
+            let body = d.envelope_json_compact().map_err(|e| {
+                self.error(
+                    format!("cannot encode version {}: {e}", d.version_id),
+                    Disposition::Park,
+                )
+            })?;
+            // One buffer shared by both PUTs (the payload is reference-counted).
+            let payload = PutPayload::from(body);
+            let version = self.version_key(d);
+            self.put(&version, payload.clone()).await?;
+            self.put(&self.latest_key(d), payload).await?;
+            Ok(Receipt {
+                location: format!("s3://{}/{version}", self.bucket),
+            })
+        })
+    }
+
+    /// Lists one level under the prefix: cheap, and it proves endpoint, bucket, signature and
+    /// read permission (write permission shows on the first delivery).
+    fn healthcheck(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+            let listing = tokio::time::timeout(
+                HEALTHCHECK_BOUND,
+                self.store.list_with_delimiter(prefix.as_ref()),
+            )
+            .await;
+            match listing {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(self.store_error("LIST", &e)),
+                Err(_) => Err(self.error(
+                    format!(
+                        "LIST s3://{}/… at {} timed out",
+                        self.bucket, self.shown_endpoint
+                    ),
+                    Disposition::Retry,
+                )),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn config(endpoint: Option<&str>, path_style: bool) -> S3SinkConfig {
+        S3SinkConfig {
+            name: "objects".into(),
+            endpoint: endpoint.map(str::to_string),
+            region: "kr-standard".into(),
+            bucket: "media-summaries".into(),
+            prefix: "scene/watch".into(),
+            path_style,
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: SecretString::from("wJalrXUtnFEMI-s3cr3t-K7MDENG"),
+            timeout: Duration::from_secs(2),
+            allow_http: true,
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_documented_layout_and_refuse_hostile_names() {
+        let s = S3Sink::new(&config(Some("http://127.0.0.1:9000"), true)).unwrap();
+        let mut d = crate::sink::stdout::test_delivery("{}");
+        assert_eq!(
+            s.version_key(&d).as_ref(),
+            "scene/watch/ws/1234/5678/1001/2026-04-17T10:30:00.json"
+        );
+        assert_eq!(
+            s.latest_key(&d).as_ref(),
+            "scene/watch/ws/1234/5678/1001/latest.json"
+        );
+        d.last_analyzed_at = "../../x".into();
+        assert_eq!(
+            s.version_key(&d).as_ref(),
+            format!("scene/watch/ws/1234/5678/1001/{}.json", d.version_id)
+        );
+    }
+
+    #[test]
+    fn virtual_hosted_endpoints_get_the_bucket_in_the_host() {
+        assert_eq!(
+            store_endpoint("https://kr.object.ncloudstorage.com", "b-1", false).unwrap(),
+            "https://b-1.kr.object.ncloudstorage.com"
+        );
+        assert_eq!(
+            store_endpoint("https://b-1.example.com", "b-1", false).unwrap(),
+            "https://b-1.example.com"
+        );
+        assert_eq!(
+            store_endpoint("http://127.0.0.1:9000", "b-1", true).unwrap(),
+            "http://127.0.0.1:9000"
+        );
+        assert!(store_endpoint("http://127.0.0.1:9000", "b-1", false).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let s = S3Sink::new(&config(Some("https://kr.object.ncloudstorage.com"), false)).unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("s3cr3t"), "{dbg}");
+        assert!(dbg.contains("media-summaries"), "{dbg}");
+    }
+
+    #[tokio::test]
+    async fn a_dead_server_is_retried_and_the_message_names_it_without_the_secret() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = l.local_addr().unwrap();
+        drop(l);
+        let s = S3Sink::new(&config(Some(&format!("http://{dead}")), true)).unwrap();
+        let err = s
+            .deliver(&crate::sink::stdout::test_delivery("{}"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.disposition, Disposition::Retry, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&dead.to_string()), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        let err = s.healthcheck().await.unwrap_err();
+        assert_eq!(err.disposition, Disposition::Retry, "{err}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+}
