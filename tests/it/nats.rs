@@ -21,8 +21,8 @@ fn server(test: &str) -> Option<String> {
         Ok(url) => Some(url),
         Err(_) => {
             println!(
-                "skipped {test}: SCENEWATCH_TEST_NATS is not set (a nats:// URL of a server with \
-                 JetStream; .ci/run sets nats://127.0.0.1:4222)"
+                "skipped: SCENEWATCH_TEST_NATS is not set ({test} needs the nats:// URL of a \
+                 server with JetStream; .ci/run sets nats://127.0.0.1:4222)"
             );
             None
         }
@@ -215,8 +215,8 @@ async fn start_nats(bin: &Path, store: &Path, port: u16) -> NatsServer {
 async fn nats_server_stopped_mid_run_and_restarted_loses_nothing() {
     let Some(bin) = nats_server_binary() else {
         println!(
-            "skipped nats_server_stopped_mid_run_and_restarted_loses_nothing: no nats-server \
-             binary (apt-get install nats-server)"
+            "skipped: no nats-server binary on PATH or in /usr/sbin \
+             (nats_server_stopped_mid_run_and_restarted_loses_nothing; apt-get install nats-server)"
         );
         return;
     };

@@ -34,8 +34,8 @@ struct Server {
 fn server(test: &str) -> Option<Server> {
     let Ok(endpoint) = std::env::var("SCENEWATCH_TEST_S3") else {
         println!(
-            "skipped {test}: SCENEWATCH_TEST_S3 is not set (an S3 endpoint URL; .ci/run starts \
-             s3s-fs and sets it)"
+            "skipped: SCENEWATCH_TEST_S3 is not set ({test} needs an S3 endpoint URL; .ci/run \
+             starts s3s-fs and sets it)"
         );
         return None;
     };
@@ -304,8 +304,9 @@ async fn start_s3s_fs(bin: &FsPath, root: &FsPath, port: u16, s: &Server) -> S3s
 async fn s3_server_stopped_mid_run_and_restarted_loses_nothing() {
     let Some(bin) = s3s_fs_binary() else {
         println!(
-            "skipped s3_server_stopped_mid_run_and_restarted_loses_nothing: no s3s-fs binary \
-             (cargo install --locked s3s-fs@0.14.1 --features binary)"
+            "skipped: no s3s-fs binary on PATH or in ~/.cargo/bin \
+             (s3_server_stopped_mid_run_and_restarted_loses_nothing; cargo install --locked \
+             s3s-fs@0.14.1 --features binary)"
         );
         return;
     };
