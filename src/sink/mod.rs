@@ -8,6 +8,7 @@
 pub mod file;
 pub mod jsonl;
 pub mod nats;
+pub mod postgres;
 pub mod s3;
 pub mod stdout;
 pub mod webhook;
@@ -75,18 +76,8 @@ pub fn build(config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
         SinkConfig::Stdout(s) => Ok(Arc::new(stdout::StdoutSink::new(s))),
         SinkConfig::Jsonl(j) => Ok(Arc::new(jsonl::JsonlSink::new(j))),
         SinkConfig::Webhook(w) => Ok(Arc::new(webhook::WebhookSink::new(w)?)),
-        SinkConfig::Postgres(c) => Err(not_yet("postgres", &c.name)),
+        SinkConfig::Postgres(c) => Ok(Arc::new(postgres::PostgresSink::new(c)?)),
         SinkConfig::S3(c) => Ok(Arc::new(s3::S3Sink::new(c)?)),
-    }
-}
-
-/// Sink kinds being written in parallel; `scenewatch check` already accepts their configuration.
-fn not_yet(kind: &'static str, name: &str) -> SinkError {
-    SinkError {
-        kind,
-        name: name.to_string(),
-        message: "this sink type is not available in this build yet".into(),
-        disposition: Disposition::Disable,
     }
 }
 

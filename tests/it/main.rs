@@ -7,6 +7,7 @@ mod daemon;
 mod nats;
 mod once;
 mod ops;
+mod postgres;
 mod s3;
 mod sim;
 mod support;

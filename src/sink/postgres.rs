@@ -1,0 +1,972 @@
+//! The PostgreSQL sink: one row per result version and one per scene in a schema it creates and
+//! migrates itself, written in one transaction per version and keyed by the version id, so a
+//! repeated delivery changes nothing. docs/sinks.md documents the tables, the view and queries.
+//!
+//! The password travels from the config's `SecretString` into the driver's connection settings
+//! and nowhere else: messages name `postgres://user@host:port/db` and the schema, never it, and
+//! this sink's `Debug` is written by hand.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use futures_util::future::BoxFuture;
+use reqwest::Url;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::Json;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{Delivery, Disposition, Receipt, Sink, SinkError};
+use crate::config::PostgresSinkConfig;
+
+/// The schema version this build writes. Bump it with a new entry in [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Migration `n` (1-based) takes the schema from version `n - 1` to `n`. `{s}` is the quoted
+/// schema name. Never edit a released entry: databases out there already ran it.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE {s}.index_versions (
+    version_id          text PRIMARY KEY,
+    workspace           text NOT NULL,
+    project_id          text NOT NULL,
+    asset_id            text NOT NULL,
+    index_id            text NOT NULL,
+    last_analyzed_at    text NOT NULL,
+    analyzed_scene_ids  jsonb,
+    scene_count         integer NOT NULL,
+    fetched_at          timestamptz NOT NULL,
+    delivered_at        timestamptz NOT NULL DEFAULT now(),
+    result              jsonb NOT NULL
+);
+CREATE INDEX index_versions_by_index
+    ON {s}.index_versions (workspace, project_id, asset_id, index_id,
+                           last_analyzed_at DESC, fetched_at DESC);
+CREATE TABLE {s}.scenes (
+    version_id                      text NOT NULL
+        REFERENCES {s}.index_versions (version_id) ON DELETE CASCADE,
+    scene                           bigint NOT NULL,
+    start_ms                        bigint,
+    end_ms                          bigint,
+    description                     text,
+    metadata_changed_after_summary  boolean,
+    analyzed_at                     text,
+    PRIMARY KEY (version_id, scene)
+);
+CREATE VIEW {s}.latest_index_versions AS
+SELECT DISTINCT ON (workspace, project_id, asset_id, index_id)
+       version_id, workspace, project_id, asset_id, index_id, last_analyzed_at,
+       analyzed_scene_ids, scene_count, fetched_at, delivered_at, result
+  FROM {s}.index_versions
+ ORDER BY workspace, project_id, asset_id, index_id, last_analyzed_at DESC, fetched_at DESC;
+"#];
+
+/// How the connection is protected, from the URL's `sslmode` (libpq's meanings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS if the server offers it, plain otherwise; the certificate is checked only against
+    /// `ca_file` when one is given (libpq's default).
+    Prefer,
+    /// TLS or no connection; the certificate is checked only against `ca_file` when given.
+    Require,
+    /// TLS, with a certificate chaining to `ca_file` or the system's roots; any host name.
+    VerifyCa,
+    /// TLS, with a certificate chaining to `ca_file` or the system's roots, for the host name.
+    VerifyFull,
+}
+
+impl TlsMode {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+/// What a connection URL says, split into what the driver takes and what this sink handles.
+#[derive(Debug)]
+pub struct Target {
+    /// Driver settings, without password; `sslmode` is already mapped.
+    pub pg: tokio_postgres::Config,
+    /// The TLS mode asked for (default `prefer`, as libpq).
+    pub tls: TlsMode,
+    /// `postgres://user@host:port/db`, for messages and receipts.
+    pub shown: String,
+}
+
+/// Parses a `postgres://` URL. The driver knows only `disable`/`prefer`/`require`, so `sslmode`
+/// is taken out and handled here; everything else is the driver's. Errors never echo the URL's
+/// password (validated configs have none in the URL anyway).
+pub fn parse_url(url: &str) -> Result<Target, String> {
+    let mut u = Url::parse(url).map_err(|e| format!("url is not valid ({e})"))?;
+    let _ = u.set_password(None);
+    let mut tls = TlsMode::Prefer;
+    let mut rest = Vec::new();
+    for (k, v) in u.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => {
+                tls = TlsMode::parse(&v).ok_or_else(|| {
+                    format!(
+                        "sslmode={v:?} is not supported; use disable, prefer, require, verify-ca or verify-full"
+                    )
+                })?
+            }
+            "sslrootcert" | "sslcert" | "sslkey" => {
+                return Err(format!(
+                    "{k} in the URL is not supported; set ca_file for the CA certificates (client certificates are not supported)"
+                ));
+            }
+            _ => rest.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if rest.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    let mut pg = tokio_postgres::Config::from_str(u.as_str())
+        .map_err(|e| format!("url is not valid for PostgreSQL ({e})"))?;
+    pg.ssl_mode(match tls {
+        TlsMode::Disable => SslMode::Disable,
+        TlsMode::Prefer => SslMode::Prefer,
+        TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+    });
+    if pg.get_application_name().is_none() {
+        // Lets a DBA see who holds the connections in pg_stat_activity.
+        pg.application_name("scenewatch");
+    }
+    let mut shown = u.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    Ok(Target {
+        pg,
+        tls,
+        shown: shown.to_string(),
+    })
+}
+
+/// Writes result versions to PostgreSQL.
+pub struct PostgresSink {
+    name: String,
+    schema: String,
+    shown: String,
+    pool: Pool,
+    timeout: Duration,
+    sql: Statements,
+    /// Set once this process has seen the schema at [`SCHEMA_VERSION`]; cleared when the server
+    /// says a table or the schema is missing (someone dropped it), so the next try recreates it.
+    migrated: AtomicBool,
+    /// One migration at a time within the process; the advisory lock handles other processes.
+    migrating: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // By hand, so the pool's connection settings (which hold the password) never show.
+        f.debug_struct("PostgresSink")
+            .field("name", &self.name)
+            .field("server", &self.shown)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SQL of one schema, built once.
+struct Statements {
+    insert_version: String,
+    insert_scenes: String,
+    set_timeout: String,
+}
+
+impl Statements {
+    fn new(q: &str, timeout: Duration) -> Self {
+        Self {
+            // DO NOTHING rather than an update: a repeated delivery of a version must leave the
+            // row untouched (same `delivered_at`, same tuple), and the data cannot differ since
+            // the id is a hash of the watch key and `lastAnalyzedAt`.
+            insert_version: format!(
+                "INSERT INTO {q}.index_versions (version_id, workspace, project_id, asset_id, \
+                 index_id, last_analyzed_at, analyzed_scene_ids, scene_count, fetched_at, result) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::integer, $9::timestamptz, $10::jsonb) \
+                 ON CONFLICT (version_id) DO NOTHING"
+            ),
+            // Every scene of the version in one statement: one array per column.
+            insert_scenes: format!(
+                "INSERT INTO {q}.scenes (version_id, scene, start_ms, end_ms, description, \
+                 metadata_changed_after_summary, analyzed_at) \
+                 SELECT $1::text, u.* FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], \
+                 $5::text[], $6::boolean[], $7::text[]) AS u \
+                 ON CONFLICT (version_id, scene) DO NOTHING"
+            ),
+            // Per transaction rather than per session, so it also holds behind a pgbouncer in
+            // transaction mode.
+            set_timeout: format!(
+                "SET LOCAL statement_timeout = {}",
+                timeout.as_millis().clamp(1, i32::MAX as u128)
+            ),
+        }
+    }
+}
+
+/// The scene columns of one version, as the arrays the insert takes.
+#[derive(Debug, Default, PartialEq)]
+struct SceneColumns {
+    scene: Vec<i64>,
+    start_ms: Vec<Option<i64>>,
+    end_ms: Vec<Option<i64>>,
+    description: Vec<Option<String>>,
+    stale: Vec<Option<bool>>,
+    analyzed_at: Vec<Option<String>>,
+}
+
+impl SceneColumns {
+    /// Fails (naming the scene) only for numbers PostgreSQL's `bigint` cannot hold.
+    fn of(d: &Delivery) -> Result<Self, String> {
+        let scenes = &d.result.scenes;
+        let mut c = SceneColumns {
+            scene: Vec::with_capacity(scenes.len()),
+            start_ms: Vec::with_capacity(scenes.len()),
+            end_ms: Vec::with_capacity(scenes.len()),
+            description: Vec::with_capacity(scenes.len()),
+            stale: Vec::with_capacity(scenes.len()),
+            analyzed_at: Vec::with_capacity(scenes.len()),
+        };
+        let big = |v: u64, what: &str, scene: u64| {
+            i64::try_from(v).map_err(|_| format!("scene {scene}: {what} {v} does not fit a bigint"))
+        };
+        for s in scenes {
+            c.scene.push(big(s.scene, "number", s.scene)?);
+            c.start_ms
+                .push(s.start_ms.map(|v| big(v, "startMs", s.scene)).transpose()?);
+            c.end_ms
+                .push(s.end_ms.map(|v| big(v, "endMs", s.scene)).transpose()?);
+            let summary = s.summary.as_ref();
+            c.description
+                .push(summary.map(|m| text_column(&m.description)));
+            c.stale
+                .push(summary.map(|m| m.metadata_changed_after_summary));
+            c.analyzed_at
+                .push(summary.and_then(|m| m.analyzed_at.as_deref().map(text_column)));
+        }
+        Ok(c)
+    }
+}
+
+/// PostgreSQL text cannot hold U+0000, which JSON can carry; it becomes U+FFFD rather than
+/// failing the whole version (documented in docs/sinks.md).
+fn text_column(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// The advisory lock key of a schema's migrations: stable across processes and builds, so two
+/// daemons (or two sinks) migrating the same schema take turns.
+pub fn migration_lock_key(schema: &str) -> i64 {
+    let digest = Sha256::digest(format!("scenewatch schema migration:{schema}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(b)
+}
+
+/// `"name"`, with quotes doubled; the config allows only `[a-z0-9_]`, this is belt and braces.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// What to do about a failed statement, and what to tell the operator, from its SQLSTATE.
+/// Transient and fixable problems all retry: the backlog waits in the ledger while an operator
+/// fixes a password or a grant, and nothing is parked for a database problem. Only data the
+/// server refuses for this version (class 22) is parked.
+pub fn classify(sqlstate: Option<&str>) -> (Disposition, &'static str) {
+    let Some(code) = sqlstate else {
+        // No SQLSTATE: the connection failed, broke or timed out.
+        return (Disposition::Retry, "");
+    };
+    match code {
+        "28000" | "28P01" => (
+            Disposition::Retry,
+            "; check the user and password (password_file or password_env) and pg_hba.conf",
+        ),
+        "3D000" => (
+            Disposition::Retry,
+            "; create the database or fix the URL's database name",
+        ),
+        "42501" => (
+            Disposition::Retry,
+            "; grant the user CREATE on the database (or create the schema for it) and USAGE, CREATE on the schema",
+        ),
+        "3F000" | "42P01" => (
+            Disposition::Retry,
+            "; the schema or a table is missing, it is recreated on the next try",
+        ),
+        "53100" => (Disposition::Retry, "; the database server's disk is full"),
+        c if c.starts_with("22") => (
+            Disposition::Park,
+            "; the server refuses this version's data, retrying would not help",
+        ),
+        // 08 connection, 40 serialization/deadlock, 53 resources, 57 shutdown or statement
+        // timeout, 58 system errors, and anything unexpected: worth another try.
+        _ => (Disposition::Retry, ""),
+    }
+}
+
+/// The error text of the driver: the server's message with detail and hint when there is one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                m.push_str(&format!(" ({d})"));
+            }
+            if let Some(h) = db.hint() {
+                m.push_str(&format!(" (hint: {h})"));
+            }
+            m
+        }
+        None => {
+            // The driver's Display, with its cause chain (refused, reset, timed out).
+            let mut m = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                let t = s.to_string();
+                if !m.contains(&t) {
+                    m.push_str(&format!(": {t}"));
+                }
+                src = s.source();
+            }
+            m
+        }
+    }
+}
+
+enum Failure {
+    Db(tokio_postgres::Error),
+    Pool(PoolError),
+    Timeout,
+    NewerSchema(i32),
+    Foreign(String),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+impl PostgresSink {
+    /// A sink for `config`. Nothing connects yet (the pool connects on first use); fails with
+    /// `Disable` if the URL or the CA file cannot be used, which retrying would not change.
+    pub fn new(config: &PostgresSinkConfig) -> Result<Self, SinkError> {
+        let fail = |message: String| SinkError {
+            kind: "postgres",
+            name: config.name.clone(),
+            message,
+            disposition: Disposition::Disable,
+        };
+        let mut target = parse_url(&config.url).map_err(fail)?;
+        if let Some(pw) = &config.password {
+            target.pg.password(pw.expose_secret().as_bytes());
+        }
+        target.pg.connect_timeout(config.timeout);
+        let tls = tls_connector(target.tls, config.ca_file.as_deref())
+            .map_err(|m| fail(format!("TLS for {}: {m}", target.shown)))?;
+        let manager = Manager::from_config(
+            target.pg,
+            tls,
+            ManagerConfig {
+                // A broken connection fails its statement and is then dropped; checking each
+                // one with a query before use would cost a round trip per delivery.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.timeout))
+            .create_timeout(Some(config.timeout))
+            .recycle_timeout(Some(config.timeout))
+            .build()
+            .map_err(|e| fail(format!("cannot build the connection pool: {e}")))?;
+        let q = quote_ident(&config.schema);
+        Ok(Self {
+            name: config.name.clone(),
+            schema: config.schema.clone(),
+            shown: target.shown,
+            pool,
+            timeout: config.timeout,
+            sql: Statements::new(&q, config.timeout),
+            migrated: AtomicBool::new(false),
+            migrating: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn error(&self, what: &str, f: Failure) -> SinkError {
+        let at = format!("{} (schema {:?})", self.shown, self.schema);
+        let (message, disposition) = match f {
+            Failure::Db(e) => {
+                let (disposition, hint) = classify(e.code().map(|c| c.code()));
+                (
+                    format!("{what} on {at}: {}{hint}", describe(&e)),
+                    disposition,
+                )
+            }
+            Failure::Pool(PoolError::Backend(e)) => {
+                let (disposition, hint) = classify(e.code().map(|c| c.code()));
+                (
+                    format!("cannot connect to {at}: {}{hint}", describe(&e)),
+                    disposition,
+                )
+            }
+            Failure::Pool(PoolError::Timeout(_)) => (
+                format!(
+                    "cannot connect to {at}: no connection within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+                Disposition::Retry,
+            ),
+            Failure::Pool(e) => (format!("cannot connect to {at}: {e}"), Disposition::Retry),
+            Failure::Timeout => (
+                format!(
+                    "{what} on {at}: no answer within {}; the connection was dropped",
+                    humantime::format_duration(self.timeout * 2)
+                ),
+                Disposition::Retry,
+            ),
+            Failure::NewerSchema(v) => (
+                format!(
+                    "{what} on {at}: the schema is at version {v}, written by a newer scenewatch; \
+                     this one knows up to version {SCHEMA_VERSION}. Upgrade scenewatch, or \
+                     configure another schema"
+                ),
+                Disposition::Disable,
+            ),
+            Failure::Foreign(m) => (format!("{what} on {at}: {m}"), Disposition::Disable),
+        };
+        SinkError {
+            kind: "postgres",
+            name: self.name.clone(),
+            message,
+            disposition,
+        }
+    }
+
+    /// A pooled connection.
+    async fn client(&self) -> Result<Object, Failure> {
+        self.pool.get().await.map_err(Failure::Pool)
+    }
+
+    /// Runs `work` on a pooled connection, bounded by twice the timeout (statements are bounded
+    /// by the server's `statement_timeout`; this catches a network that stopped answering). On
+    /// that deadline the connection is dropped rather than returned to the pool, since it may be
+    /// in the middle of a transaction.
+    async fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Object) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let mut client = self.client().await?;
+        let outcome = tokio::time::timeout(self.timeout * 2, work(&mut client)).await;
+        match outcome {
+            Ok(Err(Failure::Db(e))) => {
+                if matches!(
+                    e.code().map(|c| c.code()),
+                    Some("3F000" | "42P01" | "0A000" | "26000")
+                ) {
+                    // Someone dropped or replaced the schema: migrate again, and forget prepared
+                    // statements that name the old tables.
+                    self.migrated.store(false, Ordering::Release);
+                    client.statement_cache.clear();
+                }
+                Err(Failure::Db(e))
+            }
+            Ok(r) => r,
+            Err(_) => {
+                drop(Object::take(client));
+                Err(Failure::Timeout)
+            }
+        }
+    }
+
+    /// Creates the schema or brings it to [`SCHEMA_VERSION`], once per process (again after the
+    /// server said it is gone).
+    async fn ensure_schema(&self) -> Result<(), SinkError> {
+        if self.migrated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self.migrating.lock().await;
+        if self.migrated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.with_client(async |c| self.migrate(c).await)
+            .await
+            .map_err(|f| self.error("migrating the schema", f))?;
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn migrate(&self, client: &mut Object) -> Result<(), Failure> {
+        let q = quote_ident(&self.schema);
+        let tx = client.transaction().await?;
+        tx.batch_execute(&self.sql.set_timeout).await?;
+        // Held until commit: a second daemon on the same schema waits here, then sees the
+        // version this one wrote and has nothing to do.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&migration_lock_key(&self.schema)],
+        )
+        .await?;
+        let exists = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                &[&self.schema],
+            )
+            .await?
+            .get::<_, bool>(0);
+        if !exists {
+            // Only when missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even
+            // when the schema is there, and a DBA may have created it for a less privileged user.
+            tx.batch_execute(&format!("CREATE SCHEMA {q}")).await?;
+        }
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {q}.scenewatch_schema (\
+             version integer PRIMARY KEY, \
+             applied_at timestamptz NOT NULL DEFAULT now(), \
+             applied_by text NOT NULL)"
+        ))
+        .await?;
+        let current: i32 = tx
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {q}.scenewatch_schema"),
+                &[],
+            )
+            .await?
+            .get(0);
+        if current > SCHEMA_VERSION {
+            return Err(Failure::NewerSchema(current));
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+            let version = i as i32 + 1;
+            if let Err(e) = tx.batch_execute(&migration.replace("{s}", &q)).await {
+                if e.code().map(|c| c.code()) == Some("42P07") {
+                    // A table or view of ours already exists without a version row: the
+                    // schema holds something else, which we must not write into.
+                    return Err(Failure::Foreign(format!(
+                        "{}; the schema already holds tables not made by scenewatch: configure another schema",
+                        describe(&e)
+                    )));
+                }
+                return Err(e.into());
+            }
+            tx.execute(
+                &format!("INSERT INTO {q}.scenewatch_schema (version, applied_by) VALUES ($1, $2)"),
+                &[&version, &concat!("scenewatch ", env!("CARGO_PKG_VERSION"))],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One transaction: the version row, then (only if it was new) every scene in one statement.
+    async fn write(
+        &self,
+        client: &mut Object,
+        d: &Delivery,
+        cols: &SceneColumns,
+        scene_count: i32,
+    ) -> Result<bool, Failure> {
+        let insert_version = client.prepare_cached(&self.sql.insert_version).await?;
+        let insert_scenes = client.prepare_cached(&self.sql.insert_scenes).await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(&self.sql.set_timeout).await?;
+        let info = d.result.info.as_ref();
+        let analyzed = info.and_then(|i| i.analyzed_scene_ids.as_deref()).map(Json);
+        let inserted = tx
+            .execute(
+                &insert_version,
+                &[
+                    &d.version_id,
+                    &d.key.workspace,
+                    &d.key.project_id,
+                    &d.key.asset_id,
+                    &d.key.index_id,
+                    &text_column(&d.last_analyzed_at),
+                    &analyzed,
+                    &scene_count,
+                    &d.fetched_at,
+                    &Json(&*d.result.raw),
+                ],
+            )
+            .await?;
+        // Scenes of a version already stored were stored with it (same transaction), so a
+        // repeated delivery skips them instead of sending thousands of rows to be ignored.
+        if inserted == 1 && !cols.scene.is_empty() {
+            tx.execute(
+                &insert_scenes,
+                &[
+                    &d.version_id,
+                    &cols.scene,
+                    &cols.start_ms,
+                    &cols.end_ms,
+                    &cols.description,
+                    &cols.stale,
+                    &cols.analyzed_at,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted == 1)
+    }
+}
+
+impl Sink for PostgresSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
+        Box::pin(async move {
+            let park = |m: String| SinkError {
+                kind: "postgres",
+                name: self.name.clone(),
+                message: format!("version {} cannot be stored: {m}", d.version_id),
+                disposition: Disposition::Park,
+            };
+            let cols = SceneColumns::of(d).map_err(park)?;
+            let scene_count = i32::try_from(cols.scene.len())
+                .map_err(|_| park(format!("{} scenes is too many", cols.scene.len())))?;
+            self.ensure_schema().await?;
+            self.with_client(async |c| self.write(c, d, &cols, scene_count).await)
+                .await
+                .map_err(|f| self.error(&format!("writing version {}", d.version_id), f))?;
+            Ok(Receipt {
+                location: format!(
+                    "{}#{}.index_versions/{}",
+                    self.shown, self.schema, d.version_id
+                ),
+            })
+        })
+    }
+
+    /// A connection from the pool answers `SELECT 1` within the timeout, and the schema is at
+    /// this build's version (created or migrated if needed), so a sink that could not take
+    /// deliveries shows at start.
+    fn healthcheck(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.with_client(async |c| {
+                c.simple_query("SELECT 1").await?;
+                Ok(())
+            })
+            .await
+            .map_err(|f| self.error("checking the connection", f))?;
+            self.ensure_schema().await
+        })
+    }
+}
+
+/// The connector for every mode (`disable` never uses it, but the pool takes one type).
+fn tls_connector(mode: TlsMode, ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = match (mode, ca_file) {
+        (TlsMode::Disable, _) => None,
+        (_, Some(path)) => Some(roots_from_file(path)?),
+        (TlsMode::VerifyCa | TlsMode::VerifyFull, None) => Some(system_roots()?),
+        (TlsMode::Prefer | TlsMode::Require, None) => None,
+    };
+    let chain = match roots {
+        Some(r) => Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(r), provider.clone())
+                .build()
+                .map_err(|e| format!("cannot use the CA certificates: {e}"))?,
+        ),
+        None => None,
+    };
+    let verifier = Verifier {
+        chain,
+        check_name: mode == TlsMode::VerifyFull,
+        provider: provider.clone(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot configure TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+fn roots_from_file(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "ca_file {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        return Err(
+            "the system has no CA certificates (install ca-certificates or set ca_file)".into(),
+        );
+    }
+    Ok(roots)
+}
+
+/// Checks the server's certificate as the TLS mode says. Handshake signatures are always
+/// verified (so the session key belongs to the presented certificate); the chain only when
+/// there are roots to check against; the host name only for `verify-full`.
+#[derive(Debug)]
+struct Verifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            // `prefer`/`require` without ca_file: encryption without authentication, as libpq.
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WatchKey;
+    use crate::ncp::SummaryResult;
+
+    #[test]
+    fn sslmode_is_taken_out_of_the_url_and_mapped() {
+        for (url, mode, ssl) in [
+            ("postgres://u@h/db", TlsMode::Prefer, SslMode::Prefer),
+            (
+                "postgres://u@h/db?sslmode=disable",
+                TlsMode::Disable,
+                SslMode::Disable,
+            ),
+            (
+                "postgres://u@h/db?sslmode=require",
+                TlsMode::Require,
+                SslMode::Require,
+            ),
+            (
+                "postgres://u@h/db?sslmode=verify-ca",
+                TlsMode::VerifyCa,
+                SslMode::Require,
+            ),
+            (
+                "postgresql://u@h:6432/db?connect_timeout=3&sslmode=verify-full",
+                TlsMode::VerifyFull,
+                SslMode::Require,
+            ),
+        ] {
+            let t = parse_url(url).unwrap();
+            assert_eq!((t.tls, t.pg.get_ssl_mode()), (mode, ssl), "{url}");
+            assert!(!t.shown.contains('?'), "{}", t.shown);
+        }
+        let t = parse_url("postgres://me@db.example:6432/media?sslmode=require&application_name=x")
+            .unwrap();
+        assert_eq!(t.shown, "postgres://me@db.example:6432/media");
+        assert_eq!(t.pg.get_application_name(), Some("x"));
+        assert_eq!(t.pg.get_dbname(), Some("media"));
+    }
+
+    #[test]
+    fn unsupported_url_options_are_refused_by_name() {
+        let e = parse_url("postgres://u@h/db?sslmode=allow").unwrap_err();
+        assert!(e.contains("sslmode=\"allow\""), "{e}");
+        let e = parse_url("postgres://u@h/db?sslrootcert=/x.pem").unwrap_err();
+        assert!(e.contains("ca_file"), "{e}");
+    }
+
+    #[test]
+    fn a_password_in_the_url_never_reaches_the_shown_name() {
+        let t = parse_url("postgres://u:hunter2@h/db").unwrap();
+        assert!(!t.shown.contains("hunter2"));
+        assert!(!format!("{:?}", t.pg).contains("hunter2"));
+    }
+
+    #[test]
+    fn sqlstates_classify_as_documented() {
+        use Disposition::*;
+        for (code, want) in [
+            (None, Retry),
+            (Some("08006"), Retry),
+            (Some("40001"), Retry),
+            (Some("40P01"), Retry),
+            (Some("57P01"), Retry),
+            (Some("57014"), Retry),
+            (Some("53300"), Retry),
+            (Some("28P01"), Retry),
+            (Some("3D000"), Retry),
+            (Some("42501"), Retry),
+            (Some("42P01"), Retry),
+            (Some("22P05"), Park),
+            (Some("22021"), Park),
+            (Some("XX000"), Retry),
+        ] {
+            assert_eq!(classify(code).0, want, "{code:?}");
+        }
+        assert!(classify(Some("28P01")).1.contains("password_file"));
+        assert!(classify(Some("42501")).1.contains("grant"));
+    }
+
+    #[test]
+    fn migration_lock_keys_are_stable_and_per_schema() {
+        assert_eq!(
+            migration_lock_key("scenewatch"),
+            migration_lock_key("scenewatch")
+        );
+        assert_ne!(migration_lock_key("a"), migration_lock_key("b"));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("scenewatch"), "\"scenewatch\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    fn delivery(result: &str) -> Delivery {
+        let key = WatchKey {
+            workspace: "ws".into(),
+            project_id: "p".into(),
+            asset_id: "a".into(),
+            index_id: "i".into(),
+        };
+        let r = SummaryResult::from_result_json(result).unwrap();
+        Delivery::new(key, Arc::new(r), std::time::SystemTime::now()).unwrap()
+    }
+
+    #[test]
+    fn scene_columns_keep_absent_values_null_and_replace_nul() {
+        let d = delivery(
+            r#"{"sceneSummaryInfo":{"lastAnalyzedAt":"t"},"sceneSummaries":[
+                {"scene":1,"startMs":0,"endMs":10,"sceneSummary":{"description":"a\u0000b","metadataChangedAfterSummary":true,"analyzedAt":"x"}},
+                {"scene":2}]}"#,
+        );
+        let c = SceneColumns::of(&d).unwrap();
+        assert_eq!(c.scene, vec![1, 2]);
+        assert_eq!(c.start_ms, vec![Some(0), None]);
+        assert_eq!(c.end_ms, vec![Some(10), None]);
+        assert_eq!(c.description, vec![Some("a\u{FFFD}b".into()), None]);
+        assert_eq!(c.stale, vec![Some(true), None]);
+        assert_eq!(c.analyzed_at, vec![Some("x".into()), None]);
+    }
+
+    #[test]
+    fn numbers_beyond_bigint_are_refused_not_wrapped() {
+        let d = delivery(
+            r#"{"sceneSummaryInfo":{"lastAnalyzedAt":"t"},"sceneSummaries":[{"scene":18446744073709551615}]}"#,
+        );
+        let e = SceneColumns::of(&d).unwrap_err();
+        assert!(e.contains("does not fit a bigint"), "{e}");
+    }
+
+    #[test]
+    fn tls_connectors_build_for_every_mode() {
+        for mode in [
+            TlsMode::Disable,
+            TlsMode::Prefer,
+            TlsMode::Require,
+            TlsMode::VerifyCa,
+            TlsMode::VerifyFull,
+        ] {
+            // verify-* need system roots, which a minimal container may lack.
+            if let Err(e) = tls_connector(mode, None) {
+                assert!(e.contains("no CA certificates"), "{mode:?}: {e}");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        let Err(e) = tls_connector(TlsMode::VerifyFull, Some(&bad)) else {
+            panic!("a file without certificates was accepted");
+        };
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+    }
+}
