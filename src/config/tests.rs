@@ -300,3 +300,56 @@ fn watch_dir_files_are_watches_and_duplicates_name_both_places() {
         "{ps:?}"
     );
 }
+
+#[test]
+fn sink_urls_never_carry_credentials() {
+    let ps = problems(
+        "[[event_sink]]\ntype = \"nats\"\nurl = \"nats://s3cr3t-token@127.0.0.1:4222\"\n",
+        CREDS,
+    );
+    assert!(
+        ps.iter().any(|p| p
+            .to_string()
+            .contains("must not carry a user, token or password")),
+        "{ps:?}"
+    );
+    assert!(
+        ps.iter().all(|p| !p.to_string().contains("s3cr3t-token")),
+        "{ps:?}"
+    );
+    let ps = problems(
+        "[[sink]]\ntype = \"webhook\"\nurl = \"https://u:pw-xyz@hooks.example.com/x\"\nsecret_env = \"NOPE_NOT_SET_1\"\n",
+        CREDS,
+    );
+    assert!(
+        ps.iter()
+            .any(|p| p.to_string().contains("must not carry a user or password")),
+        "{ps:?}"
+    );
+    assert!(
+        ps.iter().all(|p| !p.to_string().contains("pw-xyz")),
+        "{ps:?}"
+    );
+}
+
+#[test]
+fn postgres_password_is_taken_out_of_the_url() {
+    let c = load(&inline(
+        "[[sink]]\ntype = \"postgres\"\nurl = \"postgres://app:pg-pass-77@db.example.com:5432/media?sslmode=require\"\n",
+        CREDS,
+    ))
+    .expect("valid");
+    let SinkConfig::Postgres(pg) = &c.sinks[0] else {
+        panic!("not a postgres sink: {:?}", c.sinks[0]);
+    };
+    assert!(!pg.url.contains("pg-pass-77"), "{}", pg.url);
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        pg.password
+            .as_ref()
+            .map(|p| p.expose_secret().to_string())
+            .as_deref(),
+        Some("pg-pass-77")
+    );
+    assert!(!format!("{c:?}").contains("pg-pass-77"));
+}

@@ -1167,10 +1167,11 @@ fn nats_sink(
     for u in &urls {
         match Url::parse(u) {
             Ok(parsed) if matches!(parsed.scheme(), "nats" | "tls") => {
-                if parsed.password().is_some() {
+                // A user part can be a token to NATS, and URLs are logged: no credentials in it.
+                if parsed.password().is_some() || !parsed.username().is_empty() {
                     p.push(origins.problem(
                         &format!("{base}.url"),
-                        "must not carry a password; use token_env or credentials_file",
+                        "must not carry a user, token or password; use token_env or credentials_file",
                     ));
                 }
             }
