@@ -11,3 +11,4 @@ mod postgres;
 mod s3;
 mod sim;
 mod support;
+mod webhook;
