@@ -6,6 +6,7 @@
 //! and nowhere else: messages name `postgres://user@host:port/db` and the schema, never it, and
 //! this sink's `Debug` is written by hand.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -229,18 +230,18 @@ impl Statements {
 
 /// The scene columns of one version, as the arrays the insert takes.
 #[derive(Debug, Default, PartialEq)]
-struct SceneColumns {
+struct SceneColumns<'a> {
     scene: Vec<i64>,
     start_ms: Vec<Option<i64>>,
     end_ms: Vec<Option<i64>>,
-    description: Vec<Option<String>>,
+    description: Vec<Option<Cow<'a, str>>>,
     stale: Vec<Option<bool>>,
-    analyzed_at: Vec<Option<String>>,
+    analyzed_at: Vec<Option<Cow<'a, str>>>,
 }
 
-impl SceneColumns {
+impl<'a> SceneColumns<'a> {
     /// Fails (naming the scene) only for numbers PostgreSQL's `bigint` cannot hold.
-    fn of(d: &Delivery) -> Result<Self, String> {
+    fn of(d: &'a Delivery) -> Result<Self, String> {
         let scenes = &d.result.scenes;
         let mut c = SceneColumns {
             scene: Vec::with_capacity(scenes.len()),
@@ -273,11 +274,12 @@ impl SceneColumns {
 
 /// PostgreSQL text cannot hold U+0000, which JSON can carry; it becomes U+FFFD rather than
 /// failing the whole version (documented in docs/sinks.md).
-fn text_column(s: &str) -> String {
+fn text_column(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
-        s.replace('\0', "\u{FFFD}")
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
     } else {
-        s.to_string()
+        // Borrowed: a 20,000-scene version would otherwise copy every description once more.
+        Cow::Borrowed(s)
     }
 }
 
@@ -450,7 +452,7 @@ impl PostgresSink {
             Failure::Timeout => (
                 format!(
                     "{what} on {at}: no answer within {}; the connection was dropped",
-                    humantime::format_duration(self.timeout * 2)
+                    humantime::format_duration(self.timeout.saturating_mul(2))
                 ),
                 Disposition::Retry,
             ),
@@ -486,7 +488,7 @@ impl PostgresSink {
         work: impl AsyncFnOnce(&mut Object) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
         let mut client = self.client().await?;
-        let outcome = tokio::time::timeout(self.timeout * 2, work(&mut client)).await;
+        let outcome = tokio::time::timeout(self.timeout.saturating_mul(2), work(&mut client)).await;
         match outcome {
             Ok(Err(Failure::Db(e))) => {
                 if matches!(
@@ -593,7 +595,7 @@ impl PostgresSink {
         &self,
         client: &mut Object,
         d: &Delivery,
-        cols: &SceneColumns,
+        cols: &SceneColumns<'_>,
         scene_count: i32,
     ) -> Result<bool, Failure> {
         let insert_version = client.prepare_cached(&self.sql.insert_version).await?;
