@@ -352,4 +352,14 @@ fn postgres_password_is_taken_out_of_the_url() {
         Some("pg-pass-77")
     );
     assert!(!format!("{c:?}").contains("pg-pass-77"));
+    let ps = problems(
+        "[[sink]]\ntype = \"postgres\"\nurl = \"postgres://app@db/media?sslmode=strict\"\n",
+        CREDS,
+    );
+    assert!(
+        ps[0]
+            .to_string()
+            .contains("sslmode=\"strict\" is not one of"),
+        "{ps:?}"
+    );
 }

@@ -982,6 +982,19 @@ fn postgres_sink(
             if u.host_str().is_none_or(str::is_empty) {
                 p.push(origins.problem(&url_key, "has no host"));
             }
+            for (k, v) in u.query_pairs() {
+                if k == "sslmode"
+                    && !matches!(
+                        v.as_ref(),
+                        "disable" | "prefer" | "require" | "verify-ca" | "verify-full"
+                    )
+                {
+                    p.push(origins.problem(
+                        &url_key,
+                        format!("sslmode={v:?} is not one of disable, prefer, require, verify-ca, verify-full"),
+                    ));
+                }
+            }
             clean_url = u.to_string();
         }
         Ok(u) => p.push(origins.problem(
