@@ -133,10 +133,13 @@ impl JsonlWriter {
                 .append(true)
                 .open(&self.path)
                 .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
-            let size = file
+            let mut size = file
                 .metadata()
                 .map_err(|e| format!("cannot stat {}: {e}", self.path.display()))?
                 .len();
+            if size > 0 {
+                size = cut_torn_tail(&self.path, &file, size)?;
+            }
             if !existed {
                 // The new directory entry must survive a crash like the lines in it.
                 sync_dir(&self.path)?;
@@ -320,6 +323,45 @@ impl EventSink for JsonlSink {
     fn healthcheck(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(self.probe())
     }
+}
+
+/// A process killed in the middle of a write (SIGKILL, power cut) can leave a last line without
+/// its newline. That line was never confirmed, so it will be delivered again; the fragment is cut
+/// off so the retry starts a clean line instead of being glued to it. Returns the new size.
+fn cut_torn_tail(path: &std::path::Path, file: &File, size: u64) -> Result<u64, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reader =
+        File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    // Look back in chunks for the last newline.
+    let mut end = size;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut first = true;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        reader
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| reader.read_exact(&mut buf[..n]))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if first && buf[n - 1] == b'\n' {
+            return Ok(size); // the common case: the file ends with a whole line
+        }
+        first = false;
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            let keep = start + i as u64 + 1;
+            file.set_len(keep)
+                .and_then(|_| file.sync_data())
+                .map_err(|e| format!("cannot cut the torn last line of {}: {e}", path.display()))?;
+            tracing::warn!(path = %path.display(), dropped_bytes = size - keep, "Cut a torn last line left by an interrupted write; it will be delivered again.");
+            return Ok(keep);
+        }
+        end = start;
+    }
+    file.set_len(0)
+        .and_then(|_| file.sync_data())
+        .map_err(|e| format!("cannot cut the torn last line of {}: {e}", path.display()))?;
+    tracing::warn!(path = %path.display(), dropped_bytes = size, "Cut a torn line left by an interrupted write; it will be delivered again.");
+    Ok(0)
 }
 
 #[cfg(test)]
@@ -547,5 +589,23 @@ mod tests {
             proptest::prop_assert!(!read.is_empty());
             proptest::prop_assert_eq!(&read[..], &all[all.len() - read.len()..]);
         }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"tor").unwrap();
+        let w = JsonlWriter::new(path.clone(), 1 << 20, 2);
+        w.append(&[b"{\"c\":3}".to_vec()]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n"
+        );
+        // Only a fragment, no newline at all: the file starts over.
+        std::fs::write(&path, b"{\"torn").unwrap();
+        let w = JsonlWriter::new(path.clone(), 1 << 20, 2);
+        w.append(&[b"{\"d\":4}".to_vec()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"d\":4}\n");
     }
 }
