@@ -97,12 +97,35 @@ impl fmt::Display for ConfigErrors {
 #[derive(Debug, Clone, Default)]
 pub struct Origins {
     by_key: HashMap<String, Origin>,
+    /// Runs of `watch[start..end]` read from one file, recorded once instead of per key.
+    watch_runs: Vec<(usize, usize, Origin)>,
 }
 
 impl Origins {
     /// The origin of `key`, or [`Origin::Default`] when nothing set it.
     pub fn of(&self, key: &str) -> Origin {
-        self.by_key.get(key).cloned().unwrap_or(Origin::Default)
+        if let Some(o) = self.by_key.get(key) {
+            return o.clone();
+        }
+        // Watches read on the fast path record one origin per table or per run of tables.
+        if let Some(o) = key
+            .rsplit_once('.')
+            .and_then(|(parent, _)| self.by_key.get(parent))
+        {
+            return o.clone();
+        }
+        let index = key
+            .strip_prefix("watch[")
+            .and_then(|r| r.split(']').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        index
+            .and_then(|i| {
+                self.watch_runs
+                    .iter()
+                    .find(|(start, end, _)| (*start..*end).contains(&i))
+            })
+            .map(|(_, _, o)| o.clone())
+            .unwrap_or(Origin::Default)
     }
 
     /// A problem at `key`, with its origin filled in.
@@ -149,6 +172,10 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
 /// Stage one: merges the sources and checks the shape of every key.
 pub fn load_raw(sources: &Sources) -> Result<(RawConfig, Origins), ConfigErrors> {
     let mut builder = config::Config::builder();
+    // `[[watch]]` tables are taken out of each file and read directly: with 100,000 watches the
+    // `config` crate's value tree (copied while merging, an origin string per value) would cost
+    // hundreds of MiB, and arrays of tables cannot be layered from the environment anyway.
+    let mut file_watches: Vec<(PathBuf, Vec<WatchItem>)> = Vec::new();
     if let Some(path) = &sources.file {
         // Read it ourselves so that a missing or unreadable file gets a message naming it.
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -158,10 +185,14 @@ pub fn load_raw(sources: &Sources) -> Result<(RawConfig, Origins), ConfigErrors>
                 message: format!("cannot read the configuration file: {e}"),
             }])
         })?;
-        builder = builder.add_source(NamedToml::new(path.display().to_string(), text));
+        let (rest, watches) = split_watches(&text, path)?;
+        file_watches.push((path.clone(), watches));
+        builder = builder.add_source(NamedToml::new(path.display().to_string(), rest));
     }
     if let Some((name, text)) = &sources.inline {
-        builder = builder.add_source(NamedToml::new(name.clone(), text.clone()));
+        let (rest, watches) = split_watches(text, Path::new(name))?;
+        file_watches.push((PathBuf::from(name), watches));
+        builder = builder.add_source(NamedToml::new(name.clone(), rest));
     }
     let env = Environment::with_prefix(ENV_PREFIX)
         .prefix_separator(ENV_SEPARATOR)
@@ -188,6 +219,9 @@ pub fn load_raw(sources: &Sources) -> Result<(RawConfig, Origins), ConfigErrors>
     })?;
     let mut walker = Walker::default();
     let mut raw = walker.root(root);
+    for (path, tables) in file_watches {
+        walker.file_watches(&path, tables, &mut raw.watches);
+    }
     if !raw.watch_dir.trim().is_empty() {
         let dir = PathBuf::from(raw.watch_dir.trim());
         walker.watch_dir(&dir, &mut raw.watches);
@@ -197,6 +231,147 @@ pub fn load_raw(sources: &Sources) -> Result<(RawConfig, Origins), ConfigErrors>
     } else {
         Err(ConfigErrors(walker.problems))
     }
+}
+
+/// Files above this size are parsed one `[[watch]]` table at a time: the `toml` parser needs
+/// about 25 times a document's size while it works, which for 100,000 watches (11 MB) would be
+/// nearly 300 MiB at start.
+const CHUNKED_ABOVE_BYTES: usize = 1 << 20;
+
+/// Splits a file into (the TOML text of everything but `watch`, the watches). Watches are
+/// deserialized straight into [`RawWatch`] when they fit; one that does not comes back as a TOML
+/// value for the key-by-key walk that names its problems.
+fn split_watches(text: &str, path: &Path) -> Result<(String, Vec<WatchItem>), ConfigErrors> {
+    split_watches_above(text, path, CHUNKED_ABOVE_BYTES)
+}
+
+fn split_watches_above(
+    text: &str,
+    path: &Path,
+    chunk_above: usize,
+) -> Result<(String, Vec<WatchItem>), ConfigErrors> {
+    let invalid = |e: String, first_line: usize| {
+        let place = if first_line > 0 {
+            format!(
+                " (in the [[watch]] table starting at line {})",
+                first_line + 1
+            )
+        } else {
+            String::new()
+        };
+        ConfigErrors(vec![Problem {
+            key: "(file)".into(),
+            origin: Origin::File(path.to_path_buf()),
+            message: format!("not valid TOML{place}: {e}"),
+        }])
+    };
+    let mut rest = toml::Table::new();
+    let mut items = Vec::new();
+    for (first_line, chunk) in chunks(text, chunk_above) {
+        let Rest { rest: part } =
+            toml::from_str(chunk).map_err(|e| invalid(e.to_string(), first_line))?;
+        for (k, v) in part {
+            match (rest.get_mut(&k), v) {
+                (None, v) => {
+                    rest.insert(k, v);
+                }
+                // `[[sink]]` tables on both sides of some watches: one array, in order.
+                (Some(toml::Value::Array(a)), toml::Value::Array(b)) => a.extend(b),
+                (Some(_), _) => {
+                    return Err(invalid(format!("duplicate key `{k}`"), first_line));
+                }
+            }
+        }
+        match toml::from_str::<Fast>(chunk) {
+            Ok(fast) => items.extend(fast.watch.into_iter().map(WatchItem::Typed)),
+            Err(_) => {
+                let mut table: toml::Table =
+                    toml::from_str(chunk).map_err(|e| invalid(e.to_string(), first_line))?;
+                match table.remove("watch") {
+                    Some(toml::Value::Array(a)) => items.extend(a.into_iter().map(WatchItem::Raw)),
+                    // Not an array of tables: the walker says so.
+                    Some(other) => {
+                        rest.insert("watch".into(), other);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    let rest_text = toml::to_string(&rest).map_err(|e| invalid(e.to_string(), 0))?;
+    Ok((rest_text, items))
+}
+
+/// The document as (first line, text) pieces: whole when small, else cut before every line that
+/// is a `[[watch]]` header. Each piece is a valid TOML document of its own exactly when the
+/// whole is (keys after a header belong to that table in both).
+fn chunks(text: &str, chunk_above: usize) -> Vec<(usize, &str)> {
+    if text.len() <= chunk_above {
+        return vec![(0, text)];
+    }
+    let mut out = Vec::new();
+    let (mut start, mut start_line, mut pos) = (0, 0, 0);
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
+        let t = line.trim();
+        let header = t.strip_prefix("[[watch]]").is_some_and(|after| {
+            after.trim_start().is_empty() || after.trim_start().starts_with('#')
+        });
+        if header && pos > start {
+            out.push((start_line, &text[start..pos]));
+            start = pos;
+            start_line = line_no;
+        }
+        pos += line.len();
+    }
+    out.push((start_line, &text[start..]));
+    out
+}
+
+/// Everything but `watch`, which is skipped without being built (serde's `flatten` would buffer
+/// the whole document first, watches included).
+struct Rest {
+    rest: toml::Table,
+}
+
+impl<'de> serde::Deserialize<'de> for Rest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Rest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a TOML document")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Rest, A::Error> {
+                let mut rest = toml::Table::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "watch" {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    } else {
+                        let value = map.next_value::<toml::Value>()?;
+                        rest.insert(key, value);
+                    }
+                }
+                Ok(Rest { rest })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Only `watch`, as typed watches.
+#[derive(serde::Deserialize)]
+struct Fast {
+    #[serde(default)]
+    watch: Vec<RawWatch>,
+}
+
+/// One `[[watch]]` table of a file.
+#[derive(Debug, PartialEq)]
+enum WatchItem {
+    /// Deserialized.
+    Typed(RawWatch),
+    /// Does not fit: walked key by key for the messages.
+    Raw(toml::Value),
 }
 
 /// A TOML source whose values carry the file's name as their origin.
@@ -326,6 +501,72 @@ impl Walker {
             }
         }
         out
+    }
+
+    /// Appends the `[[watch]]` tables of one file: typed ones directly (one origin recorded per
+    /// run of them), the others through the key-by-key walk for their problems.
+    fn file_watches(&mut self, file: &Path, items: Vec<WatchItem>, watches: &mut Vec<RawWatch>) {
+        let origin = Origin::File(file.to_path_buf());
+        let mut run_start = watches.len();
+        for item in items {
+            let path = format!("watch[{}]", watches.len());
+            match item {
+                WatchItem::Typed(w) => watches.push(w),
+                WatchItem::Raw(value) => {
+                    if run_start < watches.len() {
+                        self.origins
+                            .watch_runs
+                            .push((run_start, watches.len(), origin.clone()));
+                    }
+                    let w = self.raw_watch(file, &path, value, &origin);
+                    watches.push(w);
+                    run_start = watches.len();
+                }
+            }
+        }
+        if run_start < watches.len() {
+            self.origins
+                .watch_runs
+                .push((run_start, watches.len(), origin));
+        }
+    }
+
+    /// The slow path for one watch table that does not deserialize: the same key-by-key walk as
+    /// every other table, for its messages.
+    fn raw_watch(
+        &mut self,
+        file: &Path,
+        path: &str,
+        value: toml::Value,
+        origin: &Origin,
+    ) -> RawWatch {
+        let toml::Value::Table(t) = value else {
+            self.problems.push(Problem {
+                key: path.to_string(),
+                origin: origin.clone(),
+                message: "expected a table ([[watch]])".into(),
+            });
+            return RawWatch::default();
+        };
+        let mut one = toml::Table::new();
+        one.insert("w".into(), toml::Value::Table(t));
+        let text = toml::to_string(&one).unwrap_or_default();
+        let collected = config::Source::collect(&NamedToml::new(file.display().to_string(), text));
+        match collected
+            .ok()
+            .and_then(|mut m| m.remove("w"))
+            .map(|v| v.kind)
+        {
+            Some(ValueKind::Table(t)) => self.fields(path, t).unwrap_or_default(),
+            _ => {
+                self.problems.push(Problem {
+                    key: path.to_string(),
+                    origin: origin.clone(),
+                    message: "cannot be read as a watch table".into(),
+                });
+                RawWatch::default()
+            }
+        }
     }
 
     /// Appends the watches of every `*.toml` file in `dir` (sorted by name), one watch per file.

@@ -363,3 +363,54 @@ fn postgres_password_is_taken_out_of_the_url() {
         "{ps:?}"
     );
 }
+
+#[test]
+fn big_files_parse_one_watch_at_a_time_with_the_same_result() {
+    let mut text = String::from("state_dir = \"/x\"\n[[sink]]\ntype = \"file\"\ndir = \"/a\"\n");
+    for i in 0..50 {
+        text.push_str(&format!(
+            "[[watch]] # number {i}\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"{i}\"\nindex_id = \"3\"\n"
+        ));
+        if i == 20 {
+            text.push_str("[api]\naccess_key = \"AK\"\n[[sink]]\ntype = \"stdout\"\n");
+        }
+    }
+    let path = PathBuf::from("big.toml");
+    let whole = super::split_watches_above(&text, &path, usize::MAX).unwrap();
+    let chunked = super::split_watches_above(&text, &path, 0).unwrap();
+    assert_eq!(chunked.1.len(), 50);
+    assert_eq!(whole.1, chunked.1, "same watches");
+    let whole_rest: toml::Table = toml::from_str(&whole.0).unwrap();
+    let chunked_rest: toml::Table = toml::from_str(&chunked.0).unwrap();
+    assert_eq!(
+        whole_rest, chunked_rest,
+        "same rest, sinks from both sides in order"
+    );
+    assert_eq!(chunked_rest["sink"].as_array().unwrap().len(), 2);
+
+    // A broken table in a big file: named by its index and the file.
+    let broken = text.replacen("asset_id = \"33\"", "asset_id = 33\ncolour = \"red\"", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.toml");
+    let mut padded = broken.clone();
+    padded.push_str(&format!("# {}\n", "x".repeat(super::CHUNKED_ABOVE_BYTES)));
+    std::fs::write(&file, &padded).unwrap();
+    let s = Sources {
+        file: Some(file.clone()),
+        env: Some(
+            CREDS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Sources::default()
+    };
+    let e = load(&s).unwrap_err().to_string();
+    assert!(e.contains("watch[33].colour: unknown key"), "{e}");
+    assert!(e.contains(&format!("(in {})", file.display())), "{e}");
+    // A duplicate key across pieces is still an error.
+    let dup = format!("{padded}[api]\ntimeout = \"5s\"\n");
+    std::fs::write(&file, dup).unwrap();
+    let e = load(&s).unwrap_err().to_string();
+    assert!(e.contains("duplicate key `api`"), "{e}");
+}

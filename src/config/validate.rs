@@ -454,7 +454,9 @@ pub fn validate(
 
     // [[watch]]
     let mut watches = Vec::new();
-    let mut seen: HashMap<WatchKey, String> = HashMap::new();
+    // Borrowed from `raw`, pointing into `watches`: 100,000 watches need no second copy of
+    // their keys.
+    let mut seen: HashMap<(&str, &str, &str, &str), usize> = HashMap::new();
     for (i, w) in raw.watches.iter().enumerate() {
         let base = format!("watch[{i}]");
         let mut ok = true;
@@ -492,16 +494,26 @@ pub fn validate(
             asset_id: w.asset_id.clone(),
             index_id: w.index_id.clone(),
         };
-        if ok && let Some(first) = seen.get(&key) {
+        let id = (
+            w.workspace.as_str(),
+            w.project_id.as_str(),
+            w.asset_id.as_str(),
+            w.index_id.as_str(),
+        );
+        if ok && let Some(first) = seen.get(&id) {
+            let first: &WatchSpec = &watches[*first];
             p.push(Problem {
                 key: base.clone(),
                 origin: origins.of(&format!("{base}.workspace")),
-                message: format!("watches {key} again; it is already declared as {first}"),
+                message: format!(
+                    "watches {key} again; it is already declared as {}",
+                    first.declared_at
+                ),
             });
             ok = false;
         }
         if let (true, Some(generation), Some(max_wait)) = (ok, generation, wait) {
-            seen.insert(key.clone(), declared_at.clone());
+            seen.insert(id, watches.len());
             watches.push(WatchSpec {
                 key,
                 scene_summary_id: w.scene_summary_id.clone(),

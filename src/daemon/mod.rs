@@ -171,8 +171,14 @@ pub async fn run(
     }
 
     let (tx, rx) = mpsc::channel(64);
+    // The scheduler owns the configuration from here on (100,000 watches are not copied).
+    let watch_dir = config.watch_dir.clone();
+    let listen = config.listen;
+    let n_watches = config.watches.len();
+    let state_dir = config.state_dir.clone();
+    let deadline = config.shutdown_timeout;
     let sched = scheduler::Scheduler::new(
-        config.clone(),
+        config,
         sources.clone(),
         ledger.clone(),
         clock,
@@ -183,12 +189,12 @@ pub async fn run(
         },
         records,
     )?;
-    if let Some(dir) = config.watch_dir.clone() {
+    if let Some(dir) = watch_dir {
         tracker.spawn(watch_directory(dir, tx.clone(), stop_work.clone()));
     }
     let server_stop = CancellationToken::new();
     let server = crate::server::serve(
-        config.listen,
+        listen,
         health.clone(),
         ledger.clone(),
         clock,
@@ -199,10 +205,10 @@ pub async fn run(
     systemd::ready(&health);
     tracker.spawn(systemd::keepalive(health.clone(), stop_work.clone()));
     info!(
-        watches = config.watches.len(),
+        watches = n_watches,
         sinks = result_sinks.len(),
         event_sinks = event_sinks.len(),
-        state_dir = %config.state_dir.display(),
+        state_dir = %state_dir.display(),
         "Daemon started."
     );
     on_start(Running {
@@ -212,7 +218,6 @@ pub async fn run(
 
     // The scheduler stops launching polls on `shutdown` and returns once its in-flight polls
     // are done or the deadline passes.
-    let deadline = config.shutdown_timeout;
     let scheduler_task = tokio::spawn(sched.run(rx, shutdown.clone(), deadline));
     shutdown.cancelled().await;
     health.draining.store(true, Ordering::Relaxed);

@@ -125,16 +125,16 @@ impl Scheduler {
         Ok(s)
     }
 
+    /// Adds `records` with their specs, taken out of the configuration: the entries keep the
+    /// one copy of each spec (with 100,000 watches a second copy would be tens of MiB).
     fn add_watches(&mut self, records: Vec<WatchRecord>) {
-        let specs: HashMap<WatchKey, WatchSpec> = self
-            .config
-            .watches
-            .iter()
-            .map(|w| (w.key.clone(), w.clone()))
+        let mut specs: HashMap<WatchKey, WatchSpec> = std::mem::take(&mut self.config.watches)
+            .into_iter()
+            .map(|w| (w.key.clone(), w))
             .collect();
         let now = self.clock.now_ms();
         for record in records {
-            let Some(spec) = specs.get(&record.key).cloned() else {
+            let Some(spec) = specs.remove(&record.key) else {
                 continue;
             };
             let key = record.key.clone();
