@@ -499,6 +499,9 @@ impl Walker {
             if let Some(v) = top.shutdown_timeout {
                 out.shutdown_timeout = v;
             }
+            if let Some(v) = top.sink_healthcheck_interval {
+                out.sink_healthcheck_interval = v;
+            }
         }
         out
     }
@@ -782,6 +785,7 @@ struct TopLevel {
     state_dir: Option<String>,
     watch_dir: Option<String>,
     shutdown_timeout: Option<String>,
+    sink_healthcheck_interval: Option<String>,
     // The tables are walked separately; listed so they are not reported as unknown.
     #[serde(skip_deserializing)]
     api: (),

@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub watch_dir: String,
     /// How long a graceful shutdown may take.
     pub shutdown_timeout: String,
+    /// How often an idle sink's healthcheck runs.
+    pub sink_healthcheck_interval: String,
     /// The HTTP server for health and metrics.
     pub server: RawServer,
 }
@@ -44,6 +46,7 @@ impl Default for RawConfig {
             event_sinks: Vec::new(),
             watch_dir: String::new(),
             shutdown_timeout: "20s".into(),
+            sink_healthcheck_interval: "30s".into(),
             server: RawServer::default(),
         }
     }

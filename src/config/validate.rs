@@ -40,6 +40,8 @@ pub struct Config {
     pub watch_dir: Option<PathBuf>,
     /// How long a graceful shutdown may take.
     pub shutdown_timeout: Duration,
+    /// How often an idle sink's healthcheck runs.
+    pub sink_healthcheck_interval: Duration,
     /// Address of the health and metrics endpoints.
     pub listen: std::net::SocketAddr,
     /// Things worth saying that do not stop a run.
@@ -597,6 +599,12 @@ pub fn validate(
         }
     }
     let shutdown_timeout = duration(origins, &mut p, "shutdown_timeout", &raw.shutdown_timeout);
+    let sink_healthcheck_interval = duration(
+        origins,
+        &mut p,
+        "sink_healthcheck_interval",
+        &raw.sink_healthcheck_interval,
+    );
     let listen = match raw.server.listen.parse::<std::net::SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -657,6 +665,8 @@ pub fn validate(
             event_sinks,
             watch_dir,
             shutdown_timeout,
+            // A problem would have been recorded above; the default is never used.
+            sink_healthcheck_interval: sink_healthcheck_interval.unwrap_or_default(),
             listen,
             warnings,
         }),

@@ -154,6 +154,7 @@ pub async fn run(
         clock,
         health: health.clone(),
         stop: stop_work.clone(),
+        healthcheck_every: config.sink_healthcheck_interval,
     };
     for (s, wake) in result_sinks.iter().zip(&result_wakes) {
         tracker.spawn(outbox::drain_results(

@@ -32,6 +32,8 @@ pub struct Outbox {
     pub clock: Clock,
     pub health: Arc<Health>,
     pub stop: CancellationToken,
+    /// `sink_healthcheck_interval`.
+    pub healthcheck_every: Duration,
 }
 
 /// Tracks one sink's failing episodes and emits the event pair.
@@ -39,6 +41,11 @@ struct Episodes {
     name: String,
     health: SinkHealth,
     consecutive_failures: u32,
+    /// The current failing episode was started by a healthcheck (not by a delivery), so a
+    /// passing healthcheck may end it. One started by a delivery ends only with a delivery: a
+    /// healthcheck cannot see every way a delivery fails (a webhook's 500), and letting it end
+    /// the episode would make the event pair flap.
+    from_healthcheck: bool,
 }
 
 impl Episodes {
@@ -49,11 +56,14 @@ impl Episodes {
             name: name.to_string(),
             health,
             consecutive_failures: 0,
+            from_healthcheck: false,
         }
     }
 
     async fn failed(&mut self, o: &Outbox, e: &SinkError) -> Duration {
         self.consecutive_failures += 1;
+        // A failed delivery makes the episode a delivery's (see `from_healthcheck`).
+        self.from_healthcheck = false;
         if !self.health.failing {
             self.health = SinkHealth {
                 failing: true,
@@ -76,6 +86,7 @@ impl Episodes {
 
     async fn succeeded(&mut self, o: &Outbox) {
         self.consecutive_failures = 0;
+        self.from_healthcheck = false;
         if self.health.failing {
             self.health.failing = false;
             let ev = Event::sink_recovered(&self.name, self.health.episode, o.clock.now_ms());
@@ -102,23 +113,39 @@ impl Episodes {
 
 /// The next due rows of a queue, waiting (for a wake-up, a short idle period) while there are
 /// none; `None` once stopped. A ledger read error is logged and retried after the idle period.
+/// While idle, the sink's healthcheck runs every `sink_healthcheck_interval`, so readiness and
+/// `sink.failing` also cover a sink that breaks while it has nothing to deliver.
 async fn next_due<T, Fut>(
     o: &Outbox,
     wake: &Notify,
     sink: &str,
     queue: &str,
     fetch: impl Fn() -> Fut,
+    episodes: &mut Episodes,
+    healthcheck: impl Fn() -> futures_util::future::BoxFuture<'static, Result<(), SinkError>>,
 ) -> Option<Vec<T>>
 where
     Fut: std::future::Future<Output = Result<Vec<T>, crate::state::StateError>>,
 {
+    let mut last_check = tokio::time::Instant::now();
     loop {
         if o.stop.is_cancelled() {
             return None;
         }
         match fetch().await {
             Ok(rows) if !rows.is_empty() => return Some(rows),
-            Ok(_) => {}
+            Ok(_) => {
+                if last_check.elapsed() >= o.healthcheck_every {
+                    last_check = tokio::time::Instant::now();
+                    match healthcheck().await {
+                        Ok(()) => episodes.succeeded(o).await,
+                        Err(e) => {
+                            warn!(sink, error = %e, "Sink healthcheck failed.");
+                            episodes.failed(o, &e).await;
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 error!(sink, error = %e, "Cannot read the {queue} queue from the ledger.");
             }
@@ -142,7 +169,13 @@ pub async fn drain_results(o: Outbox, sink: Arc<dyn Sink>, wake: Arc<Notify>) {
     let name = sink.name().to_string();
     let mut episodes = Episodes::load(&o, &name).await;
     let fetch = || o.ledger.due_deliveries(&name, o.clock.now_ms(), BATCH);
-    while let Some(due) = next_due(&o, &wake, &name, "delivery", fetch).await {
+    let check = || {
+        let sink = sink.clone();
+        Box::pin(async move { sink.healthcheck().await })
+            as futures_util::future::BoxFuture<'static, _>
+    };
+    while let Some(due) = next_due(&o, &wake, &name, "delivery", fetch, &mut episodes, check).await
+    {
         for row in due {
             if o.stop.is_cancelled() {
                 return;
@@ -267,7 +300,12 @@ pub async fn drain_events(o: Outbox, sink: Arc<dyn EventSink>, wake: Arc<Notify>
     let name = sink.name().to_string();
     let mut episodes = Episodes::load(&o, &name).await;
     let fetch = || o.ledger.due_events(&name, o.clock.now_ms(), BATCH);
-    while let Some(due) = next_due(&o, &wake, &name, "event", fetch).await {
+    let check = || {
+        let sink = sink.clone();
+        Box::pin(async move { sink.healthcheck().await })
+            as futures_util::future::BoxFuture<'static, _>
+    };
+    while let Some(due) = next_due(&o, &wake, &name, "event", fetch, &mut episodes, check).await {
         let ids: Vec<String> = due.iter().map(|e| e.id.clone()).collect();
         match sink.send(&due).await {
             Ok(()) => {

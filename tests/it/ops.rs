@@ -400,3 +400,63 @@ async fn systemd_notify_ready_status_watchdog_and_stopping() {
     let stopping = seen.iter().position(|m| m.contains("STOPPING=1")).unwrap();
     assert!(ready < stopping, "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sink_that_breaks_makes_the_daemon_not_ready_until_it_is_back() {
+    let sim = start_sim(&scenario("")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("c.toml");
+    // Only the never-finishing watch: the file sink stays idle, so only its healthcheck can
+    // notice that its directory went away.
+    let c = config(&sim.url, &dir.path().join("state"), dir.path(), port)
+        .replace(
+            "shutdown_timeout = \"8s\"",
+            "shutdown_timeout = \"8s\"\nsink_healthcheck_interval = \"300ms\"",
+        )
+        .replace(
+            "[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"1\"\nindex_id = \"1\"\ngeneration = \"asset\"\n",
+            "",
+        );
+    std::fs::write(&cfg, c).unwrap();
+    let d = Daemon::start(&cfg, dir.path(), &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    assert!(
+        wait_for(Duration::from_secs(20), || get(port, "/readyz")
+            .is_some_and(|(c, _)| c == 200))
+        .await,
+        "{}",
+        d.log_text()
+    );
+    let results = dir.path().join("results");
+    std::fs::remove_dir_all(&results).ok();
+    std::fs::write(&results, b"a file where the sink's directory was").unwrap();
+    let broken = wait_for(Duration::from_secs(15), || {
+        get(port, "/readyz").is_some_and(|(c, b)| c == 503 && b.contains("sink `file` is failing"))
+    })
+    .await;
+    std::fs::remove_file(&results).unwrap();
+    let back = wait_for(Duration::from_secs(15), || {
+        get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    let mut d = d;
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(15)).await;
+    let log = d.log_text();
+    assert!(broken, "{log}");
+    assert!(back, "{log}");
+    let events = crate::support::json_lines(&dir.path().join("events.jsonl"));
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| t.contains(".sink."))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "com.scenewatch.sink.failing",
+            "com.scenewatch.sink.recovered"
+        ],
+        "{log}"
+    );
+}
