@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{Daemon, free_port, json_lines, run, scenewatch, start_sim, text, wait_for};
+use crate::support::{
+    Daemon, free_port, json_lines, run, scenewatch, start_sim, text, wait_for, watch,
+};
 
 const SECRET: &str = "SK-daemon-secret-1d7e";
 
@@ -27,15 +29,6 @@ fn asset(asset: &str, index: &str, sid: Option<&str>, extra: &str) -> String {
 fn scenario(assets: &str, faults: &str) -> String {
     format!(
         "seed = 11\n[[credentials]]\naccess_key = \"AK\"\nsecret_key = \"{SECRET}\"\n{assets}\n{faults}\n"
-    )
-}
-
-fn watch(asset: &str, index: &str, sid: Option<&str>) -> String {
-    let sid = sid
-        .map(|s| format!("scene_summary_id = \"{s}\"\n"))
-        .unwrap_or_default();
-    format!(
-        "[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"{asset}\"\nindex_id = \"{index}\"\n{sid}"
     )
 }
 
@@ -83,6 +76,18 @@ fn count(events: &[serde_json::Value], suffix: &str) -> usize {
         .count()
 }
 
+/// Writes the daemon configuration (results to files and to `dir/r.jsonl`) and starts it.
+fn start_daemon(sim: &str, dir: &Path, watches: &str) -> (std::path::PathBuf, Daemon) {
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        config(sim, dir, free_port(), &dir.join("r.jsonl"), watches),
+    )
+    .unwrap();
+    let d = Daemon::start(&cfg, dir, &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    (cfg, d)
+}
+
 /// Stops the daemon with SIGTERM and checks it leaves in time with exit 0.
 async fn stop(mut d: Daemon) -> String {
     d.signal("TERM");
@@ -109,13 +114,10 @@ async fn clean_run_delivers_to_every_sink_and_emits_each_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results.jsonl");
     let watches = [
-        watch("10", "20", Some("30")),
-        watch("11", "21", None),
-        watch("12", "22", Some("32")),
-        watch("13", "23", Some("33")).replace(
-            "index_id = \"23\"\n",
-            "index_id = \"23\"\ngeneration = \"asset\"\n",
-        ),
+        watch("10", "20", Some("30"), "index"),
+        watch("11", "21", None, "index"),
+        watch("12", "22", Some("32"), "index"),
+        watch("13", "23", Some("33"), "asset"),
     ]
     .concat();
     let cfg = dir.path().join("c.toml");
@@ -216,7 +218,14 @@ async fn a_throttle_storm_slows_the_whole_budget_and_is_survived() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let watches: String = (0..6)
-        .map(|i| watch(&format!("4{i}"), &format!("5{i}"), Some(&format!("6{i}"))))
+        .map(|i| {
+            watch(
+                &format!("4{i}"),
+                &format!("5{i}"),
+                Some(&format!("6{i}")),
+                "index",
+            )
+        })
         .collect();
     let cfg = dir.path().join("c.toml");
     std::fs::write(
@@ -290,7 +299,11 @@ async fn a_sink_down_for_a_while_loses_nothing_and_recovers() {
     std::fs::write(&blocker, b"not a directory").unwrap();
     let results = blocker.join("results.jsonl");
     let cfg = dir.path().join("c.toml");
-    let watches = [watch("70", "80", Some("90")), watch("71", "81", None)].concat();
+    let watches = [
+        watch("70", "80", Some("90"), "index"),
+        watch("71", "81", None, "index"),
+    ]
+    .concat();
     std::fs::write(
         &cfg,
         config(&sim.url, dir.path(), free_port(), &results, &watches),
@@ -339,23 +352,8 @@ async fn a_partial_rerun_is_a_new_version_and_an_update() {
     use scenewatch::ncp::{Client, ClientOptions, Credentials, Generation, Target, Verdict};
     let sim = start_sim(&scenario(&asset("30", "40", Some("50"), ""), "")).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    let watches = watch("30", "40", None).replace(
-        "index_id = \"40\"\n",
-        "index_id = \"40\"\ngeneration = \"asset\"\n",
-    );
-    std::fs::write(
-        &cfg,
-        config(
-            &sim.url,
-            dir.path(),
-            free_port(),
-            &dir.path().join("r.jsonl"),
-            &watches,
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start(&cfg, dir.path(), &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    let watches = watch("30", "40", None, "asset");
+    let (_, d) = start_daemon(&sim.url, dir.path(), &watches);
     assert!(
         wait_for(Duration::from_secs(30), || count(
             &events_of(dir.path()),
@@ -578,19 +576,7 @@ async fn a_damaged_state_database_is_refused_and_left_alone() {
     std::fs::create_dir(&state).unwrap();
     let garbage = b"this is not a database, and must survive the attempt".repeat(200);
     std::fs::write(state.join("scenewatch.db"), &garbage).unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        config(
-            &sim.url,
-            dir.path(),
-            free_port(),
-            &dir.path().join("r.jsonl"),
-            &watch("1", "1", None),
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::start(&cfg, dir.path(), &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    let (_, mut d) = start_daemon(&sim.url, dir.path(), &watch("1", "1", None, "index"));
     let status = d.wait_exit(Duration::from_secs(15)).await;
     let log = d.log_text();
     assert_ne!(status.and_then(|s| s.code()), Some(0), "{log}");
@@ -606,19 +592,7 @@ async fn a_damaged_state_database_is_refused_and_left_alone() {
 async fn a_second_daemon_on_the_same_state_is_refused() {
     let sim = start_sim(&scenario(&asset("1", "1", None, "queue = \"1h\""), "")).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        config(
-            &sim.url,
-            dir.path(),
-            free_port(),
-            &dir.path().join("r.jsonl"),
-            &watch("1", "1", None),
-        ),
-    )
-    .unwrap();
-    let first = Daemon::start(&cfg, dir.path(), &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    let (cfg, first) = start_daemon(&sim.url, dir.path(), &watch("1", "1", None, "index"));
     assert!(
         wait_for(Duration::from_secs(15), || first
             .log_text()
@@ -646,23 +620,8 @@ async fn a_second_daemon_on_the_same_state_is_refused() {
 async fn edited_metadata_raises_stale_once_per_version() {
     let sim = start_sim(&scenario(&asset("60", "61", None, ""), "")).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    let watches = watch("60", "61", None).replace(
-        "index_id = \"61\"\n",
-        "index_id = \"61\"\ngeneration = \"asset\"\n",
-    );
-    std::fs::write(
-        &cfg,
-        config(
-            &sim.url,
-            dir.path(),
-            free_port(),
-            &dir.path().join("r.jsonl"),
-            &watches,
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start(&cfg, dir.path(), &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    let watches = watch("60", "61", None, "asset");
+    let (_, d) = start_daemon(&sim.url, dir.path(), &watches);
     assert!(
         wait_for(Duration::from_secs(30), || count(
             &events_of(dir.path()),
@@ -710,23 +669,8 @@ async fn an_operator_resets_an_ended_watch_and_the_running_daemon_polls_it_again
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    let watches = watch("80", "81", None).replace(
-        "index_id = \"81\"\n",
-        "index_id = \"81\"\ngeneration = \"asset\"\n",
-    );
-    std::fs::write(
-        &cfg,
-        config(
-            &sim.url,
-            dir.path(),
-            free_port(),
-            &dir.path().join("r.jsonl"),
-            &watches,
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start(&cfg, dir.path(), &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    let watches = watch("80", "81", None, "asset");
+    let (cfg, d) = start_daemon(&sim.url, dir.path(), &watches);
     assert!(
         wait_for(Duration::from_secs(30), || count(
             &events_of(dir.path()),
