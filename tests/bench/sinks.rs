@@ -46,6 +46,7 @@ const SINKS: &[(&str, Setup)] = &[
     ("file", file),
     ("jsonl", jsonl),
     ("postgres", postgres),
+    ("webhook", webhook),
     ("s3", s3),
     ("nats", nats),
 ];
@@ -105,6 +106,79 @@ fn postgres(_: &Path) -> Prepared {
                     .await;
             }
         })),
+    }
+}
+
+/// `webhook`: a POST to a minimal receiver on loopback, in a thread of the child, that reads the
+/// body in 64 KiB pieces and drops it (so the receiver adds no memory of its own) and answers
+/// 204. What is measured is the sink: the envelope, the signature over it, and the upload.
+fn webhook(_: &Path) -> Prepared {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => return Prepared::Skip(format!("cannot bind a receiver: {e}")),
+    };
+    let Ok(addr) = listener.local_addr() else {
+        return Prepared::Skip("no receiver address".into());
+    };
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let Ok(write) = stream.try_clone() else {
+                continue;
+            };
+            let mut write = write;
+            let mut reader = BufReader::new(stream);
+            // Requests on one keep-alive connection, one after the other.
+            loop {
+                let mut length = 0usize;
+                let mut line = String::new();
+                let mut saw_request = false;
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    saw_request = true;
+                    let l = line.trim_end();
+                    if l.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                if !saw_request {
+                    break;
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                while length > 0 {
+                    let n = buf.len().min(length);
+                    if reader.read_exact(&mut buf[..n]).is_err() {
+                        return;
+                    }
+                    length -= n;
+                }
+                if write
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    });
+    let config = scenewatch::config::WebhookSinkConfig {
+        name: "webhook".into(),
+        url: format!("http://{addr}/hook"),
+        secret: "bench-webhook-secret".to_string().into(),
+        timeout: Duration::from_secs(60),
+    };
+    match scenewatch::sink::webhook::WebhookSink::new(&config) {
+        Ok(s) => Prepared::Ready {
+            sink: Arc::new(s),
+            cleanup: None,
+        },
+        Err(e) => Prepared::Skip(e.to_string()),
     }
 }
 
