@@ -723,15 +723,21 @@ impl Store {
             .and_then(|mut st| st.execute(params![version_id, sink, location, ms(now_ms)]))
             .map_err(&w)?;
         self.insert_events(events)?;
-        let (total, open): (i64, i64) = self
+        // Only the sinks configured now count: rows of a sink that was removed from the
+        // configuration stay (nothing is dropped) but no longer hold the watch in `completed`.
+        let rows: Vec<(String, String)> = self
             .conn
-            .prepare_cached(
-                "SELECT count(*), coalesce(sum(state <> 'done'), 0) FROM deliveries
-                 WHERE version_id = ?1",
-            )
-            .and_then(|mut st| st.query_row([version_id], |r| Ok((r.get(0)?, r.get(1)?))))
+            .prepare_cached("SELECT sink, state FROM deliveries WHERE version_id = ?1")
+            .and_then(|mut st| {
+                st.query_map([version_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
             .map_err(&w)?;
-        let complete = total > 0 && open == 0;
+        let current: Vec<&(String, String)> = rows
+            .iter()
+            .filter(|(s, _)| self.sinks.iter().any(|c| c == s))
+            .collect();
+        let complete = !current.is_empty() && current.iter().all(|(_, state)| state == "done");
         if complete {
             self.conn
                 .prepare_cached(

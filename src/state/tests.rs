@@ -1025,3 +1025,34 @@ mod round_trip {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_sink_removed_from_the_configuration_no_longer_holds_watches_in_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let step = completed_step("i1", "v1", vec![]);
+    let vid = step.new_version.as_ref().unwrap().version_id.clone();
+    ledger.commit_step(step).await.unwrap();
+    ledger.close().await.unwrap();
+    // Restarted with only the first sink: "hook" was removed from the configuration.
+    let kept = sinks()[0].clone();
+    let ledger = Ledger::open(dir.path(), vec![kept.clone()], event_sinks())
+        .await
+        .unwrap();
+    let done = ledger
+        .delivery_succeeded(&vid, &kept, "/out/i1.json", vec![], 2_000)
+        .await
+        .unwrap();
+    assert!(done, "the removed sink's row does not count");
+    assert_eq!(ledger.status().await.unwrap()[0].phase, Phase::Watching);
+    // Its row is still there, pending, for an operator who puts the sink back.
+    assert_eq!(
+        count(
+            &ledger,
+            "SELECT count(*) FROM deliveries WHERE state = 'pending'"
+        )
+        .await,
+        1
+    );
+}
