@@ -137,6 +137,24 @@ async fn clean_run_delivers_to_every_sink_and_emits_each_event_once() {
     let log = stop(d).await;
     assert!(done, "not everything was delivered:\n{log}");
     assert!(!log.contains(SECRET), "the secret key leaked into the logs");
+    // Nor into the state files, the event stream or the results.
+    for name in [
+        "state/scenewatch.db",
+        "state/scenewatch.db-wal",
+        "events.jsonl",
+        "results.jsonl",
+    ] {
+        // The WAL may be checkpointed away at a clean stop; the others must exist.
+        let bytes = match std::fs::read(dir.path().join(name)) {
+            Ok(b) => b,
+            Err(_) if name.ends_with("-wal") => Vec::new(),
+            Err(e) => panic!("{name}: {e}"),
+        };
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "the secret key is in {name}"
+        );
+    }
 
     let events = events_of(dir.path());
     let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
