@@ -150,7 +150,19 @@ fn sign_prints_the_documented_vector_and_never_the_secret() {
 
 #[test]
 fn help_explains_each_verb_with_an_example() {
-    for verb in ["once", "check", "simulate", "demo", "sign"] {
+    for verb in [
+        "run",
+        "status",
+        "reset",
+        "health",
+        "once",
+        "check",
+        "simulate",
+        "demo",
+        "sign",
+        "completions",
+        "man",
+    ] {
         let out = scenewatch().args([verb, "--help"]).output().unwrap();
         let all = text(&out);
         assert_eq!(out.status.code(), Some(0), "{verb}: {all}");
@@ -193,4 +205,32 @@ async fn demo_writes_results_and_says_where() {
         serde_json::from_slice(&std::fs::read(results.join("demo/100/2005/3005.json")).unwrap())
             .unwrap();
     assert_eq!(long["sceneCount"], 1500);
+}
+
+#[test]
+fn version_names_the_commit_and_completions_and_man_page_are_generated() {
+    let out = scenewatch().arg("--version").output().unwrap();
+    let v = text(&out);
+    assert!(
+        v.starts_with("scenewatch ") && v.contains("(commit "),
+        "{v}"
+    );
+    let out = scenewatch().args(["completions", "bash"]).output().unwrap();
+    let bash = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        bash.contains("complete") && bash.contains("reset"),
+        "{bash}"
+    );
+    let out = scenewatch().arg("man").output().unwrap();
+    let man = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH scenewatch"),
+        "{}",
+        &man[..man.len().min(300)]
+    );
+    for verb in ["run", "once", "check", "status", "reset"] {
+        assert!(man.contains(verb), "man page lacks {verb}");
+    }
 }
