@@ -147,6 +147,18 @@ enum Command {
         /// Watch keys: workspace/project_id/asset_id/index_id.
         watches: Vec<String>,
     },
+    /// Retry deliveries (and events) that a receiver refused and that were parked.
+    ///
+    /// Fix the receiver first. Works while the daemon runs: its sinks pick the rows up within
+    /// seconds. Example: scenewatch retry-parked --config /etc/scenewatch/scenewatch.toml --sink webhook
+    RetryParked {
+        /// Configuration file (only state_dir is read from it).
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Only this sink (by its configured name).
+        #[arg(long)]
+        sink: Option<String>,
+    },
     /// Probe a running daemon's readiness endpoint: exit 0 when ready, 1 otherwise.
     ///
     /// For container HEALTHCHECKs without curl. Prints the daemon's reasons when not ready.
@@ -242,6 +254,7 @@ async fn run(cli: Cli) -> u8 {
             all_ended,
             watches,
         } => reset(&config, all_ended, &watches).await,
+        Command::RetryParked { config, sink } => retry_parked(&config, sink).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "scenewatch", &mut std::io::stdout());
@@ -386,6 +399,48 @@ async fn forward_reloads(commands: tokio::sync::mpsc::Sender<scenewatch::daemon:
     drop(commands);
 }
 
+/// Opens the ledger of the configuration at `path` for an operator command (no daemon needed;
+/// safe while one runs: SQLite serialises the writes).
+async fn operator_ledger(path: &std::path::Path) -> Result<scenewatch::state::Ledger, u8> {
+    let state_dir = match config::load_raw(&Sources::file_and_process_env(path)) {
+        Ok((raw, _)) => PathBuf::from(raw.state_dir),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(exit::CONFIG);
+        }
+    };
+    // The sink lists only matter for new versions, which operator commands do not create.
+    scenewatch::state::Ledger::open(&state_dir, Vec::new(), Vec::new())
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::ERROR
+        })
+}
+
+async fn retry_parked(path: &std::path::Path, sink: Option<String>) -> u8 {
+    let ledger = match operator_ledger(path).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let now = scenewatch::schedule::Clock::new().now_ms();
+    let result = ledger.unpark(sink.clone(), now).await;
+    let _ = ledger.close().await;
+    match result {
+        Ok(n) => {
+            println!(
+                "{n} parked deliveries and events{} are due again; a running daemon sends them within seconds.",
+                sink.map(|s| format!(" of sink `{s}`")).unwrap_or_default()
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::ERROR
+        }
+    }
+}
+
 async fn reset(path: &std::path::Path, all_ended: bool, watches: &[String]) -> u8 {
     if watches.is_empty() != all_ended {
         eprintln!(
@@ -408,20 +463,9 @@ async fn reset(path: &std::path::Path, all_ended: bool, watches: &[String]) -> u
             index_id: parts[3].into(),
         });
     }
-    let state_dir = match config::load_raw(&Sources::file_and_process_env(path)) {
-        Ok((raw, _)) => PathBuf::from(raw.state_dir),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::CONFIG;
-        }
-    };
-    // The sink lists only matter for new versions, which a reset does not create.
-    let ledger = match scenewatch::state::Ledger::open(&state_dir, Vec::new(), Vec::new()).await {
+    let ledger = match operator_ledger(path).await {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::ERROR;
-        }
+        Err(code) => return code,
     };
     let now = scenewatch::schedule::Clock::new().now_ms();
     let result = ledger.reset_watches(keys.clone(), now).await;

@@ -346,6 +346,13 @@ impl Ledger {
             .await
     }
 
+    /// Makes parked deliveries and events due again, for every sink or one; returns how many.
+    /// A running daemon's drainers pick them up within seconds.
+    pub async fn unpark(&self, sink: Option<String>, now_ms: u64) -> Result<u64, StateError> {
+        self.run(true, move |s| s.unpark(sink.as_deref(), now_ms))
+            .await
+    }
+
     /// In one transaction: the watch row, the version row and one delivery row per result sink
     /// (if `new_version`), and the events (INSERT OR IGNORE by id; only new ones are queued).
     pub async fn commit_step(&self, commit: StepCommit) -> Result<(), StateError> {

@@ -529,6 +529,26 @@ impl Store {
         Ok(reset)
     }
 
+    /// Makes parked deliveries and events due again (an operator fixed the receiver); `sink`
+    /// limits it to one sink. Returns how many rows were unparked.
+    pub(crate) fn unpark(&mut self, sink: Option<&str>, now_ms: u64) -> Result<u64, StateError> {
+        let w = self.err("write");
+        let mut n = 0;
+        for table in ["deliveries", "event_deliveries"] {
+            n += self
+                .conn
+                .execute(
+                    &format!(
+                        "UPDATE {table} SET state = 'pending', next_attempt_at_ms = ?1
+                         WHERE state = 'parked' AND (?2 IS NULL OR sink = ?2)"
+                    ),
+                    params![ms(now_ms), sink],
+                )
+                .map_err(&w)? as u64;
+        }
+        Ok(n)
+    }
+
     pub(crate) fn commit_step(&mut self, c: &StepCommit) -> Result<(), StateError> {
         let w = self.err("write");
         let r = &c.record;

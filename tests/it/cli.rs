@@ -154,6 +154,7 @@ fn help_explains_each_verb_with_an_example() {
         "run",
         "status",
         "reset",
+        "retry-parked",
         "health",
         "once",
         "check",
