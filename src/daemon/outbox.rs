@@ -241,6 +241,19 @@ async fn record_failure(
 }
 
 async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Result<(), SinkError> {
+    if row.result_json.is_empty() {
+        // Released once every sink configured at the time had it (see state::store); this row
+        // belongs to a sink that was removed then and has been added back since.
+        return Err(SinkError {
+            kind: "outbox",
+            name: sink.name().to_string(),
+            message: format!(
+                "version {} was released from the ledger after every configured sink had it; it cannot be delivered to this sink any more",
+                row.version_id
+            ),
+            disposition: Disposition::Park,
+        });
+    }
     let result = SummaryResult::from_result_json(&row.result_json).map_err(|e| SinkError {
         kind: "outbox",
         name: sink.name().to_string(),

@@ -759,6 +759,14 @@ impl Store {
             .collect();
         let complete = !current.is_empty() && current.iter().all(|(_, state)| state == "done");
         if complete {
+            // Every configured sink has it: the stored result (megabytes for long videos) is
+            // no longer needed, and keeping it would grow the ledger by every version forever.
+            self.conn
+                .prepare_cached(
+                    "UPDATE versions SET result_json = '' WHERE version_id = ?1 AND result_json <> ''",
+                )
+                .and_then(|mut st| st.execute([version_id]))
+                .map_err(&w)?;
             self.conn
                 .prepare_cached(
                     "UPDATE watches SET phase = 'watching'

@@ -1045,6 +1045,15 @@ async fn a_sink_removed_from_the_configuration_no_longer_holds_watches_in_comple
         .await
         .unwrap();
     assert!(done, "the removed sink's row does not count");
+    // Fully delivered: the stored result is released, the version row stays.
+    assert_eq!(
+        count(
+            &ledger,
+            "SELECT count(*) FROM versions WHERE result_json = ''"
+        )
+        .await,
+        1
+    );
     assert_eq!(ledger.status().await.unwrap()[0].phase, Phase::Watching);
     // Its row is still there, pending, for an operator who puts the sink back.
     assert_eq!(
