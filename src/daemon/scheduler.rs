@@ -68,6 +68,8 @@ pub struct Scheduler {
     paused_until: Option<u64>,
     pause_level: u32,
     probing: bool,
+    /// Watches put off until the end of the pause; polled again as soon as it ends.
+    paused_watches: Vec<WatchKey>,
 }
 
 /// What a poll task reports back.
@@ -118,6 +120,7 @@ impl Scheduler {
             paused_until: None,
             pause_level: 0,
             probing: false,
+            paused_watches: Vec::new(),
             config,
         };
         s.add_watches(records);
@@ -286,9 +289,13 @@ impl Scheduler {
         let now = self.clock.now_ms();
         if o.auth_refused {
             let first = self.paused_until.is_none();
+            // The pause grows with each failed probe, not with each of the polls that were
+            // already in flight when the credentials stopped working.
             let pause = poll_delay(PAUSE_INITIAL, PAUSE_MAX, self.pause_level);
-            self.pause_level = self.pause_level.saturating_add(1);
-            self.paused_until = Some(now + pause.as_millis() as u64);
+            if first || self.probing {
+                self.pause_level = self.pause_level.saturating_add(1);
+                self.paused_until = Some(now + pause.as_millis() as u64);
+            }
             self.probing = false;
             self.health.auth_paused.store(true, Ordering::Relaxed);
             if first {
@@ -319,16 +326,30 @@ impl Scheduler {
                 entry.record.next_poll_at_ms
             }
         };
+        if o.auth_refused {
+            self.paused_watches.push(o.key.clone());
+        }
         if let Some(due) = due {
             self.schedule(&o.key, due);
         }
     }
 
+    /// Ends the auth pause: the watches it put off are polled again now (spread over the
+    /// initial interval), not at the end of the pause they were scheduled for.
     fn unpause(&mut self) {
         self.paused_until = None;
         self.pause_level = 0;
         self.probing = false;
         self.health.auth_paused.store(false, Ordering::Relaxed);
+        let now = self.clock.now_ms();
+        for key in std::mem::take(&mut self.paused_watches) {
+            let in_flight = self.entries.get(&key).is_none_or(|e| e.in_flight);
+            if !in_flight {
+                let spread =
+                    first_poll_offset(&key, self.config.poll.initial_interval).as_millis() as u64;
+                self.schedule(&key, now + spread);
+            }
+        }
     }
 
     fn refresh_phases(&self) {

@@ -728,3 +728,61 @@ async fn an_operator_resets_an_ended_watch_and_the_running_daemon_polls_it_again
     assert!(log.contains("Watch reset by an operator"), "{log}");
     assert_eq!(count(&events_of(dir.path()), ".failed"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_pause_everything_until_a_reload_brings_the_right_key() {
+    let assets: String = (0..5)
+        .map(|i| asset(&format!("9{i}"), &format!("9{i}"), None, ""))
+        .collect();
+    let sim = start_sim(&scenario(&assets, "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("ncp-secret-key");
+    std::fs::write(&key_file, "an-old-revoked-key").unwrap();
+    let watches: String = (0..5)
+        .map(|i| watch(&format!("9{i}"), &format!("9{i}"), None, "asset"))
+        .collect();
+    let cfg = dir.path().join("c.toml");
+    let text = config(
+        &sim.url,
+        dir.path(),
+        free_port(),
+        &dir.path().join("r.jsonl"),
+        &watches,
+    )
+    .replace(
+        "access_key = \"AK\"",
+        &format!(
+            "access_key = \"AK\"\nsecret_key_file = \"{}\"",
+            key_file.display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start(&cfg, dir.path(), &[]);
+    assert!(
+        wait_for(Duration::from_secs(20), || d
+            .log_text()
+            .contains("The API refused the credentials"))
+        .await,
+        "{}",
+        d.log_text()
+    );
+    // Rotate the key and reload: polling resumes at once, everything is delivered.
+    std::fs::write(&key_file, SECRET).unwrap();
+    d.signal("HUP");
+    let delivered = wait_for(Duration::from_secs(30), || {
+        count(&events_of(dir.path()), ".delivered") >= 10
+    })
+    .await;
+    let log = stop(d).await;
+    assert!(delivered, "{log}");
+    assert_eq!(
+        log.matches("The API refused the credentials").count(),
+        1,
+        "one error for five watches:\n{log}"
+    );
+    assert!(log.contains("polling resumes"), "{log}");
+    assert!(
+        !log.contains(SECRET) && !log.contains("an-old-revoked-key"),
+        "a key leaked into the log"
+    );
+}
