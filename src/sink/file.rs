@@ -68,9 +68,7 @@ impl Sink for FileSink {
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
-            let body = d
-                .envelope_json()
-                .map_err(|e| self.error(format!("cannot encode version {}: {e}", d.version_id)))?;
+            let body = d.body("file", &self.config.name, false)?;
             let latest = self.latest_path(d);
             let version = self.config.keep_versions.then(|| self.version_path(d));
             let written = tokio::task::spawn_blocking(move || {

@@ -277,12 +277,7 @@ impl Sink for JsonlSink {
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
-            let line = d.envelope_json_compact().map_err(|e| {
-                self.error(
-                    format!("cannot encode version {}: {e}", d.version_id),
-                    Disposition::Park,
-                )
-            })?;
+            let line = d.body("jsonl", &self.name, true)?;
             self.append(vec![line]).await?;
             Ok(Receipt {
                 location: self.writer.path().display().to_string(),

@@ -140,6 +140,28 @@ impl Delivery {
         })
     }
 
+    /// The envelope to write (compact on one line, or pretty), or the error a sink reports when
+    /// it cannot be encoded. Encoding the same version fails the same way every time, so the
+    /// delivery is parked, never retried.
+    pub fn body(
+        &self,
+        sink_kind: &'static str,
+        sink_name: &str,
+        compact: bool,
+    ) -> Result<Vec<u8>, SinkError> {
+        let encoded = if compact {
+            self.envelope_json_compact()
+        } else {
+            self.envelope_json()
+        };
+        encoded.map_err(|e| SinkError {
+            kind: sink_kind,
+            name: sink_name.to_string(),
+            message: format!("cannot encode version {}: {e}", self.version_id),
+            disposition: Disposition::Park,
+        })
+    }
+
     /// The JSON document sinks write: an envelope around the API's `result`, unchanged.
     pub fn envelope_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut out = serde_json::to_vec_pretty(&self.envelope(&self.result.raw))?;

@@ -233,12 +233,7 @@ impl Sink for S3Sink {
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
-            let body = d.envelope_json_compact().map_err(|e| {
-                self.error(
-                    format!("cannot encode version {}: {e}", d.version_id),
-                    Disposition::Park,
-                )
-            })?;
+            let body = d.body("s3", &self.name, true)?;
             // One buffer shared by both PUTs (the payload is reference-counted).
             let payload = PutPayload::from(body);
             let version = self.version_key(d);

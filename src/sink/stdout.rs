@@ -58,11 +58,6 @@ pub fn render_lines<W: Write>(out: &mut W, lines: &[Vec<u8>]) -> std::io::Result
     out.flush()
 }
 
-/// The line of a result version: its compact envelope.
-pub fn result_line(d: &Delivery) -> Result<Vec<u8>, serde_json::Error> {
-    d.envelope_json_compact()
-}
-
 /// The line of an event: its compact CloudEvent.
 pub fn event_line(e: &Event) -> Vec<u8> {
     e.to_cloudevent_bytes()
@@ -75,11 +70,7 @@ impl Sink for StdoutSink {
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
-            let line = result_line(d).map_err(|e| SinkError {
-                // Encoding cannot get better by retrying.
-                disposition: Disposition::Park,
-                ..self.error(format!("cannot encode version {}: {e}", d.version_id))
-            })?;
+            let line = d.body("stdout", &self.name, true)?;
             self.write_lines(vec![line]).await?;
             Ok(Receipt {
                 location: "stdout".into(),
@@ -148,7 +139,7 @@ mod tests {
         // A pretty-printed API answer, with whitespace and an escaped newline inside a string.
         let raw = "{\n  \"text\": \"a  b\\nc\",\n  \"n\": 1.50\n}";
         let d = test_delivery(raw);
-        let line = result_line(&d).unwrap();
+        let line = d.envelope_json_compact().unwrap();
         assert!(!line.contains(&b'\n'));
         let text = String::from_utf8(line.clone()).unwrap();
         // Number formatting and string contents are byte for byte the API's.
@@ -210,7 +201,7 @@ mod tests {
             let value =
                 serde_json::json!({"text": text, "list": [n, {"again": text}], "empty": {}});
             let raw = serde_json::to_string_pretty(&value).unwrap();
-            let line = result_line(&test_delivery(&raw)).unwrap();
+            let line = test_delivery(&raw).envelope_json_compact().unwrap();
             proptest::prop_assert!(!line.contains(&b'\n'));
             let back: Value = serde_json::from_slice(&line).unwrap();
             proptest::prop_assert_eq!(&back["result"], &value);

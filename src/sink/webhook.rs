@@ -219,12 +219,7 @@ impl Sink for WebhookSink {
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
-            let body = d.envelope_json_compact().map_err(|e| {
-                self.error(
-                    format!("cannot encode version {}: {e}", d.version_id),
-                    Disposition::Park,
-                )
-            })?;
+            let body = d.body("webhook", &self.name, true)?;
             self.post(&d.version_id, "application/json", body).await?;
             Ok(Receipt {
                 location: self.shown_url.clone(),
