@@ -148,13 +148,18 @@ pub async fn run(
         .iter()
         .map(|_| Arc::new(Notify::new()))
         .collect();
-    let event_wake = Arc::new(Notify::new());
+    // One wake per event sink: a shared `Notify` would wake only one of them.
+    let event_wakes: Arc<[Arc<Notify>]> = event_sinks
+        .iter()
+        .map(|_| Arc::new(Notify::new()))
+        .collect();
     let outbox = outbox::Outbox {
         ledger: ledger.clone(),
         clock,
         health: health.clone(),
         stop: stop_work.clone(),
         healthcheck_every: config.sink_healthcheck_interval,
+        events_wake: event_wakes.clone(),
     };
     for (s, wake) in result_sinks.iter().zip(&result_wakes) {
         tracker.spawn(outbox::drain_results(
@@ -163,11 +168,11 @@ pub async fn run(
             wake.clone(),
         ));
     }
-    for s in &event_sinks {
+    for (s, wake) in event_sinks.iter().zip(event_wakes.iter()) {
         tracker.spawn(outbox::drain_events(
             outbox.clone(),
             s.clone(),
-            event_wake.clone(),
+            wake.clone(),
         ));
     }
 
@@ -186,7 +191,7 @@ pub async fn run(
         health.clone(),
         scheduler::Wakes {
             results: result_wakes,
-            events: event_wake,
+            events: event_wakes,
         },
         records,
     )?;

@@ -34,6 +34,19 @@ pub struct Outbox {
     pub stop: CancellationToken,
     /// `sink_healthcheck_interval`.
     pub healthcheck_every: Duration,
+    /// Wakes the event drainers: events recorded here (`sink.*`, `summary.delivered`) are sent
+    /// at once, not at the next idle recheck.
+    pub events_wake: Arc<[Arc<Notify>]>,
+}
+
+impl Outbox {
+    /// Tells every event drainer that new events are due (a stored permit, so a drainer that is
+    /// between its fetch and its wait does not miss it).
+    fn wake_events(&self) {
+        for w in self.events_wake.iter() {
+            w.notify_one();
+        }
+    }
 }
 
 /// Tracks one sink's failing episodes and emits the event pair.
@@ -46,6 +59,8 @@ struct Episodes {
     /// healthcheck cannot see every way a delivery fails (a webhook's 500), and letting it end
     /// the episode would make the event pair flap.
     from_healthcheck: bool,
+    /// Shutdown began and the drainer is on its last batch.
+    finishing: bool,
 }
 
 impl Episodes {
@@ -57,6 +72,7 @@ impl Episodes {
             health,
             consecutive_failures: 0,
             from_healthcheck: false,
+            finishing: false,
         }
     }
 
@@ -94,8 +110,9 @@ impl Episodes {
         }
     }
 
+    /// Persists the episode and its event first, then shows it in readiness: once `/readyz`
+    /// says a sink is failing or back, the event saying so is in the ledger.
     async fn record(&self, o: &Outbox, ev: Event) {
-        o.health.set_sink_failing(&self.name, self.health.failing);
         if let Err(e) = o.ledger.set_sink_health(&self.name, self.health).await {
             error!(sink = %self.name, error = %e, "Cannot record the sink's health in the ledger.");
         }
@@ -103,11 +120,13 @@ impl Episodes {
             Ok(()) => {
                 ev.log();
                 o.health.metrics.event(ev.kind.as_str());
+                o.wake_events();
             }
             Err(e) => {
                 error!(sink = %self.name, error = %e, "Cannot record a sink event in the ledger.")
             }
         }
+        o.health.set_sink_failing(&self.name, self.health.failing);
     }
 }
 
@@ -130,7 +149,18 @@ where
     let mut last_check = tokio::time::Instant::now();
     loop {
         if o.stop.is_cancelled() {
-            return None;
+            // Shutdown: the daemon stops the drainers only after the last polls committed, so
+            // one last batch of what is due now leaves with the process (its events and
+            // deliveries), inside the shutdown deadline. A failure ends it: the rest waits in
+            // the ledger for the next start.
+            if episodes.finishing {
+                return None;
+            }
+            episodes.finishing = true;
+            return match fetch().await {
+                Ok(rows) if !rows.is_empty() => Some(rows),
+                _ => None,
+            };
         }
         match fetch().await {
             Ok(rows) if !rows.is_empty() => return Some(rows),
@@ -177,8 +207,8 @@ pub async fn drain_results(o: Outbox, sink: Arc<dyn Sink>, wake: Arc<Notify>) {
     while let Some(due) = next_due(&o, &wake, &name, "delivery", fetch, &mut episodes, check).await
     {
         for row in due {
-            if o.stop.is_cancelled() {
-                return;
+            if o.stop.is_cancelled() && !episodes.finishing {
+                break; // the final batch follows
             }
             match deliver_one(&o, sink.as_ref(), &row).await {
                 Ok(()) => episodes.succeeded(&o).await,
@@ -297,6 +327,7 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
         Ok(_) => {
             ev.log();
             o.health.metrics.event(ev.kind.as_str());
+            o.wake_events();
             Ok(())
         }
         Err(e) => {

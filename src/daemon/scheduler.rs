@@ -34,8 +34,8 @@ pub enum Command {
 pub struct Wakes {
     /// One per result sink.
     pub results: Vec<Arc<Notify>>,
-    /// The event sinks.
-    pub events: Arc<Notify>,
+    /// One per event sink.
+    pub events: Arc<[Arc<Notify>]>,
 }
 
 struct Entry {
@@ -694,7 +694,9 @@ async fn commit(
                 }
             }
             if !logged.is_empty() {
-                ctx.wakes.events.notify_one();
+                for w in ctx.wakes.events.iter() {
+                    w.notify_one();
+                }
             }
             Outcome {
                 key,
