@@ -336,8 +336,8 @@ async fn request(
         Call::Result => Answered::Result(shared.client.result(generation, target).await),
     };
     let good = match &answered {
-        Answered::Status(v) => matches!(v, Verdict::Ok(_) | Verdict::Pending(_)),
-        Answered::Result(v) => matches!(v, Verdict::Ok(_) | Verdict::Pending(_)),
+        Answered::Status(v) => v.is_good_answer(),
+        Answered::Result(v) => v.is_good_answer(),
     };
     if good {
         shared.budget.succeeded();

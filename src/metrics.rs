@@ -34,6 +34,30 @@ pub struct Metrics {
     events: Family<Labels, Counter>,
     events_sent: Family<Labels, Counter>,
     ledger_commit: Histogram,
+    unrecognised: Family<Labels, Counter>,
+    /// Codes admitted as label values so far (at most [`MAX_CODE_LABELS`]).
+    unrecognised_codes: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Distinct API codes that get a label value of their own in
+/// `scenewatch_unrecognised_answers_total`; later ones count as `other`. A hostile or broken
+/// server must not be able to grow the number of series without bound.
+const MAX_CODE_LABELS: usize = 32;
+
+/// A code as a label value: short, plain characters only (it came from the network).
+fn code_label(code: Option<&str>) -> String {
+    match code {
+        None => "none".into(),
+        Some(c)
+            if !c.is_empty()
+                && c.len() <= 40
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) =>
+        {
+            c.to_string()
+        }
+        Some(_) => "invalid".into(),
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -60,7 +84,7 @@ impl Metrics {
         let polls = Family::<Labels, Counter>::default();
         registry.register(
             "polls",
-            "API answers by operation (status, result) and outcome (ok, pending, retryable, throttled, auth_failure, permanent)",
+            "API answers by operation (status, result) and outcome (ok, pending, not_ready, retryable, throttled, auth_failure, permanent)",
             polls.clone(),
         );
         let poll_latency = Family::<Labels, Histogram>::new_with_constructor(
@@ -150,6 +174,12 @@ impl Metrics {
             "Time to commit one poll step to the state database",
             ledger_commit.clone(),
         );
+        let unrecognised = Family::<Labels, Counter>::default();
+        registry.register(
+            "unrecognised_answers",
+            "Answers the client could not place and took as \"not ready\" (a result-call service error whose code is not in api.pending_codes), by call and code (at most 32 codes, then \"other\")",
+            unrecognised.clone(),
+        );
         Self {
             registry,
             polls,
@@ -168,6 +198,8 @@ impl Metrics {
             events,
             events_sent,
             ledger_commit,
+            unrecognised,
+            unrecognised_codes: std::sync::Mutex::default(),
         }
     }
 
@@ -272,6 +304,26 @@ impl Metrics {
             .inc();
     }
 
+    /// An answer taken as "not ready" although its code is not a known one.
+    pub fn unrecognised(&self, operation: &'static str, code: Option<&str>) {
+        let label = code_label(code);
+        let label = {
+            let mut seen = self
+                .unrecognised_codes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if seen.contains(&label) || seen.len() < MAX_CODE_LABELS {
+                seen.insert(label.clone());
+                label
+            } else {
+                "other".into()
+            }
+        };
+        self.unrecognised
+            .get_or_create(&vec![("call", operation.into()), ("code", label)])
+            .inc();
+    }
+
     /// One ledger commit.
     pub fn ledger_commit(&self, took: Duration) {
         self.ledger_commit.observe(took.as_secs_f64());
@@ -283,6 +335,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn code_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..100 {
+            m.unrecognised("result", Some(&format!("c{i}")));
+        }
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("scenewatch_unrecognised_answers_total{"))
+            .count();
+        assert_eq!(series, MAX_CODE_LABELS + 1, "{text}");
+        assert!(text.contains("code=\"other\"} 68"), "{text}");
+    }
+
+    #[test]
     fn renders_openmetrics_with_bounded_labels() {
         let m = Metrics::new();
         m.poll("status", "ok", Duration::from_millis(12));
@@ -291,6 +358,8 @@ mod tests {
         m.delivery("file", "ok", Some(Duration::from_millis(2)));
         m.set_backlog("file", 4, 1);
         m.event("com.scenewatch.summary.completed");
+        m.unrecognised("result", Some("10042"));
+        m.unrecognised("result", Some("<script>"));
         let text = m.render();
         assert!(text.ends_with("# EOF\n"), "{text}");
         for needle in [
@@ -301,6 +370,8 @@ mod tests {
             "scenewatch_sink_backlog{sink=\"file\"} 4",
             "scenewatch_events_total{type=\"com.scenewatch.summary.completed\"} 1",
             "# TYPE scenewatch_poll_duration_seconds histogram",
+            "scenewatch_unrecognised_answers_total{call=\"result\",code=\"10042\"} 1",
+            "scenewatch_unrecognised_answers_total{call=\"result\",code=\"invalid\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle}:\n{text}");
         }

@@ -249,8 +249,15 @@ pub fn step(state: &WatchState, now: Duration, limits: Limits, answer: Answer<'_
                 reset_backoff: false,
             },
         },
-        // "Not completed yet" from the result endpoint: still waiting.
-        Answer::Result(Verdict::Pending(_)) | Answer::Status(Verdict::Pending(_)) => {
+        // "Not completed yet" from the result endpoint, in a known code or not: still waiting.
+        // After a delivery it means a re-analysis is running: wait for it like a first run,
+        // under a new deadline, as the status endpoint's WAIT/SUMMARIZING would.
+        Answer::Result(Verdict::Pending(_) | Verdict::NotReady(_))
+        | Answer::Status(Verdict::Pending(_) | Verdict::NotReady(_)) => {
+            if next.phase == Phase::Watching {
+                next.phase = Phase::Waiting;
+                next.started_at = Some(now);
+            }
             Action::PollAgain {
                 reset_backoff: false,
             }
@@ -314,7 +321,7 @@ fn on_status(
 /// The error of a failed verdict and the action it calls for; `None` for `Ok` and `Pending`.
 fn failure_of<T>(v: &Verdict<T>) -> Option<(&crate::ncp::ApiError, Action)> {
     match v {
-        Verdict::Ok(_) | Verdict::Pending(_) => None,
+        Verdict::Ok(_) | Verdict::Pending(_) | Verdict::NotReady(_) => None,
         Verdict::Retryable { after, error } => Some((error, Action::Retry { after: *after })),
         Verdict::Throttled { retry_after, error } => Some((
             error,

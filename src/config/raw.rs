@@ -76,7 +76,8 @@ pub struct RawApi {
     pub requests_per_second: f64,
     /// Requests that may go out at once after a quiet period.
     pub burst: u32,
-    /// Service error codes from the result endpoint that mean "not completed yet".
+    /// Service error codes from the result endpoint known to mean "not completed yet" (others are
+    /// taken as that too, with one warning per code).
     pub pending_codes: Vec<String>,
 }
 
@@ -93,7 +94,7 @@ impl Default for RawApi {
             max_body_bytes: 32 * 1024 * 1024,
             requests_per_second: 10.0,
             burst: 20,
-            pending_codes: vec!["10100".into()],
+            pending_codes: Vec::new(),
         }
     }
 }

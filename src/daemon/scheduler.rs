@@ -478,8 +478,13 @@ async fn call<T>(
     ctx.health
         .metrics
         .poll(operation, v.kind(), started.elapsed());
-    if matches!(v, Verdict::Ok(_) | Verdict::Pending(_)) {
+    if v.is_good_answer() {
         ctx.budget.succeeded();
+    }
+    if let Verdict::NotReady(e) = &v {
+        ctx.health
+            .metrics
+            .unrecognised(operation, e.code.as_deref());
     }
     v
 }

@@ -8,7 +8,8 @@
 //! | 2xx with an empty body, for request and cancel | `Ok` (a 204-style acknowledgement) |
 //! | 429, or gateway errorCode 400 / 410 / 420 whatever the status | `Throttled` (+ `Retry-After`) |
 //! | 401, or gateway errorCode 200 / 210 | `AuthFailure` |
-//! | result call, 4xx service error with a code in `pending_codes` | `Pending` |
+//! | result call, 4xx (not 401/403/413/429) or 2xx error body from the service, code in `pending_codes` | `Pending` |
+//! | the same with any other code (NAVER documents none) | `NotReady` |
 //! | 5xx, 408, gateway errorCode 500 / 510 / 900, or a broken JSON error body | `Retryable` (+ `Retry-After`) |
 //! | any other status (4xx, 3xx: redirects are not followed, the signature covers the path) | `Permanent` |
 
@@ -97,8 +98,19 @@ pub(crate) fn classify<'a>(
         trace_id: answer.trace_id,
     };
     let status = answer.http_status;
-    let is_pending = |code: Option<&str>| {
-        op == Operation::Result && code.is_some_and(|c| pending_codes.iter().any(|p| p == c))
+    // The result call before completion "returns an error", code undocumented (API doc §2):
+    // a code in `pending_codes` is known to mean that; any other service code on the result
+    // call most likely means it too, and must not end a watch (see `not_ready`).
+    let not_ready = |error: ApiError| -> Verdict<Success<'a>> {
+        let known = error
+            .code
+            .as_deref()
+            .is_some_and(|c| pending_codes.iter().any(|p| p == c));
+        if known {
+            Verdict::Pending(error)
+        } else {
+            Verdict::NotReady(error)
+        }
     };
 
     if (200..300).contains(&status) {
@@ -117,18 +129,28 @@ pub(crate) fn classify<'a>(
                 return ctx.decode_failure(None, format!("malformed answer body: {e}"));
             }
         };
+        // A 2xx that carries a service error instead of a result: on the result call that is the
+        // service saying "not yet" with a success status; elsewhere a garbled answer.
+        let service_refusal = |code: Option<String>, message: Option<String>, details| {
+            if op == Operation::Result && !answer.apigw_origin && code.is_some() {
+                let message = message
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "summary not completed yet".into());
+                return Some(not_ready(ctx.error(
+                    ErrorOrigin::Service,
+                    code,
+                    message,
+                    details,
+                )));
+            }
+            None
+        };
         if env.error.is_some() || env.response_error.is_some() {
             let eb = ErrorBody::from_nested(env.error, env.response_error);
-            if !eb.gateway && is_pending(eb.code.as_deref()) {
-                return Verdict::Pending(
-                    ctx.error(
-                        ErrorOrigin::Service,
-                        eb.code,
-                        eb.message
-                            .unwrap_or_else(|| "summary not completed yet".into()),
-                        eb.details,
-                    ),
-                );
+            if !eb.gateway
+                && let Some(v) = service_refusal(eb.code.clone(), eb.message.clone(), eb.details)
+            {
+                return v;
             }
             let msg = format!(
                 "success status with an error body: {}",
@@ -136,26 +158,21 @@ pub(crate) fn classify<'a>(
             );
             return ctx.decode_failure(eb.code, msg);
         }
-        match env.code.as_deref() {
+        let (code, message) = match env.code {
+            Some(c) => (Some(c), env.message),
+            None => (env.return_code, env.return_message.or(env.message)),
+        };
+        match code.as_deref() {
             None | Some("0") => {}
-            Some(code) => {
-                let message = env.message.unwrap_or_default();
-                if is_pending(Some(code)) {
-                    let m = if message.is_empty() {
-                        "summary not completed yet".to_owned()
-                    } else {
-                        message
-                    };
-                    return Verdict::Pending(ctx.error(
-                        ErrorOrigin::Service,
-                        Some(code.to_owned()),
-                        m,
-                        None,
-                    ));
+            Some(c) => {
+                let c = c.to_owned();
+                if let Some(v) = service_refusal(Some(c.clone()), message.clone(), None) {
+                    return v;
                 }
+                let message = message.unwrap_or_default();
                 return ctx.decode_failure(
-                    Some(code.to_owned()),
-                    format!("success status with code {code}: {message}"),
+                    Some(c.clone()),
+                    format!("success status with code {c}: {message}"),
                 );
             }
         }
@@ -203,11 +220,16 @@ pub(crate) fn classify<'a>(
     if status == 401 || matches!(gw, Some("200" | "210")) {
         return Verdict::AuthFailure(error);
     }
-    if (400..500).contains(&status)
+    // The result call's "not completed yet", whatever its code: any 4xx the service itself
+    // sent, except the statuses whose meaning is settled (auth, forbidden, too large,
+    // throttled). Whether it is "not yet" or something permanent cannot be told from an
+    // undocumented code; `watch::step` keeps waiting, bounded by `max_wait`.
+    if op == Operation::Result
+        && (400..500).contains(&status)
+        && !matches!(status, 401 | 403 | 413 | 429)
         && origin == ErrorOrigin::Service
-        && is_pending(error.code.as_deref())
     {
-        return Verdict::Pending(error);
+        return not_ready(error);
     }
     // Half a JSON object is a garbled answer, not the service's word: retry rather than give up
     // on a watch. (A non-JSON page, say a proxy's HTML 404, is taken at its status.)
@@ -546,9 +568,145 @@ mod tests {
                 Result,
                 404,
                 r#"{"code":"10404","message":"none"}"#.into(),
-                "permanent",
+                "not_ready",
                 Some(Service),
                 Some("10404"),
+            ),
+            // The result call's undocumented "not completed yet", in every shape NCP uses.
+            (
+                "unknown code, top level",
+                Result,
+                400,
+                r#"{"code":"10042","message":"Not completed."}"#.into(),
+                "not_ready",
+                Some(Service),
+                Some("10042"),
+            ),
+            (
+                "unknown numeric code in responseError",
+                Result,
+                409,
+                r#"{"responseError":{"code":20001,"message":"busy"}}"#.into(),
+                "not_ready",
+                Some(Service),
+                Some("20001"),
+            ),
+            (
+                "service shape inside error (no errorCode)",
+                Result,
+                400,
+                r#"{"error":{"code":"SCENE_SUMMARY_NOT_COMPLETED","message":"m"}}"#.into(),
+                "not_ready",
+                Some(Service),
+                Some("SCENE_SUMMARY_NOT_COMPLETED"),
+            ),
+            (
+                "returnCode and returnMessage",
+                Result,
+                400,
+                r#"{"returnCode":"40001","returnMessage":"not yet"}"#.into(),
+                "not_ready",
+                Some(Service),
+                Some("40001"),
+            ),
+            (
+                "message only",
+                Result,
+                400,
+                r#"{"message":"summary is still running"}"#.into(),
+                "not_ready",
+                Some(Service),
+                None,
+            ),
+            (
+                "2xx with an unknown code on the result call",
+                Result,
+                200,
+                r#"{"code":"10042","message":"not yet"}"#.into(),
+                "not_ready",
+                Some(Service),
+                Some("10042"),
+            ),
+            (
+                "2xx with returnCode on the result call",
+                Result,
+                200,
+                r#"{"returnCode":40001,"returnMessage":"not yet"}"#.into(),
+                "not_ready",
+                Some(Service),
+                Some("40001"),
+            ),
+            (
+                "2xx with a service error inside error on the result call",
+                Result,
+                200,
+                r#"{"error":{"code":"10042"}}"#.into(),
+                "not_ready",
+                Some(Service),
+                Some("10042"),
+            ),
+            (
+                "2xx with returnCode 0 and a result is success",
+                Result,
+                200,
+                r#"{"returnCode":"0","result":{}}"#.into(),
+                "ok",
+                None,
+                None,
+            ),
+            (
+                "unknown code on the status call stays permanent",
+                Status,
+                400,
+                r#"{"code":"10042"}"#.into(),
+                "permanent",
+                Some(Service),
+                Some("10042"),
+            ),
+            (
+                "service 403 on the result call is permanent",
+                Result,
+                403,
+                r#"{"code":"10042"}"#.into(),
+                "permanent",
+                Some(Service),
+                Some("10042"),
+            ),
+            (
+                "service 413 on the result call is permanent",
+                Result,
+                413,
+                r#"{"code":"10042"}"#.into(),
+                "permanent",
+                Some(Service),
+                Some("10042"),
+            ),
+            (
+                "gateway 404 on the result call is permanent",
+                Result,
+                404,
+                gw("300"),
+                "permanent",
+                Some(Gateway),
+                Some("300"),
+            ),
+            (
+                "empty object on the result call is not the service speaking",
+                Result,
+                400,
+                "{}".into(),
+                "permanent",
+                Some(Gateway),
+                None,
+            ),
+            (
+                "html 400 on the result call",
+                Result,
+                400,
+                "<html>bad</html>".into(),
+                "permanent",
+                Some(Gateway),
+                None,
             ),
             (
                 "gateway 400/100",
@@ -753,6 +911,28 @@ mod tests {
             } else {
                 assert_eq!(origin, None, "{what}");
             }
+        }
+    }
+
+    /// A service-shaped body that the gateway produced (its origin header) is the gateway's.
+    #[test]
+    fn apigw_origin_is_never_not_ready() {
+        for (status, body) in [
+            (400, r#"{"code":"10042","message":"m"}"#),
+            (200, r#"{"code":"10042","message":"m"}"#),
+        ] {
+            let a = Answer {
+                http_status: status,
+                retry_after: None,
+                trace_id: None,
+                apigw_origin: true,
+                body: body.as_bytes(),
+            };
+            let v = classify(Operation::Result, PATH, &a, &pending(), now()).map(|_| ());
+            assert!(
+                matches!(v, Verdict::Permanent(_) | Verdict::Retryable { .. }),
+                "{status}: {v:?}"
+            );
         }
     }
 

@@ -25,9 +25,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on a decompressed answer body (`api.max_body_bytes`): results of long videos
 /// run to megabytes, so this is generous, but bounded so a broken server cannot exhaust memory.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
-/// Service codes of the result endpoint that mean "not completed yet". The real code is not
-/// documented (API doc §2), hence configurable; `10100` is what the simulator uses by default.
-pub const DEFAULT_PENDING_CODES: &[&str] = &["10100"];
+/// Service codes of the result endpoint known to mean "not completed yet". NAVER documents none
+/// (API doc §2), so the default is empty: every service error of the result call is taken as
+/// "not ready" anyway (`Verdict::NotReady`); a code listed here only spares its warning.
+pub const DEFAULT_PENDING_CODES: &[&str] = &[];
 /// `User-Agent` sent when the caller does not choose one.
 pub const DEFAULT_USER_AGENT: &str = concat!("scenewatch/", env!("CARGO_PKG_VERSION"));
 
@@ -101,7 +102,13 @@ struct Inner {
     timeout: Duration,
     max_body_bytes: u64,
     pending_codes: Vec<String>,
+    /// Codes already warned about (see [`Client::result`]).
+    warned_codes: std::sync::Mutex<std::collections::HashSet<(Operation, String)>>,
 }
+
+/// Distinct unrecognised codes warned about, at most; a server that invents a new code per
+/// answer gets one last warning saying so, then silence (the metric keeps counting).
+const MAX_WARNED_CODES: usize = 64;
 
 // Written by hand so the shape is explicit; `Credentials` redacts the secret anyway.
 impl fmt::Debug for Client {
@@ -160,6 +167,7 @@ impl Client {
                 timeout: opts.timeout,
                 max_body_bytes: opts.max_body_bytes,
                 pending_codes: opts.pending_codes,
+                warned_codes: std::sync::Mutex::default(),
             }),
         })
     }
@@ -201,18 +209,65 @@ impl Client {
     }
 
     /// Reads the summary result. "Not completed yet" (a code in `pending_codes`) is `Pending`;
-    /// a well-formed result without `sceneSummaryInfo` is `Ok` with `info: None`.
+    /// any other service error is `NotReady`, warned about once per code (with its message and
+    /// trace id) for the life of this client; a well-formed result without `sceneSummaryInfo` is
+    /// `Ok` with `info: None`.
     pub async fn result(&self, generation: Generation, t: &Target) -> Verdict<SummaryResult> {
-        self.call(Operation::Result, generation, t, None, |ctx, s| {
-            let Some(result) = s.result else {
-                return ctx.decode_failure(None, "answer has no result object");
-            };
-            match decode_result(result) {
-                Ok(r) => Verdict::Ok(r),
-                Err(e) => ctx.decode_failure(None, format!("unexpected summary result: {e}")),
+        let v = self
+            .call(Operation::Result, generation, t, None, |ctx, s| {
+                let Some(result) = s.result else {
+                    return ctx.decode_failure(None, "answer has no result object");
+                };
+                match decode_result(result) {
+                    Ok(r) => Verdict::Ok(r),
+                    Err(e) => ctx.decode_failure(None, format!("unexpected summary result: {e}")),
+                }
+            })
+            .await;
+        if let Verdict::NotReady(e) = &v {
+            self.warn_unrecognised(e);
+        }
+        v
+    }
+
+    /// One warning the first time a code is taken as "not ready" without being known.
+    fn warn_unrecognised(&self, e: &super::ApiError) {
+        let code = e.code.clone().unwrap_or_default();
+        let first = {
+            let mut seen = self
+                .inner
+                .warned_codes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = seen.len();
+            match n {
+                _ if seen.contains(&(e.operation, code.clone())) => None,
+                _ if n < MAX_WARNED_CODES => {
+                    seen.insert((e.operation, code.clone()));
+                    Some(false)
+                }
+                MAX_WARNED_CODES => {
+                    seen.insert((e.operation, String::new()));
+                    Some(true)
+                }
+                _ => None,
             }
-        })
-        .await
+        };
+        match first {
+            Some(false) => tracing::warn!(
+                operation = %e.operation,
+                http_status = e.http_status.unwrap_or_default(),
+                code = %code,
+                message = %e.message,
+                trace_id = e.trace_id.as_deref().unwrap_or(""),
+                "The result call answered with a service error whose code is not in api.pending_codes; it is taken as \"not completed yet\" and the watch keeps waiting (until max_wait). Add the code to api.pending_codes to silence this warning; it is shown once per code."
+            ),
+            Some(true) => tracing::warn!(
+                operation = %e.operation,
+                "More than {MAX_WARNED_CODES} distinct unrecognised codes from the result call; no more warnings about new ones (scenewatch_unrecognised_answers_total keeps counting)."
+            ),
+            None => {}
+        }
     }
 
     /// Requests a summary: all scenes when `scene_ids` is `None`, else a partial re-run of those
@@ -627,6 +682,7 @@ fn request_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ncp::ApiError;
 
     fn target(sid: Option<&str>) -> Target {
         Target {
@@ -769,6 +825,70 @@ mod tests {
         let mut o = ClientOptions::new("http://127.0.0.1:1", creds);
         o.max_body_bytes = 0;
         assert!(matches!(Client::new(o), Err(ClientBuildError::ZeroBodyCap)));
+    }
+
+    /// Log lines written while `f` runs, as text.
+    fn captured_logs(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn an_unrecognised_code_is_warned_about_once_with_its_trace_id() {
+        let c = client("http://127.0.0.1:1");
+        let e = |code: &str, trace: &str| ApiError {
+            operation: Operation::Result,
+            path: "/p".into(),
+            http_status: Some(400),
+            code: Some(code.into()),
+            message: "Scene summary is not ready.".into(),
+            details: None,
+            trace_id: Some(trace.into()),
+            origin: ErrorOrigin::Service,
+        };
+        let logs = captured_logs(|| {
+            for i in 0..5 {
+                c.warn_unrecognised(&e("10042", &format!("trace-{i}")));
+            }
+            c.warn_unrecognised(&e("20001", "trace-x"));
+        });
+        let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 2, "{logs}");
+        assert!(
+            warnings[0].contains("10042") && warnings[0].contains("trace-0"),
+            "{logs}"
+        );
+        assert!(
+            warnings[0].contains("Scene summary is not ready."),
+            "{logs}"
+        );
+        assert!(warnings[1].contains("20001"), "{logs}");
+
+        // A server inventing a code per answer: bounded warnings.
+        let logs = captured_logs(|| {
+            for i in 0..1000 {
+                c.warn_unrecognised(&e(&format!("c{i}"), "t"));
+            }
+        });
+        let n = logs.lines().filter(|l| l.contains("WARN")).count();
+        assert_eq!(n, MAX_WARNED_CODES - 2 + 1, "{logs}");
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub enum Verdict<T> {
     Ok(T),
     /// The result endpoint said "not completed yet" (a code in `pending_codes`).
     Pending(ApiError),
+    /// The result endpoint answered with a service error whose code is not in `pending_codes`
+    /// (NAVER documents no "not completed yet" code, API doc §2): most likely "not ready", so
+    /// the watch keeps waiting, but the code deserves one warning and a metric.
+    NotReady(ApiError),
     /// 5xx, 408, timeouts, resets, malformed or truncated bodies. `after` is the server's
     /// `Retry-After`, when it sent one.
     Retryable {
@@ -136,6 +140,7 @@ impl<T> Verdict<T> {
         match self {
             Verdict::Ok(_) => None,
             Verdict::Pending(e)
+            | Verdict::NotReady(e)
             | Verdict::AuthFailure(e)
             | Verdict::Permanent(e)
             | Verdict::Retryable { error: e, .. }
@@ -145,6 +150,15 @@ impl<T> Verdict<T> {
 
     pub fn is_ok(&self) -> bool {
         matches!(self, Verdict::Ok(_))
+    }
+
+    /// The service answered as it should (a result, or "not ready" in any of its spellings):
+    /// the answer wins request budget back.
+    pub fn is_good_answer(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Ok(_) | Verdict::Pending(_) | Verdict::NotReady(_)
+        )
     }
 
     /// The success value, dropping any error.
@@ -160,6 +174,7 @@ impl<T> Verdict<T> {
         match self {
             Verdict::Ok(_) => "ok",
             Verdict::Pending(_) => "pending",
+            Verdict::NotReady(_) => "not_ready",
             Verdict::Retryable { .. } => "retryable",
             Verdict::Throttled { .. } => "throttled",
             Verdict::AuthFailure(_) => "auth_failure",
@@ -183,6 +198,7 @@ impl<T> Verdict<T> {
         match self {
             Verdict::Ok(t) => Ok(t),
             Verdict::Pending(e) => Err(Verdict::Pending(e)),
+            Verdict::NotReady(e) => Err(Verdict::NotReady(e)),
             Verdict::Retryable { after, error } => Err(Verdict::Retryable { after, error }),
             Verdict::Throttled { retry_after, error } => {
                 Err(Verdict::Throttled { retry_after, error })

@@ -181,6 +181,15 @@ pub(crate) struct Envelope<'a> {
     pub code: Option<String>,
     #[serde(default, deserialize_with = "opt_lenient_string")]
     pub message: Option<String>,
+    /// Older NCP APIs' spelling of `code` / `message` (API doc §6).
+    #[serde(default, rename = "returnCode", deserialize_with = "opt_str_or_num")]
+    pub return_code: Option<String>,
+    #[serde(
+        default,
+        rename = "returnMessage",
+        deserialize_with = "opt_lenient_string"
+    )]
+    pub return_message: Option<String>,
     #[serde(default, borrow)]
     pub result: Option<&'a RawValue>,
     /// A gateway error object inside a 2xx answer: should never happen, but is not success.
@@ -200,13 +209,16 @@ pub(crate) struct ErrorBody {
     pub details: Option<String>,
 }
 
-/// One error object: the gateway's (`errorCode`) or the service's (`code`), fields under either name.
+/// One error object: the gateway's (`errorCode`) or the service's (`code`, or `returnCode` as
+/// older NCP APIs spell it), fields under any of their names (API doc §5, §6).
 #[derive(Deserialize, Default)]
 struct ErrorFields {
     #[serde(default, deserialize_with = "opt_str_or_num")]
     code: Option<String>,
     #[serde(default, rename = "errorCode", deserialize_with = "opt_str_or_num")]
     error_code: Option<String>,
+    #[serde(default, rename = "returnCode", deserialize_with = "opt_str_or_num")]
+    return_code: Option<String>,
     #[serde(default, deserialize_with = "opt_lenient_string")]
     message: Option<String>,
     #[serde(
@@ -215,16 +227,24 @@ struct ErrorFields {
         deserialize_with = "opt_lenient_string"
     )]
     error_message: Option<String>,
+    #[serde(
+        default,
+        rename = "returnMessage",
+        deserialize_with = "opt_lenient_string"
+    )]
+    return_message: Option<String>,
     #[serde(default, deserialize_with = "opt_lenient_string")]
     details: Option<String>,
 }
 
 impl ErrorFields {
-    fn into_body(self, gateway: bool) -> ErrorBody {
+    /// `in_error`: the fields sat under `{"error":{…}}`. That is the gateway's shape only when it
+    /// carries the gateway's `errorCode`; a `{"error":{"code":…}}` is the service speaking.
+    fn into_body(self, in_error: bool) -> ErrorBody {
         ErrorBody {
-            gateway,
-            code: self.error_code.or(self.code),
-            message: self.message.or(self.error_message),
+            gateway: in_error && self.error_code.is_some(),
+            code: self.error_code.or(self.code).or(self.return_code),
+            message: self.message.or(self.error_message).or(self.return_message),
             details: self.details,
         }
     }
@@ -241,7 +261,8 @@ struct ErrorTop<'a> {
 }
 
 impl ErrorBody {
-    /// Reads `{"error":{…}}` (gateway), `{"responseError":{…}}` or `{"code":…,"message":…}`
+    /// Reads `{"error":{"errorCode":…}}` (gateway), `{"error":{"code":…}}`,
+    /// `{"responseError":{…}}`, `{"code":…,"message":…}` or `{"returnCode":…,"returnMessage":…}`
     /// (service). `None` when the body is not a JSON object at all (an HTML page from a proxy).
     pub(crate) fn parse(body: &[u8]) -> Option<ErrorBody> {
         let top: ErrorTop<'_> = serde_json::from_slice(body).ok()?;

@@ -341,3 +341,44 @@ fn phase_names_round_trip() {
     }
     assert_eq!(Phase::parse("nope"), None);
 }
+
+/// A code nobody told us about never ends a watch: before any version it is "not completed
+/// yet"; after a delivery it starts a new wait (a re-analysis), bounded by a new deadline.
+#[test]
+fn unrecognised_not_ready_keeps_waiting() {
+    let mut e = err(400);
+    e.origin = ErrorOrigin::Service;
+    e.code = Some("10042".into());
+    let nr = Verdict::NotReady(e);
+    let s = step(&WatchState::default(), secs(1), LIMITS, Answer::Result(&nr));
+    assert_eq!(s.state.phase, Phase::Waiting);
+    assert_eq!(
+        s.action,
+        Action::PollAgain {
+            reset_backoff: false
+        }
+    );
+    assert_eq!(s.state.consecutive_errors, 0, "not an error");
+    // Polled until max_wait, then timed out: never rejected.
+    let mut st = s.state;
+    let mut t = 1;
+    while check_deadline(&st, secs(t), LIMITS).is_none() {
+        st = step(&st, secs(t), LIMITS, Answer::Result(&nr)).state;
+        assert_eq!(st.phase, Phase::Waiting);
+        t += 600;
+    }
+    assert_eq!(
+        check_deadline(&st, secs(t), LIMITS).unwrap().state.phase,
+        Phase::TimedOut
+    );
+
+    let delivered = WatchState {
+        phase: Phase::Watching,
+        last_version: Some("2026-01-01T00:00:00".into()),
+        started_at: Some(secs(0)),
+        ..WatchState::default()
+    };
+    let s = step(&delivered, secs(9000), LIMITS, Answer::Result(&nr));
+    assert_eq!(s.state.phase, Phase::Waiting, "a re-analysis is waited for");
+    assert_eq!(s.state.started_at, Some(secs(9000)), "under a new deadline");
+}

@@ -185,10 +185,11 @@ async fn result_is_pending_until_completed_then_has_every_scene() {
     env.force("WAIT_SUMMARIZE").await;
     for generation in [Generation::Index, Generation::Asset] {
         let v = env.client.result(generation, &target(None)).await;
+        // Not a code the client was told about: "not ready", never a refusal.
         check_failure(
             &format!("{generation} waiting"),
             &v,
-            "pending",
+            "not_ready",
             ErrorOrigin::Service,
             Some("10100"),
         );
@@ -222,10 +223,18 @@ async fn result_before_any_request() {
     let env = start("").await;
     // The index-level result answers "not completed" for a never-summarized index; the
     // asset-level one says there is no summary (404): the caller must ask for one.
+    // Both are service errors of the result call: "not ready" (a watch keeps waiting, bounded
+    // by max_wait), never a refusal that would end it.
     let v = env.client.result(Generation::Index, &target(None)).await;
-    check_failure("index", &v, "pending", ErrorOrigin::Service, Some("10100"));
+    check_failure(
+        "index",
+        &v,
+        "not_ready",
+        ErrorOrigin::Service,
+        Some("10100"),
+    );
     let v = env.client.result(Generation::Asset, &target(None)).await;
-    check_failure("asset", &v, "permanent", ErrorOrigin::Service, None);
+    check_failure("asset", &v, "not_ready", ErrorOrigin::Service, None);
     assert_eq!(v.error().unwrap().http_status, Some(404));
 }
 
@@ -344,7 +353,7 @@ async fn partial_rerun_gives_a_new_version_with_its_scene_ids() {
     check_failure(
         "rerun waiting",
         &v,
-        "pending",
+        "not_ready",
         ErrorOrigin::Service,
         Some("10100"),
     );
@@ -503,7 +512,8 @@ async fn configurable_guesses_are_tolerated() {
     );
     assert_eq!(v.error().unwrap().http_status, Some(404));
 
-    // With the default pending codes the same answer is a plain 404: permanent.
+    // With the default (empty) pending codes the same answer is still "not ready": a code
+    // nobody documented must not end a watch.
     let strict = Client::new(ClientOptions::new(
         env.sim.base_url(),
         Credentials::new(ACCESS_KEY, SECRET_KEY),
@@ -513,7 +523,7 @@ async fn configurable_guesses_are_tolerated() {
     check_failure(
         "not a pending code",
         &v,
-        "permanent",
+        "not_ready",
         ErrorOrigin::Service,
         Some("20404"),
     );
