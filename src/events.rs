@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::config::WatchKey;
+use crate::domain::WatchKey;
 
 /// Every kind of event. The order is the documentation order; `Ord` exists only so callers can
 /// keep event types in sorted maps (metrics).
@@ -157,7 +157,7 @@ impl Event {
             id,
             kind,
             source: key.source(),
-            subject: key.index_id.clone(),
+            subject: key.index_id().to_string(),
             time_ms,
             watch: Some(key.to_string()),
             data,
@@ -446,10 +446,10 @@ impl Event {
 /// The id parts of a fact about a watch: the four ids of the key, then `rest`.
 fn with_key<'a>(key: &'a WatchKey, rest: &[&'a str]) -> Vec<&'a str> {
     let mut parts = vec![
-        key.workspace.as_str(),
-        key.project_id.as_str(),
-        key.asset_id.as_str(),
-        key.index_id.as_str(),
+        key.workspace(),
+        key.project_id(),
+        key.asset_id(),
+        key.index_id(),
     ];
     parts.extend_from_slice(rest);
     parts
@@ -622,19 +622,11 @@ mod tests {
     use super::*;
 
     fn key() -> WatchKey {
-        WatchKey {
-            workspace: "ws".into(),
-            project_id: "1234".into(),
-            asset_id: "5678".into(),
-            index_id: "1001".into(),
-        }
+        WatchKey::new("ws", "1234", "5678", "1001").unwrap()
     }
 
     fn other_key() -> WatchKey {
-        WatchKey {
-            index_id: "1002".into(),
-            ..key()
-        }
+        key().with_index("1002").unwrap()
     }
 
     const T: u64 = 1_776_421_800_123; // 2026-04-17T10:30:00.123Z
@@ -1095,14 +1087,9 @@ mod tests {
     fn docs_examples_are_what_the_code_builds() {
         // docs/events.md shows ids and CloudEvents; keep them true.
         let doc = include_str!("../docs/events.md");
-        let k = WatchKey {
-            workspace: "my-workspace".into(),
-            project_id: "1234".into(),
-            asset_id: "5678".into(),
-            index_id: "1001".into(),
-        };
-        let version = crate::sink::version_id(&k, "2026-04-17T10:30:00");
-        assert!(doc.contains(&version), "{version}");
+        let k = WatchKey::new("my-workspace", "1234", "5678", "1001").unwrap();
+        let version = crate::domain::VersionId::of(&k, "2026-04-17T10:30:00");
+        assert!(doc.contains(version.as_str()), "{version}");
         let completed = Event::completed(
             &k,
             &version,

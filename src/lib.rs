@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod domain;
 pub mod events;
 pub mod metrics;
 pub mod ncp;

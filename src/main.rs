@@ -450,18 +450,15 @@ async fn reset(path: &std::path::Path, all_ended: bool, watches: &[String]) -> u
     }
     let mut keys = Vec::new();
     for w in watches {
-        let parts: Vec<&str> = w.split('/').collect();
-        let valid = parts.len() == 4 && parts.iter().all(|p| config::validate_id(p).is_ok());
-        if !valid {
-            eprintln!("error: {w:?} is not a watch key (workspace/project_id/asset_id/index_id)");
-            return exit::USAGE;
+        match w.parse::<scenewatch::domain::WatchKey>() {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                eprintln!(
+                    "error: {w:?} is not a watch key (workspace/project_id/asset_id/index_id): {e}"
+                );
+                return exit::USAGE;
+            }
         }
-        keys.push(config::WatchKey {
-            workspace: parts[0].into(),
-            project_id: parts[1].into(),
-            asset_id: parts[2].into(),
-            index_id: parts[3].into(),
-        });
     }
     let ledger = match operator_ledger(path).await {
         Ok(l) => l,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::time::Instant;
 
-use crate::config::WatchKey;
+use crate::domain::WatchKey;
 
 /// The growing interval between polls of one watch, or between retries of a failing call.
 ///
@@ -112,10 +112,10 @@ impl Default for Clock {
 pub fn first_poll_offset(key: &WatchKey, window: Duration) -> Duration {
     let window_ms = window.as_millis().max(1) as u64;
     let h = fnv1a(&[
-        key.workspace.as_bytes(),
-        key.project_id.as_bytes(),
-        key.asset_id.as_bytes(),
-        key.index_id.as_bytes(),
+        key.workspace().as_bytes(),
+        key.project_id().as_bytes(),
+        key.asset_id().as_bytes(),
+        key.index_id().as_bytes(),
     ]);
     Duration::from_millis(h % window_ms)
 }
@@ -255,12 +255,7 @@ mod tests {
     use super::*;
 
     fn key(i: u32) -> WatchKey {
-        WatchKey {
-            workspace: "w".into(),
-            project_id: "p".into(),
-            asset_id: format!("a{i}"),
-            index_id: "i".into(),
-        }
+        WatchKey::new("w", "p", format!("a{i}"), "i").unwrap()
     }
 
     #[test]

@@ -13,10 +13,10 @@ pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
             .map(|r| {
                 serde_json::json!({
                     "watch": r.key.to_string(),
-                    "workspace": r.key.workspace,
-                    "projectId": r.key.project_id,
-                    "assetId": r.key.asset_id,
-                    "indexId": r.key.index_id,
+                    "workspace": r.key.workspace(),
+                    "projectId": r.key.project_id(),
+                    "assetId": r.key.asset_id(),
+                    "indexId": r.key.index_id(),
                     "phase": r.phase.as_str(),
                     "remoteStatus": r.remote_status,
                     "polls": r.polls,
@@ -125,17 +125,12 @@ fn relative(t: u64, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::WatchKey;
+    use crate::domain::WatchKey;
     use crate::watch::Phase;
 
     fn row(asset: &str, phase: Phase) -> StatusRow {
         StatusRow {
-            key: WatchKey {
-                workspace: "w".into(),
-                project_id: "1".into(),
-                asset_id: asset.into(),
-                index_id: "3".into(),
-            },
+            key: WatchKey::new("w", "1", asset, "3").unwrap(),
             phase,
             remote_status: Some("SUMMARIZING".into()),
             polls: 7,

@@ -23,8 +23,8 @@ pub use raw::{
 };
 pub use validate::{
     ApiConfig, Config, EventSinkConfig, FileSinkConfig, JsonlSinkConfig, NatsEventSinkConfig,
-    PollConfig, PostgresSinkConfig, S3SinkConfig, SinkConfig, StdoutSinkConfig, WatchKey,
-    WatchSpec, WebhookSinkConfig, validate, validate_id,
+    PollConfig, PostgresSinkConfig, S3SinkConfig, SinkConfig, StdoutSinkConfig, WatchSpec,
+    WebhookSinkConfig, validate,
 };
 
 /// Prefix of environment variables: `SCENEWATCH__API__ACCESS_KEY` sets `api.access_key`.

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::*;
+use crate::domain::validate_id;
 
 fn inline(toml: &str, env: &[(&str, &str)]) -> Sources {
     Sources {
@@ -275,7 +276,7 @@ fn watch_dir_files_are_watches_and_duplicates_name_both_places() {
     std::fs::write(wd.join("notes.txt"), "ignored").unwrap();
     let toml = format!("watch_dir = \"{}\"\n[[watch]]\n{}", wd.display(), w("9"));
     let c = load(&inline(&toml, CREDS)).expect("valid");
-    let assets: Vec<_> = c.watches.iter().map(|w| w.key.asset_id.as_str()).collect();
+    let assets: Vec<_> = c.watches.iter().map(|w| w.key.asset_id()).collect();
     assert_eq!(assets, ["9", "10", "11"]);
     assert!(
         c.watches[1].declared_at.contains("a.toml"),

@@ -2,7 +2,7 @@
 //! reports every problem at once. The only IO is reading the secret key file.
 
 use std::collections::HashMap;
-use std::fmt;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use super::{
     ConfigErrors, Origins, Problem, RawConfig, RawEventSink, RawJsonlSink, RawNatsEventSink,
     RawPostgresSink, RawS3Sink, RawSink, RawStdoutSink, RawWebhookSink,
 };
+use crate::domain::{WatchKey, validate_id};
 use crate::ncp::Generation;
 use crate::ncp::signing::Credentials;
 
@@ -86,39 +87,6 @@ pub struct PollConfig {
     pub concurrency: usize,
 }
 
-/// The four ids that identify a watch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WatchKey {
-    /// Workspace name.
-    pub workspace: String,
-    /// Project id.
-    pub project_id: String,
-    /// Asset id.
-    pub asset_id: String,
-    /// Index id.
-    pub index_id: String,
-}
-
-impl WatchKey {
-    /// The CloudEvents `source` of the watch and the envelope's `source`.
-    pub fn source(&self) -> String {
-        format!(
-            "/workspaces/{}/projects/{}/assets/{}/indexes/{}",
-            self.workspace, self.project_id, self.asset_id, self.index_id
-        )
-    }
-}
-
-impl fmt::Display for WatchKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}/{}/{}",
-            self.workspace, self.project_id, self.asset_id, self.index_id
-        )
-    }
-}
-
 /// One watch, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchSpec {
@@ -138,10 +106,10 @@ impl WatchSpec {
     /// The target handed to the client.
     pub fn target(&self) -> crate::ncp::Target {
         crate::ncp::Target {
-            workspace: self.key.workspace.clone(),
-            project_id: self.key.project_id.clone(),
-            asset_id: self.key.asset_id.clone(),
-            index_id: self.key.index_id.clone(),
+            workspace: self.key.workspace().to_string(),
+            project_id: self.key.project_id().to_string(),
+            asset_id: self.key.asset_id().to_string(),
+            index_id: self.key.index_id().to_string(),
             scene_summary_id: self.scene_summary_id.clone(),
         }
     }
@@ -313,29 +281,6 @@ pub struct NatsEventSinkConfig {
     pub timeout: Duration,
 }
 
-/// Checks an id: non-empty, at most 128 bytes, letters, digits, `-`, `_`, `.`, and no `..`
-/// (nor only dots), so it is safe both in a URL path and as a file name.
-pub fn validate_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if id.len() > 128 {
-        return Err(format!("is {} bytes long; at most 128", id.len()));
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "contains {c:?}; only letters, digits, '-', '_' and '.' are allowed"
-        ));
-    }
-    if id.contains("..") || id.chars().all(|c| c == '.') {
-        return Err("must not contain \"..\" or be only dots".into());
-    }
-    Ok(())
-}
-
 /// Parses a humantime duration ("10s", "5m", "1h 30m").
 fn duration(
     origins: &Origins,
@@ -490,11 +435,15 @@ pub fn validate(
             None => max_wait,
         };
         let declared_at = format!("{base} ({})", origins.of(&format!("{base}.workspace")));
-        let key = WatchKey {
-            workspace: w.workspace.clone(),
-            project_id: w.project_id.clone(),
-            asset_id: w.asset_id.clone(),
-            index_id: w.index_id.clone(),
+        // Every part was checked above; `new` cannot fail then, but stays the one constructor.
+        let key = WatchKey::new(
+            w.workspace.clone(),
+            w.project_id.clone(),
+            w.asset_id.clone(),
+            w.index_id.clone(),
+        );
+        let Ok(key) = key else {
+            continue;
         };
         let id = (
             w.workspace.as_str(),

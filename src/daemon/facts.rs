@@ -2,7 +2,7 @@
 //! the action and what was fetched. Event ids are built from the fact's parts (see
 //! docs/events.md), so computing the same fact again after a crash gives the same ids.
 
-use crate::config::WatchKey;
+use crate::domain::WatchKey;
 use crate::events::{Event, EventType};
 use crate::ncp::{ApiError, RemoteStatus, SummaryResult};
 use crate::state::WatchRecord;
@@ -21,8 +21,8 @@ pub struct Fetched<'a> {
 pub fn cycle(record: &WatchRecord) -> String {
     record
         .last_version_id
-        .clone()
-        .unwrap_or_else(|| "first".into())
+        .as_ref()
+        .map_or_else(|| "first".into(), |v| v.to_string())
 }
 
 /// The events of one step.

@@ -16,10 +16,10 @@ use tracing::{error, info, warn};
 
 use super::Health;
 use super::facts::{self, Fetched};
-use crate::config::{self, Config, PollConfig, Sources, WatchKey, WatchSpec};
+use crate::config::{self, Config, PollConfig, Sources, WatchSpec};
+use crate::domain::WatchKey;
 use crate::ncp::{ApiError, Client, Generation, SummaryResult, Verdict};
 use crate::schedule::{Clock, RequestBudget, first_poll_offset, poll_delay};
-use crate::sink::version_id;
 use crate::state::{Ledger, NewVersion, StepCommit, WatchRecord};
 use crate::watch::{self, Action, Answer, Limits, Phase};
 
@@ -574,7 +574,7 @@ async fn poll(ctx: Arc<PollCtx>, client: Client, spec: WatchSpec, before: WatchR
                 ctx.health.metrics.completed(now.saturating_sub(started));
             }
             if let Some(result) = &fetched {
-                let vid = version_id(&key, version);
+                let vid = crate::domain::VersionId::of(&key, version);
                 new_version = Some(NewVersion {
                     version_id: vid.clone(),
                     key: key.clone(),

@@ -35,7 +35,7 @@ impl FileSink {
 
     /// Where the latest version of a watch goes.
     pub fn latest_path(&self, d: &Delivery) -> PathBuf {
-        self.asset_dir(d).join(format!("{}.json", d.key.index_id))
+        self.asset_dir(d).join(format!("{}.json", d.key.index_id()))
     }
 
     /// Where a kept version goes. `lastAnalyzedAt` comes from the API, so it is used as a file
@@ -47,7 +47,7 @@ impl FileSink {
             d.version_id.as_str()
         };
         self.asset_dir(d)
-            .join(&d.key.index_id)
+            .join(d.key.index_id())
             .join(format!("{name}.json"))
     }
 
@@ -55,9 +55,9 @@ impl FileSink {
         // Watch ids are validated at config time: letters, digits, '-', '_', '.', no "..".
         self.config
             .dir
-            .join(&d.key.workspace)
-            .join(&d.key.project_id)
-            .join(&d.key.asset_id)
+            .join(d.key.workspace())
+            .join(d.key.project_id())
+            .join(d.key.asset_id())
     }
 }
 

@@ -19,9 +19,9 @@ use std::time::SystemTime;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 
-use crate::config::{EventSinkConfig, SinkConfig, WatchKey};
+use crate::config::{EventSinkConfig, SinkConfig};
+use crate::domain::{VersionId, WatchKey};
 use crate::ncp::SummaryResult;
 
 /// A sink failed; the message names the sink and the thing at fault.
@@ -116,8 +116,8 @@ pub fn build_event_sink(config: &EventSinkConfig) -> Result<Arc<dyn EventSink>, 
 pub struct Delivery {
     /// The watch it belongs to.
     pub key: WatchKey,
-    /// Stable id of `(key, lastAnalyzedAt)`, see [`version_id`].
-    pub version_id: String,
+    /// Stable id of `(key, lastAnalyzedAt)`, see [`VersionId::of`].
+    pub version_id: VersionId,
     /// The version's `lastAnalyzedAt`.
     pub last_analyzed_at: String,
     /// When scenewatch fetched it.
@@ -132,7 +132,7 @@ impl Delivery {
     pub fn new(key: WatchKey, result: Arc<SummaryResult>, fetched_at: SystemTime) -> Option<Self> {
         let last = result.info.as_ref()?.last_analyzed_at.clone();
         Some(Self {
-            version_id: version_id(&key, &last),
+            version_id: VersionId::of(&key, &last),
             key,
             last_analyzed_at: last,
             fetched_at,
@@ -189,10 +189,10 @@ impl Delivery {
         Envelope {
             source: self.key.source(),
             watch: EnvelopeWatch {
-                workspace: &self.key.workspace,
-                project_id: &self.key.project_id,
-                asset_id: &self.key.asset_id,
-                index_id: &self.key.index_id,
+                workspace: self.key.workspace(),
+                project_id: self.key.project_id(),
+                asset_id: self.key.asset_id(),
+                index_id: self.key.index_id(),
             },
             version: &self.version_id,
             last_analyzed_at: &self.last_analyzed_at,
@@ -247,22 +247,4 @@ struct EnvelopeWatch<'a> {
     project_id: &'a str,
     asset_id: &'a str,
     index_id: &'a str,
-}
-
-/// The id of a result version: the first 128 bits, in hex, of SHA-256 over the watch key and
-/// `lastAnalyzedAt`. Stable across runs and versions of scenewatch, so consumers can dedupe.
-pub fn version_id(key: &WatchKey, last_analyzed_at: &str) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        key.workspace.as_str(),
-        key.project_id.as_str(),
-        key.asset_id.as_str(),
-        key.index_id.as_str(),
-        last_analyzed_at,
-    ] {
-        h.update(part.as_bytes());
-        h.update([0u8]);
-    }
-    let digest = h.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }

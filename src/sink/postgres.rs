@@ -608,11 +608,11 @@ impl PostgresSink {
             .execute(
                 &insert_version,
                 &[
-                    &d.version_id,
-                    &d.key.workspace,
-                    &d.key.project_id,
-                    &d.key.asset_id,
-                    &d.key.index_id,
+                    &d.version_id.as_str(),
+                    &d.key.workspace(),
+                    &d.key.project_id(),
+                    &d.key.asset_id(),
+                    &d.key.index_id(),
                     &text_column(&d.last_analyzed_at),
                     &analyzed,
                     &scene_count,
@@ -627,7 +627,7 @@ impl PostgresSink {
             tx.execute(
                 &insert_scenes,
                 &[
-                    &d.version_id,
+                    &d.version_id.as_str(),
                     &cols.scene,
                     &cols.start_ms,
                     &cols.end_ms,
@@ -819,7 +819,7 @@ impl ServerCertVerifier for Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::WatchKey;
+    use crate::domain::WatchKey;
     use crate::ncp::SummaryResult;
 
     #[test]
@@ -914,12 +914,7 @@ mod tests {
     }
 
     fn delivery(result: &str) -> Delivery {
-        let key = WatchKey {
-            workspace: "ws".into(),
-            project_id: "p".into(),
-            asset_id: "a".into(),
-            index_id: "i".into(),
-        };
+        let key = WatchKey::new("ws", "p", "a", "i").unwrap();
         let r = SummaryResult::from_result_json(result).unwrap();
         Delivery::new(key, Arc::new(r), std::time::SystemTime::now()).unwrap()
     }

@@ -127,10 +127,10 @@ impl S3Sink {
         // prefix has no '.'/'..' segments; each part is still percent-encoded by `Path`.
         let prefix = self.prefix.split('/').filter(|s| !s.is_empty());
         Path::from_iter(prefix.chain([
-            d.key.workspace.as_str(),
-            d.key.project_id.as_str(),
-            d.key.asset_id.as_str(),
-            d.key.index_id.as_str(),
+            d.key.workspace(),
+            d.key.project_id(),
+            d.key.asset_id(),
+            d.key.index_id(),
             file,
         ]))
     }

@@ -102,15 +102,10 @@ pub(crate) fn test_delivery(raw: &str) -> Delivery {
     use std::sync::Arc;
     use std::time::{Duration, UNIX_EPOCH};
 
-    use crate::config::WatchKey;
+    use crate::domain::WatchKey;
     use crate::ncp::{SceneSummaryInfo, SummaryResult};
 
-    let key = WatchKey {
-        workspace: "ws".into(),
-        project_id: "1234".into(),
-        asset_id: "5678".into(),
-        index_id: "1001".into(),
-    };
+    let key = WatchKey::new("ws", "1234", "5678", "1001").unwrap();
     let result = SummaryResult {
         raw: serde_json::value::RawValue::from_string(raw.to_string()).unwrap(),
         index_id: Some(1001),

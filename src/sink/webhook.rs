@@ -396,7 +396,7 @@ mod tests {
         assert_eq!(seen.len(), 3);
         let (h, body) = &seen[0];
         assert_eq!(header(h, "content-type"), "application/json");
-        assert_eq!(header(h, "webhook-id"), d.version_id);
+        assert_eq!(header(h, "webhook-id"), d.version_id.as_str());
         assert_eq!(body.as_ref(), d.envelope_json_compact().unwrap());
         verify(h, body);
         for ((h, body), e) in seen[1..].iter().zip(&events) {

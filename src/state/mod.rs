@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{WatchKey, WatchSpec};
+use crate::config::WatchSpec;
+use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::watch::{Phase, WatchState};
 
@@ -146,11 +147,11 @@ pub struct WatchRecord {
     /// When to poll next, in ms since the Unix epoch; `None` before the first schedule.
     pub next_poll_at_ms: Option<u64>,
     /// Id of the last version fetched.
-    pub last_version_id: Option<String>,
+    pub last_version_id: Option<VersionId>,
     /// When the remote status or the version last changed.
     pub last_change_at_ms: Option<u64>,
     /// The version for which `summary.stale` was already emitted.
-    pub stale_version_id: Option<String>,
+    pub stale_version_id: Option<VersionId>,
 }
 
 /// What one poll step commits, atomically.
@@ -167,8 +168,8 @@ pub struct StepCommit {
 /// A fetched result version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewVersion {
-    /// `sink::version_id(key, last_analyzed_at)`.
-    pub version_id: String,
+    /// `VersionId::of(key, last_analyzed_at)`.
+    pub version_id: VersionId,
     /// The watch.
     pub key: WatchKey,
     /// `lastAnalyzedAt`, as sent.
@@ -187,7 +188,7 @@ pub struct NewVersion {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingDelivery {
     /// The version.
-    pub version_id: String,
+    pub version_id: VersionId,
     /// Its watch.
     pub key: WatchKey,
     /// Its `lastAnalyzedAt`.

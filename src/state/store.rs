@@ -13,7 +13,8 @@ use super::{
     Backlog, DB_FILE, PendingDelivery, SCHEMA_VERSION, SinkHealth, StateError, StatusRow,
     StepCommit, WatchRecord, sql_error,
 };
-use crate::config::{WatchKey, WatchSpec};
+use crate::config::WatchSpec;
+use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::ncp::RemoteStatus;
 use crate::watch::{Phase, WatchState};
@@ -98,13 +99,15 @@ fn opt_u64_at(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<u64>> {
     }
 }
 
+/// A key from four columns; ids that are not valid (an edited file) read as a damaged ledger.
 fn key_at(row: &Row<'_>, first: usize) -> rusqlite::Result<WatchKey> {
-    Ok(WatchKey {
-        workspace: row.get(first)?,
-        project_id: row.get(first + 1)?,
-        asset_id: row.get(first + 2)?,
-        index_id: row.get(first + 3)?,
-    })
+    WatchKey::new(
+        row.get::<_, String>(first)?,
+        row.get::<_, String>(first + 1)?,
+        row.get::<_, String>(first + 2)?,
+        row.get::<_, String>(first + 3)?,
+    )
+    .map_err(|e| bad_value(first, format!("stored watch key: {e}")))
 }
 
 fn phase_at(row: &Row<'_>, col: usize) -> rusqlite::Result<Phase> {
@@ -133,9 +136,13 @@ fn watch_record(row: &Row<'_>) -> rusqlite::Result<WatchRecord> {
         state,
         attempt: row.get(12)?,
         next_poll_at_ms: opt_u64_at(row, 13)?,
-        last_version_id: row.get(14)?,
+        last_version_id: row
+            .get::<_, Option<String>>(14)?
+            .map(VersionId::from_stored),
         last_change_at_ms: opt_u64_at(row, 15)?,
-        stale_version_id: row.get(16)?,
+        stale_version_id: row
+            .get::<_, Option<String>>(16)?
+            .map(VersionId::from_stored),
     })
 }
 
@@ -352,7 +359,12 @@ impl Store {
             )
             .and_then(|mut st| {
                 st.query_row(
-                    params![key.workspace, key.project_id, key.asset_id, key.index_id],
+                    params![
+                        key.workspace(),
+                        key.project_id(),
+                        key.asset_id(),
+                        key.index_id()
+                    ],
                     |r| r.get(0),
                 )
                 .optional()
@@ -405,7 +417,7 @@ impl Store {
                 let k = &spec.key;
                 let existing = find
                     .query_row(
-                        params![k.workspace, k.project_id, k.asset_id, k.index_id],
+                        params![k.workspace(), k.project_id(), k.asset_id(), k.index_id()],
                         |r| {
                             Ok((
                                 r.get::<_, i64>(0)?,
@@ -421,10 +433,10 @@ impl Store {
                     None => {
                         insert
                             .execute(params![
-                                k.workspace,
-                                k.project_id,
-                                k.asset_id,
-                                k.index_id,
+                                k.workspace(),
+                                k.project_id(),
+                                k.asset_id(),
+                                k.index_id(),
                                 spec.scene_summary_id,
                                 spec.generation,
                                 ms(now_ms)
@@ -495,17 +507,7 @@ impl Store {
             ))
             .map_err(&w)?;
         let rows: Vec<(i64, WatchKey)> = select
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    WatchKey {
-                        workspace: r.get(1)?,
-                        project_id: r.get(2)?,
-                        asset_id: r.get(3)?,
-                        index_id: r.get(4)?,
-                    },
-                ))
-            })
+            .query_map([], |r| Ok((r.get(0)?, key_at(r, 1)?)))
             .map_err(&w)?
             .collect::<Result<_, _>>()
             .map_err(&w)?;
@@ -579,10 +581,10 @@ impl Store {
             )
             .and_then(|mut st| {
                 st.execute(params![
-                    k.workspace,
-                    k.project_id,
-                    k.asset_id,
-                    k.index_id,
+                    k.workspace(),
+                    k.project_id(),
+                    k.asset_id(),
+                    k.index_id(),
                     s.phase.as_str(),
                     s.remote.as_ref().map(RemoteStatus::as_str),
                     ms(s.polls),
@@ -593,9 +595,9 @@ impl Store {
                     s.last_error,
                     r.attempt,
                     r.next_poll_at_ms.map(ms),
-                    r.last_version_id,
+                    r.last_version_id.as_deref(),
                     r.last_change_at_ms.map(ms),
-                    r.stale_version_id,
+                    r.stale_version_id.as_deref(),
                 ])
             })
             .map_err(&w)?;
@@ -626,7 +628,7 @@ impl Store {
                 )
                 .and_then(|mut st| {
                     st.execute(params![
-                        v.version_id,
+                        v.version_id.as_str(),
                         watch_id,
                         v.last_analyzed_at,
                         ms(v.fetched_at_ms),
@@ -647,7 +649,7 @@ impl Store {
                 )
                 .map_err(&w)?;
             for sink in &self.sinks {
-                st.execute(params![v.version_id, sink, ms(v.fetched_at_ms)])
+                st.execute(params![v.version_id.as_str(), sink, ms(v.fetched_at_ms)])
                     .map_err(&w)?;
             }
         }
@@ -713,7 +715,7 @@ impl Store {
         let rows = st
             .query_map(params![sink, ms(now_ms), limit], |row| {
                 Ok(PendingDelivery {
-                    version_id: row.get(0)?,
+                    version_id: VersionId::from_stored(row.get(0)?),
                     key: key_at(row, 1)?,
                     last_analyzed_at: row.get(5)?,
                     fetched_at_ms: u64_at(row, 6)?,

@@ -5,18 +5,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::config::{WatchKey, WatchSpec};
+use crate::config::WatchSpec;
+use crate::domain::WatchKey;
 use crate::events::Event;
 use crate::ncp::{Generation, RemoteStatus};
 use crate::watch::{Phase, WatchState};
 
 fn key(index: &str) -> WatchKey {
-    WatchKey {
-        workspace: "ws".into(),
-        project_id: "p1".into(),
-        asset_id: "a1".into(),
-        index_id: index.into(),
-    }
+    WatchKey::new("ws", "p1", "a1", index).unwrap()
 }
 
 fn spec(index: &str) -> WatchSpec {
@@ -67,7 +63,7 @@ fn waiting_record(index: &str) -> WatchRecord {
 
 fn version(index: &str, at: &str) -> NewVersion {
     NewVersion {
-        version_id: crate::sink::version_id(&key(index), at),
+        version_id: crate::domain::VersionId::of(&key(index), at),
         key: key(index),
         last_analyzed_at: at.into(),
         fetched_at_ms: 1_000,
@@ -984,9 +980,9 @@ mod round_trip {
                     },
                     attempt,
                     next_poll_at_ms: next,
-                    last_version_id: vid,
+                    last_version_id: vid.map(crate::domain::VersionId::from_stored),
                     last_change_at_ms: change,
-                    stale_version_id: stale,
+                    stale_version_id: stale.map(crate::domain::VersionId::from_stored),
                 }
             })
     }

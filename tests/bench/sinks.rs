@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
-use scenewatch::config::{FileSinkConfig, JsonlSinkConfig, PostgresSinkConfig, WatchKey};
+use scenewatch::config::{FileSinkConfig, JsonlSinkConfig, PostgresSinkConfig};
+use scenewatch::domain::WatchKey;
 use scenewatch::ncp::SummaryResult;
 use scenewatch::sink::{Delivery, Sink};
 
@@ -335,12 +336,7 @@ fn child(name: &str, scenes: usize) {
         let text = result_text(scenes);
         let result = SummaryResult::from_result_json(&text).expect("the generated result parses");
         drop(text);
-        let key = WatchKey {
-            workspace: "bench".into(),
-            project_id: "p".into(),
-            asset_id: "a".into(),
-            index_id: "1001".into(),
-        };
+        let key = WatchKey::new("bench", "p", "a", "1001").unwrap();
         let d = Delivery::new(key, Arc::new(result), SystemTime::now()).expect("completed");
         let build = ms(t.elapsed());
         let prepared = setup(dir.path());

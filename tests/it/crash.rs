@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use scenewatch::config::WatchKey;
+use scenewatch::domain::VersionId;
+use scenewatch::domain::WatchKey;
 use scenewatch::ncp::{Client, ClientOptions, Credentials, Generation, Target};
-use scenewatch::sink::version_id;
 
 use crate::support::{Daemon, free_port, run, scenewatch, start_sim, text};
 
@@ -173,7 +173,7 @@ impl SimAsset {
     /// The version id of the latest completed result, if the latest run completed.
     fn completed_version(&self) -> Option<String> {
         match (&self.status[..], &self.last_analyzed_at) {
-            ("SUMMARIZE_COMPLETED", Some(at)) => Some(version_id(&self.key, at)),
+            ("SUMMARIZE_COMPLETED", Some(at)) => Some(VersionId::of(&self.key, at).to_string()),
             _ => None,
         }
     }
@@ -192,12 +192,13 @@ async fn sim_state(url: &str) -> Vec<SimAsset> {
         .unwrap()
         .iter()
         .map(|a| SimAsset {
-            key: WatchKey {
-                workspace: s(a, "workspace"),
-                project_id: s(a, "project_id"),
-                asset_id: s(a, "asset_id"),
-                index_id: s(a, "index_id"),
-            },
+            key: WatchKey::new(
+                s(a, "workspace"),
+                s(a, "project_id"),
+                s(a, "asset_id"),
+                s(a, "index_id"),
+            )
+            .unwrap(),
             status: s(a, "status"),
             last_analyzed_at: a["last_analyzed_at"].as_str().map(String::from),
         })
@@ -223,11 +224,11 @@ async fn request_rerun(client: &Client, asset: &str, index: &str) -> bool {
 /// Re-runs the first re-run target that is completed now, if any.
 async fn rerun_one(client: &Client, url: &str) -> Option<String> {
     let state = sim_state(url).await;
-    for a in state.iter().filter(|a| a.key.asset_id.starts_with('r')) {
+    for a in state.iter().filter(|a| a.key.asset_id().starts_with('r')) {
         if a.status == "SUMMARIZE_COMPLETED"
-            && request_rerun(client, &a.key.asset_id, &a.key.index_id).await
+            && request_rerun(client, a.key.asset_id(), a.key.index_id()).await
         {
-            return Some(a.key.asset_id.clone());
+            return Some(a.key.asset_id().to_string());
         }
     }
     None

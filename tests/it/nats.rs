@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
-use scenewatch::config::{NatsEventSinkConfig, WatchKey};
+use scenewatch::config::NatsEventSinkConfig;
+use scenewatch::domain::WatchKey;
 use scenewatch::events::Event;
 use scenewatch::sink::nats::{NatsSink, subject_for};
 use scenewatch::sink::{Disposition, EventSink};
@@ -53,12 +54,7 @@ fn config(url: &str, tag: &str) -> NatsEventSinkConfig {
 }
 
 fn events(n: u64, salt: &str) -> Vec<Event> {
-    let key = WatchKey {
-        workspace: "demo".into(),
-        project_id: "100".into(),
-        asset_id: "2001".into(),
-        index_id: "3001".into(),
-    };
+    let key = WatchKey::new("demo", "100", "2001", "3001").unwrap();
     (0..n)
         .map(|i| match i % 3 {
             0 => Event::completed(

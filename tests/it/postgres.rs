@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
-use scenewatch::config::{PostgresSinkConfig, WatchKey};
+use scenewatch::config::PostgresSinkConfig;
+use scenewatch::domain::WatchKey;
 use scenewatch::ncp::SummaryResult;
 use scenewatch::sink::postgres::{PostgresSink, parse_url};
 use scenewatch::sink::{Delivery, Disposition, Sink, SinkError};
@@ -151,12 +152,7 @@ impl Drop for Db {
 }
 
 fn key(asset: &str, index: &str) -> WatchKey {
-    WatchKey {
-        workspace: "media".into(),
-        project_id: "p-1".into(),
-        asset_id: asset.into(),
-        index_id: index.into(),
-    }
+    WatchKey::new("media", "p-1", asset, index).unwrap()
 }
 
 /// A scene: number, and `(description, metadataChangedAfterSummary)` if it was analyzed.
@@ -282,7 +278,7 @@ async fn delivered_versions_read_back_as_documented() {
                  analyzed_scene_ids, scene_count, fetched_at, result, delivered_at \
                  FROM scenewatch.index_versions WHERE version_id = $1",
             ),
-            &[&v2.version_id],
+            &[&v2.version_id.as_str()],
         )
         .await
         .unwrap();
@@ -323,7 +319,7 @@ async fn delivered_versions_read_back_as_documented() {
                 "SELECT scene, start_ms, end_ms, description, metadata_changed_after_summary, \
                  analyzed_at FROM scenewatch.scenes WHERE version_id = $1 ORDER BY scene",
             ),
-            &[&v1.version_id],
+            &[&v1.version_id.as_str()],
         )
         .await
         .unwrap();
@@ -363,7 +359,7 @@ async fn delivered_versions_read_back_as_documented() {
         .iter()
         .map(|r| (r.get("version_id"), r.get("scene"), r.get("description")))
         .collect();
-    let want = |n: i64, d: &str| (v2.version_id.clone(), n, Some(d.to_string()));
+    let want = |n: i64, d: &str| (v2.version_id.to_string(), n, Some(d.to_string()));
     assert_eq!(
         got,
         vec![
@@ -426,7 +422,10 @@ async fn delivered_versions_read_back_as_documented() {
         .collect();
     assert_eq!(
         got,
-        vec![(v2.version_id.clone(), 3), (v1.version_id.clone(), 3)],
+        vec![
+            (v2.version_id.to_string(), 3),
+            (v1.version_id.to_string(), 3)
+        ],
         "every version of an index"
     );
 }
@@ -664,7 +663,7 @@ async fn server_stopped_mid_run_and_restarted_loses_nothing() {
         assert!(
             counts
                 .iter()
-                .any(|r| r.get::<_, String>("version_id") == d.version_id)
+                .any(|r| r.get::<_, String>("version_id") == d.version_id.as_str())
         );
     }
 }

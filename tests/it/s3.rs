@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use scenewatch::config::{S3SinkConfig, WatchKey};
+use scenewatch::config::S3SinkConfig;
+use scenewatch::domain::WatchKey;
 use scenewatch::ncp::SummaryResult;
 use scenewatch::sink::s3::S3Sink;
 use scenewatch::sink::{Delivery, Disposition, Sink};
@@ -104,12 +105,7 @@ fn raw_result(last: &str, scenes: usize) -> String {
 }
 
 fn delivery(last: &str, scenes: usize) -> Delivery {
-    let key = WatchKey {
-        workspace: "demo".into(),
-        project_id: "100".into(),
-        asset_id: "2001".into(),
-        index_id: "3001".into(),
-    };
+    let key = WatchKey::new("demo", "100", "2001", "3001").unwrap();
     let result = SummaryResult::from_result_json(&raw_result(last, scenes)).unwrap();
     Delivery::new(key, Arc::new(result), SystemTime::now()).unwrap()
 }
@@ -151,7 +147,7 @@ async fn assert_envelope(store: &AmazonS3, key: &str, d: &Delivery) {
         result: &'a serde_json::value::RawValue,
     }
     let e: Envelope = serde_json::from_slice(&body).unwrap();
-    assert_eq!(e.version, d.version_id);
+    assert_eq!(e.version, d.version_id.as_str());
     assert_eq!(e.last_analyzed_at, d.last_analyzed_at);
     assert_eq!(e.scene_count, d.result.scenes.len());
     assert_eq!(e.result.get(), d.result.raw.get());

@@ -1,0 +1,280 @@
+//! The domain's identities, in one place: the validated [`WatchKey`] of one index, the
+//! [`VersionId`] of one result version and the recipe that makes it, shared by the engine, the
+//! ledger, the sinks and the events. Nothing here does IO.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+/// Longest id, in bytes (DESIGN.md "A watch").
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Checks one id of a watch: non-empty, at most 128 bytes, ASCII letters, digits, `-`, `_`, `.`,
+/// no `..` and not only dots, so it is safe both in a URL path and as a file name. The error says
+/// what is wrong, without repeating the value (the caller decides whether to show it).
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_ID_BYTES}",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "contains {c:?}; only letters, digits, '-', '_' and '.' are allowed"
+        ));
+    }
+    if id.contains("..") || id.chars().all(|c| c == '.') {
+        return Err("must not contain \"..\" or be only dots".into());
+    }
+    Ok(())
+}
+
+/// The four ids that identify one watched index. Every part passed [`validate_id`], so a key is
+/// safe to put in a URL, a file path or an object key as is. Built by [`WatchKey::new`] or
+/// parsed from `workspace/project_id/asset_id/index_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WatchKey {
+    workspace: String,
+    project_id: String,
+    asset_id: String,
+    index_id: String,
+}
+
+/// A watch key could not be built: which part is wrong and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{part} {value:?} {reason}")]
+pub struct KeyError {
+    /// `workspace`, `project_id`, `asset_id` or `index_id`; `key` when the shape is wrong.
+    pub part: &'static str,
+    /// The offending value (ids are not secret, and the user needs to see which one is wrong).
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl WatchKey {
+    /// Parts names, in key order.
+    pub const PARTS: [&'static str; 4] = ["workspace", "project_id", "asset_id", "index_id"];
+
+    /// A key of four valid ids.
+    pub fn new(
+        workspace: impl Into<String>,
+        project_id: impl Into<String>,
+        asset_id: impl Into<String>,
+        index_id: impl Into<String>,
+    ) -> Result<WatchKey, KeyError> {
+        let parts = [
+            workspace.into(),
+            project_id.into(),
+            asset_id.into(),
+            index_id.into(),
+        ];
+        for (name, value) in Self::PARTS.iter().zip(&parts) {
+            validate_id(value).map_err(|reason| KeyError {
+                part: name,
+                value: value.clone(),
+                reason,
+            })?;
+        }
+        let [workspace, project_id, asset_id, index_id] = parts;
+        Ok(WatchKey {
+            workspace,
+            project_id,
+            asset_id,
+            index_id,
+        })
+    }
+
+    /// The workspace name.
+    pub fn workspace(&self) -> &str {
+        &self.workspace
+    }
+
+    /// The project id.
+    pub fn project_id(&self) -> &str {
+        &self.project_id
+    }
+
+    /// The asset id.
+    pub fn asset_id(&self) -> &str {
+        &self.asset_id
+    }
+
+    /// The index id.
+    pub fn index_id(&self) -> &str {
+        &self.index_id
+    }
+
+    /// The same asset's other index (a re-index made `index_id` the latest). `index_id` must be
+    /// a valid id.
+    pub fn with_index(&self, index_id: &str) -> Result<WatchKey, KeyError> {
+        WatchKey::new(
+            self.workspace.clone(),
+            self.project_id.clone(),
+            self.asset_id.clone(),
+            index_id,
+        )
+    }
+
+    /// The four parts, in order.
+    pub fn parts(&self) -> [&str; 4] {
+        [
+            &self.workspace,
+            &self.project_id,
+            &self.asset_id,
+            &self.index_id,
+        ]
+    }
+
+    /// The CloudEvents `source` of the watch and the envelope's `source`.
+    pub fn source(&self) -> String {
+        format!(
+            "/workspaces/{}/projects/{}/assets/{}/indexes/{}",
+            self.workspace, self.project_id, self.asset_id, self.index_id
+        )
+    }
+}
+
+impl fmt::Display for WatchKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.workspace, self.project_id, self.asset_id, self.index_id
+        )
+    }
+}
+
+impl FromStr for WatchKey {
+    type Err = KeyError;
+
+    /// `workspace/project_id/asset_id/index_id`, as [`WatchKey`]'s `Display` writes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let [w, p, a, i] = parts.as_slice() else {
+            return Err(KeyError {
+                part: "key",
+                value: s.to_string(),
+                reason: "is not workspace/project_id/asset_id/index_id".into(),
+            });
+        };
+        WatchKey::new(*w, *p, *a, *i)
+    }
+}
+
+/// The id of one result version: the first 128 bits, in hex, of SHA-256 over the watch key (and
+/// so its index) and `lastAnalyzedAt`, each followed by a NUL byte. A version belongs to one
+/// index: `(indexId, lastAnalyzedAt)` within the asset. Stable across runs and releases, so
+/// consumers can dedupe on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct VersionId(String);
+
+impl VersionId {
+    /// The version `last_analyzed_at` of the index `key` names.
+    pub fn of(key: &WatchKey, last_analyzed_at: &str) -> VersionId {
+        let mut h = Sha256::new();
+        for part in key.parts().into_iter().chain([last_analyzed_at]) {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        let digest = h.finalize();
+        VersionId(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// An id read back from the ledger (made by [`VersionId::of`] when it was stored).
+    pub fn from_stored(id: String) -> VersionId {
+        VersionId(id)
+    }
+
+    /// The hex text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for VersionId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for VersionId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for VersionId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for VersionId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated_and_round_trip() {
+        let k = WatchKey::new("ws", "1", "2", "3").unwrap();
+        assert_eq!(k.to_string(), "ws/1/2/3");
+        assert_eq!("ws/1/2/3".parse::<WatchKey>().unwrap(), k);
+        assert_eq!(k.source(), "/workspaces/ws/projects/1/assets/2/indexes/3");
+        for bad in [
+            "ws/1/2",
+            "ws/1/2/3/4",
+            "ws//2/3",
+            "ws/1/../3",
+            "ws/1/a b/3",
+            "ws/./2/3",
+            "",
+        ] {
+            assert!(bad.parse::<WatchKey>().is_err(), "{bad:?}");
+        }
+        let e = WatchKey::new("ws", "1", "a/b", "3").unwrap_err();
+        assert_eq!(e.part, "asset_id");
+        assert!(e.to_string().contains("\"a/b\""), "{e}");
+        assert!(WatchKey::new("w", "p", "a", "x".repeat(129)).is_err());
+        assert!(WatchKey::new("w", "p", "a", "x".repeat(128)).is_ok());
+    }
+
+    /// The recipe is a contract with consumers (they dedupe on it): it must never change.
+    #[test]
+    fn version_ids_are_stable() {
+        let k = WatchKey::new("my-workspace", "1234", "5678", "1001").unwrap();
+        let v = VersionId::of(&k, "2026-04-17T10:30:00");
+        assert_eq!(v.len(), 32);
+        assert_eq!(v, VersionId::of(&k, "2026-04-17T10:30:00"));
+        assert_ne!(
+            v,
+            VersionId::of(&k.with_index("1002").unwrap(), "2026-04-17T10:30:00")
+        );
+        assert_ne!(v, VersionId::of(&k, "2026-04-17T10:30:01"));
+        // Parts are separated, so shifting a character between them changes the id.
+        let a = VersionId::of(&WatchKey::new("ab", "c", "d", "e").unwrap(), "t");
+        let b = VersionId::of(&WatchKey::new("a", "bc", "d", "e").unwrap(), "t");
+        assert_ne!(a, b);
+    }
+}
