@@ -21,6 +21,8 @@ use scenewatch::ncp::signing::{self, Credentials};
 
 use scenewatch::progress::{Board, Progress};
 
+use scenewatch::state::Ledger as _;
+
 use scenewatch::telemetry::{self, LogFormat};
 
 const EXIT_CODES: &str = "\
@@ -401,7 +403,7 @@ async fn forward_reloads(commands: tokio::sync::mpsc::Sender<scenewatch::daemon:
 
 /// Opens the ledger of the configuration at `path` for an operator command (no daemon needed;
 /// safe while one runs: SQLite serialises the writes).
-async fn operator_ledger(path: &std::path::Path) -> Result<scenewatch::state::Ledger, u8> {
+async fn operator_ledger(path: &std::path::Path) -> Result<scenewatch::state::SqliteLedger, u8> {
     let state_dir = match config::load_raw(&Sources::file_and_process_env(path)) {
         Ok((raw, _)) => PathBuf::from(raw.state_dir),
         Err(e) => {
@@ -410,7 +412,7 @@ async fn operator_ledger(path: &std::path::Path) -> Result<scenewatch::state::Le
         }
     };
     // The sink lists only matter for new versions, which operator commands do not create.
-    scenewatch::state::Ledger::open(&state_dir, Vec::new(), Vec::new())
+    scenewatch::state::SqliteLedger::open(&state_dir, Vec::new(), Vec::new())
         .await
         .map_err(|e| {
             eprintln!("error: {e}");
@@ -525,7 +527,7 @@ async fn status(path: &std::path::Path, json: bool) -> u8 {
             return exit::CONFIG;
         }
     };
-    let ledger = match scenewatch::state::Ledger::open_read_only(&state_dir).await {
+    let ledger = match scenewatch::state::SqliteLedger::open_read_only(&state_dir).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Health;
 use crate::schedule::Clock;
-use crate::state::Ledger;
+use crate::state::{Ledger, SharedLedger};
 
 /// How long the scheduler loop may stay silent before `/healthz` fails. It turns at least once
 /// a second, so this is generous on a loaded machine and still catches a wedged process.
@@ -23,7 +23,7 @@ pub const STALL_LIMIT_MS: u64 = 30_000;
 #[derive(Clone)]
 struct AppState {
     health: Arc<Health>,
-    ledger: Ledger,
+    ledger: SharedLedger,
     clock: Clock,
 }
 
@@ -31,7 +31,7 @@ struct AppState {
 pub async fn serve(
     listen: SocketAddr,
     health: Arc<Health>,
-    ledger: Ledger,
+    ledger: SharedLedger,
     clock: Clock,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -79,7 +79,7 @@ async fn healthz(State(s): State<AppState>) -> Response {
 }
 
 /// Why the daemon is not ready, empty when it is.
-pub async fn not_ready_reasons(health: &Health, ledger: &Ledger) -> Vec<String> {
+pub async fn not_ready_reasons(health: &Health, ledger: &dyn Ledger) -> Vec<String> {
     let mut reasons = Vec::new();
     if !health.started.load(Ordering::Relaxed) {
         reasons.push("starting".to_string());
@@ -100,7 +100,7 @@ pub async fn not_ready_reasons(health: &Health, ledger: &Ledger) -> Vec<String> 
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    let reasons = not_ready_reasons(&s.health, &s.ledger).await;
+    let reasons = not_ready_reasons(&s.health, s.ledger.as_ref()).await;
     if reasons.is_empty() {
         json(StatusCode::OK, serde_json::json!({"ready": true}))
     } else {

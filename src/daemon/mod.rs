@@ -23,7 +23,7 @@ use crate::config::{self, Config, Sources};
 use crate::metrics::Metrics;
 use crate::schedule::Clock;
 use crate::sink::{self, EventSink, Sink};
-use crate::state::Ledger;
+use crate::state::{SharedLedger, SqliteLedger};
 use crate::watch::Phase;
 
 pub use scheduler::Command;
@@ -125,18 +125,20 @@ pub async fn run(
     let _lock = lock_state_dir(&config.state_dir)?;
     let result_sinks = build_sinks(&config).await?;
     let event_sinks = build_event_sinks(&config).await?;
-    let ledger = Ledger::open(
-        &config.state_dir,
-        result_sinks.iter().map(|s| s.name().to_string()).collect(),
-        event_sinks.iter().map(|s| s.name().to_string()).collect(),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "cannot open the state database in {}",
-            config.state_dir.display()
+    let ledger: SharedLedger = Arc::new(
+        SqliteLedger::open(
+            &config.state_dir,
+            result_sinks.iter().map(|s| s.name().to_string()).collect(),
+            event_sinks.iter().map(|s| s.name().to_string()).collect(),
         )
-    })?;
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the state database in {}",
+                config.state_dir.display()
+            )
+        })?,
+    );
     let records = ledger
         .sync_watches(&config.watches, clock.now_ms())
         .await

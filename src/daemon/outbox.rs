@@ -15,7 +15,7 @@ use crate::events::Event;
 use crate::ncp::SummaryResult;
 use crate::schedule::{Clock, poll_delay};
 use crate::sink::{Delivery, Disposition, EventSink, Sink, SinkError};
-use crate::state::{Ledger, PendingDelivery, SinkHealth};
+use crate::state::{PendingDelivery, SharedLedger, SinkHealth};
 
 /// Rows taken per round.
 const BATCH: usize = 64;
@@ -28,7 +28,7 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// What a drainer needs.
 #[derive(Clone)]
 pub struct Outbox {
-    pub ledger: Ledger,
+    pub ledger: SharedLedger,
     pub clock: Clock,
     pub health: Arc<Health>,
     pub stop: CancellationToken,

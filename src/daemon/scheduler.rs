@@ -20,7 +20,7 @@ use crate::config::{self, Config, PollConfig, Sources, WatchSpec};
 use crate::domain::WatchKey;
 use crate::ncp::{ApiError, Client, Generation, SummaryResult, Verdict};
 use crate::schedule::{Clock, RequestBudget, first_poll_offset, poll_delay};
-use crate::state::{Ledger, NewVersion, StepCommit, WatchRecord};
+use crate::state::{NewVersion, SharedLedger, StepCommit, WatchRecord};
 use crate::watch::{self, Action, Answer, Limits, Phase};
 
 /// Messages to the scheduler.
@@ -56,7 +56,7 @@ const LEDGER_RETRY: Duration = Duration::from_secs(5);
 pub struct Scheduler {
     config: Config,
     sources: Sources,
-    ledger: Ledger,
+    ledger: SharedLedger,
     clock: Clock,
     health: Arc<Health>,
     wakes: Arc<Wakes>,
@@ -84,7 +84,7 @@ struct Outcome {
 /// What poll tasks share.
 struct PollCtx {
     health: Arc<Health>,
-    ledger: Ledger,
+    ledger: SharedLedger,
     clock: Clock,
     budget: Arc<RequestBudget>,
     poll: PollConfig,
@@ -96,7 +96,7 @@ impl Scheduler {
     pub fn new(
         config: Config,
         sources: Sources,
-        ledger: Ledger,
+        ledger: SharedLedger,
         clock: Clock,
         health: Arc<Health>,
         wakes: Wakes,

@@ -1,43 +1,33 @@
-//! The durable ledger and outbox: per-watch state, fetched result versions, one delivery row per
-//! version and sink, and queued events, in one SQLite database (`{state_dir}/scenewatch.db`).
+//! The ledger and outbox behind one trait: per-watch state, fetched result versions, one delivery
+//! row per version and sink, and queued events. The engine knows only [`Ledger`]; it is
+//! implemented in memory (`memory.rs`, for `scenewatch once` and the demo) and in SQLite
+//! (`sqlite/`, the daemon's durable ledger in `{state_dir}/scenewatch.db`), and shaped so that a
+//! PostgreSQL implementation can follow: every call is one transaction, the poll step's whole
+//! outcome is one [`Ledger::commit_step`], and deliveries and events are claimed by sink.
 //!
-//! One dedicated thread owns the read-write connection (`worker.rs`); async callers send it
-//! closures over a channel and await a oneshot reply, so SQLite never blocks the runtime. Commands
-//! that arrive together are committed in one transaction (group commit), each inside its own
-//! savepoint so one failing command does not take the others down; every caller is answered only
-//! after the `COMMIT` that made its data durable (`synchronous=FULL`).
-//!
-//! The schema, its migrations and the open-time checks are in `schema.rs`; the SQL of each
-//! operation is in `store.rs`.
+//! The contract every implementation keeps is written down in the trait's documentation and
+//! checked by the same tests against each (`contract.rs`).
 
-pub mod schema;
-mod store;
-mod worker;
+pub mod memory;
+pub mod sqlite;
 
 #[cfg(test)]
-mod tests;
+mod contract;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use tokio::sync::{mpsc, oneshot};
+use futures_util::future::BoxFuture;
 
 use crate::config::WatchSpec;
 use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::watch::{Phase, WatchState};
 
-use store::Store;
-use worker::Msg;
+pub use memory::MemoryLedger;
+pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteLedger};
 
-/// The database file inside `state_dir`.
-pub const DB_FILE: &str = "scenewatch.db";
-
-/// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: u32 = 1;
-
-/// A ledger operation failed. Every message names the database file.
+/// A ledger operation failed. Every message names the ledger (the database file).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StateError {
     /// The file was written by a newer scenewatch; this one must not touch it.
@@ -83,55 +73,6 @@ pub enum StateError {
         /// The database file.
         path: PathBuf,
     },
-}
-
-/// Turns a SQLite error into the variant a caller can act on: a damaged or foreign file is
-/// `Corrupt` (restore a backup), a value this build cannot read back is `Corrupt` too (someone
-/// edited the file, or a newer build wrote it without bumping the schema), everything else is
-/// `Io` with a hint for the common causes.
-pub(crate) fn sql_error(path: &Path, op: &'static str, e: &rusqlite::Error) -> StateError {
-    use rusqlite::Error as E;
-    use rusqlite::ErrorCode;
-    let path = path.to_path_buf();
-    match e {
-        E::FromSqlConversionFailure(..)
-        | E::IntegralValueOutOfRange(..)
-        | E::InvalidColumnType(..)
-        | E::Utf8Error(..) => {
-            return StateError::Corrupt {
-                path,
-                detail: format!("a stored value cannot be read back: {e}"),
-            };
-        }
-        _ => {}
-    }
-    let hint = match e.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            return StateError::Corrupt {
-                path,
-                detail: e.to_string(),
-            };
-        }
-        Some(ErrorCode::DiskFull) => {
-            "free some space on its file system; everything committed before is kept"
-        }
-        Some(ErrorCode::ReadOnly) => {
-            "make the file and its directory writable by the user scenewatch runs as"
-        }
-        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
-            "check that its directory exists and that the user scenewatch runs as may write to it"
-        }
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            "another process holds it locked; is another scenewatch running with this state_dir?"
-        }
-        _ => "",
-    };
-    let detail = if hint.is_empty() {
-        e.to_string()
-    } else {
-        format!("{e} ({hint})")
-    };
-    StateError::Io { path, op, detail }
 }
 
 /// The durable state of one watch.
@@ -246,308 +187,128 @@ pub struct Backlog {
     pub parked: u64,
 }
 
-/// Handle on the ledger. Cheap to clone: a channel sender to the thread that owns the database.
-#[derive(Clone)]
-pub struct Ledger {
-    tx: mpsc::Sender<Msg>,
-    path: Arc<PathBuf>,
-    read_only: bool,
-}
+/// A ledger shared by the engine, the drainers and the server.
+pub type SharedLedger = std::sync::Arc<dyn Ledger>;
 
-impl fmt::Debug for Ledger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ledger")
-            .field("path", &self.path)
-            .field("read_only", &self.read_only)
-            .finish_non_exhaustive()
-    }
-}
+/// What a ledger call returns.
+pub type LedgerFuture<'a, T> = BoxFuture<'a, Result<T, StateError>>;
 
-impl Ledger {
-    /// Creates `state_dir` if needed, opens or creates the DB, checks integrity
-    /// (`PRAGMA quick_check`), migrates, and starts the writer thread. `sinks` / `event_sinks`
-    /// are the configured sink names: new versions get one delivery row per result sink, new
-    /// events one row per event sink.
-    pub async fn open(
-        state_dir: &Path,
-        sinks: Vec<String>,
-        event_sinks: Vec<String>,
-    ) -> Result<Ledger, StateError> {
-        let dir = state_dir.to_path_buf();
-        let path = dir.join(DB_FILE);
-        let tx = worker::start(path.clone(), move || {
-            Store::open_rw(&dir, sinks, event_sinks)
-        })
-        .await?;
-        Ok(Ledger {
-            tx,
-            path: Arc::new(path),
-            read_only: false,
-        })
-    }
-
-    /// A read-only view for `status`: creates no database, migrates nothing, refuses a newer
-    /// schema with the same message as [`Ledger::open`]. Works while a daemon has the database
-    /// open (WAL readers do not block the writer). Write operations fail with
-    /// [`StateError::Io`]. Like any WAL reader, SQLite may leave empty `-wal` / `-shm` files next
-    /// to the database (its shared-memory index); the daemon reuses them.
-    pub async fn open_read_only(state_dir: &Path) -> Result<Ledger, StateError> {
-        let dir = state_dir.to_path_buf();
-        let path = dir.join(DB_FILE);
-        let tx = worker::start(path.clone(), move || Store::open_ro(&dir)).await?;
-        Ok(Ledger {
-            tx,
-            path: Arc::new(path),
-            read_only: true,
-        })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+/// The ledger and outbox. Every method is one atomic change (or one consistent read); an `Ok`
+/// means the change is as durable as the implementation promises (SQLite: fsync'd; memory: for
+/// the life of the process).
+pub trait Ledger: Send + Sync + fmt::Debug {
+    /// What to call it in messages: the database file, or "the in-memory ledger".
+    fn describe(&self) -> String;
 
     /// Replaces the configured sink names (on reload). Existing rows are kept: a removed sink's
-    /// open deliveries stay in the backlog, a new sink gets rows for versions fetched from now on.
-    pub async fn set_sinks(
-        &self,
-        sinks: Vec<String>,
-        event_sinks: Vec<String>,
-    ) -> Result<(), StateError> {
-        self.run(false, move |s| {
-            s.sinks = sinks;
-            s.event_sinks = event_sinks;
-            Ok(())
-        })
-        .await
-    }
+    /// open deliveries stay in the backlog, a new sink gets rows for versions fetched from now
+    /// on.
+    fn set_sinks(&self, sinks: Vec<String>, event_sinks: Vec<String>) -> LedgerFuture<'_, ()>;
 
     /// Upserts the configured watches (new ones `pending`; scene_summary_id and generation
     /// refreshed; a previously removed one is un-removed with its state), flags the others
     /// removed (kept), and returns the records of the configured ones, in `specs` order.
-    pub async fn sync_watches(
-        &self,
-        specs: &[WatchSpec],
+    fn sync_watches<'a>(
+        &'a self,
+        specs: &'a [WatchSpec],
         now_ms: u64,
-    ) -> Result<Vec<WatchRecord>, StateError> {
-        let specs: Vec<store::SpecRow> = specs.iter().map(store::SpecRow::from).collect();
-        self.run(true, move |s| s.sync_watches(&specs, now_ms))
-            .await
-    }
+    ) -> LedgerFuture<'a, Vec<WatchRecord>>;
 
     /// Puts terminal watches back to `pending`, due now (an operator's `scenewatch reset`);
-    /// `keys` empty means every terminal watch. Returns the keys that were reset. A running
-    /// daemon picks them up on its next reload.
-    pub async fn reset_watches(
-        &self,
-        keys: Vec<WatchKey>,
-        now_ms: u64,
-    ) -> Result<Vec<WatchKey>, StateError> {
-        self.run(true, move |s| s.reset_watches(&keys, now_ms))
-            .await
-    }
+    /// `keys` empty means every terminal watch. Returns the keys that were reset.
+    fn reset_watches(&self, keys: Vec<WatchKey>, now_ms: u64) -> LedgerFuture<'_, Vec<WatchKey>>;
 
     /// Makes parked deliveries and events due again, for every sink or one; returns how many.
-    /// A running daemon's drainers pick them up within seconds.
-    pub async fn unpark(&self, sink: Option<String>, now_ms: u64) -> Result<u64, StateError> {
-        self.run(true, move |s| s.unpark(sink.as_deref(), now_ms))
-            .await
-    }
+    fn unpark(&self, sink: Option<String>, now_ms: u64) -> LedgerFuture<'_, u64>;
 
     /// In one transaction: the watch row, the version row and one delivery row per result sink
-    /// (if `new_version`), and the events (INSERT OR IGNORE by id; only new ones are queued).
-    pub async fn commit_step(&self, commit: StepCommit) -> Result<(), StateError> {
-        self.run(true, move |s| s.commit_step(&commit)).await
-    }
+    /// (if `new_version`), and the events (kept once per id; only new ones are queued, one row
+    /// per event sink). Either all of it is recorded or none.
+    fn commit_step(&self, commit: StepCommit) -> LedgerFuture<'_, ()>;
 
-    /// Due pending deliveries of one sink (`next_attempt_at_ms <= now_ms`), earliest due first,
-    /// with the stored result; at most `limit`.
-    pub async fn due_deliveries(
-        &self,
-        sink: &str,
+    /// Due pending deliveries of one sink (`next_attempt_at_ms <= now_ms`), earliest due first
+    /// (then by version id), with the stored result; at most `limit`.
+    fn due_deliveries<'a>(
+        &'a self,
+        sink: &'a str,
         now_ms: u64,
         limit: usize,
-    ) -> Result<Vec<PendingDelivery>, StateError> {
-        let sink = sink.to_string();
-        self.run(false, move |s| s.due_deliveries(&sink, now_ms, limit))
-            .await
-    }
+    ) -> LedgerFuture<'a, Vec<PendingDelivery>>;
 
-    /// Marks a delivery done (idempotent; a parked one too) and records `events` in the same
-    /// transaction. When every delivery row of the version is done, and the watch's last version
-    /// is this one and its phase `completed`, the phase becomes `watching`. Returns whether the
-    /// version is now fully delivered.
-    pub async fn delivery_succeeded(
-        &self,
-        version_id: &str,
-        sink: &str,
-        location: &str,
+    /// Marks a delivery done (idempotent; a parked one too) and records `events` with it. When
+    /// every delivery row of the version for a configured sink is done, the stored result is
+    /// released and, if the watch's last version is this one and its phase `completed`, the
+    /// phase becomes `watching`. Returns whether the version is now fully delivered.
+    fn delivery_succeeded<'a>(
+        &'a self,
+        version_id: &'a VersionId,
+        sink: &'a str,
+        location: &'a str,
         events: Vec<Event>,
         now_ms: u64,
-    ) -> Result<bool, StateError> {
-        let (version_id, sink, location) = (
-            version_id.to_string(),
-            sink.to_string(),
-            location.to_string(),
-        );
-        self.run(true, move |s| {
-            s.delivery_succeeded(&version_id, &sink, &location, &events, now_ms)
-        })
-        .await
-    }
+    ) -> LedgerFuture<'a, bool>;
 
     /// Records a failed attempt: attempts + 1, the error, the next attempt time; `park` sets the
     /// row `parked` (kept and reported, not retried). A done delivery is left done.
-    pub async fn delivery_failed(
-        &self,
-        version_id: &str,
-        sink: &str,
-        error: &str,
+    fn delivery_failed<'a>(
+        &'a self,
+        version_id: &'a VersionId,
+        sink: &'a str,
+        error: &'a str,
         next_attempt_at_ms: u64,
         park: bool,
-    ) -> Result<(), StateError> {
-        let (version_id, sink, error) =
-            (version_id.to_string(), sink.to_string(), error.to_string());
-        self.run(true, move |s| {
-            s.delivery_failed(&version_id, &sink, &error, next_attempt_at_ms, park)
-        })
-        .await
-    }
+    ) -> LedgerFuture<'a, ()>;
 
-    /// Records events outside a poll step (`sink.failing` / `sink.recovered`): INSERT OR IGNORE by
-    /// id, and event-delivery rows for the new ones.
-    pub async fn record_events(&self, events: Vec<Event>) -> Result<(), StateError> {
-        self.run(true, move |s| s.record_events(&events)).await
-    }
+    /// Records events outside a poll step (`sink.failing` / `sink.recovered`): kept once per id,
+    /// and one row per event sink for the new ones.
+    fn record_events(&self, events: Vec<Event>) -> LedgerFuture<'_, ()>;
 
     /// Due events of one event sink in emission order, at most `limit`. Order is kept strictly:
-    /// the list stops at the first pending event that is not due yet (one in backoff), so a
-    /// failed batch holds back the events after it. Parked events are skipped. A stored event
-    /// this build cannot decode is parked (and logged) rather than blocking the queue.
-    pub async fn due_events(
-        &self,
-        sink: &str,
+    /// the list stops at the first pending event that is not due yet (one in backoff). Parked
+    /// events are skipped; a stored event that cannot be decoded is parked (and logged).
+    fn due_events<'a>(
+        &'a self,
+        sink: &'a str,
         now_ms: u64,
         limit: usize,
-    ) -> Result<Vec<Event>, StateError> {
-        let sink = sink.to_string();
-        // A write in the rare case of an undecodable event (it is parked), so not read-only.
-        self.run(!self.read_only, move |s| s.due_events(&sink, now_ms, limit))
-            .await
-    }
+    ) -> LedgerFuture<'a, Vec<Event>>;
 
     /// Marks events (by id) delivered to an event sink. Idempotent.
-    pub async fn events_sent(&self, sink: &str, ids: &[String]) -> Result<(), StateError> {
-        let (sink, ids) = (sink.to_string(), ids.to_vec());
-        self.run(true, move |s| s.events_sent(&sink, &ids)).await
-    }
+    fn events_sent<'a>(&'a self, sink: &'a str, ids: &'a [String]) -> LedgerFuture<'a, ()>;
 
     /// Records a failed attempt for events (by id) of an event sink; `park` parks them.
-    pub async fn events_failed(
-        &self,
-        sink: &str,
-        ids: &[String],
-        error: &str,
+    fn events_failed<'a>(
+        &'a self,
+        sink: &'a str,
+        ids: &'a [String],
+        error: &'a str,
         next_attempt_at_ms: u64,
         park: bool,
-    ) -> Result<(), StateError> {
-        let (sink, ids, error) = (sink.to_string(), ids.to_vec(), error.to_string());
-        self.run(true, move |s| {
-            s.events_failed(&sink, &ids, &error, next_attempt_at_ms, park)
-        })
-        .await
-    }
+    ) -> LedgerFuture<'a, ()>;
 
     /// Persisted health of a sink; the default (not failing, episode 0) for an unknown one.
-    pub async fn sink_health(&self, sink: &str) -> Result<SinkHealth, StateError> {
-        let sink = sink.to_string();
-        self.run(false, move |s| s.sink_health(&sink)).await
-    }
+    fn sink_health<'a>(&'a self, sink: &'a str) -> LedgerFuture<'a, SinkHealth>;
 
     /// Persists the health of a sink.
-    pub async fn set_sink_health(&self, sink: &str, health: SinkHealth) -> Result<(), StateError> {
-        let sink = sink.to_string();
-        self.run(true, move |s| s.set_sink_health(&sink, health))
-            .await
-    }
+    fn set_sink_health<'a>(&'a self, sink: &'a str, health: SinkHealth) -> LedgerFuture<'a, ()>;
+
+    /// A fact about the whole deployment (say, that the index-level API is gone), by name.
+    fn fact<'a>(&'a self, name: &'a str) -> LedgerFuture<'a, Option<String>>;
+
+    /// Records a fact about the whole deployment.
+    fn set_fact<'a>(&'a self, name: &'a str, value: &'a str) -> LedgerFuture<'a, ()>;
 
     /// One row per watch, removed ones too (flagged), ordered by key.
-    pub async fn status(&self) -> Result<Vec<StatusRow>, StateError> {
-        self.run(false, Store::status).await
-    }
+    fn status(&self) -> LedgerFuture<'_, Vec<StatusRow>>;
 
     /// Open deliveries per sink name, result and event sinks alike (configured sinks are listed
     /// even when empty), ordered by name.
-    pub async fn backlog(&self) -> Result<Vec<Backlog>, StateError> {
-        self.run(false, Store::backlog).await
-    }
+    fn backlog(&self) -> LedgerFuture<'_, Vec<Backlog>>;
 
-    /// Checks that the database is writable now, for readiness: takes the write lock and writes
-    /// in a transaction that is rolled back. After a failed commit (disk full, say) it commits a
-    /// real tiny write instead, so readiness recovers only once writing works again.
-    pub async fn probe_writable(&self) -> Result<(), StateError> {
-        if self.read_only {
-            return Err(self.read_only_error());
-        }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Probe(reply))
-            .await
-            .map_err(|_| self.closed())?;
-        rx.await.map_err(|_| self.closed())?
-    }
+    /// Checks that a real change can be committed now, for readiness.
+    fn probe_writable(&self) -> LedgerFuture<'_, ()>;
 
-    /// Stops the writer thread after the commands queued before this one and checkpoints the
-    /// WAL into the database file. Commands sent later by other clones fail with
+    /// Finishes what is queued and releases the storage; later calls fail with
     /// [`StateError::Closed`].
-    pub async fn close(self) -> Result<(), StateError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Close(reply))
-            .await
-            .map_err(|_| self.closed())?;
-        rx.await.map_err(|_| self.closed())?
-    }
-
-    /// Runs `f` on the ledger thread, inside the current group transaction, and returns its
-    /// result once that transaction is committed.
-    async fn run<T, F>(&self, write: bool, f: F) -> Result<T, StateError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T, StateError> + Send + 'static,
-    {
-        if write && self.read_only {
-            return Err(self.read_only_error());
-        }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Job(worker::job(f, reply), write))
-            .await
-            .map_err(|_| self.closed())?;
-        rx.await.map_err(|_| self.closed())?
-    }
-
-    fn closed(&self) -> StateError {
-        StateError::Closed {
-            path: self.path.to_path_buf(),
-        }
-    }
-
-    fn read_only_error(&self) -> StateError {
-        StateError::Io {
-            path: self.path.to_path_buf(),
-            op: "write",
-            detail: "this ledger was opened read-only (for status)".into(),
-        }
-    }
-
-    /// Runs arbitrary code on the ledger thread, for tests that inspect or sabotage the database.
-    #[cfg(test)]
-    pub(crate) async fn with_store<T, F>(&self, f: F) -> Result<T, StateError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T, StateError> + Send + 'static,
-    {
-        self.run(false, f).await
-    }
+    fn close(&self) -> LedgerFuture<'_, ()>;
 }

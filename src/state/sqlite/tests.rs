@@ -9,6 +9,7 @@ use crate::config::WatchSpec;
 use crate::domain::WatchKey;
 use crate::events::Event;
 use crate::ncp::{Generation, RemoteStatus};
+use crate::state::{Ledger as _, NewVersion};
 use crate::watch::{Phase, WatchState};
 
 fn key(index: &str) -> WatchKey {
@@ -33,8 +34,8 @@ fn event_sinks() -> Vec<String> {
     vec!["log".into()]
 }
 
-async fn open(dir: &Path) -> Ledger {
-    match Ledger::open(dir, sinks(), event_sinks()).await {
+async fn open(dir: &Path) -> SqliteLedger {
+    match SqliteLedger::open(dir, sinks(), event_sinks()).await {
         Ok(l) => l,
         Err(e) => panic!("open failed: {e}"),
     }
@@ -92,7 +93,7 @@ fn waiting_event(index: &str, status: &str, time_ms: u64) -> Event {
 }
 
 /// Runs one query on the ledger thread and returns its single integer.
-async fn count(ledger: &Ledger, sql: &'static str) -> i64 {
+async fn count(ledger: &SqliteLedger, sql: &'static str) -> i64 {
     let r = ledger
         .with_store(move |s| {
             s.conn
@@ -191,67 +192,6 @@ async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state() {
 }
 
 #[tokio::test]
-async fn a_new_version_queues_one_delivery_per_sink_with_the_result_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = open(dir.path()).await;
-    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
-    let step = completed_step("i1", "2025-01-01T00:00:00Z", vec![]);
-    let v = step.new_version.clone().unwrap();
-    ledger.commit_step(step.clone()).await.unwrap();
-    // The same version committed again (a replayed step) queues nothing more.
-    ledger.commit_step(step).await.unwrap();
-
-    for sink in sinks() {
-        let due = ledger.due_deliveries(&sink, 1_000, 10).await.unwrap();
-        assert_eq!(due.len(), 1, "{sink}");
-        assert_eq!(due[0].version_id, v.version_id);
-        assert_eq!(due[0].key, key("i1"));
-        assert_eq!(due[0].result_json, v.result_json);
-        assert_eq!(due[0].fetched_at_ms, 1_000);
-        assert_eq!(due[0].attempts, 0);
-    }
-    assert!(
-        ledger
-            .due_deliveries("files", 999, 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "not due before it was fetched"
-    );
-    assert!(
-        ledger
-            .due_deliveries("other", 5_000, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let backlog = ledger.backlog().await.unwrap();
-    assert_eq!(
-        backlog,
-        vec![
-            Backlog {
-                sink: "files".into(),
-                pending: 1,
-                parked: 0
-            },
-            Backlog {
-                sink: "hook".into(),
-                pending: 1,
-                parked: 0
-            },
-            Backlog {
-                sink: "log".into(),
-                pending: 0,
-                parked: 0
-            },
-        ]
-    );
-}
-
-/// A step whose last insert fails must leave nothing of itself behind: not the version, not its
-/// deliveries, not the watch row. A temp trigger makes the event insert fail after the watch and
-/// version rows were written in the same transaction.
-#[tokio::test]
 async fn a_step_that_fails_midway_leaves_no_trace_and_others_in_the_group_commit() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
@@ -294,219 +234,6 @@ async fn a_step_that_fails_midway_leaves_no_trace_and_others_in_the_group_commit
     let i2 = status.iter().find(|r| r.key == key("i2")).unwrap();
     assert_eq!(i2.phase, Phase::Completed);
     assert_eq!(i2.pending_deliveries, 2);
-}
-
-#[tokio::test]
-async fn delivery_succeeded_is_idempotent_and_flips_to_watching_when_all_sinks_are_done() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = open(dir.path()).await;
-    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
-    let step = completed_step("i1", "v1", vec![]);
-    let vid = step.new_version.as_ref().unwrap().version_id.clone();
-    ledger.commit_step(step).await.unwrap();
-    let phase = |l: Ledger| async move { l.status().await.unwrap()[0].phase };
-
-    let delivered = Event::delivered(&key("i1"), &vid, "files", "/out/i1.json", 2_000);
-    for _ in 0..2 {
-        let done = ledger
-            .delivery_succeeded(
-                &vid,
-                "files",
-                "/out/i1.json",
-                vec![delivered.clone()],
-                2_000,
-            )
-            .await
-            .unwrap();
-        assert!(!done, "hook is still pending");
-        assert_eq!(phase(ledger.clone()).await, Phase::Completed);
-    }
-    assert_eq!(count(&ledger, "SELECT count(*) FROM events").await, 1);
-    assert!(
-        ledger
-            .due_deliveries("files", 9_999, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-
-    let done = ledger
-        .delivery_succeeded(&vid, "hook", "https://example/hook", vec![], 3_000)
-        .await
-        .unwrap();
-    assert!(done);
-    assert_eq!(phase(ledger.clone()).await, Phase::Watching);
-    // Again: still fully delivered, still watching, nothing else changes.
-    assert!(
-        ledger
-            .delivery_succeeded(&vid, "hook", "https://example/hook", vec![], 4_000)
-            .await
-            .unwrap()
-    );
-    assert_eq!(phase(ledger.clone()).await, Phase::Watching);
-    let status = ledger.status().await.unwrap();
-    assert_eq!(status[0].pending_deliveries, 0);
-}
-
-#[tokio::test]
-async fn completed_does_not_flip_when_a_newer_version_is_the_last_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = open(dir.path()).await;
-    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
-    let old = completed_step("i1", "v1", vec![]);
-    let old_id = old.new_version.as_ref().unwrap().version_id.clone();
-    ledger.commit_step(old).await.unwrap();
-    ledger
-        .commit_step(completed_step("i1", "v2", vec![]))
-        .await
-        .unwrap();
-    for sink in sinks() {
-        ledger
-            .delivery_succeeded(&old_id, &sink, "x", vec![], 1)
-            .await
-            .unwrap();
-    }
-    assert_eq!(ledger.status().await.unwrap()[0].phase, Phase::Completed);
-}
-
-#[tokio::test]
-async fn parked_deliveries_are_not_due_but_counted_and_failures_back_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = open(dir.path()).await;
-    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
-    let step = completed_step("i1", "v1", vec![]);
-    let vid = step.new_version.as_ref().unwrap().version_id.clone();
-    ledger.commit_step(step).await.unwrap();
-
-    ledger
-        .delivery_failed(&vid, "files", "disk full", 5_000, false)
-        .await
-        .unwrap();
-    assert!(
-        ledger
-            .due_deliveries("files", 4_999, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let due = ledger.due_deliveries("files", 5_000, 10).await.unwrap();
-    assert_eq!(due[0].attempts, 1);
-
-    ledger
-        .delivery_failed(&vid, "hook", "HTTP 400", 6_000, true)
-        .await
-        .unwrap();
-    assert!(
-        ledger
-            .due_deliveries("hook", u64::MAX, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let backlog = ledger.backlog().await.unwrap();
-    let hook = backlog.iter().find(|b| b.sink == "hook").unwrap();
-    assert_eq!((hook.pending, hook.parked), (0, 1));
-    let status = ledger.status().await.unwrap();
-    assert_eq!(
-        (status[0].pending_deliveries, status[0].parked_deliveries),
-        (1, 1)
-    );
-
-    // A late failure report cannot undo a success.
-    ledger
-        .delivery_succeeded(&vid, "files", "f", vec![], 7_000)
-        .await
-        .unwrap();
-    ledger
-        .delivery_failed(&vid, "files", "late", 8_000, false)
-        .await
-        .unwrap();
-    assert!(
-        ledger
-            .due_deliveries("files", u64::MAX, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-}
-
-#[tokio::test]
-async fn events_are_queued_once_per_id_and_due_in_emission_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = open(dir.path()).await;
-    let a = waiting_event("i1", "WAIT_SUMMARIZE", 300);
-    let b = Event::sink_failing("hook", 1, "HTTP 503", 100);
-    let c = waiting_event("i1", "SUMMARIZING", 200);
-    ledger
-        .record_events(vec![a.clone(), b.clone()])
-        .await
-        .unwrap();
-    ledger
-        .record_events(vec![b.clone(), c.clone(), a.clone()])
-        .await
-        .unwrap();
-    assert_eq!(count(&ledger, "SELECT count(*) FROM events").await, 3);
-
-    let due = ledger.due_events("log", 1_000, 10).await.unwrap();
-    assert_eq!(
-        due,
-        vec![a.clone(), b.clone(), c.clone()],
-        "seq order, not time order"
-    );
-    assert_eq!(ledger.due_events("log", 1_000, 2).await.unwrap().len(), 2);
-
-    // A failed batch holds back the events after it: order is kept.
-    ledger
-        .events_failed(
-            "log",
-            std::slice::from_ref(&a.id),
-            "broken pipe",
-            5_000,
-            false,
-        )
-        .await
-        .unwrap();
-    assert!(
-        ledger
-            .due_events("log", 4_999, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(ledger.due_events("log", 5_000, 10).await.unwrap().len(), 3);
-
-    ledger
-        .events_sent("log", &[a.id.clone(), b.id.clone()])
-        .await
-        .unwrap();
-    ledger
-        .events_sent("log", std::slice::from_ref(&a.id))
-        .await
-        .unwrap();
-    assert_eq!(
-        ledger.due_events("log", 5_000, 10).await.unwrap(),
-        vec![c.clone()]
-    );
-
-    ledger
-        .events_failed("log", std::slice::from_ref(&c.id), "400", 0, true)
-        .await
-        .unwrap();
-    assert!(
-        ledger
-            .due_events("log", u64::MAX, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let log = ledger
-        .backlog()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|b| b.sink == "log")
-        .unwrap();
-    assert_eq!((log.pending, log.parked), (0, 1));
 }
 
 #[tokio::test]
@@ -588,7 +315,7 @@ async fn a_newer_schema_is_refused_and_the_file_left_byte_identical() {
     let path = dir.path().join(DB_FILE);
     let before = std::fs::read(&path).unwrap();
 
-    let err = Ledger::open(dir.path(), sinks(), event_sinks())
+    let err = SqliteLedger::open(dir.path(), sinks(), event_sinks())
         .await
         .unwrap_err();
     assert!(
@@ -609,7 +336,7 @@ async fn a_newer_schema_is_refused_and_the_file_left_byte_identical() {
     );
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     assert!(msg.contains("left untouched"), "{msg}");
-    let err = Ledger::open_read_only(dir.path()).await.unwrap_err();
+    let err = SqliteLedger::open_read_only(dir.path()).await.unwrap_err();
     assert!(matches!(err, StateError::NewerSchema { .. }), "{err:?}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
@@ -620,7 +347,7 @@ async fn a_garbage_file_is_refused_and_left_untouched() {
     let path = dir.path().join(DB_FILE);
     let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&path, &garbage).unwrap();
-    let err = Ledger::open(dir.path(), sinks(), event_sinks())
+    let err = SqliteLedger::open(dir.path(), sinks(), event_sinks())
         .await
         .unwrap_err();
     let msg = err.to_string();
@@ -628,7 +355,7 @@ async fn a_garbage_file_is_refused_and_left_untouched() {
     assert!(msg.contains("not a scenewatch state database"), "{msg}");
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     assert!(msg.contains("move it aside and restore a backup"), "{msg}");
-    assert!(Ledger::open_read_only(dir.path()).await.is_err());
+    assert!(SqliteLedger::open_read_only(dir.path()).await.is_err());
     assert_eq!(std::fs::read(&path).unwrap(), garbage);
 }
 
@@ -652,7 +379,7 @@ async fn a_damaged_ledger_is_refused_and_left_untouched() {
     }
     std::fs::write(&path, &bytes).unwrap();
 
-    let err = Ledger::open(dir.path(), sinks(), event_sinks())
+    let err = SqliteLedger::open(dir.path(), sinks(), event_sinks())
         .await
         .unwrap_err();
     assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
@@ -674,7 +401,7 @@ async fn another_applications_sqlite_file_is_refused_and_left_untouched() {
             .unwrap();
     }
     let before = std::fs::read(&path).unwrap();
-    let err = Ledger::open(dir.path(), sinks(), event_sinks())
+    let err = SqliteLedger::open(dir.path(), sinks(), event_sinks())
         .await
         .unwrap_err();
     assert!(
@@ -691,7 +418,7 @@ async fn an_uncreatable_state_dir_gives_an_error_naming_the_file() {
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();
     let state = file.join("state");
-    let err = Ledger::open(&state, sinks(), event_sinks())
+    let err = SqliteLedger::open(&state, sinks(), event_sinks())
         .await
         .unwrap_err();
     let msg = err.to_string();
@@ -719,7 +446,7 @@ async fn a_read_only_state_dir_gives_an_error_naming_the_file() {
         eprintln!("skipped: running as root, permissions are not enforced");
         return;
     }
-    let err = Ledger::open(&state, sinks(), event_sinks())
+    let err = SqliteLedger::open(&state, sinks(), event_sinks())
         .await
         .unwrap_err();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -736,7 +463,7 @@ async fn a_read_only_state_dir_gives_an_error_naming_the_file() {
 async fn open_read_only_sees_rows_while_a_writer_is_open_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     assert!(
-        Ledger::open_read_only(dir.path()).await.is_err(),
+        SqliteLedger::open_read_only(dir.path()).await.is_err(),
         "no file, no ledger"
     );
     assert!(
@@ -750,7 +477,7 @@ async fn open_read_only_sees_rows_while_a_writer_is_open_and_writes_nothing() {
         .await
         .unwrap();
 
-    let reader = Ledger::open_read_only(dir.path()).await.unwrap();
+    let reader = SqliteLedger::open_read_only(dir.path()).await.unwrap();
     let rows = reader.status().await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].phase, Phase::Completed);
@@ -772,7 +499,7 @@ async fn open_read_only_sees_rows_while_a_writer_is_open_and_writes_nothing() {
     writer.close().await.unwrap();
 
     // And with no daemon running.
-    let reader = Ledger::open_read_only(dir.path()).await.unwrap();
+    let reader = SqliteLedger::open_read_only(dir.path()).await.unwrap();
     assert_eq!(reader.status().await.unwrap().len(), 2);
     reader.close().await.unwrap();
 }
@@ -1020,44 +747,4 @@ mod round_trip {
             })
             .unwrap();
     }
-}
-
-#[tokio::test]
-async fn a_sink_removed_from_the_configuration_no_longer_holds_watches_in_completed() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = open(dir.path()).await;
-    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
-    let step = completed_step("i1", "v1", vec![]);
-    let vid = step.new_version.as_ref().unwrap().version_id.clone();
-    ledger.commit_step(step).await.unwrap();
-    ledger.close().await.unwrap();
-    // Restarted with only the first sink: "hook" was removed from the configuration.
-    let kept = sinks()[0].clone();
-    let ledger = Ledger::open(dir.path(), vec![kept.clone()], event_sinks())
-        .await
-        .unwrap();
-    let done = ledger
-        .delivery_succeeded(&vid, &kept, "/out/i1.json", vec![], 2_000)
-        .await
-        .unwrap();
-    assert!(done, "the removed sink's row does not count");
-    // Fully delivered: the stored result is released, the version row stays.
-    assert_eq!(
-        count(
-            &ledger,
-            "SELECT count(*) FROM versions WHERE result_json = ''"
-        )
-        .await,
-        1
-    );
-    assert_eq!(ledger.status().await.unwrap()[0].phase, Phase::Watching);
-    // Its row is still there, pending, for an operator who puts the sink back.
-    assert_eq!(
-        count(
-            &ledger,
-            "SELECT count(*) FROM deliveries WHERE state = 'pending'"
-        )
-        .await,
-        1
-    );
 }

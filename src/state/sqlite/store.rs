@@ -314,7 +314,7 @@ impl Store {
         }
     }
 
-    /// See [`super::Ledger::probe_writable`].
+    /// See [`crate::state::Ledger::probe_writable`].
     pub(crate) fn probe_writable(&mut self) -> Result<(), StateError> {
         const PROBE: &str = "INSERT INTO meta (key, value) VALUES ('probe', 'ok')
              ON CONFLICT (key) DO UPDATE SET value = excluded.value";
@@ -940,6 +940,28 @@ impl Store {
                    failing = excluded.failing, episode = excluded.episode",
             )
             .and_then(|mut st| st.execute(params![sink, health.failing, ms(health.episode)]))
+            .map_err(self.err("write"))?;
+        Ok(())
+    }
+
+    /// A deployment-wide fact, kept in `meta` under `fact:{name}`.
+    pub(crate) fn fact(&mut self, name: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .and_then(|mut st| {
+                st.query_row([format!("fact:{name}")], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(self.err("read"))
+    }
+
+    pub(crate) fn set_fact(&mut self, name: &str, value: &str) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut st| st.execute(params![format!("fact:{name}"), value]))
             .map_err(self.err("write"))?;
         Ok(())
     }

@@ -1,0 +1,545 @@
+//! The ledger contract, tested once and run against every implementation (memory and SQLite; a
+//! PostgreSQL one gets the same list). Only trait methods are used, so what is checked is what
+//! the engine can rely on. Implementation-specific tests (schema, damaged files, group commit)
+//! live beside their implementation.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::WatchSpec;
+use crate::domain::WatchKey;
+use crate::events::Event;
+use crate::ncp::{Generation, RemoteStatus};
+use crate::watch::{Phase, WatchState};
+
+fn key(index: &str) -> WatchKey {
+    WatchKey::new("ws", "p1", "a1", index).unwrap()
+}
+
+fn spec(index: &str) -> WatchSpec {
+    WatchSpec {
+        key: key(index),
+        scene_summary_id: Some(format!("ss-{index}")),
+        generation: Generation::Index,
+        max_wait: Duration::from_secs(3600),
+        declared_at: format!("watch {index} in test"),
+    }
+}
+
+fn sinks() -> Vec<String> {
+    vec!["files".into(), "hook".into()]
+}
+
+fn event_sinks() -> Vec<String> {
+    vec!["log".into()]
+}
+
+fn waiting_record(index: &str) -> WatchRecord {
+    WatchRecord {
+        key: key(index),
+        state: WatchState {
+            phase: Phase::Waiting,
+            remote: Some(RemoteStatus::Summarizing),
+            polls: 7,
+            consecutive_errors: 2,
+            started_at: Some(Duration::from_millis(1_700_000_000_123)),
+            before_since: Some(Duration::from_millis(1_700_000_000_456)),
+            last_version: None,
+            last_error: Some("HTTP 503 from the gateway".into()),
+        },
+        attempt: 3,
+        next_poll_at_ms: Some(1_700_000_060_000),
+        last_version_id: None,
+        last_change_at_ms: Some(1_700_000_000_999),
+        stale_version_id: None,
+    }
+}
+
+fn version(index: &str, at: &str) -> NewVersion {
+    NewVersion {
+        version_id: VersionId::of(&key(index), at),
+        key: key(index),
+        last_analyzed_at: at.into(),
+        fetched_at_ms: 1_000,
+        scene_count: 2,
+        analyzed_scene_ids: Some(vec!["1".into(), "2".into()]),
+        result_json: r#"{ "sceneSummaries" : [ ], "x":1.50 }"#.into(),
+    }
+}
+
+fn completed_step(index: &str, at: &str, events: Vec<Event>) -> StepCommit {
+    let v = version(index, at);
+    let mut record = waiting_record(index);
+    record.state.phase = Phase::Completed;
+    record.state.remote = Some(RemoteStatus::Completed);
+    record.state.last_version = Some(at.into());
+    record.last_version_id = Some(v.version_id.clone());
+    StepCommit {
+        record,
+        events,
+        new_version: Some(v),
+    }
+}
+
+fn waiting_event(index: &str, status: &str, time_ms: u64) -> Event {
+    Event::waiting(&key(index), status, "", time_ms)
+}
+
+async fn phase_of(l: &dyn Ledger, index: &str) -> Phase {
+    let rows = l.status().await.unwrap();
+    rows.into_iter()
+        .find(|r| r.key == key(index))
+        .unwrap()
+        .phase
+}
+
+async fn pending_events(l: &dyn Ledger, sink: &str) -> usize {
+    l.due_events(sink, u64::MAX, 1_000).await.unwrap().len()
+}
+
+/// Each contract test, once per implementation.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory_ledger {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let l = crate::state::MemoryLedger::new(super::sinks(), super::event_sinks());
+                    super::$name(&l).await;
+                }
+            )*
+        }
+        mod sqlite_ledger {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let l = crate::state::SqliteLedger::open(
+                        dir.path(),
+                        super::sinks(),
+                        super::event_sinks(),
+                    )
+                    .await
+                    .unwrap();
+                    super::$name(&l).await;
+                    let _ = crate::state::Ledger::close(&l).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    new_watches_are_pending_and_steps_round_trip,
+    removed_watches_are_kept_flagged_and_readded_ones_keep_their_state,
+    a_new_version_queues_one_delivery_per_sink_with_the_result_byte_for_byte,
+    delivery_succeeded_is_idempotent_and_flips_to_watching_when_all_sinks_are_done,
+    completed_does_not_flip_when_a_newer_version_is_the_last_one,
+    parked_deliveries_are_not_due_but_counted_and_failures_back_off,
+    events_are_queued_once_per_id_and_due_in_emission_order,
+    a_sink_removed_from_the_configuration_no_longer_holds_watches_in_completed,
+    sinks_added_later_get_rows_for_new_versions_only,
+    reset_puts_only_ended_watches_back_to_pending,
+    unpark_makes_parked_rows_due_again,
+    sink_health_and_facts_are_kept,
+    a_closed_ledger_answers_closed,
+);
+
+async fn new_watches_are_pending_and_steps_round_trip(l: &dyn Ledger) {
+    let records = l.sync_watches(&[spec("i1"), spec("i2")], 5).await.unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r.state.phase == Phase::Pending));
+    assert_eq!(records[0].key, key("i1"), "in specs order");
+    let mut r = waiting_record("i2");
+    r.last_version_id = Some(VersionId::of(&key("i2"), "v0"));
+    r.stale_version_id = r.last_version_id.clone();
+    l.commit_step(StepCommit {
+        record: r.clone(),
+        events: vec![],
+        new_version: None,
+    })
+    .await
+    .unwrap();
+    let again = l.sync_watches(&[spec("i1"), spec("i2")], 6).await.unwrap();
+    assert_eq!(again[1], r, "every field of the record comes back");
+}
+
+async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1"), spec("i2")], 0).await.unwrap();
+    let record = waiting_record("i2");
+    l.commit_step(StepCommit {
+        record: record.clone(),
+        events: vec![],
+        new_version: None,
+    })
+    .await
+    .unwrap();
+
+    let active = l.sync_watches(&[spec("i1")], 1).await.unwrap();
+    assert_eq!(active.len(), 1);
+    let status = l.status().await.unwrap();
+    assert_eq!(status.len(), 2, "the removed watch is kept");
+    let i2 = status.iter().find(|r| r.key == key("i2")).unwrap();
+    assert!(i2.removed);
+    assert_eq!(i2.phase, Phase::Waiting);
+    assert_eq!(i2.polls, 7);
+    assert!(!status.iter().find(|r| r.key == key("i1")).unwrap().removed);
+
+    let mut changed = spec("i2");
+    changed.scene_summary_id = Some("other".into());
+    changed.generation = Generation::Asset;
+    let active = l.sync_watches(&[changed, spec("i1")], 2).await.unwrap();
+    assert_eq!(active[0], record, "re-added with its state, in specs order");
+    assert_eq!(active[1].key, key("i1"));
+    assert!(l.status().await.unwrap().iter().all(|r| !r.removed));
+}
+
+async fn a_new_version_queues_one_delivery_per_sink_with_the_result_byte_for_byte(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let step = completed_step("i1", "2025-01-01T00:00:00Z", vec![]);
+    let v = step.new_version.clone().unwrap();
+    l.commit_step(step.clone()).await.unwrap();
+    // The same version committed again (a replayed step) queues nothing more.
+    l.commit_step(step).await.unwrap();
+
+    for sink in sinks() {
+        let due = l.due_deliveries(&sink, 1_000, 10).await.unwrap();
+        assert_eq!(due.len(), 1, "{sink}");
+        assert_eq!(due[0].version_id, v.version_id);
+        assert_eq!(due[0].key, key("i1"));
+        assert_eq!(due[0].result_json, v.result_json);
+        assert_eq!(due[0].fetched_at_ms, 1_000);
+        assert_eq!(due[0].attempts, 0);
+    }
+    assert!(
+        l.due_deliveries("files", 999, 10).await.unwrap().is_empty(),
+        "not due before it was fetched"
+    );
+    assert!(
+        l.due_deliveries("other", 5_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let backlog = l.backlog().await.unwrap();
+    let b = |sink: &str, pending| Backlog {
+        sink: sink.into(),
+        pending,
+        parked: 0,
+    };
+    assert_eq!(backlog, vec![b("files", 1), b("hook", 1), b("log", 0)]);
+}
+
+async fn delivery_succeeded_is_idempotent_and_flips_to_watching_when_all_sinks_are_done(
+    l: &dyn Ledger,
+) {
+    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let step = completed_step("i1", "v1", vec![]);
+    let vid = step.new_version.as_ref().unwrap().version_id.clone();
+    l.commit_step(step).await.unwrap();
+
+    let delivered = Event::delivered(&key("i1"), &vid, "files", "/out/i1.json", 2_000);
+    for _ in 0..2 {
+        let done = l
+            .delivery_succeeded(
+                &vid,
+                "files",
+                "/out/i1.json",
+                vec![delivered.clone()],
+                2_000,
+            )
+            .await
+            .unwrap();
+        assert!(!done, "hook is still pending");
+        assert_eq!(phase_of(l, "i1").await, Phase::Completed);
+    }
+    assert_eq!(pending_events(l, "log").await, 1, "the event is kept once");
+    assert!(
+        l.due_deliveries("files", 9_999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let done = l
+        .delivery_succeeded(&vid, "hook", "https://example/hook", vec![], 3_000)
+        .await
+        .unwrap();
+    assert!(done);
+    assert_eq!(phase_of(l, "i1").await, Phase::Watching);
+    // Again: still fully delivered, still watching, nothing else changes.
+    assert!(
+        l.delivery_succeeded(&vid, "hook", "https://example/hook", vec![], 4_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(phase_of(l, "i1").await, Phase::Watching);
+    assert_eq!(l.status().await.unwrap()[0].pending_deliveries, 0);
+}
+
+async fn completed_does_not_flip_when_a_newer_version_is_the_last_one(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let old = completed_step("i1", "v1", vec![]);
+    let old_id = old.new_version.as_ref().unwrap().version_id.clone();
+    l.commit_step(old).await.unwrap();
+    l.commit_step(completed_step("i1", "v2", vec![]))
+        .await
+        .unwrap();
+    for sink in sinks() {
+        l.delivery_succeeded(&old_id, &sink, "x", vec![], 1)
+            .await
+            .unwrap();
+    }
+    assert_eq!(phase_of(l, "i1").await, Phase::Completed);
+}
+
+async fn parked_deliveries_are_not_due_but_counted_and_failures_back_off(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let step = completed_step("i1", "v1", vec![]);
+    let vid = step.new_version.as_ref().unwrap().version_id.clone();
+    l.commit_step(step).await.unwrap();
+
+    l.delivery_failed(&vid, "files", "disk full", 5_000, false)
+        .await
+        .unwrap();
+    assert!(
+        l.due_deliveries("files", 4_999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = l.due_deliveries("files", 5_000, 10).await.unwrap();
+    assert_eq!(due[0].attempts, 1);
+
+    l.delivery_failed(&vid, "hook", "HTTP 400", 6_000, true)
+        .await
+        .unwrap();
+    assert!(
+        l.due_deliveries("hook", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let backlog = l.backlog().await.unwrap();
+    let hook = backlog.iter().find(|b| b.sink == "hook").unwrap();
+    assert_eq!((hook.pending, hook.parked), (0, 1));
+    let status = l.status().await.unwrap();
+    assert_eq!(
+        (status[0].pending_deliveries, status[0].parked_deliveries),
+        (1, 1)
+    );
+
+    // A late failure report cannot undo a success.
+    l.delivery_succeeded(&vid, "files", "f", vec![], 7_000)
+        .await
+        .unwrap();
+    l.delivery_failed(&vid, "files", "late", 8_000, false)
+        .await
+        .unwrap();
+    assert!(
+        l.due_deliveries("files", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn events_are_queued_once_per_id_and_due_in_emission_order(l: &dyn Ledger) {
+    let a = waiting_event("i1", "WAIT_SUMMARIZE", 300);
+    let b = Event::sink_failing("hook", 1, "HTTP 503", 100);
+    let c = waiting_event("i1", "SUMMARIZING", 200);
+    l.record_events(vec![a.clone(), b.clone()]).await.unwrap();
+    l.record_events(vec![b.clone(), c.clone(), a.clone()])
+        .await
+        .unwrap();
+    assert_eq!(pending_events(l, "log").await, 3);
+
+    let due = l.due_events("log", 1_000, 10).await.unwrap();
+    assert_eq!(
+        due,
+        vec![a.clone(), b.clone(), c.clone()],
+        "emission order, not time order"
+    );
+    assert_eq!(l.due_events("log", 1_000, 2).await.unwrap().len(), 2);
+
+    // A failed batch holds back the events after it: order is kept.
+    l.events_failed(
+        "log",
+        std::slice::from_ref(&a.id),
+        "broken pipe",
+        5_000,
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(l.due_events("log", 4_999, 10).await.unwrap().is_empty());
+    assert_eq!(l.due_events("log", 5_000, 10).await.unwrap().len(), 3);
+
+    l.events_sent("log", &[a.id.clone(), b.id.clone()])
+        .await
+        .unwrap();
+    l.events_sent("log", std::slice::from_ref(&a.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        l.due_events("log", 5_000, 10).await.unwrap(),
+        vec![c.clone()]
+    );
+
+    l.events_failed("log", std::slice::from_ref(&c.id), "400", 0, true)
+        .await
+        .unwrap();
+    assert!(l.due_events("log", u64::MAX, 10).await.unwrap().is_empty());
+    let log = l
+        .backlog()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|b| b.sink == "log")
+        .unwrap();
+    assert_eq!((log.pending, log.parked), (0, 1));
+}
+
+async fn a_sink_removed_from_the_configuration_no_longer_holds_watches_in_completed(
+    l: &dyn Ledger,
+) {
+    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let step = completed_step("i1", "v1", vec![]);
+    let vid = step.new_version.as_ref().unwrap().version_id.clone();
+    l.commit_step(step).await.unwrap();
+    // Reconfigured with only the first sink: "hook" was removed.
+    let kept = sinks()[0].clone();
+    l.set_sinks(vec![kept.clone()], event_sinks())
+        .await
+        .unwrap();
+    let done = l
+        .delivery_succeeded(&vid, &kept, "/out/i1.json", vec![], 2_000)
+        .await
+        .unwrap();
+    assert!(done, "the removed sink's row does not count");
+    assert_eq!(phase_of(l, "i1").await, Phase::Watching);
+    // Its row is still there, pending, for an operator who puts the sink back; the stored
+    // result was released once every configured sink had it.
+    let hook = l.backlog().await.unwrap();
+    assert!(
+        hook.iter().any(|b| b.sink == "hook" && b.pending == 1),
+        "{hook:?}"
+    );
+    let due = l.due_deliveries("hook", u64::MAX, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].result_json, "", "released");
+}
+
+async fn sinks_added_later_get_rows_for_new_versions_only(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    l.commit_step(completed_step("i1", "v1", vec![]))
+        .await
+        .unwrap();
+    l.set_sinks(vec!["s3".into()], vec![]).await.unwrap();
+    assert!(
+        l.due_deliveries("s3", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    l.commit_step(completed_step(
+        "i1",
+        "v2",
+        vec![waiting_event("i1", "X", 1)],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(l.due_deliveries("s3", u64::MAX, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        l.due_deliveries("files", u64::MAX, 10).await.unwrap().len(),
+        1,
+        "only v1's row"
+    );
+    assert_eq!(pending_events(l, "log").await, 0, "no event sink any more");
+}
+
+async fn reset_puts_only_ended_watches_back_to_pending(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1"), spec("i2"), spec("i3")], 0)
+        .await
+        .unwrap();
+    for (i, phase) in [
+        ("i1", Phase::Failed),
+        ("i2", Phase::Waiting),
+        ("i3", Phase::Rejected),
+    ] {
+        let mut r = waiting_record(i);
+        r.state.phase = phase;
+        l.commit_step(StepCommit {
+            record: r,
+            events: vec![],
+            new_version: None,
+        })
+        .await
+        .unwrap();
+    }
+    let mut done = l
+        .reset_watches(vec![key("i1"), key("i2")], 50)
+        .await
+        .unwrap();
+    assert_eq!(done, vec![key("i1")], "a waiting watch is not reset");
+    done = l.reset_watches(vec![], 60).await.unwrap();
+    assert_eq!(done, vec![key("i3")], "every ended one");
+    let records = l
+        .sync_watches(&[spec("i1"), spec("i2"), spec("i3")], 70)
+        .await
+        .unwrap();
+    let i1 = &records[0];
+    assert_eq!(i1.state.phase, Phase::Pending);
+    assert_eq!(i1.next_poll_at_ms, Some(50), "due now");
+    assert_eq!(i1.state.consecutive_errors, 0);
+    assert_eq!(i1.state.started_at, None);
+    assert_eq!(i1.state.polls, 7, "history is kept");
+    assert_eq!(records[1].state.phase, Phase::Waiting);
+}
+
+async fn unpark_makes_parked_rows_due_again(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    let step = completed_step("i1", "v1", vec![waiting_event("i1", "X", 1)]);
+    let vid = step.new_version.as_ref().unwrap().version_id.clone();
+    let ev = step.events[0].id.clone();
+    l.commit_step(step).await.unwrap();
+    for sink in sinks() {
+        l.delivery_failed(&vid, &sink, "400", 10, true)
+            .await
+            .unwrap();
+    }
+    l.events_failed("log", std::slice::from_ref(&ev), "400", 10, true)
+        .await
+        .unwrap();
+    assert_eq!(l.unpark(Some("hook".into()), 20).await.unwrap(), 1);
+    assert_eq!(l.due_deliveries("hook", 20, 10).await.unwrap().len(), 1);
+    assert!(l.due_deliveries("files", 20, 10).await.unwrap().is_empty());
+    assert_eq!(l.unpark(None, 30).await.unwrap(), 2, "files and the event");
+    assert_eq!(l.due_events("log", 30, 10).await.unwrap().len(), 1);
+    assert_eq!(l.unpark(None, 40).await.unwrap(), 0);
+}
+
+async fn sink_health_and_facts_are_kept(l: &dyn Ledger) {
+    assert_eq!(l.sink_health("hook").await.unwrap(), SinkHealth::default());
+    let h = SinkHealth {
+        failing: true,
+        episode: 3,
+    };
+    l.set_sink_health("hook", h).await.unwrap();
+    assert_eq!(l.sink_health("hook").await.unwrap(), h);
+    assert_eq!(l.fact("index_api").await.unwrap(), None);
+    l.set_fact("index_api", "gone").await.unwrap();
+    l.set_fact("index_api", "gone since 2027-01-05")
+        .await
+        .unwrap();
+    assert_eq!(
+        l.fact("index_api").await.unwrap().as_deref(),
+        Some("gone since 2027-01-05")
+    );
+}
+
+async fn a_closed_ledger_answers_closed(l: &dyn Ledger) {
+    l.close().await.unwrap();
+    let e = l.status().await.unwrap_err();
+    assert!(matches!(e, StateError::Closed { .. }), "{e}");
+}
