@@ -204,10 +204,12 @@ pub fn load_raw(sources: &Sources) -> Result<(RawConfig, Origins), ConfigErrors>
             .file
             .clone()
             .unwrap_or_else(|| PathBuf::from("(inline)"));
+        // Only our own sources' messages can come back here (see `NamedToml`), never quoting
+        // the file.
         ConfigErrors(vec![Problem {
             key: "(file)".into(),
             origin: Origin::File(file),
-            message: format!("not valid TOML: {e}"),
+            message: e.to_string(),
         }])
     })?;
     let root = config::Source::collect(&merged).map_err(|e| {
@@ -250,26 +252,22 @@ fn split_watches_above(
     path: &Path,
     chunk_above: usize,
 ) -> Result<(String, Vec<WatchItem>), ConfigErrors> {
-    let invalid = |e: String, first_line: usize| {
-        let place = if first_line > 0 {
-            format!(
-                " (in the [[watch]] table starting at line {})",
-                first_line + 1
-            )
-        } else {
-            String::new()
-        };
+    let invalid = |message: String| {
         ConfigErrors(vec![Problem {
             key: "(file)".into(),
             origin: Origin::File(path.to_path_buf()),
-            message: format!("not valid TOML{place}: {e}"),
+            message,
         }])
+    };
+    // Chunks are parsed on their own; their errors are placed by the line the chunk starts at.
+    let syntax = |e: &toml::de::Error, chunk: &str, first_line: usize| {
+        invalid(describe_toml_error(e, chunk, first_line))
     };
     let mut rest = toml::Table::new();
     let mut items = Vec::new();
     for (first_line, chunk) in chunks(text, chunk_above) {
         let Rest { rest: part } =
-            toml::from_str(chunk).map_err(|e| invalid(e.to_string(), first_line))?;
+            toml::from_str(chunk).map_err(|e| syntax(&e, chunk, first_line))?;
         for (k, v) in part {
             match (rest.get_mut(&k), v) {
                 (None, v) => {
@@ -278,7 +276,10 @@ fn split_watches_above(
                 // `[[sink]]` tables on both sides of some watches: one array, in order.
                 (Some(toml::Value::Array(a)), toml::Value::Array(b)) => a.extend(b),
                 (Some(_), _) => {
-                    return Err(invalid(format!("duplicate key `{k}`"), first_line));
+                    return Err(invalid(format!(
+                        "not valid TOML (in the [[watch]] table starting at line {}): duplicate key `{k}`",
+                        first_line + 1
+                    )));
                 }
             }
         }
@@ -286,7 +287,7 @@ fn split_watches_above(
             Ok(fast) => items.extend(fast.watch.into_iter().map(WatchItem::Typed)),
             Err(_) => {
                 let mut table: toml::Table =
-                    toml::from_str(chunk).map_err(|e| invalid(e.to_string(), first_line))?;
+                    toml::from_str(chunk).map_err(|e| syntax(&e, chunk, first_line))?;
                 match table.remove("watch") {
                     Some(toml::Value::Array(a)) => items.extend(a.into_iter().map(WatchItem::Raw)),
                     // Not an array of tables: the walker says so.
@@ -298,8 +299,42 @@ fn split_watches_above(
             }
         }
     }
-    let rest_text = toml::to_string(&rest).map_err(|e| invalid(e.to_string(), 0))?;
+    // Writing back what was just read fails only for values TOML cannot write; the message
+    // names the kind of problem, not the value.
+    let rest_text = toml::to_string(&rest)
+        .map_err(|e| invalid(format!("cannot be re-encoded as TOML: {e}")))?;
     Ok((rest_text, items))
+}
+
+/// Where a TOML syntax error is and what it is: `not valid TOML at line L, column C: description`,
+/// where `text` is what was parsed and `first_line` (0-based) the line of the file it starts at.
+/// The parser's own message quotes the offending line, which may be a secret's (`secret_key =
+/// "…` unterminated), so it is rebuilt from the error's span and description alone.
+fn describe_toml_error(e: &toml::de::Error, text: &str, first_line: usize) -> String {
+    let place = e.span().map(|span| {
+        let start = span.start.min(text.len());
+        // A span inside a multi-byte character cannot happen; floor it to be safe.
+        let start = (0..=start)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        let before = &text[..start];
+        let line = first_line + before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        format!("at line {line}, column {column}")
+    });
+    let message = e.message().trim();
+    // Descriptions are the parser's fixed texts ("invalid basic string", "expected `=`"); a
+    // serde message that quotes a value ("invalid type: string \"…\"") is cut to its kind.
+    let message = match message.split_once(": ") {
+        Some((kind, _)) if kind.starts_with("invalid ") => kind.to_string(),
+        _ => message.replace('\n', "; "),
+    };
+    match place {
+        Some(place) => format!("not valid TOML {place}: {message}"),
+        None => format!("not valid TOML: {message}"),
+    }
 }
 
 /// The document as (first line, text) pieces: whole when small, else cut before every line that
@@ -393,10 +428,19 @@ impl config::Source for NamedToml {
     }
 
     fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        // Checked with `toml` first: the `config` crate's parse errors quote the offending
+        // line, which may hold a secret, and say nothing we cannot say from the span.
+        if let Err(e) = toml::from_str::<toml::Table>(&self.text) {
+            return Err(config::ConfigError::Message(describe_toml_error(
+                &e, &self.text, 0,
+            )));
+        }
         let file = File::from_str(&self.text, FileFormat::Toml);
-        // `File::from_str` has no name; re-tag every value with ours.
-        let table = config::Source::collect(&file)
-            .map_err(|e| config::ConfigError::Message(format!("{}: {e}", self.name)))?;
+        // `File::from_str` has no name; re-tag every value with ours. Its error is not shown:
+        // it would quote the source, and the document was valid TOML a moment ago.
+        let table = config::Source::collect(&file).map_err(|_| {
+            config::ConfigError::Message("cannot be read as TOML by the config crate".into())
+        })?;
         Ok(retag(table, &self.name))
     }
 }
@@ -614,10 +658,11 @@ impl Walker {
                         watches.push(RawWatch::default());
                     }
                 }
+                // `NamedToml` says where and what, without quoting the file.
                 Err(e) => self.problems.push(Problem {
                     key: path,
                     origin: Origin::File(file.clone()),
-                    message: format!("not valid TOML: {e}"),
+                    message: e.to_string(),
                 }),
             }
         }

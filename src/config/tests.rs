@@ -415,3 +415,117 @@ fn big_files_parse_one_watch_at_a_time_with_the_same_result() {
     let e = load(&s).unwrap_err().to_string();
     assert!(e.contains("duplicate key `api`"), "{e}");
 }
+
+/// Broken lines holding a secret, each as the parser meets it: unterminated, unquoted, a bad
+/// escape inside the quotes, a second `=`.
+const LEAKY_LINES: &[&str] = &[
+    "secret_key = \"SK_LEAKED_VALUE",
+    "secret_key = SK_LEAKED_VALUE",
+    "secret_key = \"SK_LEAKED\\qVALUE\"",
+    "secret_key = \"SK_LEAKED_VALUE\" = 1",
+    "secret_key = 'SK_LEAKED_VALUE",
+    "SK_LEAKED_VALUE",
+];
+
+/// The problems of `text` at `path`: exactly one, naming the file, the line and a column, and
+/// never the secret.
+fn syntax_problem(sources: &Sources, file: &str, line: usize) -> String {
+    let e = match load(sources) {
+        Ok(_) => panic!("a broken file loaded"),
+        Err(e) => e,
+    };
+    let text = e.to_string();
+    assert!(!text.contains("SK_LEAKED"), "the secret is echoed:\n{text}");
+    assert!(!text.contains('|'), "a quoted source line:\n{text}");
+    assert!(text.contains(file), "{text}");
+    assert!(
+        text.contains(&format!("not valid TOML at line {line}, column ")),
+        "{text}"
+    );
+    text
+}
+
+#[test]
+fn toml_syntax_errors_name_file_line_and_column_but_never_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = || {
+        Some(
+            CREDS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    for leaky in LEAKY_LINES {
+        // The main file, small: parsed whole.
+        let main = dir.path().join("scenewatch.toml");
+        std::fs::write(&main, format!("[api]\naccess_key = \"AK\"\n{leaky}\n")).unwrap();
+        let sources = Sources {
+            file: Some(main.clone()),
+            env: env(),
+            ..Sources::default()
+        };
+        let t = syntax_problem(&sources, &main.display().to_string(), 3);
+        assert!(t.contains("(file)"), "{t}");
+
+        // Inline (the demo, tests).
+        let s = inline(&format!("[api]\n{leaky}\n"), CREDS);
+        syntax_problem(&s, "test.toml", 2);
+
+        // A big file, parsed one [[watch]] table at a time: the line counts from the top of
+        // the file, not of the piece.
+        let mut big = String::from("[api]\naccess_key = \"AK\"\n");
+        let watch = "[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
+        big.push_str(watch);
+        big.push_str(&format!("# {}\n", "x".repeat(super::CHUNKED_ABOVE_BYTES)));
+        big.push_str(watch);
+        let line = big.matches('\n').count() + 1;
+        big.push_str(&format!("{leaky}\n"));
+        std::fs::write(&main, &big).unwrap();
+        syntax_problem(&sources, &main.display().to_string(), line);
+
+        // A file of the watch directory.
+        let wd = dir.path().join("watches.d");
+        std::fs::create_dir_all(&wd).unwrap();
+        std::fs::write(
+            wd.join("a.toml"),
+            format!("workspace = \"w\"\nproject_id = \"1\"\n\n{leaky}\n"),
+        )
+        .unwrap();
+        std::fs::write(&main, format!("watch_dir = \"{}\"\n", wd.display())).unwrap();
+        let t = syntax_problem(&sources, &wd.join("a.toml").display().to_string(), 4);
+        assert!(t.contains("watch[0]"), "{t}");
+    }
+}
+
+#[test]
+fn columns_count_characters_and_lines_count_from_the_piece_start() {
+    let text = "a = 1\nb = \"장면\" x\n";
+    let e = toml::from_str::<toml::Table>(text).unwrap_err();
+    assert_eq!(
+        super::describe_toml_error(&e, text, 0).split(':').next(),
+        Some("not valid TOML at line 2, column 10")
+    );
+    assert!(
+        super::describe_toml_error(&e, text, 40)
+            .starts_with("not valid TOML at line 42, column 10")
+    );
+}
+
+#[test]
+fn environment_values_are_never_parsed_as_toml_nor_echoed() {
+    // Values from the environment are strings: a broken TOML line there is just a value, and a
+    // wrong type for a key is named without it.
+    let ps = problems(
+        "",
+        &[
+            ("SCENEWATCH__API__ACCESS_KEY", "AK"),
+            ("SCENEWATCH__API__SECRET_KEY", "\"SK_LEAKED_VALUE"),
+            ("SCENEWATCH__POLL__CONCURRENCY", "SK_LEAKED_VALUE = \"x"),
+        ],
+    );
+    assert!(!ps.is_empty());
+    for p in &ps {
+        assert!(!p.to_string().contains("SK_LEAKED"), "{p}");
+    }
+}

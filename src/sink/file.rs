@@ -1,6 +1,12 @@
 //! The file sink: `{dir}/{workspace}/{project_id}/{asset_id}/{index_id}.json`, the latest version,
 //! written atomically (temp file, fsync, rename, fsync the directory); optionally every version
 //! as `{index_id}/{lastAnalyzedAt}.json` too.
+//!
+//! The latest file only moves forward: before replacing it, the sink reads the envelope there
+//! and leaves it if it holds a newer version (see [`super::latest`]), since an older version can
+//! arrive after a newer one (a retry after a backoff). The read and the rename do not race with
+//! another delivery because one drainer per sink delivers one version at a time; two sinks (or
+//! two daemons) writing the same directory for the same watch are not supported.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::BoxFuture;
 
+use super::latest::{Stamp, envelope_stamp, supersedes};
 use super::{Delivery, Receipt, Sink, SinkError};
 use crate::config::FileSinkConfig;
 
@@ -71,18 +78,31 @@ impl Sink for FileSink {
             let body = d.body("file", &self.config.name, false)?;
             let latest = self.latest_path(d);
             let version = self.config.keep_versions.then(|| self.version_path(d));
-            let written = tokio::task::spawn_blocking(move || {
+            let stamp = Stamp::of(d);
+            let (location, kept) = tokio::task::spawn_blocking(move || {
                 if let Some(v) = &version {
                     write_atomic(v, &body)?;
                 }
-                write_atomic(&latest, &body)?;
-                Ok::<_, String>(latest)
+                match read_stamp(&latest)? {
+                    Some(current) if !supersedes(&stamp, &current) => {
+                        // Delivered all the same: the newer version stays the latest, and the
+                        // older one is where every version is kept (if they are).
+                        Ok((version.unwrap_or(latest), Some(current)))
+                    }
+                    _ => {
+                        write_atomic(&latest, &body)?;
+                        Ok::<_, String>((latest, None))
+                    }
+                }
             })
             .await
             .map_err(|e| self.error(format!("writer task failed: {e}")))?
             .map_err(|m| self.error(m))?;
+            if let Some(current) = kept {
+                tracing::info!(sink = %self.config.name, version = %d.version_id, last_analyzed_at = %d.last_analyzed_at, latest_version = %current.version, latest_last_analyzed_at = %current.last_analyzed_at, "The latest file holds a newer version; left as it is.");
+            }
             Ok(Receipt {
-                location: written.display().to_string(),
+                location: location.display().to_string(),
             })
         })
     }
@@ -95,6 +115,20 @@ impl Sink for FileSink {
                 .map_err(|e| self.error(format!("probe task failed: {e}")))?
                 .map_err(|m| self.error(m))
         })
+    }
+}
+
+/// The version the latest file at `path` holds: `None` when there is none, or when it is not an
+/// envelope (then the next version replaces it). A file that exists but cannot be read fails
+/// the delivery, to be retried: replacing it blindly could put an older version back.
+fn read_stamp(path: &Path) -> Result<Option<Stamp>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(envelope_stamp(&bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "cannot read {} to compare its version with the new one: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -189,6 +223,105 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("c.json")]);
+    }
+
+    /// A version of the test watch analyzed at `last`, fetched `fetched_s` seconds after the
+    /// test delivery's fetch; its `result` names `last`, so files show which version they hold.
+    fn version(last: &str, fetched_s: u64) -> Delivery {
+        let mut d = crate::sink::stdout::test_delivery(&format!(r#"{{"v":"{last}"}}"#));
+        d.version_id = crate::sink::version_id(&d.key, last);
+        d.last_analyzed_at = last.into();
+        d.fetched_at += std::time::Duration::from_secs(fetched_s);
+        d
+    }
+
+    fn sink(dir: &Path, keep_versions: bool) -> FileSink {
+        FileSink::new(FileSinkConfig {
+            name: "files".into(),
+            dir: dir.to_path_buf(),
+            keep_versions,
+        })
+    }
+
+    /// The version id in the latest file.
+    fn latest_version(s: &FileSink, d: &Delivery) -> String {
+        let bytes = std::fs::read(s.latest_path(d)).unwrap();
+        envelope_stamp(&bytes).expect("an envelope").version
+    }
+
+    #[tokio::test]
+    async fn an_older_version_delivered_late_does_not_replace_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), true);
+        let a = version("2026-04-17T10:30:00", 0);
+        // B was analyzed later but written in another form: as strings it would sort first.
+        let b = version("2026-04-18 09:00:00", 60);
+        s.deliver(&b).await.unwrap();
+        // A's retry lands after B: delivered (kept with the versions), latest untouched.
+        let receipt = s.deliver(&a).await.unwrap();
+        assert_eq!(latest_version(&s, &a), b.version_id);
+        assert_eq!(receipt.location, s.version_path(&a).display().to_string());
+        for v in [&a, &b] {
+            assert_eq!(
+                std::fs::read(s.version_path(v)).unwrap(),
+                v.envelope_json().unwrap()
+            );
+        }
+        assert_eq!(
+            std::fs::read(s.latest_path(&b)).unwrap(),
+            b.envelope_json().unwrap()
+        );
+        // B again (a repeated delivery) and a later C still go through.
+        s.deliver(&b).await.unwrap();
+        assert_eq!(latest_version(&s, &b), b.version_id);
+        let c = version("2026-04-19T00:00:00", 120);
+        let receipt = s.deliver(&c).await.unwrap();
+        assert_eq!(receipt.location, s.latest_path(&c).display().to_string());
+        assert_eq!(latest_version(&s, &c), c.version_id);
+    }
+
+    #[tokio::test]
+    async fn without_kept_versions_a_late_older_version_succeeds_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), false);
+        let (a, b) = (
+            version("2026-04-17T10:30:00", 0),
+            version("2026-04-18T09:00:00", 60),
+        );
+        s.deliver(&b).await.unwrap();
+        let receipt = s.deliver(&a).await.unwrap();
+        assert_eq!(receipt.location, s.latest_path(&a).display().to_string());
+        assert_eq!(latest_version(&s, &a), b.version_id);
+        assert!(!s.asset_dir(&a).join("1001").exists(), "no versions kept");
+    }
+
+    #[tokio::test]
+    async fn equal_times_are_decided_by_the_later_fetch_and_junk_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), false);
+        let first = version("2026-04-17T10:30:00", 0);
+        let same_instant = version("2026-04-17T10:30:00.000", 60);
+        s.deliver(&same_instant).await.unwrap();
+        s.deliver(&first).await.unwrap();
+        assert_eq!(latest_version(&s, &first), same_instant.version_id);
+
+        // A latest file that is not an envelope (written by someone else, cut short) is ours to
+        // replace.
+        std::fs::write(s.latest_path(&first), b"{\"trunc").unwrap();
+        s.deliver(&first).await.unwrap();
+        assert_eq!(latest_version(&s, &first), first.version_id);
+    }
+
+    #[tokio::test]
+    async fn a_latest_file_that_cannot_be_read_fails_the_delivery_for_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), false);
+        let a = version("2026-04-17T10:30:00", 0);
+        // A directory where the latest file should be: it cannot be read (nor replaced).
+        std::fs::create_dir_all(s.latest_path(&a)).unwrap();
+        let e = s.deliver(&a).await.unwrap_err();
+        assert_eq!(e.disposition, super::super::Disposition::Retry, "{e}");
+        assert!(e.message.contains("1001.json"), "{e}");
     }
 
     #[test]

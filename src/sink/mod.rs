@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod jsonl;
+pub mod latest;
 pub mod nats;
 pub mod postgres;
 pub mod s3;
@@ -198,7 +199,7 @@ impl Delivery {
             last_analyzed_at: &self.last_analyzed_at,
             analyzed_scene_ids: info.and_then(|i| i.analyzed_scene_ids.as_deref()),
             scene_count: self.result.scenes.len(),
-            fetched_at: humantime::format_rfc3339_millis(self.fetched_at).to_string(),
+            fetched_at: latest::fetched_at_text(self.fetched_at),
             result,
         }
     }

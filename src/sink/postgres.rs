@@ -2,6 +2,12 @@
 //! migrates itself, written in one transaction per version and keyed by the version id, so a
 //! repeated delivery changes nothing. docs/sinks.md documents the tables, the view and queries.
 //!
+//! Nothing the API sends is refused for its characters: `result_text` keeps the API's `result`
+//! byte for byte (JSON text never holds a raw U+0000), while `jsonb` and `text` columns, which
+//! cannot hold U+0000, get the six characters `\u0000` in its place. A version the server
+//! refuses for good (a data error, a limit such as JSON nested too deeply for `jsonb`) is
+//! parked, not retried.
+//!
 //! The password travels from the config's `SecretString` into the driver's connection settings
 //! and nowhere else: messages name `postgres://user@host:port/db` and the schema, never it, and
 //! this sink's `Debug` is written by hand.
@@ -27,18 +33,19 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::types::Json;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::latest::parse_system_time;
 use super::{Delivery, Disposition, Receipt, Sink, SinkError};
 use crate::config::PostgresSinkConfig;
 
 /// The schema version this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migration `n` (1-based) takes the schema from version `n - 1` to `n`. `{s}` is the quoted
 /// schema name. Never edit a released entry: databases out there already ran it.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE {s}.index_versions (
     version_id          text PRIMARY KEY,
     workspace           text NOT NULL,
@@ -72,7 +79,39 @@ SELECT DISTINCT ON (workspace, project_id, asset_id, index_id)
        analyzed_scene_ids, scene_count, fetched_at, delivered_at, result
   FROM {s}.index_versions
  ORDER BY workspace, project_id, asset_id, index_id, last_analyzed_at DESC, fetched_at DESC;
-"#];
+"#,
+    // 2: the raw result beside the jsonb one (which cannot hold U+0000), and lastAnalyzedAt as a
+    // time, so "latest" means the latest analysis even when the API changes how it writes times.
+    // `last_analyzed_time` of existing rows is filled in by `backfill_analyzed_time`, with the same
+    // parser the sinks use.
+    r#"
+ALTER TABLE {s}.index_versions
+    ADD COLUMN result_text text,
+    ADD COLUMN last_analyzed_time timestamp;
+COMMENT ON COLUMN {s}.index_versions.result IS
+    'the API''s result as jsonb; U+0000 in a string is stored as the six characters \u0000';
+COMMENT ON COLUMN {s}.index_versions.result_text IS
+    'the API''s result byte for byte (null for versions stored before schema version 2)';
+COMMENT ON COLUMN {s}.index_versions.last_analyzed_time IS
+    'last_analyzed_at as a time (UTC when it had an offset); null when it is not ISO 8601';
+COMMENT ON COLUMN {s}.scenes.description IS
+    'sceneSummary.description; U+0000 is stored as the six characters \u0000';
+DROP INDEX IF EXISTS {s}.index_versions_by_index;
+CREATE INDEX index_versions_by_index
+    ON {s}.index_versions (workspace, project_id, asset_id, index_id,
+                           last_analyzed_time DESC NULLS LAST, fetched_at DESC);
+CREATE OR REPLACE VIEW {s}.latest_index_versions AS
+SELECT DISTINCT ON (workspace, project_id, asset_id, index_id)
+       version_id, workspace, project_id, asset_id, index_id, last_analyzed_at,
+       analyzed_scene_ids, scene_count, fetched_at, delivered_at, result,
+       result_text, last_analyzed_time
+  FROM {s}.index_versions
+ ORDER BY workspace, project_id, asset_id, index_id,
+          last_analyzed_time DESC NULLS LAST,
+          (CASE WHEN last_analyzed_time IS NULL THEN last_analyzed_at END) COLLATE "C" DESC,
+          fetched_at DESC;
+"#,
+];
 
 /// How the connection is protected, from the URL's `sslmode` (libpq's meanings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,10 +243,14 @@ impl Statements {
             // DO NOTHING rather than an update: a repeated delivery of a version must leave the
             // row untouched (same `delivered_at`, same tuple), and the data cannot differ since
             // the id is a hash of the watch key and `lastAnalyzedAt`.
+            // The result is sent once as text: `$10` is its jsonb-safe form only when that
+            // differs from the raw text `$11` (a U+0000 in it), NULL otherwise.
             insert_version: format!(
                 "INSERT INTO {q}.index_versions (version_id, workspace, project_id, asset_id, \
-                 index_id, last_analyzed_at, analyzed_scene_ids, scene_count, fetched_at, result) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::integer, $9::timestamptz, $10::jsonb) \
+                 index_id, last_analyzed_at, analyzed_scene_ids, scene_count, fetched_at, result, \
+                 result_text, last_analyzed_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::integer, $9::timestamptz, \
+                 coalesce($10::text, $11::text)::jsonb, $11::text, $12::timestamp) \
                  ON CONFLICT (version_id) DO NOTHING"
             ),
             // Every scene of the version in one statement: one array per column.
@@ -237,6 +280,8 @@ struct SceneColumns<'a> {
     description: Vec<Option<Cow<'a, str>>>,
     stale: Vec<Option<bool>>,
     analyzed_at: Vec<Option<Cow<'a, str>>>,
+    /// `analyzedSceneIds` as JSON text, `None` after a full run.
+    analyzed_scene_ids: Option<String>,
 }
 
 impl<'a> SceneColumns<'a> {
@@ -250,7 +295,18 @@ impl<'a> SceneColumns<'a> {
             description: Vec::with_capacity(scenes.len()),
             stale: Vec::with_capacity(scenes.len()),
             analyzed_at: Vec::with_capacity(scenes.len()),
+            analyzed_scene_ids: None,
         };
+        if let Some(ids) = d
+            .result
+            .info
+            .as_ref()
+            .and_then(|i| i.analyzed_scene_ids.as_deref())
+        {
+            let text = serde_json::to_string(ids)
+                .map_err(|e| format!("analyzedSceneIds cannot be encoded: {e}"))?;
+            c.analyzed_scene_ids = Some(text);
+        }
         let big = |v: u64, what: &str, scene: u64| {
             i64::try_from(v).map_err(|_| format!("scene {scene}: {what} {v} does not fit a bigint"))
         };
@@ -272,15 +328,84 @@ impl<'a> SceneColumns<'a> {
     }
 }
 
-/// PostgreSQL text cannot hold U+0000, which JSON can carry; it becomes U+FFFD rather than
-/// failing the whole version (documented in docs/sinks.md).
+/// PostgreSQL text cannot hold U+0000, which JSON can carry; it becomes the six characters
+/// `\u0000` rather than failing the whole version, as in the `jsonb` result ([`jsonb_text`]), so
+/// a description reads the same from `scenes` and from `result` (documented in docs/sinks.md).
 fn text_column(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
-        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+        Cow::Owned(s.replace('\0', "\\u0000"))
     } else {
         // Borrowed: a 20,000-scene version would otherwise copy every description once more.
         Cow::Borrowed(s)
     }
+}
+
+/// JSON text that `jsonb` accepts: every `\u0000` escape (U+0000, which `jsonb` refuses) in a
+/// string or key becomes `\\u0000`, the six characters `\u0000`; all else is kept. Borrowed when
+/// there is none, which is nearly always. `json` is valid JSON (the API's, checked when it was
+/// read), so a backslash is always inside a string and starts an escape.
+fn jsonb_text(json: &str) -> Cow<'_, str> {
+    const NUL: &[u8] = b"\\u0000";
+    let b = json.as_bytes();
+    if !b.windows(NUL.len()).any(|w| w == NUL) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if b[i..].starts_with(NUL) {
+            out.push_str(&json[copied..i]);
+            out.push_str("\\\\u0000");
+            i += NUL.len();
+            copied = i;
+        } else {
+            // Any other escape, `\\` included, is two characters (`\uXXXX` continues with
+            // plain hex digits).
+            i += 2;
+        }
+    }
+    if copied == 0 {
+        // Only `\\u0000`, an escaped backslash before "u0000": nothing to change.
+        return Cow::Borrowed(json);
+    }
+    out.push_str(&json[copied..]);
+    Cow::Owned(out)
+}
+
+/// Fills `last_analyzed_time` of rows stored before schema version 2, with the parser every
+/// sink uses to order versions (SQL's own would accept other forms).
+async fn backfill_analyzed_time(
+    tx: &tokio_postgres::Transaction<'_>,
+    q: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            &format!("SELECT version_id, last_analyzed_at FROM {q}.index_versions"),
+            &[],
+        )
+        .await?;
+    let (mut ids, mut times) = (Vec::new(), Vec::new());
+    for row in &rows {
+        if let Some(t) = parse_system_time(row.get(1)) {
+            ids.push(row.get::<_, String>(0));
+            times.push(t);
+        }
+    }
+    if !ids.is_empty() {
+        tx.execute(
+            &format!(
+                "UPDATE {q}.index_versions AS v SET last_analyzed_time = u.t \
+                 FROM unnest($1::text[], $2::timestamp[]) AS u(id, t) WHERE v.version_id = u.id"
+            ),
+            &[&ids, &times],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The advisory lock key of a schema's migrations: stable across processes and builds, so two
@@ -299,8 +424,9 @@ fn quote_ident(name: &str) -> String {
 
 /// What to do about a failed statement, and what to tell the operator, from its SQLSTATE.
 /// Transient and fixable problems all retry: the backlog waits in the ledger while an operator
-/// fixes a password or a grant, and nothing is parked for a database problem. Only data the
-/// server refuses for this version (class 22) is parked.
+/// fixes a password or a grant, and nothing is parked for a database problem. Only what the
+/// server refuses for this version's data is parked: a data exception (class 22) or a limit the
+/// version exceeds (class 54, e.g. 54001 for JSON nested too deeply for `jsonb`).
 pub fn classify(sqlstate: Option<&str>) -> (Disposition, &'static str) {
     let Some(code) = sqlstate else {
         // No SQLSTATE: the connection failed, broke or timed out.
@@ -327,6 +453,16 @@ pub fn classify(sqlstate: Option<&str>) -> (Disposition, &'static str) {
         c if c.starts_with("22") => (
             Disposition::Park,
             "; the server refuses this version's data, retrying would not help",
+        ),
+        "54001" => (
+            Disposition::Park,
+            "; the result is nested too deeply for the server to store as jsonb, retrying would \
+             not help (a larger max_stack_depth on the server may take it: then run \
+             `scenewatch retry-parked`)",
+        ),
+        c if c.starts_with("54") => (
+            Disposition::Park,
+            "; this version exceeds a limit of the server, retrying would not help",
         ),
         // 08 connection, 40 serialization/deadlock, 53 resources, 57 shutdown or statement
         // timeout, 58 system errors, and anything unexpected: worth another try.
@@ -580,6 +716,9 @@ impl PostgresSink {
                 }
                 return Err(e.into());
             }
+            if version == 2 {
+                backfill_analyzed_time(&tx, &q).await?;
+            }
             tx.execute(
                 &format!("INSERT INTO {q}.scenewatch_schema (version, applied_by) VALUES ($1, $2)"),
                 &[&version, &concat!("scenewatch ", env!("CARGO_PKG_VERSION"))],
@@ -602,8 +741,12 @@ impl PostgresSink {
         let insert_scenes = client.prepare_cached(&self.sql.insert_scenes).await?;
         let tx = client.transaction().await?;
         tx.batch_execute(&self.sql.set_timeout).await?;
-        let info = d.result.info.as_ref();
-        let analyzed = info.and_then(|i| i.analyzed_scene_ids.as_deref()).map(Json);
+        let raw = d.result.raw.get();
+        let jsonb = match jsonb_text(raw) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(safe) => Some(safe),
+        };
+        let analyzed = cols.analyzed_scene_ids.as_deref().map(jsonb_text);
         let inserted = tx
             .execute(
                 &insert_version,
@@ -617,7 +760,9 @@ impl PostgresSink {
                     &analyzed,
                     &scene_count,
                     &d.fetched_at,
-                    &Json(&*d.result.raw),
+                    &jsonb,
+                    &raw,
+                    &parse_system_time(&d.last_analyzed_at),
                 ],
             )
             .await?;
@@ -890,12 +1035,56 @@ mod tests {
             (Some("42P01"), Retry),
             (Some("22P05"), Park),
             (Some("22021"), Park),
+            (Some("54001"), Park),
+            (Some("54000"), Park),
             (Some("XX000"), Retry),
         ] {
             assert_eq!(classify(code).0, want, "{code:?}");
         }
         assert!(classify(Some("28P01")).1.contains("password_file"));
         assert!(classify(Some("42501")).1.contains("grant"));
+        assert!(classify(Some("54001")).1.contains("nested too deeply"));
+    }
+
+    #[test]
+    fn nul_escapes_become_six_characters_for_jsonb_and_nothing_else_changes() {
+        for (json, want) in [
+            (r#"{"a":"x"}"#, r#"{"a":"x"}"#),
+            (r#"{"a":"x\u0000y"}"#, r#"{"a":"x\\u0000y"}"#),
+            (
+                r#"{"k\u0000":["\u0000\u0000"]}"#,
+                r#"{"k\\u0000":["\\u0000\\u0000"]}"#,
+            ),
+            // An escaped backslash before "u0000" is not U+0000.
+            (r#"["\\u0000"]"#, r#"["\\u0000"]"#),
+            (r#"["\\\u0000"]"#, r#"["\\\\u0000"]"#),
+            (r#"["\u00001", "\"\u0000"]"#, r#"["\\u00001", "\"\\u0000"]"#),
+            (r#"["장면\u0000"]"#, r#"["장면\\u0000"]"#),
+        ] {
+            let got = jsonb_text(json);
+            assert_eq!(got, want, "{json}");
+            assert_eq!(matches!(got, Cow::Borrowed(_)), json == want, "{json}");
+            // What jsonb will read: the same document, U+0000 spelled out.
+            let read: serde_json::Value = serde_json::from_str(&got).unwrap();
+            let orig: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(read, spell_nul(orig), "{json}");
+        }
+    }
+
+    /// `v` with every U+0000 in its strings and keys as the six characters `\u0000`.
+    fn spell_nul(v: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        let spell = |s: String| s.replace('\0', "\\u0000");
+        match v {
+            Value::String(s) => Value::String(spell(s)),
+            Value::Array(a) => Value::Array(a.into_iter().map(spell_nul).collect()),
+            Value::Object(o) => Value::Object(
+                o.into_iter()
+                    .map(|(k, v)| (spell(k), spell_nul(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
     }
 
     #[test]
@@ -930,7 +1119,7 @@ mod tests {
         assert_eq!(c.scene, vec![1, 2]);
         assert_eq!(c.start_ms, vec![Some(0), None]);
         assert_eq!(c.end_ms, vec![Some(10), None]);
-        assert_eq!(c.description, vec![Some("a\u{FFFD}b".into()), None]);
+        assert_eq!(c.description, vec![Some("a\\u0000b".into()), None]);
         assert_eq!(c.stale, vec![Some(true), None]);
         assert_eq!(c.analyzed_at, vec![Some("x".into()), None]);
     }

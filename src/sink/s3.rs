@@ -7,6 +7,13 @@
 //! `latest.json` never names a version that is not there yet. The same version always maps to the
 //! same key and the same bytes, so a retried delivery overwrites rather than duplicates.
 //!
+//! `latest.json` only moves forward: before writing it, the sink asks what it holds (a HEAD
+//! reading the `scenewatch-*` metadata it writes with every object, or, for an object without
+//! it, a GET of the envelope) and leaves it if that version is newer (see [`super::latest`]); an
+//! older version still gets its own object. The look and the PUT do not race with another
+//! delivery because one drainer per sink delivers one version at a time; two sinks (or two
+//! daemons) writing the same prefix for the same watch are not supported.
+//!
 //! The secret access key goes from the config's `SecretString` straight into the store's
 //! credential provider; this type's `Debug` and every message leave it out.
 
@@ -16,17 +23,27 @@ use futures_util::future::BoxFuture;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, ClientOptions, ObjectStore, PutOptions, PutPayload, RetryConfig,
+    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, ObjectStore, PutOptions,
+    PutPayload, RetryConfig,
 };
 use reqwest::Url;
 use secrecy::ExposeSecret;
 
 use super::file::is_safe_file_name;
+use super::latest::{Stamp, envelope_stamp, supersedes};
 use super::{Delivery, Disposition, Receipt, Sink, SinkError};
 use crate::config::S3SinkConfig;
 
 /// The name of the object that holds the latest version of a watch.
 pub const LATEST: &str = "latest.json";
+
+/// User metadata (`x-amz-meta-…`) written with every object, so that what `latest.json` holds
+/// can be learned with a HEAD instead of a GET of a body that may be megabytes.
+pub const META_VERSION: &str = "scenewatch-version";
+/// See [`META_VERSION`]: the envelope's `lastAnalyzedAt`.
+pub const META_LAST_ANALYZED_AT: &str = "scenewatch-last-analyzed-at";
+/// See [`META_VERSION`]: the envelope's `fetchedAt`.
+pub const META_FETCHED_AT: &str = "scenewatch-fetched-at";
 
 /// An outer bound for a healthcheck, whose listing may page: generous, but finite.
 const HEALTHCHECK_BOUND: Duration = Duration::from_secs(60);
@@ -161,9 +178,17 @@ impl S3Sink {
             "AccessDenied",
             "403 Forbidden",
         ]);
+        let read = what.starts_with("HEAD") || what.starts_with("GET");
         let no_bucket = has(&["NoSuchBucket"])
             || (what.starts_with("PUT") && matches!(e, object_store::Error::NotFound { .. }));
-        let hint = if denied {
+        let hint = if denied && read {
+            format!(
+                "; the server refused the request: check access_key_id, the secret access key, \
+                 region {:?}, the clock, and that the key may read objects in bucket {:?} \
+                 (s3:GetObject: the sink reads latest.json before replacing it)",
+                self.region, self.bucket
+            )
+        } else if denied {
             format!(
                 "; the server refused the request: check access_key_id, the secret access key, \
                  region {:?}, the clock, and that the key may write to bucket {:?}",
@@ -187,9 +212,20 @@ impl S3Sink {
         )
     }
 
-    async fn put(&self, key: &Path, body: PutPayload) -> Result<(), SinkError> {
+    async fn put(&self, key: &Path, body: PutPayload, d: &Delivery) -> Result<(), SinkError> {
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, "application/json".into());
+        let stamp = Stamp::of(d);
+        for (name, value) in [
+            (META_VERSION, Some(stamp.version)),
+            (META_LAST_ANALYZED_AT, Some(stamp.last_analyzed_at)),
+            (META_FETCHED_AT, stamp.fetched_at),
+        ] {
+            // A value unfit for an HTTP header is left out; the envelope still has it.
+            if let Some(v) = value.filter(|v| fits_header(v)) {
+                attributes.insert(Attribute::Metadata(name.into()), v.into());
+            }
+        }
         let opts = PutOptions {
             attributes,
             ..PutOptions::default()
@@ -200,6 +236,52 @@ impl S3Sink {
             .map(drop)
             .map_err(|e| self.store_error(&format!("PUT {key} to"), &e))
     }
+
+    /// What the object at `key` (a `latest.json`) holds: from its metadata when it has them,
+    /// otherwise from its envelope; `None` when there is no object, or it is not an envelope
+    /// (then the next version replaces it).
+    async fn stamp_at(&self, key: &Path) -> Result<Option<Stamp>, SinkError> {
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match self.store.get_opts(key, head).await {
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.store_error(&format!("HEAD {key} at"), &e)),
+            Ok(r) => {
+                if let Some(stamp) = stamp_of_metadata(&r.attributes) {
+                    return Ok(Some(stamp));
+                }
+            }
+        }
+        // Written by a scenewatch before the metadata, or with values unfit for headers.
+        let bytes = match self.store.get_opts(key, GetOptions::default()).await {
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.store_error(&format!("GET {key} at"), &e)),
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(|e| self.store_error(&format!("GET {key} at"), &e))?,
+        };
+        Ok(envelope_stamp(&bytes))
+    }
+}
+
+/// Printable ASCII without surrounding blanks, short: safe as an `x-amz-meta-` value everywhere.
+fn fits_header(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 256 && v.trim() == v && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+fn stamp_of_metadata(a: &Attributes) -> Option<Stamp> {
+    let get = |name: &'static str| {
+        a.get(&Attribute::Metadata(name.into()))
+            .map(|v: &AttributeValue| v.as_ref().to_string())
+    };
+    Some(Stamp {
+        version: get(META_VERSION)?,
+        last_analyzed_at: get(META_LAST_ANALYZED_AT)?,
+        fetched_at: get(META_FETCHED_AT),
+    })
 }
 
 /// The endpoint `object_store` wants: with virtual-hosted-style requests it expects the bucket
@@ -237,8 +319,16 @@ impl Sink for S3Sink {
             // One buffer shared by both PUTs (the payload is reference-counted).
             let payload = PutPayload::from(body);
             let version = self.version_key(d);
-            self.put(&version, payload.clone()).await?;
-            self.put(&self.latest_key(d), payload).await?;
+            self.put(&version, payload.clone(), d).await?;
+            let latest = self.latest_key(d);
+            match self.stamp_at(&latest).await? {
+                Some(current) if !supersedes(&Stamp::of(d), &current) => {
+                    // Delivered all the same: the version has its object, and the newer one
+                    // stays the latest.
+                    tracing::info!(sink = %self.name, version = %d.version_id, last_analyzed_at = %d.last_analyzed_at, latest_version = %current.version, latest_last_analyzed_at = %current.last_analyzed_at, "latest.json holds a newer version; left as it is.");
+                }
+                _ => self.put(&latest, payload, d).await?,
+            }
             Ok(Receipt {
                 location: format!("s3://{}/{version}", self.bucket),
             })
@@ -308,6 +398,28 @@ mod tests {
             s.version_key(&d).as_ref(),
             format!("scene/watch/ws/1234/5678/1001/{}.json", d.version_id)
         );
+    }
+
+    #[test]
+    fn metadata_says_which_version_an_object_holds_when_the_values_fit_a_header() {
+        let d = crate::sink::stdout::test_delivery("{}");
+        let mut a = Attributes::new();
+        assert_eq!(stamp_of_metadata(&a), None);
+        a.insert(
+            Attribute::Metadata(META_VERSION.into()),
+            d.version_id.clone().into(),
+        );
+        assert_eq!(stamp_of_metadata(&a), None, "lastAnalyzedAt is needed too");
+        a.insert(
+            Attribute::Metadata(META_LAST_ANALYZED_AT.into()),
+            d.last_analyzed_at.clone().into(),
+        );
+        let s = stamp_of_metadata(&a).unwrap();
+        assert_eq!((s.version, s.fetched_at), (d.version_id, None));
+        assert!(fits_header("2026-04-17T10:30:00.123Z"));
+        for bad in ["", " t", "t\n", "장면", &"9".repeat(257)] {
+            assert!(!fits_header(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -122,6 +122,63 @@ fn check_names_a_missing_secret_and_a_missing_file() {
     assert!(text(&out).contains("nope.toml"), "{}", text(&out));
 }
 
+/// A TOML syntax error on the line of a secret: `check` and `run` name the file, the line and
+/// the column, and never print the line (the parsers' own messages quote it).
+#[test]
+fn a_broken_secret_line_is_located_but_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let watches = dir.path().join("watches.d");
+    std::fs::create_dir(&watches).unwrap();
+    let cfg = dir.path().join("scenewatch.toml");
+    for (broken, file, line) in [
+        ("secret_key = \"SK_LEAKED_VALUE", &cfg, 4),
+        ("secret_key = SK_LEAKED_VALUE", &cfg, 4),
+        // In a file of the watch directory, which is read separately.
+        ("asset_id = SK_LEAKED_VALUE", &watches.join("a.toml"), 3),
+    ] {
+        let main = if *file == cfg {
+            format!(
+                "state_dir = \"{}\"\n[api]\naccess_key = \"AK\"\n{broken}\n",
+                state.display()
+            )
+        } else {
+            std::fs::write(
+                file,
+                format!("workspace = \"w\"\nproject_id = \"1\"\n{broken}\n"),
+            )
+            .unwrap();
+            format!(
+                "state_dir = \"{}\"\nwatch_dir = \"{}\"\n[api]\naccess_key = \"AK\"\n",
+                state.display(),
+                watches.display()
+            )
+        };
+        std::fs::write(&cfg, main).unwrap();
+        for verb in ["check", "run"] {
+            let out = scenewatch()
+                .arg(verb)
+                .arg("--config")
+                .arg(&cfg)
+                .env("SCENEWATCH__API__SECRET_KEY", "SK")
+                .timeout(std::time::Duration::from_secs(60))
+                .output()
+                .unwrap();
+            let all = text(&out);
+            assert_eq!(out.status.code(), Some(78), "{verb} {broken:?}: {all}");
+            assert!(
+                !all.contains("SK_LEAKED"),
+                "{verb} {broken:?} echoes it:\n{all}"
+            );
+            assert!(all.contains(&file.display().to_string()), "{verb}: {all}");
+            assert!(
+                all.contains(&format!("not valid TOML at line {line}, column ")),
+                "{verb} {broken:?}: {all}"
+            );
+        }
+    }
+}
+
 #[test]
 fn sign_prints_the_documented_vector_and_never_the_secret() {
     let out = scenewatch()

@@ -299,6 +299,27 @@ async fn delivered_versions_read_back_as_documented() {
     );
     let raw: Value = serde_json::from_str(v2.result.raw.get()).unwrap();
     assert_eq!(row.get::<_, Value>(8), raw, "result is the API's result");
+    let extra = db
+        .client
+        .query_one(
+            &db.sql(
+                "SELECT result_text, last_analyzed_time FROM scenewatch.index_versions \
+                 WHERE version_id = $1",
+            ),
+            &[&v2.version_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        extra.get::<_, &str>(0),
+        v2.result.raw.get(),
+        "byte for byte"
+    );
+    assert_eq!(
+        extra.get::<_, SystemTime>(1),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_776_502_800),
+        "2026-04-18T09:00:00 as a time"
+    );
     assert!(row.get::<_, SystemTime>(9) <= SystemTime::now());
     // A full run has no analyzedSceneIds: SQL NULL, not JSON null.
     assert_eq!(
@@ -428,6 +449,255 @@ async fn delivered_versions_read_back_as_documented() {
         ],
         "every version of an index"
     );
+}
+
+/// `v` with every U+0000 in its strings and keys spelled as the six characters `\u0000`, as the
+/// sink stores it in `jsonb`.
+fn spell_nul(v: Value) -> Value {
+    let spell = |s: String| s.replace('\0', "\\u0000");
+    match v {
+        Value::String(s) => Value::String(spell(s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(spell_nul).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (spell(k), spell_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn a_result_with_nul_characters_is_stored_and_kept_byte_for_byte() {
+    let Some(url) = server("a_result_with_nul_characters_is_stored_and_kept_byte_for_byte") else {
+        return;
+    };
+    let db = Db::new(&url).await;
+    let s = sink(&config(&url, &db.schema));
+    // U+0000 (the escape `\u0000`) in a description, a time, a scene id and a key; and an
+    // escaped backslash before "u0000", which is not one.
+    let raw = r#"{"indexId":7,"sceneSummaryInfo":{"lastAnalyzedAt":"2026-04-17T10:30:00","analyzedSceneIds":["1\u0000"]},
+  "sceneSummaries":[{"scene":1,"startMs":0,"endMs":999,"sceneSummary":{"description":"A kick\u0000off, \"\\u0000\" on the board.","metadataChangedAfterSummary":false,"analyzedAt":"2026-04-17T10:30:00\u0000"}}],
+  "note\u0000":"x"}"#;
+    let d = delivery(key("a-42", "7"), raw);
+    s.deliver(&d).await.expect("a result with U+0000 is stored");
+    s.deliver(&d).await.expect("and again, as a repeat");
+
+    let row = db
+        .client
+        .query_one(
+            &db.sql(
+                "SELECT result_text, result, analyzed_scene_ids, \
+                 result->'sceneSummaries'->0->'sceneSummary'->>'description' \
+                 FROM scenewatch.index_versions WHERE version_id = $1",
+            ),
+            &[&d.version_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), raw, "result_text is the API's bytes");
+    let parsed: Value = serde_json::from_str(raw).unwrap();
+    assert_eq!(
+        row.get::<_, Value>(1),
+        spell_nul(parsed),
+        "jsonb spells U+0000 out"
+    );
+    assert_eq!(row.get::<_, Value>(2), json!(["1\\u0000"]));
+    let description = r#"A kick\u0000off, "\u0000" on the board."#;
+    assert_eq!(row.get::<_, &str>(3), description);
+
+    let scene = db
+        .client
+        .query_one(
+            &db.sql("SELECT description, analyzed_at FROM scenewatch.scenes WHERE version_id = $1"),
+            &[&d.version_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        scene.get::<_, &str>(0),
+        description,
+        "the scene row reads as the jsonb does"
+    );
+    assert_eq!(scene.get::<_, &str>(1), r"2026-04-17T10:30:00\u0000");
+}
+
+#[tokio::test]
+async fn a_result_nested_too_deeply_for_jsonb_is_parked_and_the_sink_stays_healthy() {
+    let Some(url) =
+        server("a_result_nested_too_deeply_for_jsonb_is_parked_and_the_sink_stays_healthy")
+    else {
+        return;
+    };
+    let db = Db::new(&url).await;
+    let s = sink(&config(&url, &db.schema));
+    let depth = 100_000;
+    let raw = format!(
+        r#"{{"indexId":7,"sceneSummaryInfo":{{"lastAnalyzedAt":"2026-04-17T10:30:00","analyzedSceneIds":null}},"sceneSummaries":[],"extra":{}{}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let deep = delivery(key("a-42", "7"), &raw);
+    let e = s.deliver(&deep).await.unwrap_err();
+    assert_eq!(
+        e.disposition,
+        Disposition::Park,
+        "parked, not retried forever: {e}"
+    );
+    let text = e.to_string();
+    for needle in [
+        "postgres sink `pg`",
+        deep.version_id.as_str(),
+        "54001",
+        "nested too deeply",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing: {text}");
+    }
+    // Nothing half-stored, and the sink is well: readiness checks pass and the next version
+    // goes through.
+    assert_eq!(
+        db.count("SELECT count(*) FROM scenewatch.index_versions")
+            .await,
+        0
+    );
+    s.healthcheck().await.expect("the sink stays healthy");
+    let next = delivery(key("a-42", "7"), &big_result("2026-04-18T09:00:00", 3));
+    s.deliver(&next).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM scenewatch.scenes").await, 3);
+}
+
+/// The latest version of index `a-42/7` as the view says.
+async fn latest_in_view(db: &Db) -> String {
+    db.client
+        .query_one(
+            &db.sql(
+                "SELECT version_id FROM scenewatch.latest_index_versions \
+                 WHERE asset_id = 'a-42' AND index_id = '7'",
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn the_latest_version_is_the_latest_analysis_whatever_the_arrival_order() {
+    let Some(url) = server("the_latest_version_is_the_latest_analysis_whatever_the_arrival_order")
+    else {
+        return;
+    };
+    let db = Db::new(&url).await;
+    let s = sink(&config(&url, &db.schema));
+    // As strings, "…00Z" sorts after "…00.5": as times it is half a second earlier.
+    let newest = delivery(key("a-42", "7"), &big_result("2026-04-17T10:30:00.5", 2));
+    s.deliver(&newest).await.unwrap();
+    for older in ["2026-04-17T10:30:00Z", "2026-04-17 10:00:00", "not a time"] {
+        // Delivered later (fetched later, too): stored, but not the latest.
+        let d = delivery(key("a-42", "7"), &big_result(older, 2));
+        s.deliver(&d).await.unwrap();
+        assert_eq!(
+            latest_in_view(&db).await,
+            newest.version_id,
+            "after {older:?}"
+        );
+    }
+    let later = delivery(key("a-42", "7"), &big_result("2026-04-17 10:31:00", 2));
+    s.deliver(&later).await.unwrap();
+    assert_eq!(latest_in_view(&db).await, later.version_id);
+    assert_eq!(
+        db.count("SELECT count(*) FROM scenewatch.index_versions")
+            .await,
+        5,
+        "every version is kept"
+    );
+}
+
+/// Schema version 1 as scenewatch 0.1 created it, to migrate from.
+const SCHEMA_V1: &str = r#"
+CREATE SCHEMA {s};
+CREATE TABLE {s}.scenewatch_schema (version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now(), applied_by text NOT NULL);
+INSERT INTO {s}.scenewatch_schema (version, applied_by) VALUES (1, 'scenewatch 0.1.0');
+CREATE TABLE {s}.index_versions (
+    version_id          text PRIMARY KEY,
+    workspace           text NOT NULL,
+    project_id          text NOT NULL,
+    asset_id            text NOT NULL,
+    index_id            text NOT NULL,
+    last_analyzed_at    text NOT NULL,
+    analyzed_scene_ids  jsonb,
+    scene_count         integer NOT NULL,
+    fetched_at          timestamptz NOT NULL,
+    delivered_at        timestamptz NOT NULL DEFAULT now(),
+    result              jsonb NOT NULL
+);
+CREATE INDEX index_versions_by_index
+    ON {s}.index_versions (workspace, project_id, asset_id, index_id,
+                           last_analyzed_at DESC, fetched_at DESC);
+CREATE TABLE {s}.scenes (
+    version_id                      text NOT NULL
+        REFERENCES {s}.index_versions (version_id) ON DELETE CASCADE,
+    scene                           bigint NOT NULL,
+    start_ms                        bigint,
+    end_ms                          bigint,
+    description                     text,
+    metadata_changed_after_summary  boolean,
+    analyzed_at                     text,
+    PRIMARY KEY (version_id, scene)
+);
+CREATE VIEW {s}.latest_index_versions AS
+SELECT DISTINCT ON (workspace, project_id, asset_id, index_id)
+       version_id, workspace, project_id, asset_id, index_id, last_analyzed_at,
+       analyzed_scene_ids, scene_count, fetched_at, delivered_at, result
+  FROM {s}.index_versions
+ ORDER BY workspace, project_id, asset_id, index_id, last_analyzed_at DESC, fetched_at DESC;
+INSERT INTO {s}.index_versions (version_id, workspace, project_id, asset_id, index_id,
+    last_analyzed_at, scene_count, fetched_at, result) VALUES
+    ('v-new', 'media', 'p-1', 'a-42', '7', '2026-04-17T10:30:00.5', 0, now(), '{}'),
+    ('v-old', 'media', 'p-1', 'a-42', '7', '2026-04-17T10:30:00Z', 0, now(), '{}'),
+    ('v-odd', 'media', 'p-1', 'a-42', '7', 'not a time', 0, now(), '{}');
+"#;
+
+#[tokio::test]
+async fn a_version_1_schema_is_migrated_with_its_rows_given_their_times() {
+    let Some(url) = server("a_version_1_schema_is_migrated_with_its_rows_given_their_times") else {
+        return;
+    };
+    let db = Db::new(&url).await;
+    db.client
+        .batch_execute(&SCHEMA_V1.replace("{s}", &db.schema))
+        .await
+        .unwrap();
+    let s = sink(&config(&url, &db.schema));
+    s.healthcheck().await.expect("migrates");
+    let versions = db
+        .rows("SELECT version FROM scenewatch.scenewatch_schema ORDER BY version")
+        .await;
+    assert_eq!(versions.len(), 2);
+    let times: Vec<(String, Option<SystemTime>)> = db
+        .rows(
+            "SELECT version_id, last_analyzed_time FROM scenewatch.index_versions \
+             ORDER BY version_id",
+        )
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let at = |ms: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+    assert_eq!(
+        times,
+        [
+            ("v-new".to_string(), at(1_776_421_800_500)),
+            ("v-odd".to_string(), None),
+            ("v-old".to_string(), at(1_776_421_800_000)),
+        ]
+    );
+    assert_eq!(latest_in_view(&db).await, "v-new");
+    // The migrated schema takes deliveries as a new one does.
+    let d = delivery(key("a-42", "7"), &big_result("2026-04-17T10:00:00", 1));
+    s.deliver(&d).await.unwrap();
+    assert_eq!(latest_in_view(&db).await, "v-new");
 }
 
 /// Everything the sink wrote, as text, with each row's `xmin` (the transaction that last wrote
@@ -718,11 +988,13 @@ async fn sinks_starting_together_migrate_the_schema_once() {
     for r in checks {
         r.unwrap();
     }
-    let versions = db
-        .rows("SELECT version FROM scenewatch.scenewatch_schema")
-        .await;
-    assert_eq!(versions.len(), 1);
-    assert_eq!(versions[0].get::<_, i32>(0), 1);
+    let versions: Vec<i32> = db
+        .rows("SELECT version FROM scenewatch.scenewatch_schema ORDER BY version")
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2], "each migration once");
 }
 
 #[tokio::test]

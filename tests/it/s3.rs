@@ -192,6 +192,71 @@ async fn s3_delivered_versions_are_readable_as_documented() {
 }
 
 #[tokio::test]
+async fn s3_an_older_version_delivered_late_leaves_latest_json_alone() {
+    let Some(s) = server("s3_an_older_version_delivered_late_leaves_latest_json_alone") else {
+        return;
+    };
+    let prefix = unique_prefix("late");
+    let sink = S3Sink::new(&sink_config(&s, &prefix, &s.secret_key)).unwrap();
+    let store = reader(&s);
+    let watch = format!("{prefix}/demo/100/2001/3001");
+    let latest = format!("{watch}/latest.json");
+    let a = delivery("2026-11-24T08:55:39", 2);
+    let b = delivery("2026-11-25T01:00:00", 3);
+
+    // B is delivered while A waits out a backoff; then A's retry lands.
+    sink.deliver(&b).await.unwrap();
+    let receipt = sink.deliver(&a).await.unwrap();
+    assert_eq!(
+        receipt.location,
+        format!("s3://{}/{watch}/2026-11-24T08:55:39.json", s.bucket),
+        "the older version is delivered to its own object"
+    );
+    assert_envelope(&store, &format!("{watch}/2026-11-24T08:55:39.json"), &a).await;
+    assert_envelope(&store, &format!("{watch}/2026-11-25T01:00:00.json"), &b).await;
+    assert_envelope(&store, &latest, &b).await;
+    // What latest.json holds is in its metadata, for a HEAD to read.
+    let head = store
+        .get_opts(
+            &Path::from(latest.as_str()),
+            object_store::GetOptions {
+                head: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let meta = |k: &'static str| {
+        head.attributes
+            .get(&object_store::Attribute::Metadata(k.into()))
+            .map(|v| v.as_ref().to_string())
+    };
+    assert_eq!(meta("scenewatch-version"), Some(b.version_id.clone()));
+    assert_eq!(
+        meta("scenewatch-last-analyzed-at"),
+        Some(b.last_analyzed_at.clone())
+    );
+
+    // A latest.json written without the metadata (by an earlier scenewatch) is read instead.
+    store
+        .put_opts(
+            &Path::from(latest.as_str()),
+            b.envelope_json_compact().unwrap().into(),
+            object_store::PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    sink.deliver(&a).await.unwrap();
+    assert_envelope(&store, &latest, &b).await;
+
+    // A newer version still moves it forward.
+    let c = delivery("2026-11-26T00:00:00", 1);
+    sink.deliver(&c).await.unwrap();
+    assert_envelope(&store, &latest, &c).await;
+    assert_eq!(keys_under(&store, &prefix).await.len(), 4);
+}
+
+#[tokio::test]
 async fn s3_same_version_twice_leaves_one_copy() {
     let Some(s) = server("s3_same_version_twice_leaves_one_copy") else {
         return;
