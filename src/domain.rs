@@ -226,6 +226,18 @@ impl PartialEq<str> for VersionId {
     }
 }
 
+impl PartialEq<VersionId> for String {
+    fn eq(&self, other: &VersionId) -> bool {
+        *self == other.0
+    }
+}
+
+impl From<VersionId> for String {
+    fn from(v: VersionId) -> String {
+        v.0
+    }
+}
+
 impl PartialEq<&str> for VersionId {
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other

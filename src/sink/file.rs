@@ -229,7 +229,7 @@ mod tests {
     /// test delivery's fetch; its `result` names `last`, so files show which version they hold.
     fn version(last: &str, fetched_s: u64) -> Delivery {
         let mut d = crate::sink::stdout::test_delivery(&format!(r#"{{"v":"{last}"}}"#));
-        d.version_id = crate::sink::version_id(&d.key, last);
+        d.version_id = crate::domain::VersionId::of(&d.key, last);
         d.last_analyzed_at = last.into();
         d.fetched_at += std::time::Duration::from_secs(fetched_s);
         d

@@ -30,7 +30,7 @@ impl Stamp {
     /// The stamp of the version `d` carries.
     pub fn of(d: &Delivery) -> Self {
         Self {
-            version: d.version_id.clone(),
+            version: d.version_id.to_string(),
             last_analyzed_at: d.last_analyzed_at.clone(),
             fetched_at: Some(fetched_at_text(d.fetched_at)),
         }

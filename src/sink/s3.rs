@@ -407,7 +407,7 @@ mod tests {
         assert_eq!(stamp_of_metadata(&a), None);
         a.insert(
             Attribute::Metadata(META_VERSION.into()),
-            d.version_id.clone().into(),
+            d.version_id.to_string().into(),
         );
         assert_eq!(stamp_of_metadata(&a), None, "lastAnalyzedAt is needed too");
         a.insert(
@@ -415,7 +415,7 @@ mod tests {
             d.last_analyzed_at.clone().into(),
         );
         let s = stamp_of_metadata(&a).unwrap();
-        assert_eq!((s.version, s.fetched_at), (d.version_id, None));
+        assert_eq!((s.version, s.fetched_at), (d.version_id.to_string(), None));
         assert!(fits_header("2026-04-17T10:30:00.123Z"));
         for bad in ["", " t", "t\n", "장면", &"9".repeat(257)] {
             assert!(!fits_header(bad), "{bad:?}");

@@ -306,7 +306,7 @@ async fn delivered_versions_read_back_as_documented() {
                 "SELECT result_text, last_analyzed_time FROM scenewatch.index_versions \
                  WHERE version_id = $1",
             ),
-            &[&v2.version_id],
+            &[&v2.version_id.as_str()],
         )
         .await
         .unwrap();
@@ -491,7 +491,7 @@ async fn a_result_with_nul_characters_is_stored_and_kept_byte_for_byte() {
                  result->'sceneSummaries'->0->'sceneSummary'->>'description' \
                  FROM scenewatch.index_versions WHERE version_id = $1",
             ),
-            &[&d.version_id],
+            &[&d.version_id.as_str()],
         )
         .await
         .unwrap();
@@ -510,7 +510,7 @@ async fn a_result_with_nul_characters_is_stored_and_kept_byte_for_byte() {
         .client
         .query_one(
             &db.sql("SELECT description, analyzed_at FROM scenewatch.scenes WHERE version_id = $1"),
-            &[&d.version_id],
+            &[&d.version_id.as_str()],
         )
         .await
         .unwrap();

@@ -231,7 +231,7 @@ async fn s3_an_older_version_delivered_late_leaves_latest_json_alone() {
             .get(&object_store::Attribute::Metadata(k.into()))
             .map(|v| v.as_ref().to_string())
     };
-    assert_eq!(meta("scenewatch-version"), Some(b.version_id.clone()));
+    assert_eq!(meta("scenewatch-version"), Some(b.version_id.to_string()));
     assert_eq!(
         meta("scenewatch-last-analyzed-at"),
         Some(b.last_analyzed_at.clone())
