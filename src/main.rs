@@ -715,6 +715,8 @@ fn man_pages() -> Vec<(String, String)> {
         }
         let mut roff = Roff::new();
         roff.control("SH", ["SEE ALSO"]);
+        // No hyphenation: a page name split across lines ("sce-newatch-check") is unreadable.
+        roff.control("nh", []);
         roff.text(refs);
         roff.control("PP", []);
         roff.text([roman(
