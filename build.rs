@@ -1,19 +1,39 @@
-//! Build script: records the git commit for `scenewatch --version` ("unknown" outside a git
-//! checkout, e.g. a source tarball).
+//! Build script: records the commit for `scenewatch --version` and `scenewatch_build_info`.
+//! `SCENEWATCH_COMMIT` from the environment wins when set and not empty (container builds, whose
+//! context has no `.git`: `docker build --build-arg SCENEWATCH_COMMIT=$(git rev-parse --short=12
+//! HEAD) …`); otherwise `git rev-parse`; "unknown" when neither is there (a source tarball).
 
 use std::process::Command;
 
 fn main() {
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=SCENEWATCH_COMMIT={commit}");
+    println!("cargo:rerun-if-env-changed=SCENEWATCH_COMMIT");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
+    let from_env = std::env::var("SCENEWATCH_COMMIT")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    if let Some(c) = &from_env {
+        // It ends up in --version and in a metric label: a commit id, nothing else.
+        let plain = c.len() <= 64
+            && c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_' | '+'));
+        assert!(
+            plain,
+            "SCENEWATCH_COMMIT={c:?} is not a commit id (at most 64 letters, digits, '.', '-', '_', '+')"
+        );
+    }
+    let commit = from_env
+        .or_else(|| {
+            Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=SCENEWATCH_COMMIT={commit}");
 }

@@ -185,10 +185,19 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), generated from this command line definition.
+    /// Print a man page (roff), or write all of them, generated from this command line definition.
     ///
-    /// Example: scenewatch man > /usr/local/share/man/man1/scenewatch.1
-    Man,
+    /// Without arguments it prints scenewatch(1); with a COMMAND, that command's page
+    /// (scenewatch man run prints scenewatch-run(1)); with --dir, it writes scenewatch.1 and one
+    /// scenewatch-COMMAND.1 per command into DIR (created if missing) and lists them.
+    /// Example: scenewatch man --dir /usr/local/share/man/man1
+    Man {
+        /// The command whose page to print (run, once, check, status, …).
+        command: Option<String>,
+        /// Write every page into this directory instead of printing one.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
+    },
     /// Print the string to sign and the signature of one request, to debug a 401.
     ///
     /// The access key is shown, the secret key never. Credentials come from the configuration
@@ -262,16 +271,7 @@ async fn run(cli: Cli) -> u8 {
             clap_complete::generate(shell, &mut cmd, "scenewatch", &mut std::io::stdout());
             exit::OK
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-                Ok(()) => exit::OK,
-                Err(e) => {
-                    eprintln!("error: cannot write the man page: {e}");
-                    exit::ERROR
-                }
-            }
-        }
+        Command::Man { command, dir } => man(command.as_deref(), dir.as_deref()),
         Command::Check { config } => check(&config),
         Command::Sign {
             method,
@@ -634,6 +634,105 @@ fn sign(method: &str, path: &str, timestamp: Option<u64>, config: Option<PathBuf
         println!("{name}: {value}");
     }
     exit::OK
+}
+
+/// `scenewatch man`: one page to stdout, or every page into `dir`.
+fn man(command: Option<&str>, dir: Option<&std::path::Path>) -> u8 {
+    let pages = man_pages();
+    if let Some(dir) = dir {
+        let written = std::fs::create_dir_all(dir).and_then(|()| {
+            pages
+                .iter()
+                .try_for_each(|(name, text)| std::fs::write(dir.join(name), text))
+        });
+        return match written {
+            Ok(()) => {
+                for (name, _) in &pages {
+                    println!("{}", dir.join(name).display());
+                }
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: cannot write the man pages to {}: {e}",
+                    dir.display()
+                );
+                exit::ERROR
+            }
+        };
+    }
+    let wanted = match command {
+        None => "scenewatch.1".to_string(),
+        Some(c) => format!("scenewatch-{c}.1"),
+    };
+    match pages.iter().find(|(name, _)| *name == wanted) {
+        Some((_, text)) => {
+            print!("{text}");
+            exit::OK
+        }
+        None => {
+            let known: Vec<&str> = pages
+                .iter()
+                .filter_map(|(n, _)| n.strip_prefix("scenewatch-")?.strip_suffix(".1"))
+                .collect();
+            eprintln!(
+                "error: no command {:?}; pages exist for: {}",
+                command.unwrap_or_default(),
+                known.join(", ")
+            );
+            exit::USAGE
+        }
+    }
+}
+
+/// Every man page as (file name, roff): scenewatch.1, then scenewatch-COMMAND.1 per command.
+/// clap_mangen names scenewatch-COMMAND(1) in the main page's SUBCOMMANDS section; each page
+/// also ends in a SEE ALSO section naming only pages of this set, so every reference is real.
+fn man_pages() -> Vec<(String, String)> {
+    use clap_mangen::roff::{Roff, bold, roman};
+    let mut cli = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
+    cli.build();
+    let commands: Vec<clap::Command> = cli
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .cloned()
+        .collect();
+    let title = |c: &clap::Command| c.get_display_name().unwrap_or(c.get_name()).to_string();
+    let page = |cmd: clap::Command, see_also: Vec<String>| {
+        // Subcommands carry no version of their own: name the program's on every page.
+        let man = clap_mangen::Man::new(cmd).source(format!("scenewatch {VERSION}"));
+        let mut out = Vec::new();
+        // Rendering into a Vec cannot fail.
+        let _ = man.render(&mut out);
+        let mut refs = Vec::new();
+        for (i, name) in see_also.iter().enumerate() {
+            if i > 0 {
+                refs.push(roman(", "));
+            }
+            refs.push(bold(name.as_str()));
+            refs.push(roman("(1)"));
+        }
+        let mut roff = Roff::new();
+        roff.control("SH", ["SEE ALSO"]);
+        // No hyphenation: a page name split across lines ("sce-newatch-check") is unreadable.
+        roff.control("nh", []);
+        roff.text(refs);
+        roff.control("PP", []);
+        roff.text([roman(
+            "README.md, docs/operations.md and docs/troubleshooting.md in the source tree.",
+        )]);
+        let text = String::from_utf8_lossy(&out).into_owned() + &roff.to_roff();
+        (man.get_filename(), text)
+    };
+    let all: Vec<String> = commands.iter().map(title).collect();
+    let mut pages = vec![page(cli.clone(), all.clone())];
+    for c in &commands {
+        let me = title(c);
+        let mut see_also = vec!["scenewatch".to_string()];
+        see_also.extend(all.iter().filter(|t| **t != me).cloned());
+        pages.push(page(c.clone(), see_also));
+    }
+    pages
 }
 
 fn report_error(result: anyhow::Result<()>) -> u8 {

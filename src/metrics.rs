@@ -1,7 +1,10 @@
 //! Prometheus metrics (prometheus-client, OpenMetrics text). Label values come from closed sets
 //! (outcomes, phases, event types) or from configured sink names: never a watch id, so the
 //! number of series stays bounded however many watches there are. Names are documented in
-//! docs/operations.md.
+//! docs/operations.md. Besides the `scenewatch_*` families: `scenewatch_build_info` and, on
+//! Linux, the conventional `process_*` metrics (`process.rs`), read at scrape time.
+
+mod process;
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -17,6 +20,7 @@ type Labels = Vec<(&'static str, String)>;
 
 /// Every metric scenewatch exports.
 pub struct Metrics {
+    /// The unprefixed root (process metrics) with the `scenewatch` sub-registry in it.
     registry: Registry,
     polls: Family<Labels, Counter>,
     poll_latency: Family<Labels, Histogram>,
@@ -78,9 +82,25 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Registers every metric under the `scenewatch` prefix.
+    /// Registers every metric under the `scenewatch` prefix, plus the process metrics.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("scenewatch");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("scenewatch");
+        // Constant 1, for joining version and commit onto other series and for spotting a
+        // half-done rollout (two versions at once).
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("version", env!("CARGO_PKG_VERSION").into()),
+                ("commit", env!("SCENEWATCH_COMMIT").into()),
+            ])
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version and the commit this binary was built from",
+            build_info,
+        );
         let polls = Family::<Labels, Counter>::default();
         registry.register(
             "polls",
@@ -161,6 +181,11 @@ impl Metrics {
             auth_paused.clone(),
         );
         let events = Family::<Labels, Counter>::default();
+        // Every type starts at 0, so the first event of a type after a start is an increase
+        // that rate() and increase() see (a series that appears at 1 shows none).
+        for t in crate::events::EventType::ALL {
+            let _ = events.get_or_create(&vec![("type", t.as_str().into())]);
+        }
         registry.register("events", "Events emitted, by type", events.clone());
         let events_sent = Family::<Labels, Counter>::default();
         registry.register(
@@ -181,7 +206,7 @@ impl Metrics {
             unrecognised.clone(),
         );
         Self {
-            registry,
+            registry: root,
             polls,
             poll_latency,
             watches,
@@ -362,6 +387,11 @@ mod tests {
         m.unrecognised("result", Some("<script>"));
         let text = m.render();
         assert!(text.ends_with("# EOF\n"), "{text}");
+        let build = format!(
+            "scenewatch_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("SCENEWATCH_COMMIT")
+        );
         for needle in [
             "scenewatch_polls_total{operation=\"status\",outcome=\"ok\"} 1",
             "scenewatch_throttled_total 1",
@@ -372,8 +402,22 @@ mod tests {
             "# TYPE scenewatch_poll_duration_seconds histogram",
             "scenewatch_unrecognised_answers_total{call=\"result\",code=\"10042\"} 1",
             "scenewatch_unrecognised_answers_total{call=\"result\",code=\"invalid\"} 1",
+            build.as_str(),
         ] {
             assert!(text.contains(needle), "missing {needle}:\n{text}");
+        }
+        // Process metrics: unprefixed, Linux only.
+        let process = [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+        ];
+        for name in process {
+            let found = text.lines().any(|l| l.starts_with(name));
+            assert_eq!(found, cfg!(target_os = "linux"), "{name}:\n{text}");
         }
     }
 }

@@ -971,7 +971,7 @@ mod tests {
         for part in [
             "http 401",
             "code 200",
-            "Authentication Failed",
+            "Authentication Failed: Invalid authentication information.",
             "trace id trace-1",
         ] {
             assert!(shown.contains(part), "{shown} lacks {part}");

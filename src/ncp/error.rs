@@ -100,6 +100,11 @@ impl fmt::Display for ApiError {
             write!(f, ", code {c}")?;
         }
         write!(f, "): {}", self.message)?;
+        // The gateway's details say which check failed ("Timestamp is more than 5 minutes
+        // away…", "Signature does not match."): what an operator needs to fix a 401.
+        if let Some(d) = self.details.as_deref().filter(|d| *d != self.message) {
+            write!(f, ": {d}")?;
+        }
         if let Some(t) = &self.trace_id {
             write!(f, " (trace id {t})")?;
         }

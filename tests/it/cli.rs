@@ -292,3 +292,88 @@ fn version_names_the_commit_and_completions_and_man_page_are_generated() {
         assert!(man.contains(verb), "man page lacks {verb}");
     }
 }
+
+#[test]
+fn man_pages_exist_for_every_command_and_every_reference_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let man1 = dir.path().join("share/man/man1");
+    let out = scenewatch()
+        .args(["man", "--dir"])
+        .arg(&man1)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let pages: std::collections::BTreeSet<String> = std::fs::read_dir(&man1)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+
+    // Every command `scenewatch --help` lists has its page (clap's own `help` needs none).
+    let help = text(&scenewatch().arg("--help").output().unwrap());
+    let commands: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect();
+    assert!(commands.len() >= 12, "{commands:?} from:\n{help}");
+    assert!(pages.contains("scenewatch.1"), "{pages:?}");
+    for c in &commands {
+        assert!(
+            pages.contains(&format!("scenewatch-{c}.1")),
+            "no page for {c}: {pages:?}"
+        );
+    }
+    assert_eq!(pages.len(), commands.len() + 1, "{pages:?}");
+
+    // Every NAME(1) a page refers to is one of the pages written.
+    for name in &pages {
+        let roff = std::fs::read_to_string(man1.join(name)).unwrap();
+        assert!(roff.contains(".SH \"SEE ALSO\""), "{name} has no SEE ALSO");
+        let plain = roff
+            .replace("\\fB", "")
+            .replace("\\fR", "")
+            .replace("\\fI", "")
+            .replace("\\-", "-");
+        let mut refs = Vec::new();
+        for (at, _) in plain.match_indices("(1)") {
+            let before = &plain[..at];
+            let start = before
+                .rfind(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '-'))
+                .map_or(0, |i| i + 1);
+            refs.push(before[start..].to_string());
+        }
+        assert!(!refs.is_empty(), "{name} refers to no page");
+        for r in &refs {
+            assert!(
+                pages.contains(&format!("{r}.1")),
+                "{name} refers to {r}(1), which does not exist: {pages:?}"
+            );
+        }
+        if name == "scenewatch.1" {
+            for c in &commands {
+                let want = format!("scenewatch-{c}");
+                assert!(
+                    refs.contains(&want),
+                    "scenewatch(1) does not name {want}(1)"
+                );
+            }
+        } else {
+            assert!(refs.iter().any(|r| r == "scenewatch"), "{name}: {refs:?}");
+        }
+    }
+
+    // One page on stdout: the same text as the file; an unknown command is a usage error.
+    let out = scenewatch().args(["man", "run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        std::fs::read_to_string(man1.join("scenewatch-run.1")).unwrap()
+    );
+    let out = scenewatch().args(["man", "runn"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(text(&out).contains("run, "), "{}", text(&out));
+}

@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod crash;
 mod daemon;
+mod deploy;
 mod nats;
 mod once;
 mod ops;

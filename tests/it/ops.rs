@@ -210,21 +210,38 @@ fn check_openmetrics(text: &str) {
 }
 
 /// The metric names listed in docs/operations.md's metrics table (lines starting with
-/// "| `scenewatch_"), so the documentation and the code cannot drift apart.
+/// "| `scenewatch_" or, on Linux where they are exported, "| `process_"), so the
+/// documentation and the code cannot drift apart.
 fn documented_metric_names() -> Vec<String> {
     let doc =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
             .unwrap();
+    let mut prefixes = vec!["scenewatch_"];
+    if cfg!(target_os = "linux") {
+        prefixes.push("process_");
+    }
     let names: Vec<String> = doc
         .lines()
-        .filter_map(|l| l.strip_prefix("| `scenewatch_"))
-        .filter_map(|l| l.split('`').next())
-        .map(|n| format!("scenewatch_{n}"))
+        .filter_map(|l| {
+            let rest = l.strip_prefix("| `")?;
+            prefixes.iter().find(|p| rest.starts_with(**p))?;
+            rest.split('`').next().map(String::from)
+        })
         .collect();
     assert!(
         names.len() >= 10,
         "docs/operations.md lists too few metrics: {names:?}"
     );
+    assert!(
+        names.iter().any(|n| n == "scenewatch_build_info"),
+        "{names:?}"
+    );
+    if cfg!(target_os = "linux") {
+        assert!(
+            names.iter().filter(|n| n.starts_with("process_")).count() == 6,
+            "{names:?}"
+        );
+    }
     names
 }
 
