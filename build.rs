@@ -7,8 +7,14 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SCENEWATCH_COMMIT");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
+    // Where HEAD really is: `.git` is a file in a worktree, and watching a path that does not
+    // exist would make cargo rerun this script (and rebuild the crate) on every build.
+    for path in git(&["rev-parse", "--git-path", "HEAD"])
+        .into_iter()
+        .chain(git(&["rev-parse", "--git-path", "refs/heads"]))
+    {
+        println!("cargo:rerun-if-changed={path}");
+    }
     let from_env = std::env::var("SCENEWATCH_COMMIT")
         .ok()
         .map(|s| s.trim().to_string())
@@ -24,16 +30,19 @@ fn main() {
         );
     }
     let commit = from_env
-        .or_else(|| {
-            Command::new("git")
-                .args(["rev-parse", "--short=12", "HEAD"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .and_then(|o| String::from_utf8(o.stdout).ok())
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        })
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=SCENEWATCH_COMMIT={commit}");
+}
+
+/// The trimmed output of a git command, when git is there and it succeeds.
+fn git(args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
