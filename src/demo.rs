@@ -1,5 +1,5 @@
-//! `scenewatch demo`: the simulator in-process with a handful of assets, watched through the same
-//! code path as `scenewatch once`, results written as files. Needs no credentials or network.
+//! `scenewatch demo`: `scenewatch once` against the simulator started in-process, with a handful
+//! of assets, results written as files. Needs no credentials or network.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, OnceReport};
 use crate::config::{self, Sources};
+use crate::exit;
+use crate::once::{self, OnceOptions, OnceReport};
 use crate::progress::Board;
 use crate::watch::Phase;
 
@@ -102,7 +103,7 @@ impl DemoRun {
     /// failing asset is expected to fail), otherwise the code `once` would give.
     pub fn exit_code(&self) -> u8 {
         match self.report.exit_code() {
-            app::exit::NOT_ALL_COMPLETED => app::exit::OK,
+            exit::NOT_ALL_COMPLETED => exit::OK,
             other => other,
         }
     }
@@ -181,8 +182,11 @@ pub async fn run(
     let config = config::load(&sources)
         .map_err(|e| anyhow::anyhow!("the demo configuration is invalid: {e}"))?;
     let results_dir = out.join("results");
-    let sinks = app::sinks(&config).await?;
-    let report = app::once(config, sinks, board, shutdown).await?;
+    let options = OnceOptions {
+        timeout: None,
+        observer: Some(board),
+    };
+    let report = once::once(config, options, shutdown).await?;
     sim_stop.cancel();
     sim.join().await;
     Ok(DemoRun {

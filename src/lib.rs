@@ -1,16 +1,20 @@
 //! scenewatch: watches NAVER Cloud Media Intelligence scene summaries until they reach a terminal
 //! state and delivers the results to sinks. See ARCHITECTURE.md for the map.
 
-pub mod app;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod domain;
+pub mod engine;
 pub mod events;
+pub mod exit;
+pub mod health;
 pub mod metrics;
 pub mod ncp;
+pub mod once;
+pub mod policy;
 pub mod progress;
-pub mod schedule;
 pub mod server;
 pub mod signals;
 pub mod sim;

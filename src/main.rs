@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 use tokio_util::sync::CancellationToken;
 
-use scenewatch::app::{self, exit};
+use scenewatch::exit;
 
 use scenewatch::config::{self, DEFAULT_CONFIG_PATH, Sources};
 
@@ -32,7 +32,8 @@ Exit codes:
   2   at least one watch ended failed, canceled, not_requested, timed_out or rejected
   64  command-line usage error
   74  a sink could not write (the message names it)
-  77  the API refused the credentials
+  75  once --timeout passed with watches still open
+  77  the API refused the credentials, or the account's quota is used up
   78  the configuration is invalid (every problem is listed)
   130 interrupted by SIGINT or SIGTERM";
 
@@ -100,6 +101,9 @@ enum Command {
         /// Plain log lines even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        /// Give up after this long (e.g. 10m), with exit code 75 if watches are still open.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// Validate the configuration and report every problem at once (exit 78 when invalid).
     ///
@@ -242,7 +246,7 @@ async fn run(cli: Cli) -> u8 {
             let shutdown = scenewatch::signals::shutdown_on_signal();
             let sources = Sources::file_and_process_env(&config);
             let result = scenewatch::daemon::run(sources, shutdown, |running| {
-                tokio::spawn(forward_reloads(running.commands));
+                tokio::spawn(forward_reloads(running.reload));
             })
             .await;
             match result {
@@ -250,11 +254,7 @@ async fn run(cli: Cli) -> u8 {
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "The daemon stopped on an error.");
                     eprintln!("error: {e:#}");
-                    if e.to_string().contains("configuration problem") {
-                        exit::CONFIG
-                    } else {
-                        exit::ERROR
-                    }
+                    exit::code_of(&e)
                 }
             }
         }
@@ -286,6 +286,7 @@ async fn run(cli: Cli) -> u8 {
         Command::Once {
             config,
             no_progress,
+            timeout,
         } => {
             let (progress, board) = progress_and_logs(cli.log_format, no_progress);
             let config = match config::load(&Sources::file_and_process_env(&config)) {
@@ -295,28 +296,31 @@ async fn run(cli: Cli) -> u8 {
                     return exit::CONFIG;
                 }
             };
-            for w in &config.warnings {
-                tracing::warn!("{w}");
-            }
-            let sinks = match app::sinks(&config).await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::SINK;
-                }
-            };
             let shutdown = scenewatch::signals::shutdown_on_signal();
             let drawing = start_progress(progress);
-            let result = app::once(config, sinks, board, shutdown).await;
+            let options = scenewatch::once::OnceOptions {
+                timeout,
+                observer: Some(board),
+            };
+            let result = scenewatch::once::once(config, options, shutdown).await;
             drawing.finish().await;
             match result {
                 Ok(report) => {
                     if let Some(a) = &report.auth_failure {
                         eprintln!("error: the API refused the credentials: {a}");
                     }
+                    if let Some(q) = &report.quota_exceeded {
+                        eprintln!("error: the API's quota is used up: {q}");
+                    }
+                    if report.timed_out {
+                        eprintln!("error: --timeout passed before every watch was settled");
+                    }
                     report.exit_code()
                 }
-                Err(e) => report_error(Err(e)),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    exit::code_of(&e)
+                }
             }
         }
         Command::Demo { out, no_progress } => {
@@ -377,8 +381,8 @@ fn start_progress(progress: Option<Progress>) -> Drawing {
     Drawing { stop, task }
 }
 
-/// Turns SIGHUP into reload commands for the daemon.
-async fn forward_reloads(commands: tokio::sync::mpsc::Sender<scenewatch::daemon::Command>) {
+/// Turns SIGHUP into reloads of the daemon.
+async fn forward_reloads(commands: tokio::sync::mpsc::Sender<scenewatch::daemon::Reload>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -388,11 +392,7 @@ async fn forward_reloads(commands: tokio::sync::mpsc::Sender<scenewatch::daemon:
         };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP received; reloading the configuration.");
-            if commands
-                .send(scenewatch::daemon::Command::Reload)
-                .await
-                .is_err()
-            {
+            if commands.send(scenewatch::daemon::Reload).await.is_err() {
                 return;
             }
         }
@@ -425,7 +425,7 @@ async fn retry_parked(path: &std::path::Path, sink: Option<String>) -> u8 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let now = scenewatch::schedule::Clock::new().now_ms();
+    let now = scenewatch::clock::wall_now_ms();
     let result = ledger.unpark(sink.clone(), now).await;
     let _ = ledger.close().await;
     match result {
@@ -466,7 +466,7 @@ async fn reset(path: &std::path::Path, all_ended: bool, watches: &[String]) -> u
         Ok(l) => l,
         Err(code) => return code,
     };
-    let now = scenewatch::schedule::Clock::new().now_ms();
+    let now = scenewatch::clock::wall_now_ms();
     let result = ledger.reset_watches(keys.clone(), now).await;
     let _ = ledger.close().await;
     match result {

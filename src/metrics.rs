@@ -35,6 +35,7 @@ pub struct Metrics {
     budget_cuts: Counter,
     throttled: Counter,
     auth_paused: Gauge,
+    quota_paused: Gauge,
     events: Family<Labels, Counter>,
     events_sent: Family<Labels, Counter>,
     ledger_commit: Histogram,
@@ -174,6 +175,12 @@ impl Metrics {
             "429 answers (gateway errorCode 400/410/420) received",
             throttled.clone(),
         );
+        let quota_paused = Gauge::default();
+        registry.register(
+            "quota_paused",
+            "1 while polling is paused because the API said the account's quota is used up (gateway 429, errorCode 400)",
+            quota_paused.clone(),
+        );
         let auth_paused = Gauge::default();
         registry.register(
             "auth_paused",
@@ -220,6 +227,7 @@ impl Metrics {
             budget_cuts,
             throttled,
             auth_paused,
+            quota_paused,
             events,
             events_sent,
             ledger_commit,
@@ -310,6 +318,11 @@ impl Metrics {
     /// Whether polling is paused on refused credentials.
     pub fn set_auth_paused(&self, paused: bool) {
         self.auth_paused.set(i64::from(paused));
+    }
+
+    /// Whether polling is paused on a used-up quota.
+    pub fn set_quota_paused(&self, paused: bool) {
+        self.quota_paused.set(i64::from(paused));
     }
 
     /// An event was emitted (committed to the outbox and logged).

@@ -1,6 +1,7 @@
 //! Live progress for `once` and `demo` on a terminal: one line per watch (phase, remote status,
-//! polls, elapsed), redrawn in place on stderr. Log lines written meanwhile go through
-//! [`ProgressWriter`], which clears the block first so the two never garble each other.
+//! polls, elapsed), redrawn in place on stderr. The [`Board`] is an engine [`Observer`]: it reads
+//! the engine's updates (committed polls, deliveries), nothing else. Log lines written meanwhile
+//! go through [`ProgressWriter`], which clears the block first so the two never garble each other.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::{Observer, Update};
 use crate::watch::Phase;
 
 /// One watch as shown.
@@ -30,7 +32,7 @@ pub struct Row {
     pub note: Option<String>,
 }
 
-/// The rows of every watch, updated by the watch tasks and read by the renderer.
+/// The rows of every watch, updated from the engine's updates and read by the renderer.
 #[derive(Debug, Default)]
 pub struct Board {
     rows: Mutex<Vec<Row>>,
@@ -40,6 +42,9 @@ impl Board {
     /// Adds a watch; returns its index for [`Board::update`].
     pub fn add(&self, key: String) -> usize {
         let mut rows = self.lock();
+        if let Some(i) = rows.iter().position(|r| r.key == key) {
+            return i;
+        }
         rows.push(Row {
             key,
             phase: Phase::Pending,
@@ -59,6 +64,12 @@ impl Board {
         }
     }
 
+    /// Changes the row of `key` (added if new: watches found while running).
+    pub fn update_key(&self, key: &str, f: impl FnOnce(&mut Row)) {
+        let i = self.add(key.to_string());
+        self.update(i, f);
+    }
+
     /// A copy of every row.
     pub fn snapshot(&self) -> Vec<Row> {
         self.lock().clone()
@@ -66,6 +77,52 @@ impl Board {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Row>> {
         self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Observer for Board {
+    fn update(&self, update: &Update<'_>) {
+        match update {
+            Update::Polled { record, .. } => {
+                let s = &record.state;
+                self.update_key(&record.key.to_string(), |r| {
+                    r.phase = s.phase;
+                    r.remote = s.remote.as_ref().map(|x| x.as_str().to_string());
+                    r.polls = s.polls;
+                    r.note = s.last_error.clone();
+                    if s.phase.is_terminal() && r.ended_after.is_none() {
+                        r.ended_after = Some(r.started.elapsed());
+                    }
+                });
+            }
+            Update::Delivered {
+                key,
+                location,
+                complete,
+                ..
+            } => {
+                self.update_key(&key.to_string(), |r| {
+                    r.note = Some(location.to_string());
+                    if *complete {
+                        r.phase = Phase::Watching;
+                        r.ended_after.get_or_insert_with(|| r.started.elapsed());
+                    }
+                });
+            }
+            Update::DeliveryFailed {
+                key,
+                error,
+                gave_up,
+                ..
+            } => {
+                self.update_key(&key.to_string(), |r| {
+                    r.note = Some(error.to_string());
+                    if *gave_up {
+                        r.ended_after.get_or_insert_with(|| r.started.elapsed());
+                    }
+                });
+            }
+        }
     }
 }
 

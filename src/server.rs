@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Health;
-use crate::schedule::Clock;
+use crate::clock::Clock;
+use crate::health::Health;
 use crate::state::{Ledger, SharedLedger};
 
 /// How long the scheduler loop may stay silent before `/healthz` fails. It turns at least once
@@ -90,6 +90,9 @@ pub async fn not_ready_reasons(health: &Health, ledger: &dyn Ledger) -> Vec<Stri
     if health.auth_paused.load(Ordering::Relaxed) {
         reasons.push("the API refused the credentials; polling is paused".to_string());
     }
+    if health.quota_paused.load(Ordering::Relaxed) {
+        reasons.push("the API's quota is used up; polling is paused".to_string());
+    }
     if let Err(e) = ledger.probe_writable().await {
         reasons.push(format!("ledger not writable: {e}"));
     }
@@ -122,6 +125,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         }
     }
     m.set_auth_paused(s.health.auth_paused.load(Ordering::Relaxed));
+    m.set_quota_paused(s.health.quota_paused.load(Ordering::Relaxed));
     (
         StatusCode::OK,
         [(

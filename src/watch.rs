@@ -1,10 +1,12 @@
-//! One poll step as a pure decision: a classified API answer in, the next watch state and the
-//! action to take out. No IO, no clock, no sleeping: time is passed in (STYLE.md §6).
+//! One poll step as a pure decision: a classified API answer in; the next watch state, the action
+//! to take and when to poll next out. No IO, no clock, no sleeping, no global randomness: time
+//! and the jitter seed are passed in (STYLE.md §4, §6), the timing comes from [`Policy`].
 
 use std::fmt;
 use std::time::Duration;
 
 use crate::ncp::{RemoteStatus, SummaryResult, SummaryStatus, Verdict};
+use crate::policy::Policy;
 
 /// Where a watch is in its life (DESIGN.md "A watch").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,6 +97,8 @@ pub struct Limits {
     pub max_wait: Duration,
     /// How long `BEFORE_SUMMARIZE` may last.
     pub not_requested_grace: Duration,
+    /// Intervals between polls and retries.
+    pub policy: Policy,
 }
 
 /// The state of one watch. Times are offsets on the caller's monotonic clock.
@@ -108,6 +112,8 @@ pub struct WatchState {
     pub polls: u64,
     /// Failed attempts since the last good answer.
     pub consecutive_errors: u32,
+    /// Position in the poll interval series since the remote status last changed.
+    pub attempt: u32,
     /// When the watch started waiting (its first poll).
     pub started_at: Option<Duration>,
     /// When `BEFORE_SUMMARIZE` was first seen in the current stretch.
@@ -125,6 +131,7 @@ impl Default for WatchState {
             remote: None,
             polls: 0,
             consecutive_errors: 0,
+            attempt: 0,
             started_at: None,
             before_since: None,
             last_version: None,
@@ -161,10 +168,29 @@ pub enum Action {
         /// `Retry-After`, when sent.
         retry_after: Option<Duration>,
     },
-    /// The credentials were refused: pause every watch of this client.
-    PauseClient,
+    /// The credentials were refused, or the quota is used up: pause every watch of this client.
+    PauseClient(PauseReason),
     /// A terminal phase was reached.
     Stop,
+}
+
+/// Why the whole client pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PauseReason {
+    /// The API refused the credentials (401).
+    Auth,
+    /// The account's quota is used up (gateway 429 with errorCode 400).
+    Quota,
+}
+
+impl PauseReason {
+    /// `auth` or `quota`, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::Auth => "auth",
+            PauseReason::Quota => "quota",
+        }
+    }
 }
 
 /// A classified answer from the API.
@@ -176,13 +202,16 @@ pub enum Answer<'a> {
     Result(&'a Verdict<SummaryResult>),
 }
 
-/// The outcome of one step.
+/// The outcome of one step: the whole decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     /// The next state.
     pub state: WatchState,
     /// What to do.
     pub action: Action,
+    /// When to poll next, on the caller's clock (like `now`); `None` when the action decides
+    /// (fetch now, pause the client, stop).
+    pub next_poll: Option<Duration>,
 }
 
 /// Checks the deadline before a poll; `Some` when the watch has timed out.
@@ -195,13 +224,76 @@ pub fn check_deadline(state: &WatchState, now: Duration, limits: Limits) -> Opti
         return Some(Step {
             state: next,
             action: Action::Stop,
+            next_poll: None,
         });
     }
     None
 }
 
-/// Decides what an answer means for the watch.
-pub fn step(state: &WatchState, now: Duration, limits: Limits, answer: Answer<'_>) -> Step {
+/// Decides what an answer means for the watch, and when it is polled next. `seed` draws the
+/// jitter of the next interval (see [`crate::policy::jitter_seed`]).
+pub fn step(
+    state: &WatchState,
+    now: Duration,
+    limits: Limits,
+    answer: Answer<'_>,
+    seed: u64,
+) -> Step {
+    let (mut state, action) = decide(state, now, limits, answer);
+    match &action {
+        Action::PollAgain {
+            reset_backoff: true,
+        } => state.attempt = 0,
+        Action::PollAgain { .. } => state.attempt = state.attempt.saturating_add(1),
+        Action::Deliver { .. } | Action::Recheck => state.attempt = 0,
+        _ => {}
+    }
+    let next_poll = next_poll(&state, &action, now, limits, seed);
+    Step {
+        state,
+        action,
+        next_poll,
+    }
+}
+
+/// When the watch is polled next after `action`: the poll series for "still waiting", the error
+/// series for failures (or the server's `Retry-After`, bounded), the recheck interval after a
+/// delivery; never past the deadline of a watch that is still waiting, so the deadline check
+/// runs on time.
+fn next_poll(
+    state: &WatchState,
+    action: &Action,
+    now: Duration,
+    limits: Limits,
+    seed: u64,
+) -> Option<Duration> {
+    let p = &limits.policy;
+    let delay = match action {
+        Action::PollAgain { .. } => p.poll_delay(state.attempt, seed),
+        Action::Retry { after } | Action::Throttle { retry_after: after } => match after {
+            Some(d) => p.server_delay(*d),
+            None => p.error_delay(state.consecutive_errors, seed),
+        },
+        Action::Deliver { .. } | Action::Recheck => p.recheck,
+        Action::FetchResult | Action::PauseClient(_) | Action::Stop => return None,
+    };
+    let mut at = now.saturating_add(delay);
+    if matches!(state.phase, Phase::Pending | Phase::Waiting)
+        && let Some(started) = state.started_at
+    {
+        let deadline = started.saturating_add(limits.max_wait);
+        at = at.min(deadline.max(now + Duration::from_millis(1)));
+    }
+    Some(at)
+}
+
+/// The state and action an answer calls for (timing aside).
+fn decide(
+    state: &WatchState,
+    now: Duration,
+    limits: Limits,
+    answer: Answer<'_>,
+) -> (WatchState, Action) {
     let mut next = state.clone();
     next.polls += 1;
     next.started_at.get_or_insert(now);
@@ -219,10 +311,7 @@ pub fn step(state: &WatchState, now: Duration, limits: Limits, answer: Answer<'_
         if action == Action::Stop {
             next.phase = Phase::Rejected;
         }
-        return Step {
-            state: next,
-            action,
-        };
+        return (next, action);
     }
     next.consecutive_errors = 0;
     next.last_error = None;
@@ -234,7 +323,11 @@ pub fn step(state: &WatchState, now: Duration, limits: Limits, answer: Answer<'_
                 next.before_since = None;
                 next.remote = Some(RemoteStatus::Completed);
                 if state.last_version.as_deref() == Some(info.last_analyzed_at.as_str()) {
-                    next.phase = Phase::Watching;
+                    // The same version again. It is `watching` once every sink has it; while a
+                    // delivery is still pending (a sink is down) it stays `completed`.
+                    if next.phase != Phase::Completed {
+                        next.phase = Phase::Watching;
+                    }
                     Action::Recheck
                 } else {
                     next.phase = Phase::Completed;
@@ -267,10 +360,7 @@ pub fn step(state: &WatchState, now: Duration, limits: Limits, answer: Answer<'_
             reset_backoff: false,
         },
     };
-    Step {
-        state: next,
-        action,
-    }
+    (next, action)
 }
 
 fn on_status(
@@ -329,7 +419,10 @@ fn failure_of<T>(v: &Verdict<T>) -> Option<(&crate::ncp::ApiError, Action)> {
                 retry_after: *retry_after,
             },
         )),
-        Verdict::AuthFailure(error) => Some((error, Action::PauseClient)),
+        Verdict::AuthFailure(error) => Some((error, Action::PauseClient(PauseReason::Auth))),
+        Verdict::QuotaExceeded { error, .. } => {
+            Some((error, Action::PauseClient(PauseReason::Quota)))
+        }
         Verdict::Permanent(error) => Some((error, Action::Stop)),
     }
 }

@@ -70,6 +70,20 @@ pub struct ApiConfig {
     pub pending_codes: Vec<String>,
 }
 
+impl ApiConfig {
+    /// The client's options: the one place they are built from the configuration.
+    pub fn client_options(&self) -> crate::ncp::ClientOptions {
+        crate::ncp::ClientOptions {
+            endpoint: self.endpoint.clone(),
+            credentials: self.credentials.clone(),
+            timeout: self.timeout,
+            max_body_bytes: self.max_body_bytes,
+            pending_codes: self.pending_codes.clone(),
+            user_agent: format!("scenewatch/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
 /// `[poll]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollConfig {

@@ -1,122 +1,49 @@
-//! `scenewatch run`: the long-running watcher. Wiring and lifecycle: open the ledger, resume
-//! every watch at its persisted time, run the scheduler and the outbox drainers, reload on
-//! SIGHUP or a watch-directory change, and drain on shutdown within `shutdown_timeout`.
+//! `scenewatch run`: the long-running watcher. Wiring and lifecycle around the engine: lock the
+//! state directory, open the SQLite ledger, resume every watch at its persisted time, serve
+//! health and metrics, talk to systemd, reload on SIGHUP or a watch-directory change, and drain
+//! on shutdown within `shutdown_timeout`. The polling itself is [`crate::engine`].
 
-mod facts;
-mod outbox;
-mod scheduler;
 mod systemd;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::clock::Clock;
 use crate::config::{self, Config, Sources};
-use crate::metrics::Metrics;
-use crate::schedule::Clock;
+use crate::engine::{self, Command, Mode, Setup};
+use crate::health::Health;
 use crate::sink::{self, EventSink, Sink};
 use crate::state::{SharedLedger, SqliteLedger};
-use crate::watch::Phase;
 
-pub use scheduler::Command;
-
-/// Live facts about the daemon, for readiness, metrics and systemd's STATUS line.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// Wall-clock ms of the scheduler loop's last turn.
-    pub last_tick_ms: AtomicU64,
-    /// The API refused the credentials; polling is paused.
-    pub auth_paused: AtomicBool,
-    /// Shutdown has begun.
-    pub draining: AtomicBool,
-    /// The configuration is loaded and the ledger open.
-    pub started: AtomicBool,
-    sinks_failing: Mutex<HashMap<String, bool>>,
-    phases: Mutex<HashMap<Phase, u64>>,
-    /// The metrics, updated where things happen and read by `/metrics`.
-    pub metrics: Metrics,
-}
-
-impl Health {
-    /// Records whether a sink is failing.
-    pub fn set_sink_failing(&self, sink: &str, failing: bool) {
-        lock(&self.sinks_failing).insert(sink.to_string(), failing);
-        self.metrics.set_sink_failing(sink, failing);
-    }
-
-    /// Names of the sinks failing now.
-    pub fn failing_sinks(&self) -> Vec<String> {
-        let mut v: Vec<String> = lock(&self.sinks_failing)
-            .iter()
-            .filter(|(_, f)| **f)
-            .map(|(n, _)| n.clone())
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Replaces the count of watches per phase.
-    pub fn set_phases(&self, counts: HashMap<Phase, u64>) {
-        *lock(&self.phases) = counts;
-    }
-
-    /// Watches per phase, in phase order.
-    pub fn phases(&self) -> Vec<(Phase, u64)> {
-        let p = lock(&self.phases);
-        Phase::ALL
-            .iter()
-            .map(|ph| (*ph, p.get(ph).copied().unwrap_or(0)))
-            .collect()
-    }
-
-    /// One line: watches by phase (for systemd STATUS= and logs).
-    pub fn summary(&self) -> String {
-        let parts: Vec<String> = self
-            .phases()
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(p, n)| format!("{n} {p}"))
-            .collect();
-        if parts.is_empty() {
-            "no watches".into()
-        } else {
-            format!("watches: {}", parts.join(", "))
-        }
-    }
-
-    pub(crate) fn observe_delivery(&self, sink: &str, took: Duration) {
-        self.metrics.delivery(sink, "ok", Some(took));
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Ask the daemon to re-read its configuration and watch directory (what SIGHUP does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reload;
 
 /// Handles to a running daemon, for the binary and for tests.
 pub struct Running {
-    /// Send commands (reload) to the scheduler.
-    pub commands: mpsc::Sender<Command>,
+    /// Send reloads.
+    pub reload: mpsc::Sender<Reload>,
     /// Live facts.
     pub health: Arc<Health>,
 }
 
 /// Runs the daemon until `shutdown` is cancelled, then drains within the configured shutdown
-/// timeout. `on_start` is called once everything is up (READY for systemd).
+/// timeout. `on_start` is called once everything is up (READY for systemd). A configuration
+/// that does not validate is a [`config::ConfigErrors`] inside the error.
 pub async fn run(
     sources: Sources,
     shutdown: CancellationToken,
     on_start: impl FnOnce(Running),
 ) -> anyhow::Result<()> {
-    let config = config::load(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = config::load(&sources)?;
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -144,65 +71,22 @@ pub async fn run(
         .await
         .context("cannot record the configured watches in the ledger")?;
 
-    let stop_work = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let result_wakes: Vec<Arc<Notify>> = result_sinks
-        .iter()
-        .map(|_| Arc::new(Notify::new()))
-        .collect();
-    // One wake per event sink: a shared `Notify` would wake only one of them.
-    let event_wakes: Arc<[Arc<Notify>]> = event_sinks
-        .iter()
-        .map(|_| Arc::new(Notify::new()))
-        .collect();
-    let outbox = outbox::Outbox {
-        ledger: ledger.clone(),
-        clock,
-        health: health.clone(),
-        stop: stop_work.clone(),
-        healthcheck_every: config.sink_healthcheck_interval,
-        events_wake: event_wakes.clone(),
-    };
-    for (s, wake) in result_sinks.iter().zip(&result_wakes) {
-        tracker.spawn(outbox::drain_results(
-            outbox.clone(),
-            s.clone(),
-            wake.clone(),
-        ));
-    }
-    for (s, wake) in event_sinks.iter().zip(event_wakes.iter()) {
-        tracker.spawn(outbox::drain_events(
-            outbox.clone(),
-            s.clone(),
-            wake.clone(),
-        ));
-    }
-
-    let (tx, rx) = mpsc::channel(64);
-    // The scheduler owns the configuration from here on (100,000 watches are not copied).
-    let watch_dir = config.watch_dir.clone();
-    let listen = config.listen;
-    let n_watches = config.watches.len();
-    let state_dir = config.state_dir.clone();
-    let deadline = config.shutdown_timeout;
-    let sched = scheduler::Scheduler::new(
-        config,
+    let side_tasks = TaskTracker::new();
+    let stop_side = CancellationToken::new();
+    let (commands, commands_rx) = mpsc::channel(8);
+    let (reload_tx, reload_rx) = mpsc::channel(8);
+    side_tasks.spawn(apply_reloads(
         sources.clone(),
-        ledger.clone(),
-        clock,
-        health.clone(),
-        scheduler::Wakes {
-            results: result_wakes,
-            events: event_wakes,
-        },
-        records,
-    )?;
-    if let Some(dir) = watch_dir {
-        tracker.spawn(watch_directory(dir, tx.clone(), stop_work.clone()));
+        reload_rx,
+        commands,
+        stop_side.clone(),
+    ));
+    if let Some(dir) = config.watch_dir.clone() {
+        side_tasks.spawn(watch_directory(dir, reload_tx.clone(), stop_side.clone()));
     }
     let server_stop = CancellationToken::new();
     let server = crate::server::serve(
-        listen,
+        config.listen,
         health.clone(),
         ledger.clone(),
         clock,
@@ -211,47 +95,102 @@ pub async fn run(
     .await?;
     health.started.store(true, Ordering::Relaxed);
     systemd::ready(&health);
-    tracker.spawn(systemd::keepalive(health.clone(), stop_work.clone()));
+    side_tasks.spawn(systemd::keepalive(health.clone(), stop_side.clone()));
     info!(
-        watches = n_watches,
+        watches = config.watches.len(),
         sinks = result_sinks.len(),
         event_sinks = event_sinks.len(),
-        state_dir = %state_dir.display(),
+        state_dir = %config.state_dir.display(),
         "Daemon started."
     );
     on_start(Running {
-        commands: tx.clone(),
+        reload: reload_tx,
         health: health.clone(),
     });
+    side_tasks.spawn(announce_stopping(
+        shutdown.clone(),
+        health.clone(),
+        stop_side.clone(),
+        config.shutdown_timeout,
+    ));
 
-    // The scheduler stops launching polls on `shutdown` and returns once its in-flight polls
-    // are done or the deadline passes.
-    let scheduler_task = tokio::spawn(sched.run(rx, shutdown.clone(), deadline));
-    shutdown.cancelled().await;
-    health.draining.store(true, Ordering::Relaxed);
-    systemd::stopping();
-    info!(timeout = %humantime::format_duration(deadline), "Shutting down: no new polls; finishing in-flight work.");
-    let drained = tokio::time::timeout(deadline, async {
-        let _ = scheduler_task.await;
-        // Deliveries in progress finish; the drainers stop between two deliveries.
-        stop_work.cancel();
-        tracker.close();
-        tracker.wait().await;
-    })
+    let ran = engine::run(
+        Setup {
+            config,
+            ledger: ledger.clone(),
+            records,
+            sinks: result_sinks,
+            event_sinks,
+            health: health.clone(),
+            clock,
+            mode: Mode::Daemon,
+            observer: None,
+        },
+        commands_rx,
+        shutdown,
+    )
     .await;
-    if drained.is_err() {
-        warn!(
-            "Shutdown timeout reached; work still in flight is abandoned (the ledger stays consistent and it is retried on the next start)."
-        );
-        stop_work.cancel();
-    }
+    stop_side.cancel();
+    side_tasks.close();
+    side_tasks.wait().await;
     server_stop.cancel();
     let _ = server.await;
     if let Err(e) = ledger.close().await {
         error!(error = %e, "Closing the ledger failed.");
     }
+    ran?;
     info!("Stopped.");
     Ok(())
+}
+
+/// Marks the daemon draining as soon as shutdown begins (readiness fails, systemd is told).
+async fn announce_stopping(
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+    stop: CancellationToken,
+    deadline: Duration,
+) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = stop.cancelled() => return,
+    }
+    health.draining.store(true, Ordering::Relaxed);
+    systemd::stopping();
+    info!(timeout = %humantime::format_duration(deadline), "Shutting down: no new polls; finishing in-flight work.");
+}
+
+/// Loads the configuration on every reload (off the engine's loop: a large file takes a while)
+/// and hands the engine a valid one; an invalid one changes nothing and logs every problem.
+async fn apply_reloads(
+    sources: Sources,
+    mut reloads: mpsc::Receiver<Reload>,
+    commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
+) {
+    loop {
+        let got = tokio::select! {
+            r = reloads.recv() => r,
+            _ = stop.cancelled() => return,
+        };
+        if got.is_none() {
+            return;
+        }
+        let sources = sources.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&sources)).await;
+        match loaded {
+            Ok(Ok(c)) => {
+                if commands.send(Command::Apply(Box::new(c))).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(e)) => {
+                error!(problems = %e, "Reload refused: the configuration is invalid; the running one stays.");
+            }
+            Err(e) => {
+                error!(error = %e, "Reload failed unexpectedly; the running configuration stays.")
+            }
+        }
+    }
 }
 
 /// Name of the lock file that keeps two daemons off one state directory.
@@ -313,7 +252,7 @@ const WATCH_DIR_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Sends a reload when the set of files in the watch directory, their sizes or their
 /// modification times change. Polling a directory listing is cheap and needs no extra crate.
-async fn watch_directory(dir: PathBuf, tx: mpsc::Sender<Command>, stop: CancellationToken) {
+async fn watch_directory(dir: PathBuf, tx: mpsc::Sender<Reload>, stop: CancellationToken) {
     let mut last = dir_signature(&dir);
     loop {
         tokio::select! {
@@ -324,7 +263,7 @@ async fn watch_directory(dir: PathBuf, tx: mpsc::Sender<Command>, stop: Cancella
         if now != last {
             last = now;
             info!(dir = %dir.display(), "Watch directory changed; reloading.");
-            if tx.send(Command::Reload).await.is_err() {
+            if tx.send(Reload).await.is_err() {
                 return;
             }
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use super::Health;
+use crate::health::Health;
 use crate::server::STALL_LIMIT_MS;
 
 /// How often STATUS= is refreshed.
@@ -49,7 +49,7 @@ pub async fn keepalive(health: Arc<Health>, stop: CancellationToken) {
         .map(|w| w / 2)
         .unwrap_or(STATUS_EVERY)
         .min(STATUS_EVERY);
-    let clock = crate::schedule::Clock::new();
+    let clock = crate::clock::Clock::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

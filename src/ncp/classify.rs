@@ -6,7 +6,8 @@
 //! | 2xx, envelope with `code` "0" (or absent) and, for status/result, a `result` | `Ok` |
 //! | 2xx, not JSON / not the envelope / `code` ≠ "0" / no `result` where one is needed | `Retryable` (decode), or `Pending` for a pending code on the result call |
 //! | 2xx with an empty body, for request and cancel | `Ok` (a 204-style acknowledgement) |
-//! | 429, or gateway errorCode 400 / 410 / 420 whatever the status | `Throttled` (+ `Retry-After`) |
+//! | gateway errorCode 400 (Quota Exceeded) whatever the status | `QuotaExceeded` |
+//! | 429, or gateway errorCode 410 / 420 whatever the status | `Throttled` (+ `Retry-After`) |
 //! | 401, or gateway errorCode 200 / 210 | `AuthFailure` |
 //! | result call, 4xx (not 401/403/413/429) or 2xx error body from the service, code in `pending_codes` | `Pending` |
 //! | the same with any other code (NAVER documents none) | `NotReady` |
@@ -214,7 +215,10 @@ pub(crate) fn classify<'a>(
     let error = ctx.error(origin, code, message, details);
     let gw = gateway_code.as_deref();
 
-    if status == 429 || matches!(gw, Some("400" | "410" | "420")) {
+    if gw == Some("400") {
+        return Verdict::QuotaExceeded { retry_after, error };
+    }
+    if status == 429 || matches!(gw, Some("410" | "420")) {
         return Verdict::Throttled { retry_after, error };
     }
     if status == 401 || matches!(gw, Some("200" | "210")) {
@@ -781,11 +785,11 @@ mod tests {
                 Some("430"),
             ),
             (
-                "gateway 429/400",
+                "gateway 429/400 is a used-up quota",
                 Status,
                 429,
                 gw("400"),
-                "throttled",
+                "quota_exceeded",
                 Some(Gateway),
                 Some("400"),
             ),

@@ -128,7 +128,13 @@ pub enum Verdict<T> {
         after: Option<Duration>,
         error: ApiError,
     },
-    /// 429 or gateway errorCode 400/410/420: slow the whole client down.
+    /// Gateway errorCode 400 `Quota Exceeded`: the account's quota is used up; a long pause of
+    /// the whole client, not a short slow-down.
+    QuotaExceeded {
+        retry_after: Option<Duration>,
+        error: ApiError,
+    },
+    /// 429 or gateway errorCode 410/420: slow the whole client down.
     Throttled {
         retry_after: Option<Duration>,
         error: ApiError,
@@ -149,6 +155,7 @@ impl<T> Verdict<T> {
             | Verdict::AuthFailure(e)
             | Verdict::Permanent(e)
             | Verdict::Retryable { error: e, .. }
+            | Verdict::QuotaExceeded { error: e, .. }
             | Verdict::Throttled { error: e, .. } => Some(e),
         }
     }
@@ -182,6 +189,7 @@ impl<T> Verdict<T> {
             Verdict::NotReady(_) => "not_ready",
             Verdict::Retryable { .. } => "retryable",
             Verdict::Throttled { .. } => "throttled",
+            Verdict::QuotaExceeded { .. } => "quota_exceeded",
             Verdict::AuthFailure(_) => "auth_failure",
             Verdict::Permanent(_) => "permanent",
         }
@@ -207,6 +215,9 @@ impl<T> Verdict<T> {
             Verdict::Retryable { after, error } => Err(Verdict::Retryable { after, error }),
             Verdict::Throttled { retry_after, error } => {
                 Err(Verdict::Throttled { retry_after, error })
+            }
+            Verdict::QuotaExceeded { retry_after, error } => {
+                Err(Verdict::QuotaExceeded { retry_after, error })
             }
             Verdict::AuthFailure(e) => Err(Verdict::AuthFailure(e)),
             Verdict::Permanent(e) => Err(Verdict::Permanent(e)),

@@ -101,7 +101,6 @@ fn new_record(key: &WatchKey) -> WatchRecord {
     WatchRecord {
         key: key.clone(),
         state: WatchState::default(),
-        attempt: 0,
         next_poll_at_ms: None,
         last_version_id: None,
         last_change_at_ms: None,
@@ -231,7 +230,7 @@ impl Ledger for MemoryLedger {
                 r.state.started_at = None;
                 r.state.before_since = None;
                 r.state.last_error = None;
-                r.attempt = 0;
+                r.state.attempt = 0;
                 r.next_poll_at_ms = Some(now_ms);
                 r.last_change_at_ms = Some(now_ms);
                 reset.push(key.clone());

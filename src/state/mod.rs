@@ -83,8 +83,6 @@ pub struct WatchRecord {
     /// The poll state. Its times (`started_at`, `before_since`) are durations since the Unix
     /// epoch, stored in whole milliseconds (sub-millisecond parts are dropped).
     pub state: WatchState,
-    /// Position in the poll backoff since the last status change.
-    pub attempt: u32,
     /// When to poll next, in ms since the Unix epoch; `None` before the first schedule.
     pub next_poll_at_ms: Option<u64>,
     /// Id of the last version fetched.

@@ -8,10 +8,16 @@ use super::*;
 use crate::ncp::{
     ApiError, ErrorOrigin, Operation, SceneSummaryInfo, SummaryResult, SummaryStatus, Verdict,
 };
+use crate::policy::Policy;
 
 const LIMITS: Limits = Limits {
     max_wait: Duration::from_secs(3600),
     not_requested_grace: Duration::from_secs(600),
+    policy: Policy {
+        initial: Duration::from_secs(10),
+        max: Duration::from_secs(300),
+        recheck: Duration::from_secs(3600),
+    },
 };
 
 fn secs(s: u64) -> Duration {
@@ -145,7 +151,16 @@ fn status_answers() {
             waiting(Summarizing),
             Verdict::AuthFailure(err(401)),
             Phase::Waiting,
-            Action::PauseClient,
+            Action::PauseClient(PauseReason::Auth),
+        ),
+        (
+            waiting(Summarizing),
+            Verdict::QuotaExceeded {
+                retry_after: None,
+                error: err(429),
+            },
+            Phase::Waiting,
+            Action::PauseClient(PauseReason::Quota),
         ),
         (
             waiting(Summarizing),
@@ -155,7 +170,7 @@ fn status_answers() {
         ),
     ];
     for (i, (from, answer, phase, action)) in cases.into_iter().enumerate() {
-        let s = step(&from, secs(10), LIMITS, Answer::Status(&answer));
+        let s = step(&from, secs(10), LIMITS, Answer::Status(&answer), 0);
         assert_eq!(
             (s.state.phase, &s.action),
             (phase, &action),
@@ -179,6 +194,7 @@ fn errors_are_counted_kept_for_display_and_cleared_by_success() {
             after: None,
             error: err(504),
         }),
+        0,
     );
     assert_eq!(s.state.consecutive_errors, 1);
     assert!(
@@ -190,6 +206,7 @@ fn errors_are_counted_kept_for_display_and_cleared_by_success() {
         secs(6),
         LIMITS,
         Answer::Status(&status(RemoteStatus::Summarizing)),
+        0,
     );
     assert_eq!(s.state.consecutive_errors, 0);
     assert_eq!(s.state.last_error, None);
@@ -202,12 +219,14 @@ fn before_summarize_beyond_the_grace_is_not_requested() {
         secs(0),
         LIMITS,
         Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+        0,
     );
     let s = step(
         &s.state,
         secs(599),
         LIMITS,
         Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+        0,
     );
     assert_eq!(
         s.action,
@@ -220,6 +239,7 @@ fn before_summarize_beyond_the_grace_is_not_requested() {
         secs(600),
         LIMITS,
         Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+        0,
     );
     assert_eq!(
         (s.state.phase, s.action),
@@ -231,18 +251,21 @@ fn before_summarize_beyond_the_grace_is_not_requested() {
         secs(0),
         LIMITS,
         Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+        0,
     );
     let s = step(
         &s.state,
         secs(300),
         LIMITS,
         Answer::Status(&status(RemoteStatus::WaitSummarize)),
+        0,
     );
     let s = step(
         &s.state,
         secs(700),
         LIMITS,
         Answer::Status(&status(RemoteStatus::BeforeSummarize)),
+        0,
     );
     assert_eq!(s.state.phase, Phase::Waiting);
 }
@@ -254,6 +277,7 @@ fn result_answers_deliver_new_versions_once() {
         secs(1),
         LIMITS,
         Answer::Result(&result(Some("2026-04-17T10:30:00"))),
+        0,
     );
     assert_eq!(s.state.phase, Phase::Completed);
     assert_eq!(
@@ -270,6 +294,7 @@ fn result_answers_deliver_new_versions_once() {
         secs(2),
         LIMITS,
         Answer::Result(&result(Some("2026-04-17T10:30:00"))),
+        0,
     );
     assert_eq!(
         (s.state.phase, &s.action),
@@ -281,6 +306,7 @@ fn result_answers_deliver_new_versions_once() {
         secs(3),
         LIMITS,
         Answer::Result(&result(Some("2026-04-18T09:00:00"))),
+        0,
     );
     assert_eq!(
         s.action,
@@ -294,6 +320,7 @@ fn result_answers_deliver_new_versions_once() {
         secs(4),
         LIMITS,
         Answer::Result(&result(None)),
+        0,
     );
     assert_eq!(
         s.action,
@@ -306,6 +333,7 @@ fn result_answers_deliver_new_versions_once() {
         secs(4),
         LIMITS,
         Answer::Result(&Verdict::Pending(err(400))),
+        0,
     );
     assert_eq!(
         (s.state.phase, s.action),
@@ -350,7 +378,13 @@ fn unrecognised_not_ready_keeps_waiting() {
     e.origin = ErrorOrigin::Service;
     e.code = Some("10042".into());
     let nr = Verdict::NotReady(e);
-    let s = step(&WatchState::default(), secs(1), LIMITS, Answer::Result(&nr));
+    let s = step(
+        &WatchState::default(),
+        secs(1),
+        LIMITS,
+        Answer::Result(&nr),
+        0,
+    );
     assert_eq!(s.state.phase, Phase::Waiting);
     assert_eq!(
         s.action,
@@ -363,7 +397,7 @@ fn unrecognised_not_ready_keeps_waiting() {
     let mut st = s.state;
     let mut t = 1;
     while check_deadline(&st, secs(t), LIMITS).is_none() {
-        st = step(&st, secs(t), LIMITS, Answer::Result(&nr)).state;
+        st = step(&st, secs(t), LIMITS, Answer::Result(&nr), 0).state;
         assert_eq!(st.phase, Phase::Waiting);
         t += 600;
     }
@@ -378,7 +412,7 @@ fn unrecognised_not_ready_keeps_waiting() {
         started_at: Some(secs(0)),
         ..WatchState::default()
     };
-    let s = step(&delivered, secs(9000), LIMITS, Answer::Result(&nr));
+    let s = step(&delivered, secs(9000), LIMITS, Answer::Result(&nr), 0);
     assert_eq!(s.state.phase, Phase::Waiting, "a re-analysis is waited for");
     assert_eq!(s.state.started_at, Some(secs(9000)), "under a new deadline");
 }

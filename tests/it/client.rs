@@ -393,7 +393,13 @@ async fn every_fault_kind_maps_to_its_verdict() {
         Option<u16>,
     );
     let cases: [Case; 12] = [
-        ("throttle_400", "throttled", Gateway, Some("400"), Some(429)),
+        (
+            "throttle_400",
+            "quota_exceeded",
+            Gateway,
+            Some("400"),
+            Some(429),
+        ),
         ("throttle_410", "throttled", Gateway, Some("410"), Some(429)),
         ("throttle_420", "throttled", Gateway, Some("420"), Some(429)),
         (

@@ -231,7 +231,9 @@ async fn a_throttle_storm_slows_the_whole_budget_and_is_survived() {
             )
         })
         .collect();
-    let faults = "[faults]\nthrottle_420 = 0.2\nthrottle_400 = 0.05\nthrottle_retry_after = 0.05\nretry_after = \"1s\"\n";
+    // Rate limits (410, 420, Retry-After), not a used-up quota (400): that pauses the client
+    // for minutes, which engine tests cover.
+    let faults = "[faults]\nthrottle_420 = 0.2\nthrottle_410 = 0.05\nthrottle_retry_after = 0.05\nretry_after = \"1s\"\n";
     let sim = start_sim(&scenario(&assets, faults)).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

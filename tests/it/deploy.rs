@@ -34,6 +34,8 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
     m.set_budget_rate(10.0);
     m.budget_cut(5.0);
     m.set_auth_paused(false);
+    m.set_quota_paused(false);
+    m.unrecognised("result", Some("10042"));
     m.event("com.scenewatch.summary.completed");
     m.event_sent("events", "com.scenewatch.summary.completed");
     m.ledger_commit(Duration::from_millis(1));

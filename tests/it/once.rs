@@ -165,11 +165,12 @@ async fn completed_results_are_written_unchanged_inside_the_envelope() {
         partial["result"]["sceneSummaryInfo"]["analyzedSceneIds"],
         serde_json::json!(["2"])
     );
-    // Logs are JSON lines when stdout is not a terminal, one per event, with the watch key.
+    // Logs are JSON lines when stdout is not a terminal, one per event, with the watch key: the
+    // same event lines as the daemon's.
     let delivered: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|v: &serde_json::Value| v["message"] == "Result delivered.")
+        .filter(|v: &serde_json::Value| v["event_type"] == "com.scenewatch.summary.delivered")
         .collect();
     assert_eq!(delivered.len(), 4, "{all}");
     assert!(
@@ -209,7 +210,8 @@ async fn terminal_outcomes_exit_2_and_are_named() {
     let out = run(cmd).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(2), "{all}");
-    let phase_of = |asset: &str| {
+    // The ending events, as the daemon logs them.
+    let ended = |asset: &str| {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -218,13 +220,29 @@ async fn terminal_outcomes_exit_2_and_are_named() {
                     .as_str()
                     .is_some_and(|w| w.contains(&format!("/{asset}/")))
             })
-            .filter_map(|v| v["phase"].as_str().map(String::from))
+            .filter_map(|v| v["event_type"].as_str().map(String::from))
             .next_back()
     };
-    assert_eq!(phase_of("13").as_deref(), Some("failed"), "{all}");
-    assert_eq!(phase_of("14").as_deref(), Some("not_requested"), "{all}");
-    assert!(all.contains("Watch timed out before completion."), "{all}");
-    assert_eq!(phase_of("99").as_deref(), Some("rejected"), "{all}");
+    assert_eq!(
+        ended("13").as_deref(),
+        Some("com.scenewatch.summary.failed"),
+        "{all}"
+    );
+    assert_eq!(
+        ended("14").as_deref(),
+        Some("com.scenewatch.summary.not_requested"),
+        "{all}"
+    );
+    assert_eq!(
+        ended("15").as_deref(),
+        Some("com.scenewatch.summary.timed_out"),
+        "{all}"
+    );
+    assert_eq!(
+        ended("99").as_deref(),
+        Some("com.scenewatch.watch.rejected"),
+        "{all}"
+    );
     assert!(
         dir.path().join("results/w/1/10/20.json").exists(),
         "the completed one is still written"
@@ -241,10 +259,14 @@ async fn refused_credentials_stop_everything_with_one_error() {
         watcher_config(&sim.url, dir.path(), &completing_watches()),
     )
     .unwrap();
+    // `once` pauses on refused credentials as the daemon does; --timeout bounds the wait (the
+    // first probe would come after 30 s), and the refusal decides the exit code.
     let mut cmd = scenewatch();
     cmd.arg("once")
         .arg("--config")
         .arg(&cfg)
+        .arg("--timeout")
+        .arg("3s")
         .env("SCENEWATCH__API__SECRET_KEY", "WRONG-SECRET-77");
     let out = run(cmd).await;
     let all = text(&out);

@@ -126,6 +126,7 @@ fn watch_record(row: &Row<'_>) -> rusqlite::Result<WatchRecord> {
         remote: remote.as_deref().map(RemoteStatus::from_wire),
         polls: u64_at(row, 6)?,
         consecutive_errors: row.get(7)?,
+        attempt: row.get(12)?,
         started_at: started.map(Duration::from_millis),
         before_since: before.map(Duration::from_millis),
         last_version: row.get(10)?,
@@ -134,7 +135,6 @@ fn watch_record(row: &Row<'_>) -> rusqlite::Result<WatchRecord> {
     Ok(WatchRecord {
         key: key_at(row, 0)?,
         state,
-        attempt: row.get(12)?,
         next_poll_at_ms: opt_u64_at(row, 13)?,
         last_version_id: row
             .get::<_, Option<String>>(14)?
@@ -593,7 +593,7 @@ impl Store {
                     s.before_since.map(duration_ms),
                     s.last_version,
                     s.last_error,
-                    r.attempt,
+                    s.attempt,
                     r.next_poll_at_ms.map(ms),
                     r.last_version_id.as_deref(),
                     r.last_change_at_ms.map(ms),

@@ -4,18 +4,20 @@
 //! polling carry on.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use super::Health;
+use super::{Notice, Observer, Update};
+use crate::clock::Clock;
 use crate::events::Event;
+use crate::health::Health;
 use crate::ncp::SummaryResult;
-use crate::schedule::{Clock, poll_delay};
+use crate::policy::backoff;
 use crate::sink::{Delivery, Disposition, EventSink, Sink, SinkError};
-use crate::state::{PendingDelivery, SharedLedger, SinkHealth};
+use crate::state::{PendingDelivery, SharedLedger, SinkHealth, StateError};
 
 /// Rows taken per round.
 const BATCH: usize = 64;
@@ -37,6 +39,12 @@ pub struct Outbox {
     /// Wakes the event drainers: events recorded here (`sink.*`, `summary.delivered`) are sent
     /// at once, not at the next idle recheck.
     pub events_wake: Arc<[Arc<Notify>]>,
+    /// Tells the engine which versions every sink has (and, in `once`, which it gave up on).
+    pub notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    /// `once`: park a delivery after this many failed attempts instead of retrying forever.
+    pub give_up_after: Option<u32>,
+    /// The progress display, tests.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl Outbox {
@@ -61,6 +69,8 @@ struct Episodes {
     from_healthcheck: bool,
     /// Shutdown began and the drainer is on its last batch.
     finishing: bool,
+    /// Ledger writes that failed in a row (a full disk): the drainer backs off on them.
+    ledger_failures: u32,
 }
 
 impl Episodes {
@@ -73,6 +83,7 @@ impl Episodes {
             consecutive_failures: 0,
             from_healthcheck: false,
             finishing: false,
+            ledger_failures: 0,
         }
     }
 
@@ -93,15 +104,28 @@ impl Episodes {
             );
             self.record(o, ev).await;
         }
-        poll_delay(
+        backoff(
             RETRY_INITIAL,
             RETRY_MAX,
             self.consecutive_failures.saturating_sub(1),
+            u64::from(self.consecutive_failures),
+        )
+    }
+
+    /// The ledger refused a write: the delay before trying again.
+    fn ledger_failed(&mut self) -> Duration {
+        self.ledger_failures = self.ledger_failures.saturating_add(1);
+        backoff(
+            RETRY_INITIAL,
+            RETRY_MAX,
+            self.ledger_failures - 1,
+            u64::from(self.ledger_failures),
         )
     }
 
     async fn succeeded(&mut self, o: &Outbox) {
         self.consecutive_failures = 0;
+        self.ledger_failures = 0;
         self.from_healthcheck = false;
         if self.health.failing {
             self.health.failing = false;
@@ -212,7 +236,47 @@ pub async fn drain_results(o: Outbox, sink: Arc<dyn Sink>, wake: Arc<Notify>) {
             }
             match deliver_one(&o, sink.as_ref(), &row).await {
                 Ok(()) => episodes.succeeded(&o).await,
-                Err(e) => {
+                Err(Failure::Ledger(le)) => {
+                    // Delivered, but not recorded (a full disk): fetching again at once would
+                    // deliver the same version again and again. Wait, with backoff.
+                    let delay = episodes.ledger_failed();
+                    error!(sink = %name, version = %row.version_id, error = %le, retry_in = %humantime::format_duration(delay), "Delivered, but the ledger could not record it; the sink waits for the ledger before going on (the version will be delivered again, which its id makes harmless).");
+                    if !idle(&o, &Notify::new(), delay).await {
+                        return;
+                    }
+                    break;
+                }
+                Err(Failure::Sink(e)) => {
+                    let gave_up = o
+                        .give_up_after
+                        .is_some_and(|n| row.attempts.saturating_add(1) >= n);
+                    if let Some(obs) = &o.observer {
+                        obs.update(&Update::DeliveryFailed {
+                            key: &row.key,
+                            sink: &name,
+                            error: &e.to_string(),
+                            gave_up: gave_up || e.disposition != Disposition::Retry,
+                        });
+                    }
+                    if gave_up || e.disposition != Disposition::Retry {
+                        let _ = o.notices.send(Notice::GaveUp {
+                            key: row.key.clone(),
+                            error: e.to_string(),
+                        });
+                    }
+                    let e = if gave_up && e.disposition == Disposition::Retry {
+                        SinkError {
+                            disposition: Disposition::Park,
+                            message: format!(
+                                "{} (gave up after {} attempts)",
+                                e.message,
+                                row.attempts.saturating_add(1)
+                            ),
+                            ..e
+                        }
+                    } else {
+                        e
+                    };
                     let now = o.clock.now_ms();
                     match e.disposition {
                         Disposition::Retry => {
@@ -270,11 +334,25 @@ async fn record_failure(
     }
 }
 
-async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Result<(), SinkError> {
+/// Why a delivery did not get recorded as done.
+enum Failure {
+    /// The sink did not confirm it.
+    Sink(SinkError),
+    /// The sink confirmed it, but the ledger could not record that.
+    Ledger(StateError),
+}
+
+impl From<SinkError> for Failure {
+    fn from(e: SinkError) -> Self {
+        Failure::Sink(e)
+    }
+}
+
+async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Result<(), Failure> {
     if row.result_json.is_empty() {
         // Released once every sink configured at the time had it (see state::store); this row
         // belongs to a sink that was removed then and has been added back since.
-        return Err(SinkError {
+        return Err(Failure::Sink(SinkError {
             kind: "outbox",
             name: sink.name().to_string(),
             message: format!(
@@ -282,7 +360,7 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
                 row.version_id
             ),
             disposition: Disposition::Park,
-        });
+        }));
     }
     let result = SummaryResult::from_result_json(&row.result_json).map_err(|e| SinkError {
         kind: "outbox",
@@ -298,11 +376,11 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
         fetched_at: if fetched_at > UNIX_EPOCH {
             fetched_at
         } else {
-            SystemTime::now()
+            crate::clock::wall_now()
         },
         result: Arc::new(result),
     };
-    let started = tokio::time::Instant::now();
+    let started = o.clock.instant();
     let receipt = sink.deliver(&delivery).await?;
     o.health.observe_delivery(sink.name(), started.elapsed());
     let now = o.clock.now_ms();
@@ -313,7 +391,7 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
         &receipt.location,
         now,
     );
-    match o
+    let complete = o
         .ledger
         .delivery_succeeded(
             &row.version_id,
@@ -323,20 +401,25 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
             now,
         )
         .await
-    {
-        Ok(_) => {
-            ev.log();
-            o.health.metrics.event(ev.kind.as_str());
-            o.wake_events();
-            Ok(())
-        }
-        Err(e) => {
-            // The output is durable but the ledger does not know: it will be delivered again,
-            // which the sink's idempotence on the version id makes harmless.
-            error!(sink = sink.name(), version = %row.version_id, error = %e, "Delivered, but the ledger could not record it; it will be delivered again.");
-            Ok(())
-        }
+        .map_err(Failure::Ledger)?;
+    ev.log();
+    o.health.metrics.event(ev.kind.as_str());
+    o.wake_events();
+    if let Some(obs) = &o.observer {
+        obs.update(&Update::Delivered {
+            key: &row.key,
+            sink: sink.name(),
+            location: &receipt.location,
+            complete,
+        });
     }
+    let _ = o.notices.send(Notice::Delivered {
+        key: row.key.clone(),
+        version: row.version_id.clone(),
+        location: receipt.location,
+        complete,
+    });
+    Ok(())
 }
 
 /// Drains one event sink until stopped.
@@ -353,11 +436,18 @@ pub async fn drain_events(o: Outbox, sink: Arc<dyn EventSink>, wake: Arc<Notify>
         let ids: Vec<String> = due.iter().map(|e| e.id.clone()).collect();
         match sink.send(&due).await {
             Ok(()) => {
-                if let Err(e) = o.ledger.events_sent(&name, &ids).await {
-                    error!(sink = %name, error = %e, "Events sent, but the ledger could not record it; they will be sent again.");
-                }
                 for ev in &due {
                     o.health.metrics.event_sent(&name, ev.kind.as_str());
+                }
+                if let Err(e) = o.ledger.events_sent(&name, &ids).await {
+                    // Sent, but not recorded (a full disk): sending again at once would repeat
+                    // them again and again. Wait, with backoff.
+                    let delay = episodes.ledger_failed();
+                    error!(sink = %name, error = %e, retry_in = %humantime::format_duration(delay), "Events sent, but the ledger could not record it; the sink waits for the ledger (they will be sent again, which their ids make harmless).");
+                    if !idle(&o, &Notify::new(), delay).await {
+                        return;
+                    }
+                    continue;
                 }
                 episodes.succeeded(&o).await;
             }

@@ -1,0 +1,931 @@
+//! The poll engine: the one loop that runs every watch, for `scenewatch run` (over the SQLite
+//! ledger, forever), `scenewatch once` and the demo (over the in-memory ledger, until every watch
+//! is settled). It knows every watch's next poll time (a min-heap, no timer per watch), launches
+//! due polls under the concurrency cap and the request budget, pauses the whole client when the
+//! credentials are refused or the quota is used up, and runs the outbox drainers that deliver
+//! what the polls committed.
+//!
+//! Decisions are elsewhere: [`crate::watch::step`] decides a poll's outcome and its next poll
+//! time, [`facts`] which events it stands for, [`pause::ClientPause`] when polling resumes. This
+//! module sleeps, spawns, commits and keeps the books.
+
+mod budget;
+pub mod facts;
+mod outbox;
+pub mod pause;
+mod poll;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use budget::RequestBudget;
+
+use crate::clock::Clock;
+use crate::config::{Config, WatchSpec};
+use crate::domain::{VersionId, WatchKey};
+use crate::events::Event;
+use crate::health::Health;
+use crate::ncp::Client;
+use crate::policy::first_poll_offset;
+use crate::sink::{EventSink, Sink};
+use crate::state::{SharedLedger, WatchRecord};
+use crate::watch::{self, PauseReason, Phase};
+use pause::{ClientPause, Probe, Refusal};
+
+/// How the engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `scenewatch run`: until shutdown; delivered watches are rechecked.
+    Daemon,
+    /// `scenewatch once` and the demo: until every watch is settled (ended, delivered to every
+    /// sink, or given up on by a sink), or `timeout`. Refused credentials are probed once, after
+    /// the first pause; if the probe is refused too, the run ends.
+    Once {
+        /// The overall time limit (`once --timeout`).
+        timeout: Option<Duration>,
+    },
+}
+
+/// How many times `once` tries one delivery to one sink before giving up on it (the daemon
+/// keeps trying, with backoff, for as long as it runs).
+pub const ONCE_DELIVERY_ATTEMPTS: u32 = 5;
+
+/// Everything the engine runs on.
+pub struct Setup {
+    /// The validated configuration; the engine owns it from here (100,000 watches are not
+    /// copied).
+    pub config: Config,
+    /// The ledger, already synced with `config.watches`.
+    pub ledger: SharedLedger,
+    /// The records `Ledger::sync_watches` returned for `config.watches`.
+    pub records: Vec<WatchRecord>,
+    /// Result sinks, in configuration order.
+    pub sinks: Vec<Arc<dyn Sink>>,
+    /// Event sinks, in configuration order.
+    pub event_sinks: Vec<Arc<dyn EventSink>>,
+    /// Live facts, shared with the server.
+    pub health: Arc<Health>,
+    /// The clock.
+    pub clock: Clock,
+    /// Daemon or once.
+    pub mode: Mode,
+    /// Told about every committed poll and every delivery (the progress display, tests).
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Messages to a running engine.
+#[derive(Debug)]
+pub enum Command {
+    /// Apply a new, validated configuration: the watch list (added, removed, kept with their
+    /// state and timers), the API settings and credentials.
+    Apply(Box<Config>),
+}
+
+/// What the engine tells an [`Observer`].
+#[derive(Debug)]
+pub enum Update<'a> {
+    /// A poll step was committed.
+    Polled {
+        /// The watch.
+        spec: &'a WatchSpec,
+        /// Its new record.
+        record: &'a WatchRecord,
+        /// The events the step emitted.
+        events: &'a [Event],
+    },
+    /// A sink confirmed a version.
+    Delivered {
+        /// The watch.
+        key: &'a WatchKey,
+        /// The sink's name.
+        sink: &'a str,
+        /// Where it is now.
+        location: &'a str,
+        /// Every configured sink has the version now.
+        complete: bool,
+    },
+    /// A delivery failed (`gave_up`: `once` will not retry it).
+    DeliveryFailed {
+        /// The watch.
+        key: &'a WatchKey,
+        /// The sink's name.
+        sink: &'a str,
+        /// What failed.
+        error: &'a str,
+        /// No more attempts.
+        gave_up: bool,
+    },
+}
+
+/// Watches the engine: called on the engine's tasks, so it must be quick and must not block.
+pub trait Observer: Send + Sync {
+    /// Something happened.
+    fn update(&self, update: &Update<'_>);
+}
+
+/// How one watch ended up, for `once`'s report.
+#[derive(Debug, Clone)]
+pub struct WatchEnd {
+    /// The watch.
+    pub spec: WatchSpec,
+    /// Its last record.
+    pub record: WatchRecord,
+    /// Where its result went, one per sink that confirmed it.
+    pub locations: Vec<String>,
+    /// The delivery error a sink ended with, if one gave up.
+    pub sink_error: Option<String>,
+    /// When it was settled (ended, delivered, or given up on), on the engine's clock.
+    pub settled_at_ms: Option<u64>,
+}
+
+/// What a run of the engine came to.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    /// Every watch, in configuration order.
+    pub watches: Vec<WatchEnd>,
+    /// Set when the run ended with polling paused on refused credentials (the error).
+    pub auth_refused: Option<String>,
+    /// Set when the run ended with polling paused on a used-up quota (the error).
+    pub quota_exceeded: Option<String>,
+    /// `once --timeout` passed before every watch was settled.
+    pub timed_out: bool,
+    /// Shutdown was asked for.
+    pub interrupted: bool,
+}
+
+/// What the outbox drainers tell the engine.
+#[derive(Debug)]
+pub(crate) enum Notice {
+    /// A sink confirmed `version`; `complete` when every configured sink has it now.
+    Delivered {
+        key: WatchKey,
+        version: VersionId,
+        location: String,
+        complete: bool,
+    },
+    /// `once` stopped trying a delivery.
+    GaveUp { key: WatchKey, error: String },
+}
+
+/// One watch as the engine holds it.
+struct Entry {
+    spec: Arc<WatchSpec>,
+    record: WatchRecord,
+    /// When it is due, if scheduled; heap items that disagree are stale and skipped.
+    due_ms: Option<u64>,
+    in_flight: bool,
+    /// No longer configured (kept so indexes stay stable; not polled).
+    removed: bool,
+    /// The latest version every sink confirmed (so a commit racing with the last delivery
+    /// cannot leave the watch `completed`).
+    delivered: Option<VersionId>,
+    locations: Vec<String>,
+    sink_error: Option<String>,
+    settled_at_ms: Option<u64>,
+}
+
+impl Entry {
+    /// Notes when it became settled, the first time it is.
+    fn note_settled(&mut self, now_ms: u64) {
+        if self.settled_at_ms.is_none() && self.settled() {
+            self.settled_at_ms = Some(now_ms);
+        }
+    }
+
+    /// `once` is done with it: ended, delivered to every sink, or given up on by a sink.
+    fn settled(&self) -> bool {
+        let phase = self.record.state.phase;
+        phase.is_terminal() || phase == Phase::Watching || self.sink_error.is_some()
+    }
+}
+
+/// Who to wake when the ledger gains work.
+pub(crate) struct Wakes {
+    /// One per result sink.
+    pub results: Vec<Arc<Notify>>,
+    /// One per event sink.
+    pub events: Arc<[Arc<Notify>]>,
+}
+
+impl Wakes {
+    pub fn results(&self) {
+        for w in &self.results {
+            w.notify_one();
+        }
+    }
+
+    pub fn events(&self) {
+        for w in self.events.iter() {
+            w.notify_one();
+        }
+    }
+}
+
+/// Runs the engine until `shutdown` (or, for `once`, until every watch is settled), then drains:
+/// in-flight polls commit, the drainers send one last batch, all within the configured
+/// `shutdown_timeout`. The caller closes the ledger.
+pub async fn run(
+    setup: Setup,
+    commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Finished> {
+    let Setup {
+        config,
+        ledger,
+        records,
+        sinks,
+        event_sinks,
+        health,
+        clock,
+        mode,
+        observer,
+    } = setup;
+    let client = Client::new(config.api.client_options())?;
+    let deadline = config.shutdown_timeout;
+    let (notices_tx, notices) = mpsc::unbounded_channel();
+    let wakes = Arc::new(Wakes {
+        results: sinks.iter().map(|_| Arc::new(Notify::new())).collect(),
+        events: event_sinks
+            .iter()
+            .map(|_| Arc::new(Notify::new()))
+            .collect(),
+    });
+    let stop_work = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let outbox = outbox::Outbox {
+        ledger: ledger.clone(),
+        clock,
+        health: health.clone(),
+        stop: stop_work.clone(),
+        healthcheck_every: config.sink_healthcheck_interval,
+        events_wake: wakes.events.clone(),
+        notices: notices_tx,
+        give_up_after: match mode {
+            Mode::Daemon => None,
+            Mode::Once { .. } => Some(ONCE_DELIVERY_ATTEMPTS),
+        },
+        observer: observer.clone(),
+    };
+    for (s, wake) in sinks.iter().zip(&wakes.results) {
+        tracker.spawn(outbox::drain_results(
+            outbox.clone(),
+            s.clone(),
+            wake.clone(),
+        ));
+    }
+    for (s, wake) in event_sinks.iter().zip(wakes.events.iter()) {
+        tracker.spawn(outbox::drain_events(
+            outbox.clone(),
+            s.clone(),
+            wake.clone(),
+        ));
+    }
+    drop(outbox);
+
+    let budget = Arc::new(RequestBudget::new(
+        config.api.requests_per_second,
+        config.api.burst,
+    ));
+    let mut engine = Engine {
+        ctx: Arc::new(poll::PollCtx {
+            health: health.clone(),
+            ledger: ledger.clone(),
+            clock,
+            budget,
+            grace: config.poll.not_requested_grace,
+            policy: crate::policy::Policy::from_config(&config.poll),
+            wakes,
+            observer,
+            every_failure: matches!(mode, Mode::Once { .. }),
+        }),
+        client,
+        config,
+        mode,
+        entries: Vec::new(),
+        index: HashMap::new(),
+        queue: BinaryHeap::new(),
+        pause: ClientPause::default(),
+        put_off: Vec::new(),
+        last_refusal: None,
+        probe_watch: None,
+        give_up: None,
+    };
+    engine.add_watches(records).await;
+    engine.refresh_phases();
+    let (mut finished, drain_started) = engine.run(commands, notices, shutdown.clone()).await;
+    finished.interrupted = shutdown.is_cancelled();
+
+    // Deliveries and events in progress finish; each drainer sends one last batch of what is
+    // due, then stops (see `outbox`). In-flight polls and this share one deadline.
+    stop_work.cancel();
+    tracker.close();
+    let left = deadline.saturating_sub(drain_started.elapsed());
+    if tokio::time::timeout(left, tracker.wait()).await.is_err() {
+        warn!(
+            "Shutdown timeout reached while delivering; what is left is kept in the ledger and delivered on the next start."
+        );
+    }
+    Ok(finished)
+}
+
+/// The loop's state.
+struct Engine {
+    ctx: Arc<poll::PollCtx>,
+    client: Client,
+    config: Config,
+    mode: Mode,
+    entries: Vec<Entry>,
+    index: HashMap<WatchKey, usize>,
+    queue: BinaryHeap<Reverse<(u64, usize)>>,
+    pause: ClientPause,
+    /// Watches put off by the pause; polled again as soon as it ends.
+    put_off: Vec<usize>,
+    /// The error that started the current pause.
+    last_refusal: Option<String>,
+    /// The watch whose poll is the current probe.
+    probe_watch: Option<usize>,
+    /// Set when `once` gives up on refused credentials.
+    give_up: Option<PauseReason>,
+}
+
+impl Engine {
+    /// Adds `records` with their specs, taken out of the configuration: the entries keep the one
+    /// copy of each spec.
+    async fn add_watches(&mut self, records: Vec<WatchRecord>) {
+        let mut specs: HashMap<WatchKey, WatchSpec> = std::mem::take(&mut self.config.watches)
+            .into_iter()
+            .map(|w| (w.key.clone(), w))
+            .collect();
+        let now = self.ctx.clock.now_ms();
+        let mut completed = Vec::new();
+        for record in records {
+            let Some(spec) = specs.remove(&record.key) else {
+                continue;
+            };
+            let key = record.key.clone();
+            let due = self.initial_due(&record, now);
+            if record.state.phase == Phase::Completed {
+                completed.push(key.clone());
+            }
+            let i = match self.index.get(&key) {
+                Some(&i) => {
+                    let e = &mut self.entries[i];
+                    e.spec = Arc::new(spec);
+                    e.record = record;
+                    e.removed = false;
+                    i
+                }
+                None => {
+                    self.entries.push(Entry {
+                        spec: Arc::new(spec),
+                        record,
+                        due_ms: None,
+                        in_flight: false,
+                        removed: false,
+                        delivered: None,
+                        locations: Vec::new(),
+                        sink_error: None,
+                        settled_at_ms: None,
+                    });
+                    let i = self.entries.len() - 1;
+                    self.index.insert(key, i);
+                    i
+                }
+            };
+            if let Some(due) = due {
+                self.schedule(i, due);
+            }
+        }
+        if !completed.is_empty() {
+            self.settle_completed(&completed).await;
+        }
+    }
+
+    /// Watches loaded `completed` whose deliveries are all done already (the last one finished
+    /// while their step was committed) are `watching`.
+    async fn settle_completed(&mut self, keys: &[WatchKey]) {
+        let Ok(rows) = self.ctx.ledger.status().await else {
+            return;
+        };
+        let wanted: HashSet<&WatchKey> = keys.iter().collect();
+        for row in rows {
+            if wanted.contains(&row.key)
+                && row.pending_deliveries == 0
+                && row.parked_deliveries == 0
+                && let Some(&i) = self.index.get(&row.key)
+            {
+                let e = &mut self.entries[i];
+                e.delivered = e.record.last_version_id.clone();
+                apply_delivered(e);
+            }
+        }
+    }
+
+    /// Where a watch resumes: its persisted next poll, or (for new watches and overdue ones) a
+    /// spot spread over the initial interval by its key, so a restart after a long stop does not
+    /// fire every watch at once. Ended watches are not scheduled; in `once`, delivered ones
+    /// neither.
+    fn initial_due(&self, record: &WatchRecord, now: u64) -> Option<u64> {
+        let phase = record.state.phase;
+        if phase.is_terminal() || (self.once() && phase == Phase::Watching) {
+            return None;
+        }
+        let spread = now
+            + first_poll_offset(&record.key, self.config.poll.initial_interval).as_millis() as u64;
+        Some(match record.next_poll_at_ms {
+            Some(t) if t >= now => t,
+            _ => spread,
+        })
+    }
+
+    fn once(&self) -> bool {
+        matches!(self.mode, Mode::Once { .. })
+    }
+
+    fn schedule(&mut self, i: usize, due: u64) {
+        if let Some(e) = self.entries.get_mut(i)
+            && !e.removed
+        {
+            e.due_ms = Some(due);
+            self.queue.push(Reverse((due, i)));
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut notices: mpsc::UnboundedReceiver<Notice>,
+        shutdown: CancellationToken,
+    ) -> (Finished, tokio::time::Instant) {
+        let mut tasks: JoinSet<poll::Outcome> = JoinSet::new();
+        let mut commands_open = true;
+        let mut phase_tick = tokio::time::interval(Duration::from_secs(1));
+        let timeout = match self.mode {
+            Mode::Once {
+                timeout: Some(t), ..
+            } => Some(self.ctx.clock.instant() + t),
+            _ => None,
+        };
+        let mut timed_out = false;
+        loop {
+            if self.once() && (self.all_settled() || self.give_up.is_some()) {
+                break;
+            }
+            let now = self.ctx.clock.now_ms();
+            self.ctx.health.last_tick_ms.store(now, Ordering::Relaxed);
+            self.launch_due(&mut tasks, now);
+            let next = self.next_wake(now);
+            let until_timeout = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = until_timeout => {
+                    timed_out = true;
+                    break;
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
+                    Ok(o) => self.finish(o).await,
+                    Err(e) => error!(error = %e, "A poll task failed unexpectedly."),
+                },
+                Some(n) = notices.recv() => self.notice(n),
+                cmd = commands.recv(), if commands_open => match cmd {
+                    Some(Command::Apply(c)) => self.apply(*c).await,
+                    None => commands_open = false,
+                },
+                _ = phase_tick.tick() => self.refresh_phases(),
+                _ = tokio::time::sleep(next) => {}
+            }
+        }
+        // Draining: no new polls; in-flight ones finish and commit.
+        let drain_started = self.ctx.clock.instant();
+        let drained = tokio::time::timeout(self.config.shutdown_timeout, async {
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(o) = done {
+                    self.finish(o).await;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                in_flight = tasks.len(),
+                "Polls still in flight at the shutdown deadline are abandoned."
+            );
+            tasks.abort_all();
+        }
+        // Notices that arrived meanwhile (the last deliveries).
+        while let Ok(n) = notices.try_recv() {
+            self.notice(n);
+        }
+        self.refresh_phases();
+        (self.finished(timed_out), drain_started)
+    }
+
+    fn all_settled(&self) -> bool {
+        self.entries.iter().all(|e| e.removed || e.settled())
+    }
+
+    fn finished(&mut self, timed_out: bool) -> Finished {
+        let reason = self.give_up.or(self.pause.reason());
+        let refusal = self.last_refusal.clone().unwrap_or_default();
+        Finished {
+            watches: self
+                .entries
+                .iter()
+                .filter(|e| !e.removed)
+                .map(|e| WatchEnd {
+                    spec: (*e.spec).clone(),
+                    record: e.record.clone(),
+                    locations: e.locations.clone(),
+                    sink_error: e.sink_error.clone(),
+                    settled_at_ms: e.settled_at_ms,
+                })
+                .collect(),
+            auth_refused: (reason == Some(PauseReason::Auth)).then(|| refusal.clone()),
+            quota_exceeded: (reason == Some(PauseReason::Quota)).then_some(refusal),
+            timed_out: timed_out && !self.all_settled(),
+            interrupted: false,
+        }
+    }
+
+    fn next_wake(&self, now: u64) -> Duration {
+        let due = match self.pause.until_ms() {
+            Some(p) if self.probe_watch.is_none() => Some(p),
+            Some(_) => None,
+            None => self.queue.peek().map(|Reverse((t, _))| *t),
+        };
+        due.map(|t| Duration::from_millis(t.saturating_sub(now).max(1)))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1))
+    }
+
+    fn launch_due(&mut self, tasks: &mut JoinSet<poll::Outcome>, now: u64) {
+        let cap = self.config.poll.concurrency;
+        if self.pause.reason().is_some() {
+            // Paused: one probe at a time, when the pause is over.
+            if tasks.len() >= cap {
+                return;
+            }
+            let probe = match self.pause.next_probe(now) {
+                Some(Probe::Refused(i))
+                    if self
+                        .entries
+                        .get(i)
+                        .is_some_and(|e| !e.removed && !e.in_flight) =>
+                {
+                    Some(i)
+                }
+                Some(_) => self.pop_due(u64::MAX),
+                None => None,
+            };
+            if let Some(i) = probe {
+                self.pause.launched(i);
+                self.probe_watch = Some(i);
+                self.launch(tasks, i, true);
+            }
+            return;
+        }
+        while tasks.len() < cap {
+            let Some(i) = self.pop_due(now) else {
+                return;
+            };
+            self.launch(tasks, i, false);
+        }
+    }
+
+    /// The next watch due at or before `now`, taken off the queue.
+    fn pop_due(&mut self, now: u64) -> Option<usize> {
+        loop {
+            let &Reverse((due, _)) = self.queue.peek()?;
+            if due > now {
+                return None;
+            }
+            let Reverse((due, i)) = self.queue.pop()?;
+            let e = &self.entries[i];
+            if e.removed || e.in_flight || e.due_ms != Some(due) {
+                continue; // stale heap item
+            }
+            return Some(i);
+        }
+    }
+
+    fn launch(&mut self, tasks: &mut JoinSet<poll::Outcome>, i: usize, probe: bool) {
+        let e = &mut self.entries[i];
+        e.in_flight = true;
+        e.due_ms = None;
+        tasks.spawn(poll::poll(
+            self.ctx.clone(),
+            self.client.clone(),
+            i,
+            e.spec.clone(),
+            e.record.clone(),
+            probe,
+        ));
+    }
+
+    async fn finish(&mut self, o: poll::Outcome) {
+        let now = self.ctx.clock.now_ms();
+        let i = o.index;
+        let probe = self.probe_watch == Some(i) && o.probe;
+        if probe {
+            self.probe_watch = None;
+        }
+        let Some(e) = self.entries.get_mut(i) else {
+            return;
+        };
+        e.in_flight = false;
+        let mut record = o.record;
+        if let Some(reason) = o.refusal {
+            match self.pause.refused(i, reason, probe, now) {
+                Refusal::Started => {
+                    let text = o.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+                    self.started_pause(reason, &text);
+                    self.last_refusal = Some(text);
+                }
+                Refusal::AlreadyPaused => {
+                    if probe && self.once() {
+                        // `once` probes once: refused again, it gives up.
+                        self.give_up = Some(reason);
+                    }
+                }
+                Refusal::WatchOnly => {
+                    let text = o.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+                    error!(
+                        watch = %record.key,
+                        error = %text,
+                        "The API refuses this watch alone (other watches are polled with the same credentials); it is not polled again until an operator resets it (scenewatch reset)."
+                    );
+                    let spec = self.entries[i].spec.clone();
+                    record =
+                        poll::reject_alone(&self.ctx, &spec, record, o.error.as_ref(), now).await;
+                    self.entries[i].record = record;
+                    self.entries[i].note_settled(now);
+                    return;
+                }
+            }
+            let e = &mut self.entries[i];
+            e.record = record;
+            self.put_off.push(i);
+            return;
+        }
+        if self.pause.answered(i, probe, o.ok, now) {
+            info!("The API accepts the requests again; polling resumes.");
+            self.ended_pause();
+        }
+        let e = &mut self.entries[i];
+        e.record = record;
+        apply_delivered(e);
+        e.note_settled(now);
+        let once = self.once();
+        let e = &self.entries[i];
+        let due = if once && e.settled() {
+            None
+        } else {
+            e.record.next_poll_at_ms
+        };
+        if let Some(due) = due {
+            self.schedule(i, due);
+        }
+    }
+
+    fn started_pause(&mut self, reason: PauseReason, error_text: &str) {
+        let pause = self
+            .pause
+            .until_ms()
+            .map(|u| u.saturating_sub(self.ctx.clock.now_ms()))
+            .unwrap_or_default();
+        let retry_in = humantime::format_duration(Duration::from_millis(pause));
+        match reason {
+            PauseReason::Auth => {
+                self.ctx.health.auth_paused.store(true, Ordering::Relaxed);
+                self.ctx.health.metrics.set_auth_paused(true);
+                error!(
+                    error = error_text,
+                    retry_in = %retry_in,
+                    "The API refused the credentials; polling of every watch is paused. Check api.access_key and the secret key (scenewatch sign helps), and the clock if the error's details mention the timestamp; a reload with new credentials resumes at once."
+                );
+            }
+            PauseReason::Quota => {
+                self.ctx.health.quota_paused.store(true, Ordering::Relaxed);
+                self.ctx.health.metrics.set_quota_paused(true);
+                error!(
+                    error = error_text,
+                    retry_in = %retry_in,
+                    "The API says the account's quota is used up (Quota Exceeded); polling of every watch is paused and probed again later. Ask NAVER Cloud for a higher quota, or lower api.requests_per_second."
+                );
+            }
+        }
+    }
+
+    /// Ends the pause: the watches it put off are polled again now (spread over the initial
+    /// interval), not at the end of the pause they were scheduled for.
+    fn ended_pause(&mut self) {
+        self.ctx.health.auth_paused.store(false, Ordering::Relaxed);
+        self.ctx.health.quota_paused.store(false, Ordering::Relaxed);
+        self.ctx.health.metrics.set_auth_paused(false);
+        self.ctx.health.metrics.set_quota_paused(false);
+        self.last_refusal = None;
+        let now = self.ctx.clock.now_ms();
+        for i in std::mem::take(&mut self.put_off) {
+            let Some(e) = self.entries.get(i) else {
+                continue;
+            };
+            if e.in_flight || e.removed || e.record.state.phase.is_terminal() {
+                continue;
+            }
+            let spread = first_poll_offset(&e.record.key, self.config.poll.initial_interval)
+                .as_millis() as u64;
+            self.schedule(i, now + spread);
+        }
+    }
+
+    fn notice(&mut self, n: Notice) {
+        let now = self.ctx.clock.now_ms();
+        match n {
+            Notice::Delivered {
+                key,
+                version,
+                location,
+                complete,
+            } => {
+                let Some(&i) = self.index.get(&key) else {
+                    return;
+                };
+                let e = &mut self.entries[i];
+                e.locations.push(location);
+                if complete {
+                    e.delivered = Some(version);
+                    apply_delivered(e);
+                }
+                e.note_settled(now);
+            }
+            Notice::GaveUp { key, error } => {
+                if let Some(&i) = self.index.get(&key) {
+                    let e = &mut self.entries[i];
+                    e.sink_error.get_or_insert(error);
+                    e.note_settled(now);
+                }
+            }
+        }
+    }
+
+    fn refresh_phases(&self) {
+        self.ctx
+            .health
+            .metrics
+            .set_budget_rate(self.ctx.budget.current_rate());
+        let mut counts = HashMap::new();
+        for e in self.entries.iter().filter(|e| !e.removed) {
+            *counts.entry(e.record.state.phase).or_insert(0u64) += 1;
+        }
+        self.ctx.health.set_phases(counts);
+    }
+
+    /// Applies a new configuration: the watch list (added, removed, kept with their state and
+    /// timers) and the API client. Anything that cannot be applied changes nothing.
+    async fn apply(&mut self, new: Config) {
+        let old_sinks: Vec<&str> = self.config.sinks.iter().map(|s| s.name()).collect();
+        let new_sinks: Vec<&str> = new.sinks.iter().map(|s| s.name()).collect();
+        let old_events: Vec<&str> = self.config.event_sinks.iter().map(|s| s.name()).collect();
+        let new_events: Vec<&str> = new.event_sinks.iter().map(|s| s.name()).collect();
+        if old_sinks != new_sinks || old_events != new_events {
+            warn!(
+                "Sink changes take effect at the next restart; the watch list and API settings were reloaded."
+            );
+        }
+        let client = match Client::new(new.api.client_options()) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "Reload refused: cannot build the API client; the running configuration stays.");
+                return;
+            }
+        };
+        let records = match self
+            .ctx
+            .ledger
+            .sync_watches(&new.watches, self.ctx.clock.now_ms())
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "Reload refused: cannot record the watch list in the ledger.");
+                return;
+            }
+        };
+        self.client = client;
+        if self.pause.reason().is_some() {
+            info!("Credentials reloaded; polling resumes.");
+            self.pause.lift();
+            self.probe_watch = None;
+            self.ended_pause();
+        }
+        if new.api.requests_per_second != self.config.api.requests_per_second
+            || new.api.burst != self.config.api.burst
+        {
+            // Poll tasks hold the context; the new budget applies to polls launched from now.
+            let ctx = poll::PollCtx {
+                budget: Arc::new(RequestBudget::new(
+                    new.api.requests_per_second,
+                    new.api.burst,
+                )),
+                ..self.ctx.as_ref().clone()
+            };
+            self.ctx = Arc::new(ctx);
+        }
+        if new.poll != self.config.poll {
+            let ctx = poll::PollCtx {
+                grace: new.poll.not_requested_grace,
+                policy: crate::policy::Policy::from_config(&new.poll),
+                ..self.ctx.as_ref().clone()
+            };
+            self.ctx = Arc::new(ctx);
+        }
+        let new_keys: HashSet<&WatchKey> = new.watches.iter().map(|w| &w.key).collect();
+        let mut removed = 0;
+        for e in &mut self.entries {
+            if !e.removed && !new_keys.contains(&e.record.key) {
+                e.removed = true;
+                e.due_ms = None;
+                removed += 1;
+            }
+        }
+        let ledger_records: HashMap<&WatchKey, &WatchRecord> =
+            records.iter().map(|r| (&r.key, r)).collect();
+        let mut kept = 0;
+        let mut reset = Vec::new();
+        for w in &new.watches {
+            let Some(&i) = self.index.get(&w.key) else {
+                continue;
+            };
+            let e = &mut self.entries[i];
+            if e.removed {
+                continue; // re-added: handled with the new ones below
+            }
+            e.spec = Arc::new(w.clone());
+            kept += 1;
+            // `scenewatch reset` put an ended watch back to pending in the ledger.
+            if e.record.state.phase.is_terminal()
+                && !e.in_flight
+                && let Some(r) = ledger_records.get(&w.key)
+                && !r.state.phase.is_terminal()
+            {
+                e.record = (*r).clone();
+                reset.push(i);
+            }
+        }
+        let now = self.ctx.clock.now_ms();
+        for &i in &reset {
+            info!(watch = %self.entries[i].record.key, "Watch reset by an operator; polling it again.");
+            self.schedule(i, now);
+        }
+        let added: Vec<WatchRecord> = records
+            .into_iter()
+            .filter(|r| {
+                self.index
+                    .get(&r.key)
+                    .is_none_or(|&i| self.entries[i].removed)
+            })
+            .collect();
+        let n_added = added.len();
+        self.config = new;
+        self.add_watches(added).await;
+        self.refresh_phases();
+        info!(
+            added = n_added,
+            removed,
+            kept,
+            reset = reset.len(),
+            "Configuration reloaded."
+        );
+    }
+}
+
+/// A watch whose latest version every sink confirmed is `watching`, even if the step that
+/// fetched it committed `completed` after the last confirmation.
+fn apply_delivered(e: &mut Entry) {
+    let r = &mut e.record;
+    if r.state.phase == Phase::Completed
+        && e.delivered.is_some()
+        && r.last_version_id == e.delivered
+        && let Some(v) = r.state.last_version.clone()
+    {
+        r.state = watch::delivered(&r.state, &v);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Engine tests with paused time: see the functions below.

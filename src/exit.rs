@@ -1,0 +1,36 @@
+//! Exit codes of every verb, in one place, and the mapping from typed errors to them. The README
+//! table and `--help` list the same codes; sysexits where one fits.
+
+use crate::config::ConfigErrors;
+use crate::sink::SinkError;
+
+/// Success.
+pub const OK: u8 = 0;
+/// Something else went wrong (see the error).
+pub const ERROR: u8 = 1;
+/// `once`: at least one watch ended failed, canceled, not_requested, timed_out or rejected.
+pub const NOT_ALL_COMPLETED: u8 = 2;
+/// Command-line usage error (sysexits EX_USAGE).
+pub const USAGE: u8 = 64;
+/// A sink could not write (sysexits EX_IOERR).
+pub const SINK: u8 = 74;
+/// `once --timeout` passed with watches still open (sysexits EX_TEMPFAIL: try again later).
+pub const TIMEOUT: u8 = 75;
+/// The API refused the credentials, or the quota is used up (sysexits EX_NOPERM).
+pub const AUTH: u8 = 77;
+/// The configuration is invalid (sysexits EX_CONFIG).
+pub const CONFIG: u8 = 78;
+/// Interrupted by SIGINT or SIGTERM before the end.
+pub const INTERRUPTED: u8 = 130;
+
+/// The exit code an error stands for: a configuration problem is 78, a sink that cannot be set
+/// up 74, anything else 1. Decided by the error's type, never its text.
+pub fn code_of(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<ConfigErrors>().is_some() {
+        CONFIG
+    } else if e.downcast_ref::<SinkError>().is_some() {
+        SINK
+    } else {
+        ERROR
+    }
+}
