@@ -138,6 +138,7 @@ pub async fn once(
                 timeout: options.timeout,
             },
             observer: options.observer,
+            api: crate::ncp::http_api(),
         },
         rx,
         shutdown,

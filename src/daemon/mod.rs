@@ -125,6 +125,7 @@ pub async fn run(
             clock,
             mode: Mode::Daemon,
             observer: None,
+            api: crate::ncp::http_api(),
         },
         commands_rx,
         shutdown,

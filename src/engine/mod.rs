@@ -34,7 +34,7 @@ use crate::config::{Config, WatchSpec};
 use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::health::Health;
-use crate::ncp::Client;
+use crate::ncp::{Api, ApiFactory};
 use crate::policy::first_poll_offset;
 use crate::sink::{EventSink, Sink};
 use crate::state::{SharedLedger, WatchRecord};
@@ -80,6 +80,8 @@ pub struct Setup {
     pub mode: Mode,
     /// Told about every committed poll and every delivery (the progress display, tests).
     pub observer: Option<Arc<dyn Observer>>,
+    /// Builds the API client from the configuration (and again on reload).
+    pub api: ApiFactory,
 }
 
 /// Messages to a running engine.
@@ -248,8 +250,9 @@ pub async fn run(
         clock,
         mode,
         observer,
+        api,
     } = setup;
-    let client = Client::new(config.api.client_options())?;
+    let client = api(&config.api)?;
     let deadline = config.shutdown_timeout;
     let (notices_tx, notices) = mpsc::unbounded_channel();
     let wakes = Arc::new(Wakes {
@@ -308,6 +311,7 @@ pub async fn run(
             every_failure: matches!(mode, Mode::Once { .. }),
         }),
         client,
+        api,
         config,
         mode,
         entries: Vec::new(),
@@ -340,7 +344,8 @@ pub async fn run(
 /// The loop's state.
 struct Engine {
     ctx: Arc<poll::PollCtx>,
-    client: Client,
+    client: Arc<dyn Api>,
+    api: ApiFactory,
     config: Config,
     mode: Mode,
     entries: Vec<Entry>,
@@ -807,7 +812,7 @@ impl Engine {
                 "Sink changes take effect at the next restart; the watch list and API settings were reloaded."
             );
         }
-        let client = match Client::new(new.api.client_options()) {
+        let client = match (self.api)(&new.api) {
             Ok(c) => c,
             Err(e) => {
                 error!(error = %e, "Reload refused: cannot build the API client; the running configuration stays.");

@@ -14,7 +14,7 @@ use crate::config::WatchSpec;
 use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::health::Health;
-use crate::ncp::{ApiError, Client, Generation, SummaryResult, Verdict};
+use crate::ncp::{Api, ApiError, Generation, SummaryResult, Verdict};
 use crate::policy::{Policy, jitter_seed};
 use crate::state::{NewVersion, SharedLedger, StepCommit, WatchRecord};
 use crate::watch::{self, Action, Answer, Limits, PauseReason, Phase};
@@ -92,7 +92,7 @@ async fn call<T>(
 /// One poll of one watch: request(s), the pure step, events, and one ledger commit.
 pub(crate) async fn poll(
     ctx: Arc<PollCtx>,
-    client: Client,
+    client: Arc<dyn Api>,
     index: usize,
     spec: Arc<WatchSpec>,
     before: WatchRecord,

@@ -2,6 +2,7 @@
 //!
 //! Callers use the re-exports here (`crate::ncp::{Client, Verdict, …}`), not the submodules.
 
+pub mod api;
 mod classify;
 pub mod client;
 pub mod error;
@@ -12,6 +13,7 @@ pub use client::{
     Client, ClientBuildError, ClientOptions, DEFAULT_MAX_BODY_BYTES, DEFAULT_PENDING_CODES,
     DEFAULT_TIMEOUT, DEFAULT_USER_AGENT, HEADER_APIGW_ORIGIN, HEADER_TRACE_ID,
 };
+pub use api::{Api, ApiFactory, http_api};
 pub use error::{ApiError, ErrorOrigin, Operation, Verdict};
 pub use model::{
     Generation, RemoteStatus, RequestAccepted, Scene, SceneSummary, SceneSummaryInfo,
