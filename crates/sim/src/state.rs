@@ -485,7 +485,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::scenario::Scenario;
+    use crate::scenario::Scenario;
 
     fn one(extra: &str) -> (Store, Clock, Instant) {
         let toml = format!(
