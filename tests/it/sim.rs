@@ -1,4 +1,6 @@
-//! The simulator on its own: the wire contract, its refusals, the state machine, fault injection.
+//! The simulator on its own: the wire contract, its refusals, the state machine, fault injection,
+//! the drawn [guess] answers, removable index-level routes, asset listing, index status and
+//! re-indexing.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -174,6 +176,24 @@ impl TestSim {
         v
     }
 
+    /// This run's drawn (or pinned) [guess] answers, from `GET /__sim/api`.
+    async fn api(&self) -> Value {
+        let (code, v) = self.ctl(Method::GET, "/api", Value::Null).await;
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+
+    /// Asserts the result call's "not completed" answer: exactly what `/__sim/api` says was drawn.
+    async fn assert_not_ready(&self, got: &(u16, Value)) {
+        let want = &self.api().await["result_not_ready"];
+        assert_eq!(u64::from(got.0), want["status"], "{}", got.1);
+        let shape = want["envelope"].as_str().unwrap_or("");
+        let (code, message) = unwrap_envelope(&got.1, shape)
+            .unwrap_or_else(|| panic!("{} is not in the {shape} envelope", got.1));
+        assert_eq!(code, &want["code"], "{}", got.1);
+        assert_eq!(message, &want["message"], "{}", got.1);
+    }
+
     async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
@@ -184,6 +204,24 @@ impl TestSim {
 
 fn status_of(v: &Value) -> &str {
     v["result"]["status"].as_str().unwrap_or("")
+}
+
+/// The (code, message) of a service error in envelope `shape` (as `/__sim/api` names them),
+/// None when the body is not exactly that shape.
+fn unwrap_envelope<'a>(v: &'a Value, shape: &str) -> Option<(&'a Value, &'a Value)> {
+    let (obj, code, message) = match shape {
+        "top" => (v, "code", "message"),
+        "responseError" => (v.get("responseError")?, "code", "message"),
+        "error" => (v.get("error")?, "code", "message"),
+        "returnCode" => (v, "returnCode", "returnMessage"),
+        _ => return None,
+    };
+    // Nothing else in the body: no errorCode in the `error` shape, no stray wrapper keys.
+    let wrapper_keys = v.as_object()?.len();
+    if obj.as_object()?.len() != 2 || (obj != v && wrapper_keys != 1) {
+        return None;
+    }
+    Some((obj.get(code)?, obj.get(message)?))
 }
 
 /// Asserts a service error: HTTP status, code and no APIGW origin.
@@ -202,7 +240,8 @@ async fn index_generation_walks_request_status_result_cancel() {
     assert_eq!(st.0, 200);
     assert_eq!(st.1["code"], "0");
     assert_eq!(status_of(&st.1), "WAIT_SUMMARIZE");
-    assert_service_error(&sim.json(Method::GET, &idx, None).await, 400, "10100");
+    sim.assert_not_ready(&sim.json(Method::GET, &idx, None).await)
+        .await;
     // A request while one waits is refused.
     assert_service_error(&sim.json(Method::POST, &idx, None).await, 400, "10030");
 
@@ -266,7 +305,8 @@ async fn index_generation_walks_request_status_result_cancel() {
         "WAIT_SUMMARIZE"
     );
     // The result is an error again until the new run completes.
-    assert_service_error(&sim.json(Method::GET, &idx, None).await, 400, "10100");
+    sim.assert_not_ready(&sim.json(Method::GET, &idx, None).await)
+        .await;
 
     let (code, c) = sim
         .json(Method::DELETE, &format!("{idx}/{new_id}"), None)
@@ -333,7 +373,8 @@ async fn asset_generation_walks_request_status_result_cancel() {
     assert_eq!(code, 200, "{r}");
     assert!(r["result"]["sceneSummaryId"].is_u64());
     assert_service_error(&sim.json(Method::POST, &base, None).await, 400, "10030");
-    assert_service_error(&sim.json(Method::GET, &base, None).await, 400, "10100");
+    sim.assert_not_ready(&sim.json(Method::GET, &base, None).await)
+        .await;
     let (code, _) = sim.json(Method::POST, &cancel, None).await;
     assert_eq!(code, 200);
     assert_eq!(
@@ -805,6 +846,116 @@ async fn api_knobs_change_envelopes() {
     sim.stop().await;
 }
 
+/// Left open, the result call's "not completed" answer is drawn per run from the seed: across
+/// seeds every envelope NCP uses, every status and both JSON types of code appear, never the
+/// client's default `10100`, and never the gateway's origin header. Same seed, same answer.
+#[tokio::test]
+async fn not_ready_answers_are_drawn_from_the_seed() {
+    let mut envelopes = std::collections::BTreeSet::new();
+    let mut statuses = std::collections::BTreeSet::new();
+    let (mut numeric, mut textual) = (false, false);
+    for seed in 0..24 {
+        let sim = start(&SCENARIO.replace("seed = 11", &format!("seed = {seed}"))).await;
+        let api = sim.api().await;
+        let want = &api["result_not_ready"];
+        // Other service errors keep the documented top-level shape when nothing is pinned.
+        assert_eq!(api["error_envelope"], "top", "seed {seed}");
+        for path in [
+            format!("{W}/assets/10/indexes/100/scene-summaries"),
+            format!("{W}/assets/10/scene-summary"),
+        ] {
+            let r = sim.call(Method::GET, &path, None).await;
+            assert!(
+                !r.headers().contains_key("x-ncp-apigw-response-origin"),
+                "seed {seed}: a service error, not the gateway's"
+            );
+            let got = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+            sim.assert_not_ready(&got).await;
+            let (code, _) = unwrap_envelope(&got.1, want["envelope"].as_str().unwrap()).unwrap();
+            assert_ne!(code.to_string().trim_matches('"'), "10100", "seed {seed}");
+        }
+        envelopes.insert(want["envelope"].as_str().unwrap().to_owned());
+        statuses.insert(want["status"].as_u64().unwrap());
+        numeric |= want["code"].is_u64();
+        textual |= want["code"].is_string();
+        assert_eq!(
+            want,
+            &sim.ctl(Method::GET, "/state", Value::Null).await.1["api"]["result_not_ready"]
+        );
+        sim.stop().await;
+    }
+    let all: Vec<&str> = vec!["error", "responseError", "returnCode", "top"];
+    assert_eq!(
+        envelopes.iter().map(String::as_str).collect::<Vec<_>>(),
+        all
+    );
+    assert_eq!(statuses.into_iter().collect::<Vec<_>>(), [400, 404, 409]);
+    assert!(numeric && textual, "numeric {numeric}, textual {textual}");
+
+    let a = start(SCENARIO).await;
+    let b = start(SCENARIO).await;
+    assert_eq!(a.api().await, b.api().await);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Each choice can be pinned: a TOML integer code is sent as a JSON number, `error_envelope`
+/// applies to every service error once set, `"random"` says "draw" explicitly.
+#[tokio::test]
+async fn not_ready_choices_can_be_pinned_one_by_one() {
+    let pinned = format!(
+        "{SCENARIO}\n[api]\nresult_not_ready_status = 404\nresult_not_ready_code = 10042\n\
+         result_not_ready_message = \"random\"\nerror_envelope = \"returnCode\"\n"
+    );
+    let sim = start(&pinned).await;
+    let idx = format!("{W}/assets/10/indexes/100/scene-summaries");
+    let (status, v) = sim.json(Method::GET, &idx, None).await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(v["returnCode"], 10042, "{v}");
+    let message = v["returnMessage"].as_str().unwrap();
+    assert!(
+        scenewatch::sim::NOT_READY_MESSAGES.contains(&message),
+        "{message}"
+    );
+    // Every other service error takes the pinned shape too.
+    let (status, v) = sim.json(Method::POST, &idx, None).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        v,
+        json!({"returnCode": "10030", "returnMessage": "Scene summary is already in progress."})
+    );
+    sim.stop().await;
+
+    // The `error` shape: the service's fields in the gateway's wrapper, no errorCode, no origin.
+    let wrapped = format!(
+        "{SCENARIO}\n[api]\nresult_not_ready_status = \"random\"\nresult_not_ready_code = \"SCENE_SUMMARY_NOT_COMPLETED\"\n\
+         error_envelope = \"error\"\n"
+    );
+    let sim = start(&wrapped).await;
+    let r = sim.call(Method::GET, &idx, None).await;
+    assert!(!r.headers().contains_key("x-ncp-apigw-response-origin"));
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    assert!([400, 404, 409].contains(&status), "{status}");
+    assert_eq!(v["error"]["code"], "SCENE_SUMMARY_NOT_COMPLETED", "{v}");
+    assert!(v["error"].get("errorCode").is_none(), "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+    sim.stop().await;
+
+    for (bad, want) in [
+        ("result_not_ready_status = 200", "result_not_ready_status"),
+        ("result_not_ready_code = \"0\"", "result_not_ready_code"),
+        ("result_not_ready_code = 0", "result_not_ready_code"),
+        ("result_not_ready_code = -3", "negative"),
+        ("result_not_ready_status = \"often\"", "often"),
+    ] {
+        let err = Scenario::from_toml_str(&format!("{SCENARIO}\n[api]\n{bad}\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+}
+
 #[tokio::test]
 async fn control_routes_force_and_mark_metadata() {
     let sim = start(SCENARIO).await;
@@ -822,12 +973,11 @@ async fn control_routes_force_and_mark_metadata() {
         status_of(&sim.json(Method::GET, &st, None).await.1),
         "SUMMARIZE_FAIL"
     );
-    assert_service_error(
+    sim.assert_not_ready(
         &sim.json(Method::GET, &format!("{W}/assets/10/scene-summary"), None)
             .await,
-        400,
-        "10100",
-    );
+    )
+    .await;
     let (code, _) = sim
         .ctl(Method::POST, "/assets/ws/1/10/advance", json!({}))
         .await;
@@ -965,7 +1115,7 @@ async fn a_hundred_thousand_generated_assets_load_and_serve() {
             None,
         )
         .await;
-    assert_service_error(&(code, v), 400, "10100");
+    sim.assert_not_ready(&(code, v)).await;
     sim.stop().await;
 }
 

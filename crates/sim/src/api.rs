@@ -155,14 +155,39 @@ fn success<T: Serialize>(result: T) -> Answer {
     }
 }
 
-fn service_error(sim: &Sim, status: StatusCode, code: &str, message: &str) -> Answer {
+/// A service error body in one of the envelopes NCP uses (§5, §6).
+fn error_body(
+    envelope: ErrorEnvelope,
+    code: serde_json::Value,
+    message: &str,
+) -> serde_json::Value {
     let inner = serde_json::json!({ "code": code, "message": message });
-    let body = match sim.api.error_envelope {
+    match envelope {
         ErrorEnvelope::Top => inner,
         ErrorEnvelope::ResponseError => serde_json::json!({ "responseError": inner }),
-    };
+        // The gateway's wrapper with the service's fields: no errorCode, no details.
+        ErrorEnvelope::Error => serde_json::json!({ "error": inner }),
+        ErrorEnvelope::ReturnCode => {
+            serde_json::json!({ "returnCode": code, "returnMessage": message })
+        }
+    }
+}
+
+/// A service error in the run's envelope for every error but "not completed".
+fn service_error(sim: &Sim, status: StatusCode, code: &str, message: &str) -> Answer {
+    let body = error_body(sim.drawn.error_envelope, code.into(), message);
     Answer {
         status,
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// The result call before completion, as drawn (or pinned) for this run.
+fn not_ready(sim: &Sim) -> Answer {
+    let n = &sim.drawn.result_not_ready;
+    let body = error_body(n.envelope, n.code.to_json(), &n.message);
+    Answer {
+        status: StatusCode::from_u16(n.status).unwrap_or(StatusCode::BAD_REQUEST),
         body: body.to_string().into_bytes(),
     }
 }
@@ -191,12 +216,7 @@ fn refusal(sim: &Sim, r: Refusal, generation: Generation) -> Answer {
             "10041",
             "Scene summary does not exist.",
         ),
-        Refusal::NotReady | Refusal::NeverSummarized => service_error(
-            sim,
-            StatusCode::from_u16(sim.api.result_not_ready_status).unwrap_or(bad),
-            &sim.api.result_not_ready_code,
-            &sim.api.result_not_ready_message,
-        ),
+        Refusal::NotReady | Refusal::NeverSummarized => not_ready(sim),
         Refusal::BadSceneIds(_) => invalid(sim),
     }
 }

@@ -23,6 +23,7 @@ type S = State<Arc<Sim>>;
 pub fn router() -> Router<Arc<Sim>> {
     Router::new()
         .route("/state", get(state))
+        .route("/api", get(api))
         .route("/stats", get(stats))
         .route("/stats/reset", post(stats_reset))
         .route("/assets", post(add_asset))
@@ -100,6 +101,7 @@ fn with_asset(
 }
 
 async fn state(State(sim): S) -> Response {
+    let api = sim.api_json();
     let mut inner = sim.lock();
     let now = Instant::now();
     let assets: Vec<Value> = inner
@@ -111,7 +113,11 @@ async fn state(State(sim): S) -> Response {
             a.to_json(&sim.clock)
         })
         .collect();
-    ok(json!({ "assets": assets, "clock_skew_ms": sim.clock.skew_ms() }))
+    ok(json!({ "assets": assets, "clock_skew_ms": sim.clock.skew_ms(), "api": api }))
+}
+
+async fn api(State(sim): S) -> Response {
+    ok(sim.api_json())
 }
 
 async fn stats(State(sim): S) -> Response {

@@ -4,7 +4,8 @@
 //! no dependency on `scenewatch`, so the compiler enforces that. `scenewatch` re-exports it as
 //! `scenewatch::sim`. See `docs/simulator.md`.
 //!
-//! Layout: `scenario` (the TOML file), `state` (the status machine), `auth` (signature v2),
+//! Layout: `scenario` (the TOML file), `draw` (the per-run draws of the [guess] answers),
+//! `state` (the status machine), `auth` (signature v2),
 //! `api` (the documented routes), `faults`, `control` (`/__sim/` test routes), `server` (shared
 //! state and router), `text` / `rng` / `clock` (pure helpers).
 
@@ -12,6 +13,7 @@ mod api;
 mod auth;
 mod clock;
 mod control;
+mod draw;
 mod faults;
 mod rng;
 mod scenario;
@@ -27,10 +29,11 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use draw::{NOT_READY_CODES, NOT_READY_MESSAGES, NOT_READY_STATUSES};
 pub use faults::FaultKind;
 pub use scenario::{
-    ApiSpec, AssetSpec, CountRange, CredentialSpec, DurationRange, ErrorEnvelope, FaultRates,
-    GenerateSpec, HumanDuration, Outcome, Scenario, Status,
+    ApiSpec, AssetSpec, Choice, CountRange, CredentialSpec, DurationRange, ErrorCode,
+    ErrorEnvelope, FaultRates, GenerateSpec, HumanDuration, Outcome, Scenario, Status,
 };
 
 /// Simulator failures: bad scenarios and unusable listeners.

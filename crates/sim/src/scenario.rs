@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::SimError;
@@ -52,7 +52,9 @@ impl fmt::Debug for CredentialSpec {
     }
 }
 
-/// Where service errors sit in the body; the doc says both shapes exist (§5).
+/// Where service errors sit in the body. The doc names `{"code","message"}` at the top and
+/// inside `responseError` (§5, §6); older NCP APIs use `returnCode` / `returnMessage`, and the
+/// gateway's `error` wrapper may well carry a service error too (§6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum ErrorEnvelope {
     /// `{"code":"…","message":"…"}`
@@ -62,18 +64,116 @@ pub enum ErrorEnvelope {
     /// `{"responseError":{"code":"…","message":"…"}}`
     #[serde(rename = "responseError")]
     ResponseError,
+    /// `{"error":{"code":"…","message":"…"}}`: the service's fields in the gateway's wrapper,
+    /// without `errorCode` and without the `x-ncp-apigw-response-origin` header.
+    #[serde(rename = "error")]
+    Error,
+    /// `{"returnCode":"…","returnMessage":"…"}`
+    #[serde(rename = "returnCode")]
+    ReturnCode,
+}
+
+impl ErrorEnvelope {
+    pub const ALL: [ErrorEnvelope; 4] = [
+        ErrorEnvelope::Top,
+        ErrorEnvelope::ResponseError,
+        ErrorEnvelope::Error,
+        ErrorEnvelope::ReturnCode,
+    ];
+}
+
+/// A [guess] value that a scenario either pins or leaves to the seed. Absent, or the string
+/// `"random"`, means drawn once per simulator run from the scenario seed (`draw.rs`), so that
+/// the default is a value the client was not told about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Choice<T> {
+    #[default]
+    Random,
+    Fixed(T),
+}
+
+impl<T> Choice<T> {
+    /// The pinned value, or `drawn`.
+    pub fn or(self, drawn: T) -> T {
+        match self {
+            Choice::Random => drawn,
+            Choice::Fixed(v) => v,
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Choice<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Through a JSON value so that the same code reads TOML scenarios and JSON bodies.
+        let v = serde_json::Value::deserialize(d)?;
+        if v.as_str() == Some("random") {
+            return Ok(Choice::Random);
+        }
+        serde_json::from_value(v)
+            .map(Choice::Fixed)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A service error code as it goes on the wire: a JSON string, or a JSON number (the doc has
+/// seen numeric codes at the gateway; a service may do the same).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ErrorCode {
+    Text(String),
+    Number(u64),
+}
+
+impl ErrorCode {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ErrorCode::Text(s) => serde_json::Value::from(s.as_str()),
+            ErrorCode::Number(n) => serde_json::Value::from(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ErrorCode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a code: a string (sent as a JSON string) or an integer (a JSON number)",
+                )
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ErrorCode, E> {
+                Ok(ErrorCode::Number(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ErrorCode, E> {
+                u64::try_from(v)
+                    .map(ErrorCode::Number)
+                    .map_err(|_| E::custom(format!("negative code {v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ErrorCode, E> {
+                Ok(ErrorCode::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The configurable [guess] parts of the API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSpec {
-    /// HTTP status of the result endpoint before completion (undocumented).
-    pub result_not_ready_status: u16,
-    /// Service error code of that answer; the client treats it as "pending".
-    pub result_not_ready_code: String,
-    pub result_not_ready_message: String,
-    pub error_envelope: ErrorEnvelope,
+    /// HTTP status of the result endpoint before completion (undocumented): drawn from
+    /// 400 / 404 / 409 unless pinned.
+    pub result_not_ready_status: Choice<u16>,
+    /// Service error code of that answer (undocumented): drawn unless pinned. A TOML string is
+    /// sent as a JSON string, a TOML integer as a JSON number.
+    pub result_not_ready_code: Choice<ErrorCode>,
+    pub result_not_ready_message: Choice<String>,
+    /// Absent: every service error is `top` except the not-ready answer, whose envelope is
+    /// drawn. Set (a shape or `"random"`): every service error uses it, the not-ready answer
+    /// included.
+    pub error_envelope: Option<Choice<ErrorEnvelope>>,
     /// The doc has seen gateway `errorCode` as a number sometimes.
     pub gateway_error_code_as_number: bool,
     /// `sceneSummaryId` in the request answer as a JSON number when it is all digits.
@@ -85,10 +185,10 @@ pub struct ApiSpec {
 impl Default for ApiSpec {
     fn default() -> Self {
         Self {
-            result_not_ready_status: 400,
-            result_not_ready_code: "10100".into(),
-            result_not_ready_message: "Scene summary is not completed.".into(),
-            error_envelope: ErrorEnvelope::Top,
+            result_not_ready_status: Choice::Random,
+            result_not_ready_code: Choice::Random,
+            result_not_ready_message: Choice::Random,
+            error_envelope: None,
             gateway_error_code_as_number: false,
             scene_summary_id_as_number: true,
             requests_per_second: None,
@@ -219,6 +319,9 @@ pub enum Outcome {
     Completed,
     Failed,
 }
+
+/// Bound on the not-ready code and message (they are echoed in answers).
+pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// One `[[asset]]`: an asset and one of its indexes (repeat the asset for more indexes; the
 /// asset-level API uses the last one declared, its "latest").
@@ -575,15 +678,35 @@ impl Scenario {
             }
         }
         let api = &self.api;
-        if !(400..=599).contains(&api.result_not_ready_status) {
+        if let Choice::Fixed(status) = api.result_not_ready_status
+            && !(400..=599).contains(&status)
+        {
             return bad(format!(
-                "api.result_not_ready_status = {} is not a 4xx or 5xx status",
-                api.result_not_ready_status
+                "api.result_not_ready_status = {status} is not a 4xx or 5xx status"
             ));
         }
-        if api.result_not_ready_code.is_empty() || api.result_not_ready_code == "0" {
-            return bad("api.result_not_ready_code must be a non-zero code".into());
+        match &api.result_not_ready_code {
+            Choice::Fixed(ErrorCode::Text(c)) if c.is_empty() || c == "0" => {
+                return bad("api.result_not_ready_code must be a non-zero code".into());
+            }
+            Choice::Fixed(ErrorCode::Number(0)) => {
+                return bad("api.result_not_ready_code must be a non-zero code".into());
+            }
+            Choice::Fixed(ErrorCode::Text(c)) if c.len() > MAX_TEXT_BYTES => {
+                return bad(format!(
+                    "api.result_not_ready_code is longer than {MAX_TEXT_BYTES} bytes"
+                ));
+            }
+            _ => {}
         }
+        if let Choice::Fixed(m) = &api.result_not_ready_message
+            && m.len() > MAX_TEXT_BYTES
+        {
+            return bad(format!(
+                "api.result_not_ready_message is longer than {MAX_TEXT_BYTES} bytes"
+            ));
+        }
+
         if let Some(rps) = api.requests_per_second
             && !(rps.is_finite() && rps > 0.0)
         {

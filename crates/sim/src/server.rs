@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
+use super::draw::{Drawn, draw};
 use super::faults::FaultPlan;
 use super::rng::{SplitMix64, mix};
 use super::scenario::{ApiSpec, Scenario};
@@ -23,6 +24,8 @@ use super::{SimError, api, control};
 /// Everything the handlers share. Configuration is immutable; what changes sits in `inner`.
 pub struct Sim {
     pub api: ApiSpec,
+    /// The [guess] answers resolved for this run (pinned by the scenario or drawn from its seed).
+    pub drawn: Drawn,
     /// access key -> secret key. Never logged.
     pub secrets: HashMap<String, String>,
     pub clock: Clock,
@@ -119,6 +122,7 @@ impl Sim {
             .requests_per_second
             .map(|r| Bucket::new(r, start));
         Ok(Self {
+            drawn: draw(scenario.seed, &scenario.api),
             api: scenario.api,
             secrets,
             clock,
@@ -141,6 +145,17 @@ impl Sim {
     /// The state; a poisoned lock (a panic elsewhere) is recovered rather than spread.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What `GET /__sim/api` reports: every [guess] answer of this run, drawn or pinned.
+    pub fn api_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "result_not_ready": self.drawn.result_not_ready,
+            "error_envelope": self.drawn.error_envelope,
+            "gateway_error_code_as_number": self.api.gateway_error_code_as_number,
+            "scene_summary_id_as_number": self.api.scene_summary_id_as_number,
+            "requests_per_second": self.api.requests_per_second,
+        })
     }
 
     /// 32 hex digits, unique per response within a run and repeatable for a seed.
