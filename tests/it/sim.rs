@@ -603,6 +603,135 @@ async fn unknown_paths_are_gateway_404_before_auth() {
     sim.stop().await;
 }
 
+/// Every index-level path (deprecated, removal announced), as a client might call it.
+fn index_level_calls() -> Vec<(Method, String)> {
+    let idx = format!("{W}/assets/11/indexes/110/scene-summaries");
+    vec![
+        (Method::POST, idx.clone()),
+        (Method::GET, idx.clone()),
+        (Method::GET, format!("{idx}/1100/status")),
+        (Method::DELETE, format!("{idx}/1100")),
+        (Method::GET, format!("{W}/assets/11/indexes")),
+    ]
+}
+
+/// Asserts the gateway's unknown-path answer, exactly as NCP gives it.
+async fn assert_url_not_found(r: reqwest::Response, what: &str) {
+    assert_eq!(r.status().as_u16(), 404, "{what}");
+    assert_eq!(
+        r.headers()["x-ncp-apigw-response-origin"],
+        "APIGW",
+        "{what}"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"error": {"errorCode": "300", "message": "Not Found Exception", "details": "URL not found."}}),
+        "{what}"
+    );
+}
+
+/// `[api] index_routes = false` removes the index-level generation: its paths answer like
+/// unknown ones (before auth), while the asset-level ones keep working. Counted per route.
+#[tokio::test]
+async fn index_routes_removed_by_scenario_key() {
+    let sim = start(&format!("{SCENARIO}\n[api]\nindex_routes = false\n")).await;
+    assert_eq!(sim.api().await["index_routes"], false);
+    for (m, p) in index_level_calls() {
+        let signed = sim
+            .signed(m.clone(), &p, AK, SK, now_ms())
+            .send()
+            .await
+            .unwrap();
+        assert_url_not_found(signed, &format!("signed {m} {p}")).await;
+        let unsigned = sim
+            .http
+            .request(m.clone(), format!("{}{p}", sim.base))
+            .send()
+            .await
+            .unwrap();
+        assert_url_not_found(unsigned, &format!("unsigned {m} {p}")).await;
+    }
+    let (code, v) = sim
+        .json(Method::GET, &format!("{W}/assets/11/scene-summary"), None)
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["indexId"], 110);
+    let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+    assert_eq!(stats["by_route_status"]["index_result 404"], 2, "{stats}");
+    assert_eq!(stats["by_route_status"]["index_list 404"], 2, "{stats}");
+    assert_eq!(stats["by_fault"]["removed"], 10, "{stats}");
+    assert_eq!(stats["by_route_status"]["asset_result 200"], 1, "{stats}");
+    sim.stop().await;
+}
+
+/// `POST /__sim/api/index-routes` removes and restores them while a client runs.
+#[tokio::test]
+async fn index_routes_removed_and_restored_by_control_route() {
+    let sim = start(SCENARIO).await;
+    let list = format!("{W}/assets/11/indexes");
+    let (code, v) = sim.json(Method::GET, &list, None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["totalCount"], 1);
+    let index = &v["result"]["indexes"][0];
+    assert_eq!(index["indexId"], 110);
+    assert_eq!(index["type"], "VIDEO");
+    assert_eq!(
+        index["createdTime"].as_str().map(str::len),
+        Some(19),
+        "{index}"
+    );
+    assert!(
+        index["updatedTime"].as_str() > index["createdTime"].as_str(),
+        "{index}"
+    );
+
+    let (code, v) = sim
+        .ctl(Method::POST, "/api/index-routes", json!({"enabled": false}))
+        .await;
+    assert_eq!((code, &v), (200, &json!({"index_routes": false})));
+    assert_eq!(sim.api().await["index_routes"], false);
+    for (m, p) in index_level_calls() {
+        let r = sim
+            .signed(m.clone(), &p, AK, SK, now_ms())
+            .send()
+            .await
+            .unwrap();
+        assert_url_not_found(r, &format!("{m} {p}")).await;
+    }
+    let (code, _) = sim
+        .json(
+            Method::GET,
+            &format!("{W}/assets/11/scene-summary/status"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+
+    sim.ctl(Method::POST, "/api/index-routes", json!({"enabled": true}))
+        .await;
+    let (code, v) = sim
+        .json(
+            Method::GET,
+            &format!("{W}/assets/11/indexes/110/scene-summaries"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    for bad in [
+        json!({}),
+        json!({"enabled": "no"}),
+        json!({"enabled": false, "x": 1}),
+    ] {
+        let (code, _) = sim
+            .ctl(Method::POST, "/api/index-routes", bad.clone())
+            .await;
+        assert_eq!(code, 400, "{bad}");
+    }
+    assert_eq!(sim.api().await["index_routes"], true);
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn every_response_has_a_unique_trace_id() {
     let sim = start(SCENARIO).await;

@@ -1,5 +1,6 @@
-//! The Media Intelligence API as the simulator serves it: path shapes of both generations (§1),
-//! the gateway layer (auth, quota, faults) and the service answers with their envelopes.
+//! The Media Intelligence API as the simulator serves it: path shapes of both generations (§1)
+//! and the deprecated index list (§7), the gateway layer (removed routes, auth, quota, faults) and
+//! the service answers with their envelopes.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 
 use super::auth;
 use super::clock::kst_string;
+use super::discovery;
 use super::faults::{self, FaultKind};
 use super::scenario::ErrorEnvelope;
 use super::server::Sim;
@@ -21,6 +23,8 @@ use super::text;
 /// Request bodies above this get the gateway's 413 / errorCode 430.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
+/// Which API generation a route belongs to: `Index` routes are the deprecated ones that
+/// `index_routes = false` removes; `Asset` is everything current.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Generation {
     Index,
@@ -33,9 +37,11 @@ enum Op {
     Status,
     Result,
     Cancel,
+    /// `GET …/assets/{a}/indexes` (§7, deprecated).
+    IndexList,
 }
 
-/// A request matched to one of the eight documented operations.
+/// A request matched to one of the documented operations.
 #[derive(Debug)]
 struct Route<'a> {
     generation: Generation,
@@ -48,7 +54,7 @@ struct Route<'a> {
 }
 
 impl<'a> Route<'a> {
-    /// Matches method and path exactly as in the doc's table; anything else is the gateway's
+    /// Matches method and path exactly as in the doc's tables; anything else is the gateway's
     /// 404 (a wrong method on a known path included: the gateway routes on both).
     fn parse(method: &Method, path: &'a str) -> Option<Self> {
         let segs: Vec<&str> = path.split('/').collect();
@@ -84,6 +90,7 @@ impl<'a> Route<'a> {
             ["indexes", i, "scene-summaries", s] if m(Method::DELETE) => {
                 (Generation::Index, Op::Cancel, Some(*i), Some(*s))
             }
+            ["indexes"] if m(Method::GET) => (Generation::Index, Op::IndexList, None, None),
             ["scene-summary"] if m(Method::POST) => (Generation::Asset, Op::Request, None, None),
             ["scene-summary"] if m(Method::GET) => (Generation::Asset, Op::Result, None, None),
             ["scene-summary", "status"] if m(Method::GET) => {
@@ -115,6 +122,7 @@ impl<'a> Route<'a> {
             (Generation::Index, Op::Status) => "index_status",
             (Generation::Index, Op::Result) => "index_result",
             (Generation::Index, Op::Cancel) => "index_cancel",
+            (_, Op::IndexList) => "index_list",
             (Generation::Asset, Op::Request) => "asset_request",
             (Generation::Asset, Op::Status) => "asset_status",
             (Generation::Asset, Op::Result) => "asset_result",
@@ -275,17 +283,26 @@ pub async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let Some(route) = Route::parse(&parts.method, parts.uri.path()) else {
-        sim.lock().stats.record("unknown", 404, None);
-        return gateway_error(
+    let url_not_found = || {
+        gateway_error(
             &sim,
             StatusCode::NOT_FOUND,
             "300",
             "Not Found Exception",
             "URL not found.",
-        );
+        )
+    };
+    let Some(route) = Route::parse(&parts.method, parts.uri.path()) else {
+        sim.lock().stats.record("unknown", 404, None);
+        return url_not_found();
     };
     let kind = route.kind();
+    // Removed routes answer like unknown paths, before auth, as the gateway would once the
+    // deprecated generation is gone; counted under their own kind so tests see who still calls.
+    if route.generation == Generation::Index && !sim.index_routes() {
+        sim.lock().stats.record(kind, 404, Some("removed"));
+        return url_not_found();
+    }
     if let Err(failure) = auth::verify(
         &parts.headers,
         parts.method.as_str(),
@@ -411,8 +428,30 @@ fn parse_request_body(body: &[u8]) -> Result<Option<Vec<u32>>, ()> {
     Ok(ids)
 }
 
+/// The deprecated index list (§7), rendered under the lock.
+fn index_list(sim: &Sim, route: &Route<'_>) -> Answer {
+    let inner = sim.lock();
+    let store = &inner.store;
+    if store
+        .indexes_of(route.workspace, route.project_id, route.asset_id)
+        .is_empty()
+    {
+        return not_found(sim);
+    }
+    success(discovery::index_list(
+        store,
+        &sim.clock,
+        route.workspace,
+        route.project_id,
+        route.asset_id,
+    ))
+}
+
 /// The service proper. Holds the lock only for the state change; results render after.
 fn serve(sim: &Sim, route: &Route<'_>, body: &[u8]) -> Answer {
+    if route.op == Op::IndexList {
+        return index_list(sim, route);
+    }
     let requested = if route.op == Op::Request {
         match parse_request_body(body) {
             Ok(ids) => Some(ids),
@@ -485,6 +524,8 @@ fn serve(sim: &Sim, route: &Route<'_>, body: &[u8]) -> Answer {
                 Ok(s) => s,
                 Err(r) => return refusal(sim, r, route.generation),
             },
+            // Served by `index_list` above.
+            Op::IndexList => return not_found(sim),
         }
     };
     success(render_result(&snapshot))
@@ -584,6 +625,7 @@ mod tests {
             (Method::GET, "/scene-summary", "asset_result"),
             (Method::GET, "/scene-summary/status", "asset_status"),
             (Method::POST, "/scene-summary/cancel", "asset_cancel"),
+            (Method::GET, "/indexes", "index_list"),
         ];
         for (m, p, kind) in ok {
             let path = format!("{base}{p}");
@@ -598,6 +640,8 @@ mod tests {
             (Method::GET, "/scene-summary/"),
             (Method::GET, "/indexes//scene-summaries"),
             (Method::GET, "/scene-summaries"),
+            (Method::POST, "/indexes"),
+            (Method::GET, "/index"),
         ] {
             assert!(Route::parse(&m, &format!("{base}{p}")).is_none(), "{p}");
         }

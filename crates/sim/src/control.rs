@@ -1,5 +1,6 @@
-//! Test-only control routes under `/__sim/` (a prefix the real API never uses): inspect state and
-//! counters, move assets through the state machine now, queue faults. No signature needed.
+//! Test-only control routes under `/__sim/` (a prefix the real API never uses): inspect state,
+//! counters and the run's [guess] answers, move assets through the state machine now, remove the
+//! index-level routes, queue faults. No signature needed.
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ pub fn router() -> Router<Arc<Sim>> {
     Router::new()
         .route("/state", get(state))
         .route("/api", get(api))
+        .route("/api/index-routes", post(index_routes))
         .route("/stats", get(stats))
         .route("/stats/reset", post(stats_reset))
         .route("/assets", post(add_asset))
@@ -118,6 +120,22 @@ async fn state(State(sim): S) -> Response {
 
 async fn api(State(sim): S) -> Response {
     ok(sim.api_json())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexRoutesBody {
+    enabled: bool,
+}
+
+async fn index_routes(State(sim): S, bytes: Bytes) -> Response {
+    let b: IndexRoutesBody = match body(&bytes) {
+        Ok(b) => b,
+        Err((status, message)) => return err(status, message),
+    };
+    sim.index_routes
+        .store(b.enabled, std::sync::atomic::Ordering::Relaxed);
+    ok(json!({ "index_routes": b.enabled }))
 }
 
 async fn stats(State(sim): S) -> Response {

@@ -5,7 +5,7 @@
 //! `scenewatch::sim`. See `docs/simulator.md`.
 //!
 //! Layout: `scenario` (the TOML file), `draw` (the per-run draws of the [guess] answers),
-//! `state` (the status machine), `auth` (signature v2),
+//! `state` (the status machine), `auth` (signature v2), `discovery` (the index list),
 //! `api` (the documented routes), `faults`, `control` (`/__sim/` test routes), `server` (shared
 //! state and router), `text` / `rng` / `clock` (pure helpers).
 
@@ -13,6 +13,7 @@ mod api;
 mod auth;
 mod clock;
 mod control;
+mod discovery;
 mod draw;
 mod faults;
 mod rng;

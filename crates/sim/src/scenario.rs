@@ -180,6 +180,9 @@ pub struct ApiSpec {
     pub scene_summary_id_as_number: bool,
     /// Gateway quota; above it requests get 429 errorCode 420. None: unlimited.
     pub requests_per_second: Option<f64>,
+    /// false: every index-level path (deprecated, removal announced) answers the gateway's
+    /// unknown-path 404, as after the removal. Also `POST /__sim/api/index-routes`.
+    pub index_routes: bool,
 }
 
 impl Default for ApiSpec {
@@ -192,6 +195,7 @@ impl Default for ApiSpec {
             gateway_error_code_as_number: false,
             scene_summary_id_as_number: true,
             requests_per_second: None,
+            index_routes: true,
         }
     }
 }

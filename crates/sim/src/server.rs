@@ -2,7 +2,7 @@
 //! request counters that tests read through `/__sim/stats`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
@@ -26,6 +26,9 @@ pub struct Sim {
     pub api: ApiSpec,
     /// The [guess] answers resolved for this run (pinned by the scenario or drawn from its seed).
     pub drawn: Drawn,
+    /// Whether the index-level (deprecated) routes still exist; `POST /__sim/api/index-routes`
+    /// flips it while clients run, hence an atomic rather than part of `api`.
+    pub index_routes: AtomicBool,
     /// access key -> secret key. Never logged.
     pub secrets: HashMap<String, String>,
     pub clock: Clock,
@@ -123,6 +126,7 @@ impl Sim {
             .map(|r| Bucket::new(r, start));
         Ok(Self {
             drawn: draw(scenario.seed, &scenario.api),
+            index_routes: AtomicBool::new(scenario.api.index_routes),
             api: scenario.api,
             secrets,
             clock,
@@ -147,11 +151,16 @@ impl Sim {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn index_routes(&self) -> bool {
+        self.index_routes.load(Ordering::Relaxed)
+    }
+
     /// What `GET /__sim/api` reports: every [guess] answer of this run, drawn or pinned.
     pub fn api_json(&self) -> serde_json::Value {
         serde_json::json!({
             "result_not_ready": self.drawn.result_not_ready,
             "error_envelope": self.drawn.error_envelope,
+            "index_routes": self.index_routes(),
             "gateway_error_code_as_number": self.api.gateway_error_code_as_number,
             "scene_summary_id_as_number": self.api.scene_summary_id_as_number,
             "requests_per_second": self.api.requests_per_second,

@@ -14,6 +14,10 @@ use super::scenario::{AssetSpec, DurationRange, Outcome, Status, parse_index_id}
 /// SUMMARIZE_COMPLETED) is dated an hour before start (times are ms relative to start).
 const EARLIER_RUN_MS: i64 = -3_600_000;
 
+/// An index is dated (`createdTime` in the index list) two hours before it was added, so it
+/// precedes any earlier run.
+const CREATED_BEFORE_MS: i64 = -7_200_000;
+
 /// One index of one asset.
 #[derive(Debug)]
 pub struct Asset {
@@ -47,6 +51,8 @@ pub struct Asset {
     pub served: u64,
     /// Counts duration draws, so each request draws fresh but repeatable durations.
     draws: u64,
+    /// When the index was made (relative ms), for the index list's `createdTime`.
+    pub created_at: i64,
 }
 
 /// What a completed result needs, copied out so the lock is released before rendering.
@@ -116,12 +122,14 @@ impl Asset {
             metadata_changed: sorted(spec.metadata_changed_scenes.clone()),
             served: 0,
             draws: 0,
+            created_at: 0,
         })
     }
 
     /// Puts the asset in its scenario `initial` state, with durations counted from `start`.
     pub fn init(&mut self, spec: &AssetSpec, start: Instant, clock: &Clock) {
         let earlier = clock.rel_ms(start) + EARLIER_RUN_MS;
+        self.created_at = clock.rel_ms(start) + CREATED_BEFORE_MS;
         if let Some(ids) = &spec.rerun_scene_ids {
             self.full_run_at = Some(earlier);
             self.last_analyzed_at = Some(earlier);
@@ -378,6 +386,11 @@ impl Asset {
         Ok(())
     }
 
+    /// When the index last changed (relative ms), for the index list's `updatedTime`.
+    pub fn updated_at(&self) -> i64 {
+        self.last_analyzed_at.unwrap_or(self.created_at)
+    }
+
     /// The control routes' view of this index.
     pub fn to_json(&self, clock: &Clock) -> serde_json::Value {
         serde_json::json!({
@@ -465,6 +478,13 @@ impl Store {
             .iter()
             .copied()
             .find(|&i| self.assets.get(i).is_some_and(|a| a.index_id == index_id))
+    }
+
+    /// Every index of an asset, oldest first.
+    pub fn indexes_of(&self, ws: &str, proj: &str, asset: &str) -> &[usize] {
+        self.by_asset
+            .get(&asset_key(ws, proj, asset))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// An index by its path segments; `index_id` must be the canonical decimal form.
