@@ -732,6 +732,277 @@ async fn index_routes_removed_and_restored_by_control_route() {
     sim.stop().await;
 }
 
+/// One page of `ws`/`1`'s asset listing: (HTTP status, body).
+async fn list(sim: &TestSim, query: &str) -> (u16, Value) {
+    sim.json(Method::GET, &format!("{W}/assets?{query}"), None)
+        .await
+}
+
+/// The `assetId`s of a listing page, as JSON values.
+fn listed(v: &Value) -> Vec<Value> {
+    v["result"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no content: {v}"))
+        .iter()
+        .map(|a| a["assetId"].clone())
+        .collect()
+}
+
+/// The listing pages through a project's distinct assets in a stable order, from page 0 or
+/// page 1 as the scenario says; a page past the end is empty; below the base is the first page.
+#[tokio::test]
+async fn list_assets_pages_from_either_base() {
+    // A second index of asset 10 must not list it twice.
+    let second_index = "[[asset]]\nworkspace = \"ws\"\nproject_id = \"1\"\nasset_id = \"10\"\n\
+                        index_id = \"101\"\nscenes = 2\nfile_name = \"ten b.mov\"\n";
+    for base in [0u64, 1] {
+        let sim = start(&format!(
+            "{SCENARIO}\n{second_index}\n[listing]\npage_base = {base}\n"
+        ))
+        .await;
+        assert_eq!(sim.api().await["listing"]["page_base"], base);
+        let mut all = Vec::new();
+        for page in base..base + 3 {
+            let (code, v) = list(&sim, &format!("pageNum={page}&pageSize=2")).await;
+            assert_eq!(code, 200, "{v}");
+            assert_eq!(v["code"], "0");
+            let r = &v["result"];
+            assert_eq!(
+                (
+                    &r["totalCount"],
+                    &r["totalPage"],
+                    &r["pageNo"],
+                    &r["pageSize"]
+                ),
+                (&json!(5), &json!(3), &json!(page), &json!(2)),
+                "base {base}: {v}"
+            );
+            let first = &r["content"][0];
+            assert_eq!(first["projectId"], 1, "{v}");
+            assert!(first["metaData"].is_object(), "{v}");
+            all.extend(listed(&v));
+        }
+        assert_eq!(
+            all,
+            [json!(10), json!(11), json!(12), json!(13), json!(14)],
+            "base {base}"
+        );
+        // The latest index's file name; the default otherwise.
+        let (_, v) = list(&sim, &format!("pageNum={base}&pageSize=1000")).await;
+        assert_eq!(v["result"]["content"][0]["fileName"], "ten b.mov");
+        assert_eq!(v["result"]["content"][1]["fileName"], "11.mp4");
+        let (code, past) = list(&sim, &format!("pageNum={}&pageSize=2", base + 3)).await;
+        assert_eq!(code, 200);
+        assert_eq!(listed(&past), Vec::<Value>::new(), "{past}");
+        assert_eq!(past["result"]["totalCount"], 5);
+        if base == 1 {
+            let (_, zero) = list(&sim, "pageNum=0&pageSize=2").await;
+            assert_eq!(zero["result"]["pageNo"], 1, "{zero}");
+            assert_eq!(listed(&zero), [json!(10), json!(11)]);
+        }
+        // Unknown projects list empty: the simulator knows no empty projects to tell apart.
+        let (code, none) = sim
+            .json(
+                Method::GET,
+                "/api/v1/workspaces/ws/projects/77/assets?pageNum=0&pageSize=5",
+                None,
+            )
+            .await;
+        assert_eq!(code, 200);
+        assert_eq!(none["result"]["totalCount"], 0);
+        let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+        // Three pages, the big one, the one past the end, the unknown project (+ page 0 at base 1).
+        assert_eq!(
+            stats["by_route_status"]["list_assets 200"],
+            6 + base,
+            "{stats}"
+        );
+        sim.stop().await;
+    }
+    // Left open, the base is drawn from the seed: both turn up.
+    let mut bases = std::collections::BTreeSet::new();
+    for seed in 0..12 {
+        let sim = start(&SCENARIO.replace("seed = 11", &format!("seed = {seed}"))).await;
+        bases.insert(sim.api().await["listing"]["page_base"].as_u64().unwrap());
+        sim.stop().await;
+    }
+    assert_eq!(bases.into_iter().collect::<Vec<_>>(), [0, 1]);
+}
+
+/// Pages hold at most 1,000 assets; bad numbers are the documented 10001; the call is signed,
+/// faulted and counted like every API call.
+#[tokio::test]
+async fn list_assets_page_size_cap_bad_queries_auth_and_faults() {
+    let sim = start(&format!("{SCENARIO}\n[listing]\npage_base = 0\n")).await;
+    let (code, v) = list(&sim, "pageNum=0&pageSize=1000").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["totalPage"], 1);
+    for bad in [
+        "pageNum=0&pageSize=1001",
+        "pageNum=0&pageSize=0",
+        "pageNum=-1&pageSize=10",
+        "pageNum=one&pageSize=10",
+        "pageNum=0&pageSize=99999999999999999999999",
+    ] {
+        assert_service_error(&list(&sim, bad).await, 400, "10001");
+    }
+    // Defaults when the query says nothing: the first page, 20 per page.
+    let (code, v) = sim.json(Method::GET, &format!("{W}/assets"), None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (&v["result"]["pageNo"], &v["result"]["pageSize"]),
+        (&json!(0), &json!(20))
+    );
+    // Signed over the query, like everything else.
+    let path = format!("{W}/assets?pageNum=0&pageSize=5");
+    let r = sim.signed(Method::GET, &format!("{W}/assets"), AK, SK, now_ms());
+    let r = sim
+        .http
+        .get(format!("{}{path}", sim.base))
+        .headers(r.build().unwrap().headers().clone());
+    assert_eq!(r.send().await.unwrap().status().as_u16(), 401);
+    sim.ctl(Method::POST, "/faults/next", json!({"kind": "http_503"}))
+        .await;
+    assert_eq!(list(&sim, "pageNum=0&pageSize=5").await.0, 503);
+    let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+    assert_eq!(stats["by_route_status"]["list_assets 401"], 1, "{stats}");
+    assert_eq!(stats["by_route_status"]["list_assets 503"], 1, "{stats}");
+    assert_eq!(stats["by_route_status"]["list_assets 400"], 5, "{stats}");
+    sim.stop().await;
+
+    let sim = start(&format!("{SCENARIO}\n[api]\nrequests_per_second = 1.0\n")).await;
+    let mut limited = 0;
+    for _ in 0..4 {
+        if list(&sim, "pageNum=1&pageSize=5").await.0 == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 2, "{limited} of 4 limited");
+    sim.stop().await;
+}
+
+/// The quirks for the client's bad-input tests, by scenario key and by control route.
+#[tokio::test]
+async fn list_assets_quirks() {
+    let sim = start(&format!(
+        "{SCENARIO}\n[listing]\npage_base = 1\ninjected_asset_ids = [\"../x\", \"a b\"]\n"
+    ))
+    .await;
+    let (_, v) = list(&sim, "pageNum=1&pageSize=1000").await;
+    assert_eq!(
+        listed(&v),
+        [
+            json!(10),
+            json!(11),
+            json!(12),
+            json!(13),
+            json!(14),
+            json!("../x"),
+            json!("a b")
+        ]
+    );
+    assert_eq!(v["result"]["totalCount"], 7);
+
+    // pages_forever: the same non-empty page every time, and always one more page promised.
+    let (code, l) = sim
+        .ctl(Method::POST, "/listing", json!({"pages_forever": true}))
+        .await;
+    assert_eq!(code, 200, "{l}");
+    assert_eq!(
+        l["injected_asset_ids"],
+        json!(["../x", "a b"]),
+        "other keys stay"
+    );
+    let mut seen_total = 0;
+    for page in [1, 2, 3, 50] {
+        let (_, v) = list(&sim, &format!("pageNum={page}&pageSize=3")).await;
+        assert_eq!(listed(&v), [json!(10), json!(11), json!(12)], "page {page}");
+        let total_page = v["result"]["totalPage"].as_u64().unwrap();
+        assert!(total_page > page && total_page > seen_total, "{v}");
+        seen_total = total_page;
+    }
+
+    // lying_total_count: more promised than there is; the pages past the real end are empty.
+    sim.ctl(
+        Method::POST,
+        "/listing",
+        json!({"pages_forever": false, "lying_total_count": true, "injected_asset_ids": []}),
+    )
+    .await;
+    let (_, v) = list(&sim, "pageNum=1&pageSize=10").await;
+    assert_eq!(listed(&v).len(), 5);
+    let total = v["result"]["totalCount"].as_u64().unwrap();
+    assert!(total > 5, "{v}");
+    assert!(v["result"]["totalPage"].as_u64().unwrap() > 1, "{v}");
+    let (_, v) = list(&sim, "pageNum=2&pageSize=10").await;
+    assert_eq!(listed(&v), Vec::<Value>::new());
+
+    // The base can be moved at run time; bad bodies are refused and change nothing.
+    sim.ctl(Method::POST, "/listing", json!({"page_base": 0}))
+        .await;
+    let (_, v) = list(&sim, "pageNum=0&pageSize=2").await;
+    assert_eq!(listed(&v), [json!(10), json!(11)]);
+    let long = "x".repeat(300);
+    for bad in [
+        json!({"page_base": 2}),
+        json!({"pages_forever": "yes"}),
+        json!({"bogus": true}),
+        json!({"injected_asset_ids": [long]}),
+    ] {
+        let (code, e) = sim.ctl(Method::POST, "/listing", bad.clone()).await;
+        assert_eq!(code, 400, "{bad}: {e}");
+    }
+    let (code, l) = sim.ctl(Method::GET, "/listing", Value::Null).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        l,
+        json!({"page_base": 0, "pages_forever": false, "lying_total_count": true, "injected_asset_ids": []})
+    );
+    for (bad, want) in [
+        ("[listing]\npage_base = 3\n", "page_base"),
+        ("[listing]\nforever = true\n", "forever"),
+    ] {
+        let err = Scenario::from_toml_str(&format!("{SCENARIO}\n{bad}"))
+            .expect_err(bad)
+            .to_string();
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    sim.stop().await;
+}
+
+/// An asset added at run time, in a new project, appears in that project's listing.
+#[tokio::test]
+async fn assets_added_at_run_time_are_listed() {
+    let sim = start(&format!("{SCENARIO}\n[listing]\npage_base = 0\n")).await;
+    let new_project = "/api/v1/workspaces/ws/projects/2/assets?pageNum=0&pageSize=10";
+    let (_, v) = sim.json(Method::GET, new_project, None).await;
+    assert_eq!(listed(&v), Vec::<Value>::new());
+    for (asset, index) in [("70", "700"), ("71", "710")] {
+        let (code, v) = sim
+            .ctl(
+                Method::POST,
+                "/assets",
+                json!({"workspace": "ws", "project_id": "2", "asset_id": asset,
+                       "index_id": index, "scenes": 2}),
+            )
+            .await;
+        assert_eq!(code, 200, "{v}");
+    }
+    let (_, v) = sim.json(Method::GET, new_project, None).await;
+    assert_eq!(listed(&v), [json!(70), json!(71)]);
+    assert_eq!(v["result"]["content"][0]["projectId"], 2);
+    // And one more asset in an existing project goes to its end.
+    sim.ctl(
+        Method::POST,
+        "/assets",
+        json!({"workspace": "ws", "project_id": "1", "asset_id": "abc", "index_id": "900", "scenes": 2}),
+    )
+    .await;
+    let (_, v) = list(&sim, "pageNum=0&pageSize=10").await;
+    assert_eq!(listed(&v).last(), Some(&json!("abc")));
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn every_response_has_a_unique_trace_id() {
     let sim = start(SCENARIO).await;

@@ -1,5 +1,5 @@
 //! The Media Intelligence API as the simulator serves it: path shapes of both generations (§1)
-//! and the deprecated index list (§7), the gateway layer (removed routes, auth, quota, faults) and
+//! and of the discovery calls (§6), the gateway layer (removed routes, auth, quota, faults) and
 //! the service answers with their envelopes.
 
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use super::text;
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
 /// Which API generation a route belongs to: `Index` routes are the deprecated ones that
-/// `index_routes = false` removes; `Asset` is everything current.
+/// `index_routes = false` removes; `Asset` is everything current (discovery included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Generation {
     Index,
@@ -37,6 +37,8 @@ enum Op {
     Status,
     Result,
     Cancel,
+    /// `GET …/projects/{p}/assets` (§6).
+    ListAssets,
     /// `GET …/assets/{a}/indexes` (§7, deprecated).
     IndexList,
 }
@@ -48,6 +50,7 @@ struct Route<'a> {
     op: Op,
     workspace: &'a str,
     project_id: &'a str,
+    /// Empty for the project-level listing.
     asset_id: &'a str,
     index_id: Option<&'a str>,
     summary_id: Option<&'a str>,
@@ -67,16 +70,29 @@ impl<'a> Route<'a> {
             "projects",
             proj,
             "assets",
-            asset,
             rest @ ..,
         ] = segs.as_slice()
         else {
             return None;
         };
-        if ws.is_empty() || proj.is_empty() || asset.is_empty() {
+        if ws.is_empty() || proj.is_empty() {
             return None;
         }
         let m = |want: Method| *method == want;
+        let [asset, rest @ ..] = rest else {
+            return m(Method::GET).then_some(Self {
+                generation: Generation::Asset,
+                op: Op::ListAssets,
+                workspace: ws,
+                project_id: proj,
+                asset_id: "",
+                index_id: None,
+                summary_id: None,
+            });
+        };
+        if asset.is_empty() {
+            return None;
+        }
         let (generation, op, index_id, summary_id) = match rest {
             ["indexes", i, "scene-summaries"] if m(Method::POST) => {
                 (Generation::Index, Op::Request, Some(*i), None)
@@ -127,6 +143,7 @@ impl<'a> Route<'a> {
             (Generation::Asset, Op::Status) => "asset_status",
             (Generation::Asset, Op::Result) => "asset_result",
             (Generation::Asset, Op::Cancel) => "asset_cancel",
+            (_, Op::ListAssets) => "list_assets",
         }
     }
 }
@@ -365,7 +382,7 @@ pub async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         return resp;
     }
 
-    let answer = serve(&sim, &route, &body);
+    let answer = serve(&sim, &route, parts.uri.query(), &body);
     let status = if fault == FaultKind::Oversized {
         StatusCode::OK
     } else {
@@ -428,29 +445,45 @@ fn parse_request_body(body: &[u8]) -> Result<Option<Vec<u32>>, ()> {
     Ok(ids)
 }
 
-/// The deprecated index list (§7), rendered under the lock.
-fn index_list(sim: &Sim, route: &Route<'_>) -> Answer {
-    let inner = sim.lock();
-    let store = &inner.store;
-    if store
-        .indexes_of(route.workspace, route.project_id, route.asset_id)
-        .is_empty()
-    {
-        return not_found(sim);
+/// The discovery calls (§6, §7), rendered under the lock: a page is at most 1,000 entries.
+fn discover(sim: &Sim, route: &Route<'_>, query: Option<&str>) -> Answer {
+    let mut inner = sim.lock();
+    let inner = &mut *inner;
+    match route.op {
+        Op::ListAssets => match discovery::parse_page_query(query, inner.listing.page_base) {
+            Some((page, size)) => success(discovery::list_assets(
+                &inner.store,
+                &inner.listing,
+                route.workspace,
+                route.project_id,
+                page,
+                size,
+            )),
+            None => invalid(sim),
+        },
+        _ => {
+            let store = &inner.store;
+            if store
+                .indexes_of(route.workspace, route.project_id, route.asset_id)
+                .is_empty()
+            {
+                return not_found(sim);
+            }
+            success(discovery::index_list(
+                store,
+                &sim.clock,
+                route.workspace,
+                route.project_id,
+                route.asset_id,
+            ))
+        }
     }
-    success(discovery::index_list(
-        store,
-        &sim.clock,
-        route.workspace,
-        route.project_id,
-        route.asset_id,
-    ))
 }
 
 /// The service proper. Holds the lock only for the state change; results render after.
-fn serve(sim: &Sim, route: &Route<'_>, body: &[u8]) -> Answer {
-    if route.op == Op::IndexList {
-        return index_list(sim, route);
+fn serve(sim: &Sim, route: &Route<'_>, query: Option<&str>, body: &[u8]) -> Answer {
+    if matches!(route.op, Op::ListAssets | Op::IndexList) {
+        return discover(sim, route, query);
     }
     let requested = if route.op == Op::Request {
         match parse_request_body(body) {
@@ -524,8 +557,8 @@ fn serve(sim: &Sim, route: &Route<'_>, body: &[u8]) -> Answer {
                 Ok(s) => s,
                 Err(r) => return refusal(sim, r, route.generation),
             },
-            // Served by `index_list` above.
-            Op::IndexList => return not_found(sim),
+            // Served by `discover` above.
+            Op::ListAssets | Op::IndexList => return not_found(sim),
         }
     };
     success(render_result(&snapshot))
@@ -645,6 +678,14 @@ mod tests {
         ] {
             assert!(Route::parse(&m, &format!("{base}{p}")).is_none(), "{p}");
         }
+        let list = "/api/v1/workspaces/w/projects/1/assets";
+        assert_eq!(
+            Route::parse(&Method::GET, list).map(|r| r.kind()),
+            Some("list_assets")
+        );
+        assert!(Route::parse(&Method::POST, list).is_none());
+        assert!(Route::parse(&Method::GET, &format!("{list}/")).is_none());
+        assert!(Route::parse(&Method::GET, "/api/v1/workspaces/w/projects//assets").is_none());
     }
 
     #[test]

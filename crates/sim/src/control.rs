@@ -1,6 +1,6 @@
 //! Test-only control routes under `/__sim/` (a prefix the real API never uses): inspect state,
 //! counters and the run's [guess] answers, move assets through the state machine now, remove the
-//! index-level routes, queue faults. No signature needed.
+//! index-level routes, set listing quirks, queue faults. No signature needed.
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::faults::{FaultKind, MAX_QUEUED};
-use super::scenario::{AssetSpec, FaultRates, Status};
+use super::scenario::{AssetSpec, FaultRates, Status, check_listing};
 use super::server::Sim;
 
 type S = State<Arc<Sim>>;
@@ -26,6 +26,7 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/state", get(state))
         .route("/api", get(api))
         .route("/api/index-routes", post(index_routes))
+        .route("/listing", get(listing_get).post(listing_post))
         .route("/stats", get(stats))
         .route("/stats/reset", post(stats_reset))
         .route("/assets", post(add_asset))
@@ -136,6 +137,47 @@ async fn index_routes(State(sim): S, bytes: Bytes) -> Response {
     sim.index_routes
         .store(b.enabled, std::sync::atomic::Ordering::Relaxed);
     ok(json!({ "index_routes": b.enabled }))
+}
+
+async fn listing_get(State(sim): S) -> Response {
+    let listing = sim.lock().listing.clone();
+    ok(serde_json::to_value(listing).unwrap_or(Value::Null))
+}
+
+/// Changes only the keys given (unlike `faults/rates`): a test flips one quirk at a time.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListingBody {
+    page_base: Option<u64>,
+    pages_forever: Option<bool>,
+    lying_total_count: Option<bool>,
+    injected_asset_ids: Option<Vec<String>>,
+}
+
+async fn listing_post(State(sim): S, bytes: Bytes) -> Response {
+    let b: ListingBody = match body(&bytes) {
+        Ok(b) => b,
+        Err((status, message)) => return err(status, message),
+    };
+    let injected = b.injected_asset_ids.as_deref().unwrap_or_default();
+    if let Err(m) = check_listing(b.page_base, injected) {
+        return err(StatusCode::BAD_REQUEST, m);
+    }
+    let mut inner = sim.lock();
+    let l = &mut inner.listing;
+    if let Some(v) = b.page_base {
+        l.page_base = v;
+    }
+    if let Some(v) = b.pages_forever {
+        l.pages_forever = v;
+    }
+    if let Some(v) = b.lying_total_count {
+        l.lying_total_count = v;
+    }
+    if let Some(v) = b.injected_asset_ids {
+        l.injected_asset_ids = v;
+    }
+    ok(serde_json::to_value(&*l).unwrap_or(Value::Null))
 }
 
 async fn stats(State(sim): S) -> Response {

@@ -5,9 +5,10 @@
 //! `scenewatch::sim`. See `docs/simulator.md`.
 //!
 //! Layout: `scenario` (the TOML file), `draw` (the per-run draws of the [guess] answers),
-//! `state` (the status machine), `auth` (signature v2), `discovery` (the index list),
-//! `api` (the documented routes), `faults`, `control` (`/__sim/` test routes), `server` (shared
-//! state and router), `text` / `rng` / `clock` (pure helpers).
+//! `state` (the status machine, the assets and their indexes), `auth` (signature v2), `api` (the
+//! documented routes), `discovery` (asset listing, index list), `faults`,
+//! `control` (`/__sim/` test routes), `server` (shared state and router), `text` / `rng` /
+//! `clock` (pure helpers).
 
 mod api;
 mod auth;
@@ -34,7 +35,7 @@ pub use draw::{NOT_READY_CODES, NOT_READY_MESSAGES, NOT_READY_STATUSES};
 pub use faults::FaultKind;
 pub use scenario::{
     ApiSpec, AssetSpec, Choice, CountRange, CredentialSpec, DurationRange, ErrorCode,
-    ErrorEnvelope, FaultRates, GenerateSpec, HumanDuration, Outcome, Scenario, Status,
+    ErrorEnvelope, FaultRates, GenerateSpec, HumanDuration, ListingSpec, Outcome, Scenario, Status,
 };
 
 /// Simulator failures: bad scenarios and unusable listeners.

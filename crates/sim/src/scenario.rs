@@ -27,6 +27,9 @@ pub struct Scenario {
     /// Per-kind fault rates, drawn per API request.
     #[serde(default)]
     pub faults: FaultRates,
+    /// The asset listing's [guess] page base and its test quirks.
+    #[serde(default)]
+    pub listing: ListingSpec,
     /// Hand-written assets (`[[asset]]`).
     #[serde(default, rename = "asset")]
     pub assets: Vec<AssetSpec>,
@@ -200,6 +203,48 @@ impl Default for ApiSpec {
     }
 }
 
+/// `[listing]`: the list-assets call's undocumented page base and quirks for the client's
+/// bad-input tests (also set at run time by `POST /__sim/listing`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListingSpec {
+    /// The number of the first page, 0 or 1 (undocumented): drawn unless pinned.
+    pub page_base: Choice<u64>,
+    /// Every page answers the first page's content, and `totalPage` always promises more.
+    pub pages_forever: bool,
+    /// `totalCount` / `totalPage` claim more assets than exist (the pages past the real end are
+    /// empty).
+    pub lying_total_count: bool,
+    /// Asset ids listed in every project's listing after the real ones, backed by nothing;
+    /// they may be anything, e.g. unsafe ones such as `"../x"` or `"a b"`.
+    pub injected_asset_ids: Vec<String>,
+}
+
+/// Bounds on injected listing entries, so a scenario or control body cannot eat memory.
+pub const MAX_INJECTED_IDS: usize = 100;
+pub const MAX_INJECTED_ID_BYTES: usize = 256;
+
+/// Checks a page base and injected ids (scenario and control route alike).
+pub fn check_listing(page_base: Option<u64>, injected: &[String]) -> Result<(), String> {
+    if let Some(b) = page_base
+        && b > 1
+    {
+        return Err(format!("listing.page_base = {b} is neither 0 nor 1"));
+    }
+    if injected.len() > MAX_INJECTED_IDS {
+        return Err(format!(
+            "listing.injected_asset_ids has {} ids, more than {MAX_INJECTED_IDS}",
+            injected.len()
+        ));
+    }
+    if injected.iter().any(|i| i.len() > MAX_INJECTED_ID_BYTES) {
+        return Err(format!(
+            "listing.injected_asset_ids: an id is longer than {MAX_INJECTED_ID_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Per-kind fault probabilities (each 0.0..=1.0, summing to at most 1) and their knobs.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -324,7 +369,7 @@ pub enum Outcome {
     Failed,
 }
 
-/// Bound on the not-ready code and message (they are echoed in answers).
+/// Bound on `file_name` and the not-ready code and message (they are echoed in answers).
 pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// One `[[asset]]`: an asset and one of its indexes (repeat the asset for more indexes; the
@@ -359,6 +404,9 @@ pub struct AssetSpec {
     /// Scenes whose labels or script changed after their summary.
     #[serde(default)]
     pub metadata_changed_scenes: Vec<u32>,
+    /// `fileName` in the asset listing (default `{asset_id}.mp4`); any text, unsafe ones too.
+    #[serde(default)]
+    pub file_name: Option<String>,
 }
 
 fn default_queue() -> DurationRange {
@@ -644,6 +692,13 @@ impl AssetSpec {
             }
         }
         in_range("metadata_changed_scenes", &self.metadata_changed_scenes)?;
+        if self
+            .file_name
+            .as_ref()
+            .is_some_and(|f| f.len() > MAX_TEXT_BYTES)
+        {
+            return Err(format!("file_name is longer than {MAX_TEXT_BYTES} bytes"));
+        }
         Ok(())
     }
 }
@@ -710,7 +765,11 @@ impl Scenario {
                 "api.result_not_ready_message is longer than {MAX_TEXT_BYTES} bytes"
             ));
         }
-
+        let base = match self.listing.page_base {
+            Choice::Fixed(b) => Some(b),
+            Choice::Random => None,
+        };
+        check_listing(base, &self.listing.injected_asset_ids).map_err(SimError::Invalid)?;
         if let Some(rps) = api.requests_per_second
             && !(rps.is_finite() && rps > 0.0)
         {
@@ -787,6 +846,7 @@ impl Scenario {
                     outcome,
                     rerun_scene_ids: None,
                     metadata_changed_scenes: Vec::new(),
+                    file_name: None,
                 }
             })
         });

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
+use super::discovery::Listing;
 use super::draw::{Drawn, draw};
 use super::faults::FaultPlan;
 use super::rng::{SplitMix64, mix};
@@ -46,6 +47,7 @@ pub struct Inner {
     pub faults: FaultPlan,
     pub rng: SplitMix64,
     pub bucket: Option<Bucket>,
+    pub listing: Listing,
 }
 
 /// Counts of API requests (control routes excluded).
@@ -124,9 +126,16 @@ impl Sim {
             .api
             .requests_per_second
             .map(|r| Bucket::new(r, start));
+        let drawn = draw(scenario.seed, &scenario.api, &scenario.listing);
+        let listing = Listing {
+            page_base: drawn.page_base,
+            pages_forever: scenario.listing.pages_forever,
+            lying_total_count: scenario.listing.lying_total_count,
+            injected_asset_ids: scenario.listing.injected_asset_ids,
+        };
         Ok(Self {
-            drawn: draw(scenario.seed, &scenario.api),
             index_routes: AtomicBool::new(scenario.api.index_routes),
+            drawn,
             api: scenario.api,
             secrets,
             clock,
@@ -142,6 +151,7 @@ impl Sim {
                 },
                 rng: SplitMix64::new(mix(&[scenario.seed, 0xFA17])),
                 bucket,
+                listing,
             }),
         })
     }
@@ -157,10 +167,12 @@ impl Sim {
 
     /// What `GET /__sim/api` reports: every [guess] answer of this run, drawn or pinned.
     pub fn api_json(&self) -> serde_json::Value {
+        let listing = self.lock().listing.clone();
         serde_json::json!({
             "result_not_ready": self.drawn.result_not_ready,
             "error_envelope": self.drawn.error_envelope,
             "index_routes": self.index_routes(),
+            "listing": listing,
             "gateway_error_code_as_number": self.api.gateway_error_code_as_number,
             "scene_summary_id_as_number": self.api.scene_summary_id_as_number,
             "requests_per_second": self.api.requests_per_second,

@@ -51,6 +51,8 @@ pub struct Asset {
     pub served: u64,
     /// Counts duration draws, so each request draws fresh but repeatable durations.
     draws: u64,
+    /// `fileName` in the listing (latest index's); None: `{asset_id}.mp4`.
+    pub file_name: Option<String>,
     /// When the index was made (relative ms), for the index list's `createdTime`.
     pub created_at: i64,
 }
@@ -122,6 +124,7 @@ impl Asset {
             metadata_changed: sorted(spec.metadata_changed_scenes.clone()),
             served: 0,
             draws: 0,
+            file_name: spec.file_name.clone(),
             created_at: 0,
         })
     }
@@ -386,6 +389,13 @@ impl Asset {
         Ok(())
     }
 
+    /// `fileName` in the asset listing.
+    pub fn file_name(&self) -> String {
+        self.file_name
+            .clone()
+            .unwrap_or_else(|| format!("{}.mp4", self.asset_id))
+    }
+
     /// When the index last changed (relative ms), for the index list's `updatedTime`.
     pub fn updated_at(&self) -> i64 {
         self.last_analyzed_at.unwrap_or(self.created_at)
@@ -422,11 +432,19 @@ pub fn asset_key(workspace: &str, project_id: &str, asset_id: &str) -> String {
     format!("{workspace}/{project_id}/{asset_id}")
 }
 
-/// Every asset, with an index by asset key (the Vec holds its indexes, latest last).
+pub fn project_key(workspace: &str, project_id: &str) -> String {
+    format!("{workspace}/{project_id}")
+}
+
+/// Every index of every asset: `assets` holds the indexes (one entry per asset and index, the
+/// name kept from when each asset had one), `by_asset` an asset's indexes (latest last), and
+/// `projects` each project's distinct asset ids in the order they first appeared (the listing's
+/// stable order).
 #[derive(Debug, Default)]
 pub struct Store {
     pub assets: Vec<Asset>,
     by_asset: HashMap<String, Vec<usize>>,
+    projects: HashMap<String, Vec<String>>,
     next_summary_id: u64,
 }
 
@@ -435,6 +453,7 @@ impl Store {
         Self {
             assets: Vec::new(),
             by_asset: HashMap::new(),
+            projects: HashMap::new(),
             // Allocated ids are numbers far from any hand-written demo id.
             next_summary_id: 9_000_001,
         }
@@ -468,8 +487,28 @@ impl Store {
         asset.init(spec, start, clock);
         let i = self.assets.len();
         self.assets.push(asset);
-        self.by_asset.entry(key).or_default().push(i);
+        let indexes = self.by_asset.entry(key).or_default();
+        if indexes.is_empty() {
+            self.projects
+                .entry(project_key(&spec.workspace, &spec.project_id))
+                .or_default()
+                .push(spec.asset_id.clone());
+        }
+        indexes.push(i);
         Ok(i)
+    }
+
+    pub fn indexes_of(&self, ws: &str, proj: &str, asset: &str) -> &[usize] {
+        self.by_asset
+            .get(&asset_key(ws, proj, asset))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// A project's distinct asset ids in the order they first appeared; empty when unknown.
+    pub fn project_assets(&self, ws: &str, proj: &str) -> &[String] {
+        self.projects
+            .get(&project_key(ws, proj))
+            .map_or(&[], Vec::as_slice)
     }
 
     fn find_index(&self, key: &str, index_id: u64) -> Option<usize> {
@@ -478,13 +517,6 @@ impl Store {
             .iter()
             .copied()
             .find(|&i| self.assets.get(i).is_some_and(|a| a.index_id == index_id))
-    }
-
-    /// Every index of an asset, oldest first.
-    pub fn indexes_of(&self, ws: &str, proj: &str, asset: &str) -> &[usize] {
-        self.by_asset
-            .get(&asset_key(ws, proj, asset))
-            .map_or(&[], Vec::as_slice)
     }
 
     /// An index by its path segments; `index_id` must be the canonical decimal form.
