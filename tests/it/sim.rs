@@ -1003,6 +1003,224 @@ async fn assets_added_at_run_time_are_listed() {
     sim.stop().await;
 }
 
+/// The asset's entry for one index in `/__sim/state`.
+async fn state_of(sim: &TestSim, asset: &str, index: &str) -> Value {
+    let (_, state) = sim.ctl(Method::GET, "/state", Value::Null).await;
+    state["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["asset_id"] == asset && a["index_id"] == index)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {asset}/{index} in {state}"))
+}
+
+/// `…/index/status` names the asset's latest index; a re-index makes a new latest one, which
+/// the asset-level calls then use, while the old index keeps answering index-level calls.
+#[tokio::test]
+async fn index_status_and_reindex_move_the_latest_index() {
+    let sim = start(SCENARIO).await;
+    let index_status = format!("{W}/assets/11/index/status");
+    let (code, v) = sim.json(Method::GET, &index_status, None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["code"], "0");
+    assert_eq!(v["result"]["status"], "ANALYZE_COMPLETED");
+    assert_eq!(v["result"]["indexId"], 110);
+    assert!(v["result"]["analyzeStatusMessage"].is_string(), "{v}");
+
+    // No body: a new index id (larger than any), the old scene count, no summary yet.
+    let r = sim
+        .http
+        .post(format!("{}/__sim/assets/ws/1/11/reindex", sim.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let new: Value = r.json().await.unwrap();
+    let new_id: u64 = new["index_id"].as_str().unwrap().parse().unwrap();
+    assert!(new_id > 140, "{new}");
+    assert_eq!(new["latest"], true);
+    assert_eq!(new["status"], "BEFORE_SUMMARIZE");
+    assert_eq!(new["scenes"], 5);
+    assert_eq!(state_of(&sim, "11", "110").await["latest"], false);
+
+    let (_, v) = sim.json(Method::GET, &index_status, None).await;
+    assert_eq!(v["result"]["indexId"], new_id);
+    let (_, v) = sim
+        .json(
+            Method::GET,
+            &format!("{W}/assets/11/scene-summary/status"),
+            None,
+        )
+        .await;
+    assert_eq!(v["result"]["indexId"], new_id, "{v}");
+    assert_eq!(v["result"]["status"], "BEFORE_SUMMARIZE");
+    assert_service_error(
+        &sim.json(Method::GET, &format!("{W}/assets/11/scene-summary"), None)
+            .await,
+        404,
+        "10041",
+    );
+    // The old index still answers for itself.
+    let old = format!("{W}/assets/11/indexes/110/scene-summaries");
+    let (code, v) = sim.json(Method::GET, &old, None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["indexId"], 110);
+    let (_, v) = sim
+        .json(Method::GET, &format!("{old}/1100/status"), None)
+        .await;
+    assert_eq!(status_of(&v), "SUMMARIZE_COMPLETED");
+    let (_, v) = sim
+        .json(Method::GET, &format!("{W}/assets/11/indexes"), None)
+        .await;
+    let ids: Vec<&Value> = v["result"]["indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["indexId"])
+        .collect();
+    assert_eq!(ids, [&json!(110), &json!(new_id)]);
+
+    // A body names the id, scenes, summary id and initial state.
+    let (code, v) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/11/reindex",
+            json!({"index_id": 777, "scene_summary_id": "7770", "scenes": 3,
+                   "initial": "SUMMARIZE_COMPLETED"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = sim
+        .json(Method::GET, &format!("{W}/assets/11/scene-summary"), None)
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["indexId"], 777);
+    assert_eq!(v["result"]["sceneSummaries"].as_array().unwrap().len(), 3);
+    let (_, v) = sim.json(Method::GET, &index_status, None).await;
+    assert_eq!(v["result"]["indexId"], 777);
+    let (_, v) = sim
+        .json(
+            Method::GET,
+            &format!("{W}/assets/11/indexes/777/scene-summaries/7770/status"),
+            None,
+        )
+        .await;
+    assert_eq!(status_of(&v), "SUMMARIZE_COMPLETED");
+    // Still one asset in the listing (the first page, whatever the drawn base).
+    let (_, v) = list(&sim, "pageSize=100").await;
+    assert_eq!(
+        listed(&v).iter().filter(|a| **a == json!(11)).count(),
+        1,
+        "{v}"
+    );
+
+    for (path, body, want) in [
+        ("/assets/ws/1/11/reindex", json!({"index_id": "777"}), 409),
+        ("/assets/ws/1/11/reindex", json!({"index_id": "0778"}), 400),
+        ("/assets/ws/1/11/reindex", json!({"index_id": true}), 400),
+        ("/assets/ws/1/11/reindex", json!({"scenes": 0}), 400),
+        ("/assets/ws/1/11/reindex", json!({"initial": "DONE"}), 400),
+        ("/assets/ws/1/11/reindex", json!({"bogus": 1}), 400),
+        ("/assets/ws/1/nope/reindex", json!({}), 404),
+    ] {
+        let (code, e) = sim.ctl(Method::POST, path, body.clone()).await;
+        assert_eq!(code, want, "{path} {body}: {e}");
+    }
+    sim.stop().await;
+}
+
+/// Before analysis completes there is no `indexId`; the control route moves the status.
+#[tokio::test]
+async fn index_status_before_analysis_completes_has_no_index_id() {
+    let analyzing = "[[asset]]\nworkspace = \"ws\"\nproject_id = \"1\"\nasset_id = \"20\"\n\
+                     index_id = \"200\"\nscenes = 2\nanalysis = \"ANALYZING\"\n";
+    let sim = start(&format!("{SCENARIO}\n{analyzing}")).await;
+    let path = format!("{W}/assets/20/index/status");
+    let (code, v) = sim.json(Method::GET, &path, None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["result"],
+        json!({"status": "ANALYZING", "analyzeStatusMessage": "Analyzing."})
+    );
+    assert_eq!(state_of(&sim, "20", "200").await["analysis"], "ANALYZING");
+
+    let (code, v) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/20/analysis",
+            json!({"status": "ANALYZE_COMPLETED", "message": "Done."}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (_, v) = sim.json(Method::GET, &path, None).await;
+    assert_eq!(
+        v["result"],
+        json!({"status": "ANALYZE_COMPLETED", "analyzeStatusMessage": "Done.", "indexId": 200})
+    );
+
+    // A re-analysis under way: the new latest index has no indexId to show yet.
+    let (code, v) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/20/reindex",
+            json!({"analysis": "WAIT_ANALYZE"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (_, v) = sim.json(Method::GET, &path, None).await;
+    assert_eq!(v["result"]["status"], "WAIT_ANALYZE");
+    assert!(v["result"].get("indexId").is_none(), "{v}");
+
+    for (p, body, want) in [
+        ("/assets/ws/1/20/analysis", json!({"status": "DONE"}), 400),
+        ("/assets/ws/1/20/analysis", json!({}), 400),
+        (
+            "/assets/ws/1/20/analysis",
+            json!({"status": "ANALYZE_FAIL", "x": 1}),
+            400,
+        ),
+        (
+            "/assets/ws/1/nope/analysis",
+            json!({"status": "ANALYZE_FAIL"}),
+            404,
+        ),
+    ] {
+        let (code, e) = sim.ctl(Method::POST, p, body.clone()).await;
+        assert_eq!(code, want, "{p} {body}: {e}");
+    }
+    assert_service_error(
+        &sim.json(Method::GET, &format!("{W}/assets/nope/index/status"), None)
+            .await,
+        404,
+        "10040",
+    );
+    let unsigned = sim
+        .http
+        .get(format!("{}{path}", sim.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
+    let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+    assert_eq!(
+        stats["by_route_status"]["analysis_status 200"], 3,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["by_route_status"]["analysis_status 401"], 1,
+        "{stats}"
+    );
+    let err = Scenario::from_toml_str(&format!(
+        "{SCENARIO}\n{}",
+        analyzing.replace("ANALYZING", "THINKING")
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("THINKING"), "{err}");
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn every_response_has_a_unique_trace_id() {
     let sim = start(SCENARIO).await;

@@ -39,6 +39,8 @@ enum Op {
     Cancel,
     /// `GET …/projects/{p}/assets` (§6).
     ListAssets,
+    /// `GET …/assets/{a}/index/status` (§6).
+    AnalysisStatus,
     /// `GET …/assets/{a}/indexes` (§7, deprecated).
     IndexList,
 }
@@ -115,6 +117,9 @@ impl<'a> Route<'a> {
             ["scene-summary", "cancel"] if m(Method::POST) => {
                 (Generation::Asset, Op::Cancel, None, None)
             }
+            ["index", "status"] if m(Method::GET) => {
+                (Generation::Asset, Op::AnalysisStatus, None, None)
+            }
             _ => return None,
         };
         if index_id.is_some_and(str::is_empty) || summary_id.is_some_and(str::is_empty) {
@@ -144,6 +149,7 @@ impl<'a> Route<'a> {
             (Generation::Asset, Op::Result) => "asset_result",
             (Generation::Asset, Op::Cancel) => "asset_cancel",
             (_, Op::ListAssets) => "list_assets",
+            (_, Op::AnalysisStatus) => "analysis_status",
         }
     }
 }
@@ -461,6 +467,21 @@ fn discover(sim: &Sim, route: &Route<'_>, query: Option<&str>) -> Answer {
             )),
             None => invalid(sim),
         },
+        Op::AnalysisStatus => {
+            let Some(i) = inner
+                .store
+                .latest(route.workspace, route.project_id, route.asset_id)
+            else {
+                return not_found(sim);
+            };
+            if let Some(a) = inner.store.assets.get_mut(i) {
+                a.served += 1;
+            }
+            match discovery::analysis_status(&inner.store, i) {
+                Some(v) => success(v),
+                None => not_found(sim),
+            }
+        }
         _ => {
             let store = &inner.store;
             if store
@@ -482,7 +503,10 @@ fn discover(sim: &Sim, route: &Route<'_>, query: Option<&str>) -> Answer {
 
 /// The service proper. Holds the lock only for the state change; results render after.
 fn serve(sim: &Sim, route: &Route<'_>, query: Option<&str>, body: &[u8]) -> Answer {
-    if matches!(route.op, Op::ListAssets | Op::IndexList) {
+    if matches!(
+        route.op,
+        Op::ListAssets | Op::AnalysisStatus | Op::IndexList
+    ) {
         return discover(sim, route, query);
     }
     let requested = if route.op == Op::Request {
@@ -558,7 +582,7 @@ fn serve(sim: &Sim, route: &Route<'_>, query: Option<&str>, body: &[u8]) -> Answ
                 Err(r) => return refusal(sim, r, route.generation),
             },
             // Served by `discover` above.
-            Op::ListAssets | Op::IndexList => return not_found(sim),
+            Op::ListAssets | Op::AnalysisStatus | Op::IndexList => return not_found(sim),
         }
     };
     success(render_result(&snapshot))
@@ -658,6 +682,7 @@ mod tests {
             (Method::GET, "/scene-summary", "asset_result"),
             (Method::GET, "/scene-summary/status", "asset_status"),
             (Method::POST, "/scene-summary/cancel", "asset_cancel"),
+            (Method::GET, "/index/status", "analysis_status"),
             (Method::GET, "/indexes", "index_list"),
         ];
         for (m, p, kind) in ok {
@@ -675,6 +700,7 @@ mod tests {
             (Method::GET, "/scene-summaries"),
             (Method::POST, "/indexes"),
             (Method::GET, "/index"),
+            (Method::GET, "/index/status/"),
         ] {
             assert!(Route::parse(&m, &format!("{base}{p}")).is_none(), "{p}");
         }

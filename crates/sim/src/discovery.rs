@@ -1,5 +1,5 @@
 //! The discovery calls of API doc §6 and §7: the paged asset listing (with the test quirks of
-//! `[listing]`) and the deprecated index list. Pure
+//! `[listing]`), an asset's index (analysis) status, and the deprecated index list. Pure
 //! renderings of the store; `api.rs` routes, authenticates and counts.
 
 use serde::Serialize;
@@ -129,6 +129,22 @@ pub fn list_assets(
         "pageNo": page,
         "pageSize": size,
     })
+}
+
+/// The `result` of `GET …/assets/{a}/index/status` for an asset's latest index (entry `i`):
+/// `indexId` only once analysis has completed.
+pub fn analysis_status(store: &Store, i: usize) -> Option<Value> {
+    let a = store.assets.get(i)?;
+    let mut out = json!({
+        "status": a.analysis.as_str(),
+        "analyzeStatusMessage": a.analysis_message(),
+    });
+    if a.analysis == super::scenario::AnalysisStatus::AnalyzeCompleted
+        && let Some(obj) = out.as_object_mut()
+    {
+        obj.insert("indexId".into(), Value::from(a.index_id));
+    }
+    Some(out)
 }
 
 /// The `result` of the deprecated `GET …/assets/{a}/indexes` (§7): every index of the asset,

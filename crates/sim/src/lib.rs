@@ -6,7 +6,7 @@
 //!
 //! Layout: `scenario` (the TOML file), `draw` (the per-run draws of the [guess] answers),
 //! `state` (the status machine, the assets and their indexes), `auth` (signature v2), `api` (the
-//! documented routes), `discovery` (asset listing, index list), `faults`,
+//! documented routes), `discovery` (asset listing, index status, index list), `faults`,
 //! `control` (`/__sim/` test routes), `server` (shared state and router), `text` / `rng` /
 //! `clock` (pure helpers).
 
@@ -34,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 pub use draw::{NOT_READY_CODES, NOT_READY_MESSAGES, NOT_READY_STATUSES};
 pub use faults::FaultKind;
 pub use scenario::{
-    ApiSpec, AssetSpec, Choice, CountRange, CredentialSpec, DurationRange, ErrorCode,
-    ErrorEnvelope, FaultRates, GenerateSpec, HumanDuration, ListingSpec, Outcome, Scenario, Status,
+    AnalysisStatus, ApiSpec, AssetSpec, Choice, CountRange, CredentialSpec, DurationRange,
+    ErrorCode, ErrorEnvelope, FaultRates, GenerateSpec, HumanDuration, ListingSpec, Outcome,
+    Scenario, Status,
 };
 
 /// Simulator failures: bad scenarios and unusable listeners.

@@ -369,7 +369,46 @@ pub enum Outcome {
     Failed,
 }
 
-/// Bound on `file_name` and the not-ready code and message (they are echoed in answers).
+/// The index (analysis) statuses of §6 and §7, spelled as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AnalysisStatus {
+    BeforeAnalyze,
+    WaitAnalyze,
+    Analyzing,
+    #[default]
+    AnalyzeCompleted,
+    AnalyzeFail,
+    AnalyzeCancel,
+}
+
+impl AnalysisStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnalysisStatus::BeforeAnalyze => "BEFORE_ANALYZE",
+            AnalysisStatus::WaitAnalyze => "WAIT_ANALYZE",
+            AnalysisStatus::Analyzing => "ANALYZING",
+            AnalysisStatus::AnalyzeCompleted => "ANALYZE_COMPLETED",
+            AnalysisStatus::AnalyzeFail => "ANALYZE_FAIL",
+            AnalysisStatus::AnalyzeCancel => "ANALYZE_CANCEL",
+        }
+    }
+
+    /// `analyzeStatusMessage` when the scenario gives none (the real texts are not documented).
+    pub fn default_message(self) -> &'static str {
+        match self {
+            AnalysisStatus::BeforeAnalyze => "Analysis has not been requested.",
+            AnalysisStatus::WaitAnalyze => "Waiting for analysis.",
+            AnalysisStatus::Analyzing => "Analyzing.",
+            AnalysisStatus::AnalyzeCompleted => "Analysis completed.",
+            AnalysisStatus::AnalyzeFail => "Analysis failed.",
+            AnalysisStatus::AnalyzeCancel => "Analysis canceled.",
+        }
+    }
+}
+
+/// Bound on texts echoed in answers: `file_name`, analysis messages, the not-ready code and
+/// message.
 pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// One `[[asset]]`: an asset and one of its indexes (repeat the asset for more indexes; the
@@ -404,6 +443,10 @@ pub struct AssetSpec {
     /// Scenes whose labels or script changed after their summary.
     #[serde(default)]
     pub metadata_changed_scenes: Vec<u32>,
+    /// The index (analysis) status of this index, served by `…/index/status` while it is the
+    /// asset's latest.
+    #[serde(default)]
+    pub analysis: AnalysisStatus,
     /// `fileName` in the asset listing (default `{asset_id}.mp4`); any text, unsafe ones too.
     #[serde(default)]
     pub file_name: Option<String>,
@@ -846,6 +889,7 @@ impl Scenario {
                     outcome,
                     rerun_scene_ids: None,
                     metadata_changed_scenes: Vec::new(),
+                    analysis: AnalysisStatus::AnalyzeCompleted,
                     file_name: None,
                 }
             })
