@@ -17,7 +17,9 @@ pub mod policy;
 pub mod progress;
 pub mod server;
 pub mod signals;
-pub mod sim;
+/// The simulator, a crate of its own (`crates/sim`) so that it cannot share code with `ncp`;
+/// re-exported so that `scenewatch::sim::…` keeps naming it.
+pub use scenewatch_sim as sim;
 pub mod sink;
 pub mod state;
 pub mod status;

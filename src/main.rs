@@ -281,7 +281,9 @@ async fn run(cli: Cli) -> u8 {
         } => sign(&method, &path, timestamp, config),
         Command::Simulate { listen, scenario } => {
             telemetry::init(cli.log_format, "info", None);
-            report_error(scenewatch::sim::run_cli(listen, scenario).await)
+            let served =
+                scenewatch::sim::run_cli(listen, scenario, scenewatch::signals::terminate()).await;
+            report_error(served.map_err(anyhow::Error::from))
         }
         Command::Once {
             config,

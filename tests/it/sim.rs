@@ -1,4 +1,6 @@
-//! The simulator on its own: the wire contract, its refusals, the state machine, fault injection.
+//! The simulator on its own: the wire contract, its refusals, the state machine, fault injection,
+//! the drawn [guess] answers, removable index-level routes, asset listing, index status and
+//! re-indexing.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -174,6 +176,24 @@ impl TestSim {
         v
     }
 
+    /// This run's drawn (or pinned) [guess] answers, from `GET /__sim/api`.
+    async fn api(&self) -> Value {
+        let (code, v) = self.ctl(Method::GET, "/api", Value::Null).await;
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+
+    /// Asserts the result call's "not completed" answer: exactly what `/__sim/api` says was drawn.
+    async fn assert_not_ready(&self, got: &(u16, Value)) {
+        let want = &self.api().await["result_not_ready"];
+        assert_eq!(u64::from(got.0), want["status"], "{}", got.1);
+        let shape = want["envelope"].as_str().unwrap_or("");
+        let (code, message) = unwrap_envelope(&got.1, shape)
+            .unwrap_or_else(|| panic!("{} is not in the {shape} envelope", got.1));
+        assert_eq!(code, &want["code"], "{}", got.1);
+        assert_eq!(message, &want["message"], "{}", got.1);
+    }
+
     async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
@@ -184,6 +204,24 @@ impl TestSim {
 
 fn status_of(v: &Value) -> &str {
     v["result"]["status"].as_str().unwrap_or("")
+}
+
+/// The (code, message) of a service error in envelope `shape` (as `/__sim/api` names them),
+/// None when the body is not exactly that shape.
+fn unwrap_envelope<'a>(v: &'a Value, shape: &str) -> Option<(&'a Value, &'a Value)> {
+    let (obj, code, message) = match shape {
+        "top" => (v, "code", "message"),
+        "responseError" => (v.get("responseError")?, "code", "message"),
+        "error" => (v.get("error")?, "code", "message"),
+        "returnCode" => (v, "returnCode", "returnMessage"),
+        _ => return None,
+    };
+    // Nothing else in the body: no errorCode in the `error` shape, no stray wrapper keys.
+    let wrapper_keys = v.as_object()?.len();
+    if obj.as_object()?.len() != 2 || (obj != v && wrapper_keys != 1) {
+        return None;
+    }
+    Some((obj.get(code)?, obj.get(message)?))
 }
 
 /// Asserts a service error: HTTP status, code and no APIGW origin.
@@ -202,7 +240,8 @@ async fn index_generation_walks_request_status_result_cancel() {
     assert_eq!(st.0, 200);
     assert_eq!(st.1["code"], "0");
     assert_eq!(status_of(&st.1), "WAIT_SUMMARIZE");
-    assert_service_error(&sim.json(Method::GET, &idx, None).await, 400, "10100");
+    sim.assert_not_ready(&sim.json(Method::GET, &idx, None).await)
+        .await;
     // A request while one waits is refused.
     assert_service_error(&sim.json(Method::POST, &idx, None).await, 400, "10030");
 
@@ -266,7 +305,8 @@ async fn index_generation_walks_request_status_result_cancel() {
         "WAIT_SUMMARIZE"
     );
     // The result is an error again until the new run completes.
-    assert_service_error(&sim.json(Method::GET, &idx, None).await, 400, "10100");
+    sim.assert_not_ready(&sim.json(Method::GET, &idx, None).await)
+        .await;
 
     let (code, c) = sim
         .json(Method::DELETE, &format!("{idx}/{new_id}"), None)
@@ -333,7 +373,8 @@ async fn asset_generation_walks_request_status_result_cancel() {
     assert_eq!(code, 200, "{r}");
     assert!(r["result"]["sceneSummaryId"].is_u64());
     assert_service_error(&sim.json(Method::POST, &base, None).await, 400, "10030");
-    assert_service_error(&sim.json(Method::GET, &base, None).await, 400, "10100");
+    sim.assert_not_ready(&sim.json(Method::GET, &base, None).await)
+        .await;
     let (code, _) = sim.json(Method::POST, &cancel, None).await;
     assert_eq!(code, 200);
     assert_eq!(
@@ -559,6 +600,624 @@ async fn unknown_paths_are_gateway_404_before_auth() {
             assert_eq!(v["error"]["details"], "URL not found.");
         }
     }
+    sim.stop().await;
+}
+
+/// Every index-level path (deprecated, removal announced), as a client might call it.
+fn index_level_calls() -> Vec<(Method, String)> {
+    let idx = format!("{W}/assets/11/indexes/110/scene-summaries");
+    vec![
+        (Method::POST, idx.clone()),
+        (Method::GET, idx.clone()),
+        (Method::GET, format!("{idx}/1100/status")),
+        (Method::DELETE, format!("{idx}/1100")),
+        (Method::GET, format!("{W}/assets/11/indexes")),
+    ]
+}
+
+/// Asserts the gateway's unknown-path answer, exactly as NCP gives it.
+async fn assert_url_not_found(r: reqwest::Response, what: &str) {
+    assert_eq!(r.status().as_u16(), 404, "{what}");
+    assert_eq!(
+        r.headers()["x-ncp-apigw-response-origin"],
+        "APIGW",
+        "{what}"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"error": {"errorCode": "300", "message": "Not Found Exception", "details": "URL not found."}}),
+        "{what}"
+    );
+}
+
+/// `[api] index_routes = false` removes the index-level generation: its paths answer like
+/// unknown ones (before auth), while the asset-level ones keep working. Counted per route.
+#[tokio::test]
+async fn index_routes_removed_by_scenario_key() {
+    let sim = start(&format!("{SCENARIO}\n[api]\nindex_routes = false\n")).await;
+    assert_eq!(sim.api().await["index_routes"], false);
+    for (m, p) in index_level_calls() {
+        let signed = sim
+            .signed(m.clone(), &p, AK, SK, now_ms())
+            .send()
+            .await
+            .unwrap();
+        assert_url_not_found(signed, &format!("signed {m} {p}")).await;
+        let unsigned = sim
+            .http
+            .request(m.clone(), format!("{}{p}", sim.base))
+            .send()
+            .await
+            .unwrap();
+        assert_url_not_found(unsigned, &format!("unsigned {m} {p}")).await;
+    }
+    let (code, v) = sim
+        .json(Method::GET, &format!("{W}/assets/11/scene-summary"), None)
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["indexId"], 110);
+    let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+    assert_eq!(stats["by_route_status"]["index_result 404"], 2, "{stats}");
+    assert_eq!(stats["by_route_status"]["index_list 404"], 2, "{stats}");
+    assert_eq!(stats["by_fault"]["removed"], 10, "{stats}");
+    assert_eq!(stats["by_route_status"]["asset_result 200"], 1, "{stats}");
+    sim.stop().await;
+}
+
+/// `POST /__sim/api/index-routes` removes and restores them while a client runs.
+#[tokio::test]
+async fn index_routes_removed_and_restored_by_control_route() {
+    let sim = start(SCENARIO).await;
+    let list = format!("{W}/assets/11/indexes");
+    let (code, v) = sim.json(Method::GET, &list, None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["totalCount"], 1);
+    let index = &v["result"]["indexes"][0];
+    assert_eq!(index["indexId"], 110);
+    assert_eq!(index["type"], "VIDEO");
+    assert_eq!(
+        index["createdTime"].as_str().map(str::len),
+        Some(19),
+        "{index}"
+    );
+    assert!(
+        index["updatedTime"].as_str() > index["createdTime"].as_str(),
+        "{index}"
+    );
+
+    let (code, v) = sim
+        .ctl(Method::POST, "/api/index-routes", json!({"enabled": false}))
+        .await;
+    assert_eq!((code, &v), (200, &json!({"index_routes": false})));
+    assert_eq!(sim.api().await["index_routes"], false);
+    for (m, p) in index_level_calls() {
+        let r = sim
+            .signed(m.clone(), &p, AK, SK, now_ms())
+            .send()
+            .await
+            .unwrap();
+        assert_url_not_found(r, &format!("{m} {p}")).await;
+    }
+    let (code, _) = sim
+        .json(
+            Method::GET,
+            &format!("{W}/assets/11/scene-summary/status"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+
+    sim.ctl(Method::POST, "/api/index-routes", json!({"enabled": true}))
+        .await;
+    let (code, v) = sim
+        .json(
+            Method::GET,
+            &format!("{W}/assets/11/indexes/110/scene-summaries"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    for bad in [
+        json!({}),
+        json!({"enabled": "no"}),
+        json!({"enabled": false, "x": 1}),
+    ] {
+        let (code, _) = sim
+            .ctl(Method::POST, "/api/index-routes", bad.clone())
+            .await;
+        assert_eq!(code, 400, "{bad}");
+    }
+    assert_eq!(sim.api().await["index_routes"], true);
+    sim.stop().await;
+}
+
+/// One page of `ws`/`1`'s asset listing: (HTTP status, body).
+async fn list(sim: &TestSim, query: &str) -> (u16, Value) {
+    sim.json(Method::GET, &format!("{W}/assets?{query}"), None)
+        .await
+}
+
+/// The `assetId`s of a listing page, as JSON values.
+fn listed(v: &Value) -> Vec<Value> {
+    v["result"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no content: {v}"))
+        .iter()
+        .map(|a| a["assetId"].clone())
+        .collect()
+}
+
+/// The listing pages through a project's distinct assets in a stable order, from page 0 or
+/// page 1 as the scenario says; a page past the end is empty; below the base is the first page.
+#[tokio::test]
+async fn list_assets_pages_from_either_base() {
+    // A second index of asset 10 must not list it twice.
+    let second_index = "[[asset]]\nworkspace = \"ws\"\nproject_id = \"1\"\nasset_id = \"10\"\n\
+                        index_id = \"101\"\nscenes = 2\nfile_name = \"ten b.mov\"\n";
+    for base in [0u64, 1] {
+        let sim = start(&format!(
+            "{SCENARIO}\n{second_index}\n[listing]\npage_base = {base}\n"
+        ))
+        .await;
+        assert_eq!(sim.api().await["listing"]["page_base"], base);
+        let mut all = Vec::new();
+        for page in base..base + 3 {
+            let (code, v) = list(&sim, &format!("pageNum={page}&pageSize=2")).await;
+            assert_eq!(code, 200, "{v}");
+            assert_eq!(v["code"], "0");
+            let r = &v["result"];
+            assert_eq!(
+                (
+                    &r["totalCount"],
+                    &r["totalPage"],
+                    &r["pageNo"],
+                    &r["pageSize"]
+                ),
+                (&json!(5), &json!(3), &json!(page), &json!(2)),
+                "base {base}: {v}"
+            );
+            let first = &r["content"][0];
+            assert_eq!(first["projectId"], 1, "{v}");
+            assert!(first["metaData"].is_object(), "{v}");
+            all.extend(listed(&v));
+        }
+        assert_eq!(
+            all,
+            [json!(10), json!(11), json!(12), json!(13), json!(14)],
+            "base {base}"
+        );
+        // The latest index's file name; the default otherwise.
+        let (_, v) = list(&sim, &format!("pageNum={base}&pageSize=1000")).await;
+        assert_eq!(v["result"]["content"][0]["fileName"], "ten b.mov");
+        assert_eq!(v["result"]["content"][1]["fileName"], "11.mp4");
+        let (code, past) = list(&sim, &format!("pageNum={}&pageSize=2", base + 3)).await;
+        assert_eq!(code, 200);
+        assert_eq!(listed(&past), Vec::<Value>::new(), "{past}");
+        assert_eq!(past["result"]["totalCount"], 5);
+        if base == 1 {
+            let (_, zero) = list(&sim, "pageNum=0&pageSize=2").await;
+            assert_eq!(zero["result"]["pageNo"], 1, "{zero}");
+            assert_eq!(listed(&zero), [json!(10), json!(11)]);
+        }
+        // Unknown projects list empty: the simulator knows no empty projects to tell apart.
+        let (code, none) = sim
+            .json(
+                Method::GET,
+                "/api/v1/workspaces/ws/projects/77/assets?pageNum=0&pageSize=5",
+                None,
+            )
+            .await;
+        assert_eq!(code, 200);
+        assert_eq!(none["result"]["totalCount"], 0);
+        let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+        // Three pages, the big one, the one past the end, the unknown project (+ page 0 at base 1).
+        assert_eq!(
+            stats["by_route_status"]["list_assets 200"],
+            6 + base,
+            "{stats}"
+        );
+        sim.stop().await;
+    }
+    // Left open, the base is drawn from the seed: both turn up.
+    let mut bases = std::collections::BTreeSet::new();
+    for seed in 0..12 {
+        let sim = start(&SCENARIO.replace("seed = 11", &format!("seed = {seed}"))).await;
+        bases.insert(sim.api().await["listing"]["page_base"].as_u64().unwrap());
+        sim.stop().await;
+    }
+    assert_eq!(bases.into_iter().collect::<Vec<_>>(), [0, 1]);
+}
+
+/// Pages hold at most 1,000 assets; bad numbers are the documented 10001; the call is signed,
+/// faulted and counted like every API call.
+#[tokio::test]
+async fn list_assets_page_size_cap_bad_queries_auth_and_faults() {
+    let sim = start(&format!("{SCENARIO}\n[listing]\npage_base = 0\n")).await;
+    let (code, v) = list(&sim, "pageNum=0&pageSize=1000").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["totalPage"], 1);
+    for bad in [
+        "pageNum=0&pageSize=1001",
+        "pageNum=0&pageSize=0",
+        "pageNum=-1&pageSize=10",
+        "pageNum=one&pageSize=10",
+        "pageNum=0&pageSize=99999999999999999999999",
+    ] {
+        assert_service_error(&list(&sim, bad).await, 400, "10001");
+    }
+    // Defaults when the query says nothing: the first page, 20 per page.
+    let (code, v) = sim.json(Method::GET, &format!("{W}/assets"), None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (&v["result"]["pageNo"], &v["result"]["pageSize"]),
+        (&json!(0), &json!(20))
+    );
+    // Signed over the query, like everything else.
+    let path = format!("{W}/assets?pageNum=0&pageSize=5");
+    let r = sim.signed(Method::GET, &format!("{W}/assets"), AK, SK, now_ms());
+    let r = sim
+        .http
+        .get(format!("{}{path}", sim.base))
+        .headers(r.build().unwrap().headers().clone());
+    assert_eq!(r.send().await.unwrap().status().as_u16(), 401);
+    sim.ctl(Method::POST, "/faults/next", json!({"kind": "http_503"}))
+        .await;
+    assert_eq!(list(&sim, "pageNum=0&pageSize=5").await.0, 503);
+    let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+    assert_eq!(stats["by_route_status"]["list_assets 401"], 1, "{stats}");
+    assert_eq!(stats["by_route_status"]["list_assets 503"], 1, "{stats}");
+    assert_eq!(stats["by_route_status"]["list_assets 400"], 5, "{stats}");
+    sim.stop().await;
+
+    let sim = start(&format!("{SCENARIO}\n[api]\nrequests_per_second = 1.0\n")).await;
+    let mut limited = 0;
+    for _ in 0..4 {
+        if list(&sim, "pageNum=1&pageSize=5").await.0 == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 2, "{limited} of 4 limited");
+    sim.stop().await;
+}
+
+/// The quirks for the client's bad-input tests, by scenario key and by control route.
+#[tokio::test]
+async fn list_assets_quirks() {
+    let sim = start(&format!(
+        "{SCENARIO}\n[listing]\npage_base = 1\ninjected_asset_ids = [\"../x\", \"a b\"]\n"
+    ))
+    .await;
+    let (_, v) = list(&sim, "pageNum=1&pageSize=1000").await;
+    assert_eq!(
+        listed(&v),
+        [
+            json!(10),
+            json!(11),
+            json!(12),
+            json!(13),
+            json!(14),
+            json!("../x"),
+            json!("a b")
+        ]
+    );
+    assert_eq!(v["result"]["totalCount"], 7);
+
+    // pages_forever: the same non-empty page every time, and always one more page promised.
+    let (code, l) = sim
+        .ctl(Method::POST, "/listing", json!({"pages_forever": true}))
+        .await;
+    assert_eq!(code, 200, "{l}");
+    assert_eq!(
+        l["injected_asset_ids"],
+        json!(["../x", "a b"]),
+        "other keys stay"
+    );
+    let mut seen_total = 0;
+    for page in [1, 2, 3, 50] {
+        let (_, v) = list(&sim, &format!("pageNum={page}&pageSize=3")).await;
+        assert_eq!(listed(&v), [json!(10), json!(11), json!(12)], "page {page}");
+        let total_page = v["result"]["totalPage"].as_u64().unwrap();
+        assert!(total_page > page && total_page > seen_total, "{v}");
+        seen_total = total_page;
+    }
+
+    // lying_total_count: more promised than there is; the pages past the real end are empty.
+    sim.ctl(
+        Method::POST,
+        "/listing",
+        json!({"pages_forever": false, "lying_total_count": true, "injected_asset_ids": []}),
+    )
+    .await;
+    let (_, v) = list(&sim, "pageNum=1&pageSize=10").await;
+    assert_eq!(listed(&v).len(), 5);
+    let total = v["result"]["totalCount"].as_u64().unwrap();
+    assert!(total > 5, "{v}");
+    assert!(v["result"]["totalPage"].as_u64().unwrap() > 1, "{v}");
+    let (_, v) = list(&sim, "pageNum=2&pageSize=10").await;
+    assert_eq!(listed(&v), Vec::<Value>::new());
+
+    // The base can be moved at run time; bad bodies are refused and change nothing.
+    sim.ctl(Method::POST, "/listing", json!({"page_base": 0}))
+        .await;
+    let (_, v) = list(&sim, "pageNum=0&pageSize=2").await;
+    assert_eq!(listed(&v), [json!(10), json!(11)]);
+    let long = "x".repeat(300);
+    for bad in [
+        json!({"page_base": 2}),
+        json!({"pages_forever": "yes"}),
+        json!({"bogus": true}),
+        json!({"injected_asset_ids": [long]}),
+    ] {
+        let (code, e) = sim.ctl(Method::POST, "/listing", bad.clone()).await;
+        assert_eq!(code, 400, "{bad}: {e}");
+    }
+    let (code, l) = sim.ctl(Method::GET, "/listing", Value::Null).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        l,
+        json!({"page_base": 0, "pages_forever": false, "lying_total_count": true, "injected_asset_ids": []})
+    );
+    for (bad, want) in [
+        ("[listing]\npage_base = 3\n", "page_base"),
+        ("[listing]\nforever = true\n", "forever"),
+    ] {
+        let err = Scenario::from_toml_str(&format!("{SCENARIO}\n{bad}"))
+            .expect_err(bad)
+            .to_string();
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    sim.stop().await;
+}
+
+/// An asset added at run time, in a new project, appears in that project's listing.
+#[tokio::test]
+async fn assets_added_at_run_time_are_listed() {
+    let sim = start(&format!("{SCENARIO}\n[listing]\npage_base = 0\n")).await;
+    let new_project = "/api/v1/workspaces/ws/projects/2/assets?pageNum=0&pageSize=10";
+    let (_, v) = sim.json(Method::GET, new_project, None).await;
+    assert_eq!(listed(&v), Vec::<Value>::new());
+    for (asset, index) in [("70", "700"), ("71", "710")] {
+        let (code, v) = sim
+            .ctl(
+                Method::POST,
+                "/assets",
+                json!({"workspace": "ws", "project_id": "2", "asset_id": asset,
+                       "index_id": index, "scenes": 2}),
+            )
+            .await;
+        assert_eq!(code, 200, "{v}");
+    }
+    let (_, v) = sim.json(Method::GET, new_project, None).await;
+    assert_eq!(listed(&v), [json!(70), json!(71)]);
+    assert_eq!(v["result"]["content"][0]["projectId"], 2);
+    // And one more asset in an existing project goes to its end.
+    sim.ctl(
+        Method::POST,
+        "/assets",
+        json!({"workspace": "ws", "project_id": "1", "asset_id": "abc", "index_id": "900", "scenes": 2}),
+    )
+    .await;
+    let (_, v) = list(&sim, "pageNum=0&pageSize=10").await;
+    assert_eq!(listed(&v).last(), Some(&json!("abc")));
+    sim.stop().await;
+}
+
+/// The asset's entry for one index in `/__sim/state`.
+async fn state_of(sim: &TestSim, asset: &str, index: &str) -> Value {
+    let (_, state) = sim.ctl(Method::GET, "/state", Value::Null).await;
+    state["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["asset_id"] == asset && a["index_id"] == index)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {asset}/{index} in {state}"))
+}
+
+/// `…/index/status` names the asset's latest index; a re-index makes a new latest one, which
+/// the asset-level calls then use, while the old index keeps answering index-level calls.
+#[tokio::test]
+async fn index_status_and_reindex_move_the_latest_index() {
+    let sim = start(SCENARIO).await;
+    let index_status = format!("{W}/assets/11/index/status");
+    let (code, v) = sim.json(Method::GET, &index_status, None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["code"], "0");
+    assert_eq!(v["result"]["status"], "ANALYZE_COMPLETED");
+    assert_eq!(v["result"]["indexId"], 110);
+    assert!(v["result"]["analyzeStatusMessage"].is_string(), "{v}");
+
+    // No body: a new index id (larger than any), the old scene count, no summary yet.
+    let r = sim
+        .http
+        .post(format!("{}/__sim/assets/ws/1/11/reindex", sim.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let new: Value = r.json().await.unwrap();
+    let new_id: u64 = new["index_id"].as_str().unwrap().parse().unwrap();
+    assert!(new_id > 140, "{new}");
+    assert_eq!(new["latest"], true);
+    assert_eq!(new["status"], "BEFORE_SUMMARIZE");
+    assert_eq!(new["scenes"], 5);
+    assert_eq!(state_of(&sim, "11", "110").await["latest"], false);
+
+    let (_, v) = sim.json(Method::GET, &index_status, None).await;
+    assert_eq!(v["result"]["indexId"], new_id);
+    let (_, v) = sim
+        .json(
+            Method::GET,
+            &format!("{W}/assets/11/scene-summary/status"),
+            None,
+        )
+        .await;
+    assert_eq!(v["result"]["indexId"], new_id, "{v}");
+    assert_eq!(v["result"]["status"], "BEFORE_SUMMARIZE");
+    assert_service_error(
+        &sim.json(Method::GET, &format!("{W}/assets/11/scene-summary"), None)
+            .await,
+        404,
+        "10041",
+    );
+    // The old index still answers for itself.
+    let old = format!("{W}/assets/11/indexes/110/scene-summaries");
+    let (code, v) = sim.json(Method::GET, &old, None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["indexId"], 110);
+    let (_, v) = sim
+        .json(Method::GET, &format!("{old}/1100/status"), None)
+        .await;
+    assert_eq!(status_of(&v), "SUMMARIZE_COMPLETED");
+    let (_, v) = sim
+        .json(Method::GET, &format!("{W}/assets/11/indexes"), None)
+        .await;
+    let ids: Vec<&Value> = v["result"]["indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["indexId"])
+        .collect();
+    assert_eq!(ids, [&json!(110), &json!(new_id)]);
+
+    // A body names the id, scenes, summary id and initial state.
+    let (code, v) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/11/reindex",
+            json!({"index_id": 777, "scene_summary_id": "7770", "scenes": 3,
+                   "initial": "SUMMARIZE_COMPLETED"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = sim
+        .json(Method::GET, &format!("{W}/assets/11/scene-summary"), None)
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["indexId"], 777);
+    assert_eq!(v["result"]["sceneSummaries"].as_array().unwrap().len(), 3);
+    let (_, v) = sim.json(Method::GET, &index_status, None).await;
+    assert_eq!(v["result"]["indexId"], 777);
+    let (_, v) = sim
+        .json(
+            Method::GET,
+            &format!("{W}/assets/11/indexes/777/scene-summaries/7770/status"),
+            None,
+        )
+        .await;
+    assert_eq!(status_of(&v), "SUMMARIZE_COMPLETED");
+    // Still one asset in the listing (the first page, whatever the drawn base).
+    let (_, v) = list(&sim, "pageSize=100").await;
+    assert_eq!(
+        listed(&v).iter().filter(|a| **a == json!(11)).count(),
+        1,
+        "{v}"
+    );
+
+    for (path, body, want) in [
+        ("/assets/ws/1/11/reindex", json!({"index_id": "777"}), 409),
+        ("/assets/ws/1/11/reindex", json!({"index_id": "0778"}), 400),
+        ("/assets/ws/1/11/reindex", json!({"index_id": true}), 400),
+        ("/assets/ws/1/11/reindex", json!({"scenes": 0}), 400),
+        ("/assets/ws/1/11/reindex", json!({"initial": "DONE"}), 400),
+        ("/assets/ws/1/11/reindex", json!({"bogus": 1}), 400),
+        ("/assets/ws/1/nope/reindex", json!({}), 404),
+    ] {
+        let (code, e) = sim.ctl(Method::POST, path, body.clone()).await;
+        assert_eq!(code, want, "{path} {body}: {e}");
+    }
+    sim.stop().await;
+}
+
+/// Before analysis completes there is no `indexId`; the control route moves the status.
+#[tokio::test]
+async fn index_status_before_analysis_completes_has_no_index_id() {
+    let analyzing = "[[asset]]\nworkspace = \"ws\"\nproject_id = \"1\"\nasset_id = \"20\"\n\
+                     index_id = \"200\"\nscenes = 2\nanalysis = \"ANALYZING\"\n";
+    let sim = start(&format!("{SCENARIO}\n{analyzing}")).await;
+    let path = format!("{W}/assets/20/index/status");
+    let (code, v) = sim.json(Method::GET, &path, None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["result"],
+        json!({"status": "ANALYZING", "analyzeStatusMessage": "Analyzing."})
+    );
+    assert_eq!(state_of(&sim, "20", "200").await["analysis"], "ANALYZING");
+
+    let (code, v) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/20/analysis",
+            json!({"status": "ANALYZE_COMPLETED", "message": "Done."}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (_, v) = sim.json(Method::GET, &path, None).await;
+    assert_eq!(
+        v["result"],
+        json!({"status": "ANALYZE_COMPLETED", "analyzeStatusMessage": "Done.", "indexId": 200})
+    );
+
+    // A re-analysis under way: the new latest index has no indexId to show yet.
+    let (code, v) = sim
+        .ctl(
+            Method::POST,
+            "/assets/ws/1/20/reindex",
+            json!({"analysis": "WAIT_ANALYZE"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (_, v) = sim.json(Method::GET, &path, None).await;
+    assert_eq!(v["result"]["status"], "WAIT_ANALYZE");
+    assert!(v["result"].get("indexId").is_none(), "{v}");
+
+    for (p, body, want) in [
+        ("/assets/ws/1/20/analysis", json!({"status": "DONE"}), 400),
+        ("/assets/ws/1/20/analysis", json!({}), 400),
+        (
+            "/assets/ws/1/20/analysis",
+            json!({"status": "ANALYZE_FAIL", "x": 1}),
+            400,
+        ),
+        (
+            "/assets/ws/1/nope/analysis",
+            json!({"status": "ANALYZE_FAIL"}),
+            404,
+        ),
+    ] {
+        let (code, e) = sim.ctl(Method::POST, p, body.clone()).await;
+        assert_eq!(code, want, "{p} {body}: {e}");
+    }
+    assert_service_error(
+        &sim.json(Method::GET, &format!("{W}/assets/nope/index/status"), None)
+            .await,
+        404,
+        "10040",
+    );
+    let unsigned = sim
+        .http
+        .get(format!("{}{path}", sim.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
+    let (_, stats) = sim.ctl(Method::GET, "/stats", Value::Null).await;
+    assert_eq!(
+        stats["by_route_status"]["analysis_status 200"], 3,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["by_route_status"]["analysis_status 401"], 1,
+        "{stats}"
+    );
+    let err = Scenario::from_toml_str(&format!(
+        "{SCENARIO}\n{}",
+        analyzing.replace("ANALYZING", "THINKING")
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("THINKING"), "{err}");
     sim.stop().await;
 }
 
@@ -805,6 +1464,116 @@ async fn api_knobs_change_envelopes() {
     sim.stop().await;
 }
 
+/// Left open, the result call's "not completed" answer is drawn per run from the seed: across
+/// seeds every envelope NCP uses, every status and both JSON types of code appear, never the
+/// client's default `10100`, and never the gateway's origin header. Same seed, same answer.
+#[tokio::test]
+async fn not_ready_answers_are_drawn_from_the_seed() {
+    let mut envelopes = std::collections::BTreeSet::new();
+    let mut statuses = std::collections::BTreeSet::new();
+    let (mut numeric, mut textual) = (false, false);
+    for seed in 0..24 {
+        let sim = start(&SCENARIO.replace("seed = 11", &format!("seed = {seed}"))).await;
+        let api = sim.api().await;
+        let want = &api["result_not_ready"];
+        // Other service errors keep the documented top-level shape when nothing is pinned.
+        assert_eq!(api["error_envelope"], "top", "seed {seed}");
+        for path in [
+            format!("{W}/assets/10/indexes/100/scene-summaries"),
+            format!("{W}/assets/10/scene-summary"),
+        ] {
+            let r = sim.call(Method::GET, &path, None).await;
+            assert!(
+                !r.headers().contains_key("x-ncp-apigw-response-origin"),
+                "seed {seed}: a service error, not the gateway's"
+            );
+            let got = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+            sim.assert_not_ready(&got).await;
+            let (code, _) = unwrap_envelope(&got.1, want["envelope"].as_str().unwrap()).unwrap();
+            assert_ne!(code.to_string().trim_matches('"'), "10100", "seed {seed}");
+        }
+        envelopes.insert(want["envelope"].as_str().unwrap().to_owned());
+        statuses.insert(want["status"].as_u64().unwrap());
+        numeric |= want["code"].is_u64();
+        textual |= want["code"].is_string();
+        assert_eq!(
+            want,
+            &sim.ctl(Method::GET, "/state", Value::Null).await.1["api"]["result_not_ready"]
+        );
+        sim.stop().await;
+    }
+    let all: Vec<&str> = vec!["error", "responseError", "returnCode", "top"];
+    assert_eq!(
+        envelopes.iter().map(String::as_str).collect::<Vec<_>>(),
+        all
+    );
+    assert_eq!(statuses.into_iter().collect::<Vec<_>>(), [400, 404, 409]);
+    assert!(numeric && textual, "numeric {numeric}, textual {textual}");
+
+    let a = start(SCENARIO).await;
+    let b = start(SCENARIO).await;
+    assert_eq!(a.api().await, b.api().await);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Each choice can be pinned: a TOML integer code is sent as a JSON number, `error_envelope`
+/// applies to every service error once set, `"random"` says "draw" explicitly.
+#[tokio::test]
+async fn not_ready_choices_can_be_pinned_one_by_one() {
+    let pinned = format!(
+        "{SCENARIO}\n[api]\nresult_not_ready_status = 404\nresult_not_ready_code = 10042\n\
+         result_not_ready_message = \"random\"\nerror_envelope = \"returnCode\"\n"
+    );
+    let sim = start(&pinned).await;
+    let idx = format!("{W}/assets/10/indexes/100/scene-summaries");
+    let (status, v) = sim.json(Method::GET, &idx, None).await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(v["returnCode"], 10042, "{v}");
+    let message = v["returnMessage"].as_str().unwrap();
+    assert!(
+        scenewatch::sim::NOT_READY_MESSAGES.contains(&message),
+        "{message}"
+    );
+    // Every other service error takes the pinned shape too.
+    let (status, v) = sim.json(Method::POST, &idx, None).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        v,
+        json!({"returnCode": "10030", "returnMessage": "Scene summary is already in progress."})
+    );
+    sim.stop().await;
+
+    // The `error` shape: the service's fields in the gateway's wrapper, no errorCode, no origin.
+    let wrapped = format!(
+        "{SCENARIO}\n[api]\nresult_not_ready_status = \"random\"\nresult_not_ready_code = \"SCENE_SUMMARY_NOT_COMPLETED\"\n\
+         error_envelope = \"error\"\n"
+    );
+    let sim = start(&wrapped).await;
+    let r = sim.call(Method::GET, &idx, None).await;
+    assert!(!r.headers().contains_key("x-ncp-apigw-response-origin"));
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    assert!([400, 404, 409].contains(&status), "{status}");
+    assert_eq!(v["error"]["code"], "SCENE_SUMMARY_NOT_COMPLETED", "{v}");
+    assert!(v["error"].get("errorCode").is_none(), "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+    sim.stop().await;
+
+    for (bad, want) in [
+        ("result_not_ready_status = 200", "result_not_ready_status"),
+        ("result_not_ready_code = \"0\"", "result_not_ready_code"),
+        ("result_not_ready_code = 0", "result_not_ready_code"),
+        ("result_not_ready_code = -3", "negative"),
+        ("result_not_ready_status = \"often\"", "often"),
+    ] {
+        let err = Scenario::from_toml_str(&format!("{SCENARIO}\n[api]\n{bad}\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+}
+
 #[tokio::test]
 async fn control_routes_force_and_mark_metadata() {
     let sim = start(SCENARIO).await;
@@ -822,12 +1591,11 @@ async fn control_routes_force_and_mark_metadata() {
         status_of(&sim.json(Method::GET, &st, None).await.1),
         "SUMMARIZE_FAIL"
     );
-    assert_service_error(
+    sim.assert_not_ready(
         &sim.json(Method::GET, &format!("{W}/assets/10/scene-summary"), None)
             .await,
-        400,
-        "10100",
-    );
+    )
+    .await;
     let (code, _) = sim
         .ctl(Method::POST, "/assets/ws/1/10/advance", json!({}))
         .await;
@@ -965,7 +1733,7 @@ async fn a_hundred_thousand_generated_assets_load_and_serve() {
             None,
         )
         .await;
-    assert_service_error(&(code, v), 400, "10100");
+    sim.assert_not_ready(&(code, v)).await;
     sim.stop().await;
 }
 

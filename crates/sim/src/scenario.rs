@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::SimError;
@@ -27,6 +27,9 @@ pub struct Scenario {
     /// Per-kind fault rates, drawn per API request.
     #[serde(default)]
     pub faults: FaultRates,
+    /// The asset listing's [guess] page base and its test quirks.
+    #[serde(default)]
+    pub listing: ListingSpec,
     /// Hand-written assets (`[[asset]]`).
     #[serde(default, rename = "asset")]
     pub assets: Vec<AssetSpec>,
@@ -52,7 +55,9 @@ impl fmt::Debug for CredentialSpec {
     }
 }
 
-/// Where service errors sit in the body; the doc says both shapes exist (§5).
+/// Where service errors sit in the body. The doc names `{"code","message"}` at the top and
+/// inside `responseError` (§5, §6); older NCP APIs use `returnCode` / `returnMessage`, and the
+/// gateway's `error` wrapper may well carry a service error too (§6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum ErrorEnvelope {
     /// `{"code":"…","message":"…"}`
@@ -62,38 +67,182 @@ pub enum ErrorEnvelope {
     /// `{"responseError":{"code":"…","message":"…"}}`
     #[serde(rename = "responseError")]
     ResponseError,
+    /// `{"error":{"code":"…","message":"…"}}`: the service's fields in the gateway's wrapper,
+    /// without `errorCode` and without the `x-ncp-apigw-response-origin` header.
+    #[serde(rename = "error")]
+    Error,
+    /// `{"returnCode":"…","returnMessage":"…"}`
+    #[serde(rename = "returnCode")]
+    ReturnCode,
+}
+
+impl ErrorEnvelope {
+    pub const ALL: [ErrorEnvelope; 4] = [
+        ErrorEnvelope::Top,
+        ErrorEnvelope::ResponseError,
+        ErrorEnvelope::Error,
+        ErrorEnvelope::ReturnCode,
+    ];
+}
+
+/// A [guess] value that a scenario either pins or leaves to the seed. Absent, or the string
+/// `"random"`, means drawn once per simulator run from the scenario seed (`draw.rs`), so that
+/// the default is a value the client was not told about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Choice<T> {
+    #[default]
+    Random,
+    Fixed(T),
+}
+
+impl<T> Choice<T> {
+    /// The pinned value, or `drawn`.
+    pub fn or(self, drawn: T) -> T {
+        match self {
+            Choice::Random => drawn,
+            Choice::Fixed(v) => v,
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Choice<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Through a JSON value so that the same code reads TOML scenarios and JSON bodies.
+        let v = serde_json::Value::deserialize(d)?;
+        if v.as_str() == Some("random") {
+            return Ok(Choice::Random);
+        }
+        serde_json::from_value(v)
+            .map(Choice::Fixed)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A service error code as it goes on the wire: a JSON string, or a JSON number (the doc has
+/// seen numeric codes at the gateway; a service may do the same).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ErrorCode {
+    Text(String),
+    Number(u64),
+}
+
+impl ErrorCode {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ErrorCode::Text(s) => serde_json::Value::from(s.as_str()),
+            ErrorCode::Number(n) => serde_json::Value::from(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ErrorCode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a code: a string (sent as a JSON string) or an integer (a JSON number)",
+                )
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ErrorCode, E> {
+                Ok(ErrorCode::Number(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ErrorCode, E> {
+                u64::try_from(v)
+                    .map(ErrorCode::Number)
+                    .map_err(|_| E::custom(format!("negative code {v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ErrorCode, E> {
+                Ok(ErrorCode::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The configurable [guess] parts of the API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSpec {
-    /// HTTP status of the result endpoint before completion (undocumented).
-    pub result_not_ready_status: u16,
-    /// Service error code of that answer; the client treats it as "pending".
-    pub result_not_ready_code: String,
-    pub result_not_ready_message: String,
-    pub error_envelope: ErrorEnvelope,
+    /// HTTP status of the result endpoint before completion (undocumented): drawn from
+    /// 400 / 404 / 409 unless pinned.
+    pub result_not_ready_status: Choice<u16>,
+    /// Service error code of that answer (undocumented): drawn unless pinned. A TOML string is
+    /// sent as a JSON string, a TOML integer as a JSON number.
+    pub result_not_ready_code: Choice<ErrorCode>,
+    pub result_not_ready_message: Choice<String>,
+    /// Absent: every service error is `top` except the not-ready answer, whose envelope is
+    /// drawn. Set (a shape or `"random"`): every service error uses it, the not-ready answer
+    /// included.
+    pub error_envelope: Option<Choice<ErrorEnvelope>>,
     /// The doc has seen gateway `errorCode` as a number sometimes.
     pub gateway_error_code_as_number: bool,
     /// `sceneSummaryId` in the request answer as a JSON number when it is all digits.
     pub scene_summary_id_as_number: bool,
     /// Gateway quota; above it requests get 429 errorCode 420. None: unlimited.
     pub requests_per_second: Option<f64>,
+    /// false: every index-level path (deprecated, removal announced) answers the gateway's
+    /// unknown-path 404, as after the removal. Also `POST /__sim/api/index-routes`.
+    pub index_routes: bool,
 }
 
 impl Default for ApiSpec {
     fn default() -> Self {
         Self {
-            result_not_ready_status: 400,
-            result_not_ready_code: "10100".into(),
-            result_not_ready_message: "Scene summary is not completed.".into(),
-            error_envelope: ErrorEnvelope::Top,
+            result_not_ready_status: Choice::Random,
+            result_not_ready_code: Choice::Random,
+            result_not_ready_message: Choice::Random,
+            error_envelope: None,
             gateway_error_code_as_number: false,
             scene_summary_id_as_number: true,
             requests_per_second: None,
+            index_routes: true,
         }
     }
+}
+
+/// `[listing]`: the list-assets call's undocumented page base and quirks for the client's
+/// bad-input tests (also set at run time by `POST /__sim/listing`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListingSpec {
+    /// The number of the first page, 0 or 1 (undocumented): drawn unless pinned.
+    pub page_base: Choice<u64>,
+    /// Every page answers the first page's content, and `totalPage` always promises more.
+    pub pages_forever: bool,
+    /// `totalCount` / `totalPage` claim more assets than exist (the pages past the real end are
+    /// empty).
+    pub lying_total_count: bool,
+    /// Asset ids listed in every project's listing after the real ones, backed by nothing;
+    /// they may be anything, e.g. unsafe ones such as `"../x"` or `"a b"`.
+    pub injected_asset_ids: Vec<String>,
+}
+
+/// Bounds on injected listing entries, so a scenario or control body cannot eat memory.
+pub const MAX_INJECTED_IDS: usize = 100;
+pub const MAX_INJECTED_ID_BYTES: usize = 256;
+
+/// Checks a page base and injected ids (scenario and control route alike).
+pub fn check_listing(page_base: Option<u64>, injected: &[String]) -> Result<(), String> {
+    if let Some(b) = page_base
+        && b > 1
+    {
+        return Err(format!("listing.page_base = {b} is neither 0 nor 1"));
+    }
+    if injected.len() > MAX_INJECTED_IDS {
+        return Err(format!(
+            "listing.injected_asset_ids has {} ids, more than {MAX_INJECTED_IDS}",
+            injected.len()
+        ));
+    }
+    if injected.iter().any(|i| i.len() > MAX_INJECTED_ID_BYTES) {
+        return Err(format!(
+            "listing.injected_asset_ids: an id is longer than {MAX_INJECTED_ID_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 /// Per-kind fault probabilities (each 0.0..=1.0, summing to at most 1) and their knobs.
@@ -220,6 +369,48 @@ pub enum Outcome {
     Failed,
 }
 
+/// The index (analysis) statuses of §6 and §7, spelled as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AnalysisStatus {
+    BeforeAnalyze,
+    WaitAnalyze,
+    Analyzing,
+    #[default]
+    AnalyzeCompleted,
+    AnalyzeFail,
+    AnalyzeCancel,
+}
+
+impl AnalysisStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnalysisStatus::BeforeAnalyze => "BEFORE_ANALYZE",
+            AnalysisStatus::WaitAnalyze => "WAIT_ANALYZE",
+            AnalysisStatus::Analyzing => "ANALYZING",
+            AnalysisStatus::AnalyzeCompleted => "ANALYZE_COMPLETED",
+            AnalysisStatus::AnalyzeFail => "ANALYZE_FAIL",
+            AnalysisStatus::AnalyzeCancel => "ANALYZE_CANCEL",
+        }
+    }
+
+    /// `analyzeStatusMessage` when the scenario gives none (the real texts are not documented).
+    pub fn default_message(self) -> &'static str {
+        match self {
+            AnalysisStatus::BeforeAnalyze => "Analysis has not been requested.",
+            AnalysisStatus::WaitAnalyze => "Waiting for analysis.",
+            AnalysisStatus::Analyzing => "Analyzing.",
+            AnalysisStatus::AnalyzeCompleted => "Analysis completed.",
+            AnalysisStatus::AnalyzeFail => "Analysis failed.",
+            AnalysisStatus::AnalyzeCancel => "Analysis canceled.",
+        }
+    }
+}
+
+/// Bound on texts echoed in answers: `file_name`, analysis messages, the not-ready code and
+/// message.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
 /// One `[[asset]]`: an asset and one of its indexes (repeat the asset for more indexes; the
 /// asset-level API uses the last one declared, its "latest").
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +443,13 @@ pub struct AssetSpec {
     /// Scenes whose labels or script changed after their summary.
     #[serde(default)]
     pub metadata_changed_scenes: Vec<u32>,
+    /// The index (analysis) status of this index, served by `…/index/status` while it is the
+    /// asset's latest.
+    #[serde(default)]
+    pub analysis: AnalysisStatus,
+    /// `fileName` in the asset listing (default `{asset_id}.mp4`); any text, unsafe ones too.
+    #[serde(default)]
+    pub file_name: Option<String>,
 }
 
 fn default_queue() -> DurationRange {
@@ -537,6 +735,13 @@ impl AssetSpec {
             }
         }
         in_range("metadata_changed_scenes", &self.metadata_changed_scenes)?;
+        if self
+            .file_name
+            .as_ref()
+            .is_some_and(|f| f.len() > MAX_TEXT_BYTES)
+        {
+            return Err(format!("file_name is longer than {MAX_TEXT_BYTES} bytes"));
+        }
         Ok(())
     }
 }
@@ -575,15 +780,39 @@ impl Scenario {
             }
         }
         let api = &self.api;
-        if !(400..=599).contains(&api.result_not_ready_status) {
+        if let Choice::Fixed(status) = api.result_not_ready_status
+            && !(400..=599).contains(&status)
+        {
             return bad(format!(
-                "api.result_not_ready_status = {} is not a 4xx or 5xx status",
-                api.result_not_ready_status
+                "api.result_not_ready_status = {status} is not a 4xx or 5xx status"
             ));
         }
-        if api.result_not_ready_code.is_empty() || api.result_not_ready_code == "0" {
-            return bad("api.result_not_ready_code must be a non-zero code".into());
+        match &api.result_not_ready_code {
+            Choice::Fixed(ErrorCode::Text(c)) if c.is_empty() || c == "0" => {
+                return bad("api.result_not_ready_code must be a non-zero code".into());
+            }
+            Choice::Fixed(ErrorCode::Number(0)) => {
+                return bad("api.result_not_ready_code must be a non-zero code".into());
+            }
+            Choice::Fixed(ErrorCode::Text(c)) if c.len() > MAX_TEXT_BYTES => {
+                return bad(format!(
+                    "api.result_not_ready_code is longer than {MAX_TEXT_BYTES} bytes"
+                ));
+            }
+            _ => {}
         }
+        if let Choice::Fixed(m) = &api.result_not_ready_message
+            && m.len() > MAX_TEXT_BYTES
+        {
+            return bad(format!(
+                "api.result_not_ready_message is longer than {MAX_TEXT_BYTES} bytes"
+            ));
+        }
+        let base = match self.listing.page_base {
+            Choice::Fixed(b) => Some(b),
+            Choice::Random => None,
+        };
+        check_listing(base, &self.listing.injected_asset_ids).map_err(SimError::Invalid)?;
         if let Some(rps) = api.requests_per_second
             && !(rps.is_finite() && rps > 0.0)
         {
@@ -660,6 +889,8 @@ impl Scenario {
                     outcome,
                     rerun_scene_ids: None,
                     metadata_changed_scenes: Vec::new(),
+                    analysis: AnalysisStatus::AnalyzeCompleted,
+                    file_name: None,
                 }
             })
         });

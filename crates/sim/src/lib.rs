@@ -1,15 +1,21 @@
 //! The Media Intelligence simulator (`scenewatch simulate`, the demo's backend, the tests' double),
-//! written from `shared/docs/ncp-media-intelligence-api.md` and sharing no code with `crate::ncp`,
-//! so that it can catch the client's mistakes. See `docs/simulator.md`.
+//! written from `shared/docs/ncp-media-intelligence-api.md` and sharing no code with the client
+//! (`scenewatch::ncp`), so that it can catch the client's mistakes. It is a crate of its own, with
+//! no dependency on `scenewatch`, so the compiler enforces that. `scenewatch` re-exports it as
+//! `scenewatch::sim`. See `docs/simulator.md`.
 //!
-//! Layout: `scenario` (the TOML file), `state` (the status machine), `auth` (signature v2),
-//! `api` (the documented routes), `faults`, `control` (`/__sim/` test routes), `server` (shared
-//! state and router), `text` / `rng` / `clock` (pure helpers).
+//! Layout: `scenario` (the TOML file), `draw` (the per-run draws of the [guess] answers),
+//! `state` (the status machine, the assets and their indexes), `auth` (signature v2), `api` (the
+//! documented routes), `discovery` (asset listing, index status, index list), `faults`,
+//! `control` (`/__sim/` test routes), `server` (shared state and router), `text` / `rng` /
+//! `clock` (pure helpers).
 
 mod api;
 mod auth;
 mod clock;
 mod control;
+mod discovery;
+mod draw;
 mod faults;
 mod rng;
 mod scenario;
@@ -17,18 +23,20 @@ mod server;
 mod state;
 mod text;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use draw::{NOT_READY_CODES, NOT_READY_MESSAGES, NOT_READY_STATUSES};
 pub use faults::FaultKind;
 pub use scenario::{
-    ApiSpec, AssetSpec, CountRange, CredentialSpec, DurationRange, ErrorEnvelope, FaultRates,
-    GenerateSpec, HumanDuration, Outcome, Scenario, Status,
+    AnalysisStatus, ApiSpec, AssetSpec, Choice, CountRange, CredentialSpec, DurationRange,
+    ErrorCode, ErrorEnvelope, FaultRates, GenerateSpec, HumanDuration, ListingSpec, Outcome,
+    Scenario, Status,
 };
 
 /// Simulator failures: bad scenarios and unusable listeners.
@@ -48,13 +56,18 @@ pub enum SimError {
     InFile { path: PathBuf, message: String },
     #[error("cannot use the listener: {0}")]
     Listener(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The demo scenario, `config/simulator/demo.toml`, compiled in.
 pub fn demo_scenario() -> Scenario {
     // The file ships with the binary and a test parses it, so failure here is a build bug.
     #[allow(clippy::expect_used, reason = "compiled-in file, parsed by a test")]
-    Scenario::from_toml_str(include_str!("../../config/simulator/demo.toml"))
+    Scenario::from_toml_str(include_str!("../../../config/simulator/demo.toml"))
         .expect("config/simulator/demo.toml is a valid scenario")
 }
 
@@ -100,8 +113,13 @@ pub async fn spawn(
 }
 
 /// `scenewatch simulate`: binds, logs the address and the accepted access keys (never secrets),
-/// serves until ctrl-c or SIGTERM.
-pub async fn run_cli(listen: SocketAddr, scenario: Option<PathBuf>) -> anyhow::Result<()> {
+/// serves until `stop` resolves (the binary passes its ctrl-c / SIGTERM future, so signal
+/// handling stays in one place, `scenewatch::signals`).
+pub async fn run_cli(
+    listen: SocketAddr,
+    scenario: Option<PathBuf>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), SimError> {
     let scenario = match scenario {
         Some(path) => Scenario::load(&path)?,
         None => demo_scenario(),
@@ -113,12 +131,15 @@ pub async fn run_cli(listen: SocketAddr, scenario: Option<PathBuf>) -> anyhow::R
         .collect();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .map_err(|source| SimError::Bind {
+            addr: listen,
+            source,
+        })?;
     let shutdown = CancellationToken::new();
     let handle = spawn(scenario, listener, shutdown.clone()).await?;
     tracing::info!(addr = %handle.addr, "Simulator listening on {}.", handle.base_url());
     tracing::info!(access_keys = ?access_keys, "Accepting these access keys.");
-    crate::signals::terminate().await;
+    stop.await;
     tracing::info!("Shutting down the simulator.");
     shutdown.cancel();
     handle.join().await;

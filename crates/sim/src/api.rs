@@ -1,5 +1,6 @@
-//! The Media Intelligence API as the simulator serves it: path shapes of both generations (§1),
-//! the gateway layer (auth, quota, faults) and the service answers with their envelopes.
+//! The Media Intelligence API as the simulator serves it: path shapes of both generations (§1)
+//! and of the discovery calls (§6), the gateway layer (removed routes, auth, quota, faults) and
+//! the service answers with their envelopes.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 
 use super::auth;
 use super::clock::kst_string;
+use super::discovery;
 use super::faults::{self, FaultKind};
 use super::scenario::ErrorEnvelope;
 use super::server::Sim;
@@ -21,6 +23,8 @@ use super::text;
 /// Request bodies above this get the gateway's 413 / errorCode 430.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
+/// Which API generation a route belongs to: `Index` routes are the deprecated ones that
+/// `index_routes = false` removes; `Asset` is everything current (discovery included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Generation {
     Index,
@@ -33,22 +37,29 @@ enum Op {
     Status,
     Result,
     Cancel,
+    /// `GET …/projects/{p}/assets` (§6).
+    ListAssets,
+    /// `GET …/assets/{a}/index/status` (§6).
+    AnalysisStatus,
+    /// `GET …/assets/{a}/indexes` (§7, deprecated).
+    IndexList,
 }
 
-/// A request matched to one of the eight documented operations.
+/// A request matched to one of the documented operations.
 #[derive(Debug)]
 struct Route<'a> {
     generation: Generation,
     op: Op,
     workspace: &'a str,
     project_id: &'a str,
+    /// Empty for the project-level listing.
     asset_id: &'a str,
     index_id: Option<&'a str>,
     summary_id: Option<&'a str>,
 }
 
 impl<'a> Route<'a> {
-    /// Matches method and path exactly as in the doc's table; anything else is the gateway's
+    /// Matches method and path exactly as in the doc's tables; anything else is the gateway's
     /// 404 (a wrong method on a known path included: the gateway routes on both).
     fn parse(method: &Method, path: &'a str) -> Option<Self> {
         let segs: Vec<&str> = path.split('/').collect();
@@ -61,16 +72,29 @@ impl<'a> Route<'a> {
             "projects",
             proj,
             "assets",
-            asset,
             rest @ ..,
         ] = segs.as_slice()
         else {
             return None;
         };
-        if ws.is_empty() || proj.is_empty() || asset.is_empty() {
+        if ws.is_empty() || proj.is_empty() {
             return None;
         }
         let m = |want: Method| *method == want;
+        let [asset, rest @ ..] = rest else {
+            return m(Method::GET).then_some(Self {
+                generation: Generation::Asset,
+                op: Op::ListAssets,
+                workspace: ws,
+                project_id: proj,
+                asset_id: "",
+                index_id: None,
+                summary_id: None,
+            });
+        };
+        if asset.is_empty() {
+            return None;
+        }
         let (generation, op, index_id, summary_id) = match rest {
             ["indexes", i, "scene-summaries"] if m(Method::POST) => {
                 (Generation::Index, Op::Request, Some(*i), None)
@@ -84,6 +108,7 @@ impl<'a> Route<'a> {
             ["indexes", i, "scene-summaries", s] if m(Method::DELETE) => {
                 (Generation::Index, Op::Cancel, Some(*i), Some(*s))
             }
+            ["indexes"] if m(Method::GET) => (Generation::Index, Op::IndexList, None, None),
             ["scene-summary"] if m(Method::POST) => (Generation::Asset, Op::Request, None, None),
             ["scene-summary"] if m(Method::GET) => (Generation::Asset, Op::Result, None, None),
             ["scene-summary", "status"] if m(Method::GET) => {
@@ -91,6 +116,9 @@ impl<'a> Route<'a> {
             }
             ["scene-summary", "cancel"] if m(Method::POST) => {
                 (Generation::Asset, Op::Cancel, None, None)
+            }
+            ["index", "status"] if m(Method::GET) => {
+                (Generation::Asset, Op::AnalysisStatus, None, None)
             }
             _ => return None,
         };
@@ -115,10 +143,13 @@ impl<'a> Route<'a> {
             (Generation::Index, Op::Status) => "index_status",
             (Generation::Index, Op::Result) => "index_result",
             (Generation::Index, Op::Cancel) => "index_cancel",
+            (_, Op::IndexList) => "index_list",
             (Generation::Asset, Op::Request) => "asset_request",
             (Generation::Asset, Op::Status) => "asset_status",
             (Generation::Asset, Op::Result) => "asset_result",
             (Generation::Asset, Op::Cancel) => "asset_cancel",
+            (_, Op::ListAssets) => "list_assets",
+            (_, Op::AnalysisStatus) => "analysis_status",
         }
     }
 }
@@ -155,14 +186,39 @@ fn success<T: Serialize>(result: T) -> Answer {
     }
 }
 
-fn service_error(sim: &Sim, status: StatusCode, code: &str, message: &str) -> Answer {
+/// A service error body in one of the envelopes NCP uses (§5, §6).
+fn error_body(
+    envelope: ErrorEnvelope,
+    code: serde_json::Value,
+    message: &str,
+) -> serde_json::Value {
     let inner = serde_json::json!({ "code": code, "message": message });
-    let body = match sim.api.error_envelope {
+    match envelope {
         ErrorEnvelope::Top => inner,
         ErrorEnvelope::ResponseError => serde_json::json!({ "responseError": inner }),
-    };
+        // The gateway's wrapper with the service's fields: no errorCode, no details.
+        ErrorEnvelope::Error => serde_json::json!({ "error": inner }),
+        ErrorEnvelope::ReturnCode => {
+            serde_json::json!({ "returnCode": code, "returnMessage": message })
+        }
+    }
+}
+
+/// A service error in the run's envelope for every error but "not completed".
+fn service_error(sim: &Sim, status: StatusCode, code: &str, message: &str) -> Answer {
+    let body = error_body(sim.drawn.error_envelope, code.into(), message);
     Answer {
         status,
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// The result call before completion, as drawn (or pinned) for this run.
+fn not_ready(sim: &Sim) -> Answer {
+    let n = &sim.drawn.result_not_ready;
+    let body = error_body(n.envelope, n.code.to_json(), &n.message);
+    Answer {
+        status: StatusCode::from_u16(n.status).unwrap_or(StatusCode::BAD_REQUEST),
         body: body.to_string().into_bytes(),
     }
 }
@@ -191,12 +247,7 @@ fn refusal(sim: &Sim, r: Refusal, generation: Generation) -> Answer {
             "10041",
             "Scene summary does not exist.",
         ),
-        Refusal::NotReady | Refusal::NeverSummarized => service_error(
-            sim,
-            StatusCode::from_u16(sim.api.result_not_ready_status).unwrap_or(bad),
-            &sim.api.result_not_ready_code,
-            &sim.api.result_not_ready_message,
-        ),
+        Refusal::NotReady | Refusal::NeverSummarized => not_ready(sim),
         Refusal::BadSceneIds(_) => invalid(sim),
     }
 }
@@ -255,17 +306,26 @@ pub async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let Some(route) = Route::parse(&parts.method, parts.uri.path()) else {
-        sim.lock().stats.record("unknown", 404, None);
-        return gateway_error(
+    let url_not_found = || {
+        gateway_error(
             &sim,
             StatusCode::NOT_FOUND,
             "300",
             "Not Found Exception",
             "URL not found.",
-        );
+        )
+    };
+    let Some(route) = Route::parse(&parts.method, parts.uri.path()) else {
+        sim.lock().stats.record("unknown", 404, None);
+        return url_not_found();
     };
     let kind = route.kind();
+    // Removed routes answer like unknown paths, before auth, as the gateway would once the
+    // deprecated generation is gone; counted under their own kind so tests see who still calls.
+    if route.generation == Generation::Index && !sim.index_routes() {
+        sim.lock().stats.record(kind, 404, Some("removed"));
+        return url_not_found();
+    }
     if let Err(failure) = auth::verify(
         &parts.headers,
         parts.method.as_str(),
@@ -328,7 +388,7 @@ pub async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         return resp;
     }
 
-    let answer = serve(&sim, &route, &body);
+    let answer = serve(&sim, &route, parts.uri.query(), &body);
     let status = if fault == FaultKind::Oversized {
         StatusCode::OK
     } else {
@@ -391,8 +451,64 @@ fn parse_request_body(body: &[u8]) -> Result<Option<Vec<u32>>, ()> {
     Ok(ids)
 }
 
+/// The discovery calls (§6, §7), rendered under the lock: a page is at most 1,000 entries.
+fn discover(sim: &Sim, route: &Route<'_>, query: Option<&str>) -> Answer {
+    let mut inner = sim.lock();
+    let inner = &mut *inner;
+    match route.op {
+        Op::ListAssets => match discovery::parse_page_query(query, inner.listing.page_base) {
+            Some((page, size)) => success(discovery::list_assets(
+                &inner.store,
+                &inner.listing,
+                route.workspace,
+                route.project_id,
+                page,
+                size,
+            )),
+            None => invalid(sim),
+        },
+        Op::AnalysisStatus => {
+            let Some(i) = inner
+                .store
+                .latest(route.workspace, route.project_id, route.asset_id)
+            else {
+                return not_found(sim);
+            };
+            if let Some(a) = inner.store.assets.get_mut(i) {
+                a.served += 1;
+            }
+            match discovery::analysis_status(&inner.store, i) {
+                Some(v) => success(v),
+                None => not_found(sim),
+            }
+        }
+        _ => {
+            let store = &inner.store;
+            if store
+                .indexes_of(route.workspace, route.project_id, route.asset_id)
+                .is_empty()
+            {
+                return not_found(sim);
+            }
+            success(discovery::index_list(
+                store,
+                &sim.clock,
+                route.workspace,
+                route.project_id,
+                route.asset_id,
+            ))
+        }
+    }
+}
+
 /// The service proper. Holds the lock only for the state change; results render after.
-fn serve(sim: &Sim, route: &Route<'_>, body: &[u8]) -> Answer {
+fn serve(sim: &Sim, route: &Route<'_>, query: Option<&str>, body: &[u8]) -> Answer {
+    if matches!(
+        route.op,
+        Op::ListAssets | Op::AnalysisStatus | Op::IndexList
+    ) {
+        return discover(sim, route, query);
+    }
     let requested = if route.op == Op::Request {
         match parse_request_body(body) {
             Ok(ids) => Some(ids),
@@ -465,6 +581,8 @@ fn serve(sim: &Sim, route: &Route<'_>, body: &[u8]) -> Answer {
                 Ok(s) => s,
                 Err(r) => return refusal(sim, r, route.generation),
             },
+            // Served by `discover` above.
+            Op::ListAssets | Op::AnalysisStatus | Op::IndexList => return not_found(sim),
         }
     };
     success(render_result(&snapshot))
@@ -564,6 +682,8 @@ mod tests {
             (Method::GET, "/scene-summary", "asset_result"),
             (Method::GET, "/scene-summary/status", "asset_status"),
             (Method::POST, "/scene-summary/cancel", "asset_cancel"),
+            (Method::GET, "/index/status", "analysis_status"),
+            (Method::GET, "/indexes", "index_list"),
         ];
         for (m, p, kind) in ok {
             let path = format!("{base}{p}");
@@ -578,9 +698,20 @@ mod tests {
             (Method::GET, "/scene-summary/"),
             (Method::GET, "/indexes//scene-summaries"),
             (Method::GET, "/scene-summaries"),
+            (Method::POST, "/indexes"),
+            (Method::GET, "/index"),
+            (Method::GET, "/index/status/"),
         ] {
             assert!(Route::parse(&m, &format!("{base}{p}")).is_none(), "{p}");
         }
+        let list = "/api/v1/workspaces/w/projects/1/assets";
+        assert_eq!(
+            Route::parse(&Method::GET, list).map(|r| r.kind()),
+            Some("list_assets")
+        );
+        assert!(Route::parse(&Method::POST, list).is_none());
+        assert!(Route::parse(&Method::GET, &format!("{list}/")).is_none());
+        assert!(Route::parse(&Method::GET, "/api/v1/workspaces/w/projects//assets").is_none());
     }
 
     #[test]

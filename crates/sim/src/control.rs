@@ -1,5 +1,6 @@
-//! Test-only control routes under `/__sim/` (a prefix the real API never uses): inspect state and
-//! counters, move assets through the state machine now, queue faults. No signature needed.
+//! Test-only control routes under `/__sim/` (a prefix the real API never uses): inspect state,
+//! counters and the run's [guess] answers, move assets through the state machine now, re-index
+//! them, remove the index-level routes, set listing quirks, queue faults. No signature needed.
 
 use std::sync::Arc;
 
@@ -15,17 +16,31 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::faults::{FaultKind, MAX_QUEUED};
-use super::scenario::{AssetSpec, FaultRates, Status};
+use super::scenario::{
+    AnalysisStatus, AssetSpec, FaultRates, MAX_TEXT_BYTES, Status, check_listing,
+};
 use super::server::Sim;
+use super::state::{Reindex, ReindexError};
 
 type S = State<Arc<Sim>>;
 
 pub fn router() -> Router<Arc<Sim>> {
     Router::new()
         .route("/state", get(state))
+        .route("/api", get(api))
+        .route("/api/index-routes", post(index_routes))
+        .route("/listing", get(listing_get).post(listing_post))
         .route("/stats", get(stats))
         .route("/stats/reset", post(stats_reset))
         .route("/assets", post(add_asset))
+        .route(
+            "/assets/{workspace}/{project_id}/{asset_id}/reindex",
+            post(reindex),
+        )
+        .route(
+            "/assets/{workspace}/{project_id}/{asset_id}/analysis",
+            post(analysis),
+        )
         .route(
             "/assets/{workspace}/{project_id}/{asset_id}/advance",
             post(advance),
@@ -61,6 +76,16 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
+/// Like `body`, but an empty body (or JSON `null`) means `{}`: for routes whose every field is
+/// optional.
+fn optional_body<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Failure> {
+    if bytes.trim_ascii().is_empty() || bytes.trim_ascii() == b"null" {
+        Ok(T::default())
+    } else {
+        body(bytes)
+    }
+}
+
 #[derive(Deserialize)]
 struct AssetPath {
     workspace: String,
@@ -88,30 +113,184 @@ fn with_asset(
             .find(&p.workspace, &p.project_id, &p.asset_id, i),
         None => inner.store.latest(&p.workspace, &p.project_id, &p.asset_id),
     };
+    let latest = found.is_some_and(|i| inner.store.is_latest(i));
     let Some(asset) = found.and_then(|i| inner.store.assets.get_mut(i)) else {
         return err(StatusCode::NOT_FOUND, "no such asset or index".into());
     };
     let now = Instant::now();
     asset.settle(now, &sim.clock);
     match f(asset, now) {
-        Ok(()) => ok(asset.to_json(&sim.clock)),
+        Ok(()) => ok(asset.to_json(&sim.clock, latest)),
         Err((status, message)) => err(status, message),
     }
 }
 
 async fn state(State(sim): S) -> Response {
+    let api = sim.api_json();
     let mut inner = sim.lock();
     let now = Instant::now();
-    let assets: Vec<Value> = inner
-        .store
-        .assets
-        .iter_mut()
-        .map(|a| {
-            a.settle(now, &sim.clock);
-            a.to_json(&sim.clock)
+    let store = &mut inner.store;
+    for a in &mut store.assets {
+        a.settle(now, &sim.clock);
+    }
+    let assets: Vec<Value> = (0..store.assets.len())
+        .filter_map(|i| {
+            let latest = store.is_latest(i);
+            store.assets.get(i).map(|a| a.to_json(&sim.clock, latest))
         })
         .collect();
-    ok(json!({ "assets": assets, "clock_skew_ms": sim.clock.skew_ms() }))
+    ok(json!({ "assets": assets, "clock_skew_ms": sim.clock.skew_ms(), "api": api }))
+}
+
+async fn api(State(sim): S) -> Response {
+    ok(sim.api_json())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexRoutesBody {
+    enabled: bool,
+}
+
+async fn index_routes(State(sim): S, bytes: Bytes) -> Response {
+    let b: IndexRoutesBody = match body(&bytes) {
+        Ok(b) => b,
+        Err((status, message)) => return err(status, message),
+    };
+    sim.index_routes
+        .store(b.enabled, std::sync::atomic::Ordering::Relaxed);
+    ok(json!({ "index_routes": b.enabled }))
+}
+
+async fn listing_get(State(sim): S) -> Response {
+    let listing = sim.lock().listing.clone();
+    ok(serde_json::to_value(listing).unwrap_or(Value::Null))
+}
+
+/// Changes only the keys given (unlike `faults/rates`): a test flips one quirk at a time.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListingBody {
+    page_base: Option<u64>,
+    pages_forever: Option<bool>,
+    lying_total_count: Option<bool>,
+    injected_asset_ids: Option<Vec<String>>,
+}
+
+async fn listing_post(State(sim): S, bytes: Bytes) -> Response {
+    let b: ListingBody = match body(&bytes) {
+        Ok(b) => b,
+        Err((status, message)) => return err(status, message),
+    };
+    let injected = b.injected_asset_ids.as_deref().unwrap_or_default();
+    if let Err(m) = check_listing(b.page_base, injected) {
+        return err(StatusCode::BAD_REQUEST, m);
+    }
+    let mut inner = sim.lock();
+    let l = &mut inner.listing;
+    if let Some(v) = b.page_base {
+        l.page_base = v;
+    }
+    if let Some(v) = b.pages_forever {
+        l.pages_forever = v;
+    }
+    if let Some(v) = b.lying_total_count {
+        l.lying_total_count = v;
+    }
+    if let Some(v) = b.injected_asset_ids {
+        l.injected_asset_ids = v;
+    }
+    ok(serde_json::to_value(&*l).unwrap_or(Value::Null))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReindexBody {
+    #[serde(default)]
+    index_id: Option<Value>,
+    #[serde(default)]
+    scene_summary_id: Option<Value>,
+    scenes: Option<u32>,
+    initial: Option<Status>,
+    analysis: Option<AnalysisStatus>,
+}
+
+/// Ids may be strings or integers, as in scenario files.
+fn id_of(v: Option<Value>, what: &str) -> Result<Option<String>, Failure> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) if n.is_u64() => Ok(Some(n.to_string())),
+        Some(_) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be a string or a non-negative integer"),
+        )),
+    }
+}
+
+async fn reindex(State(sim): S, Path(p): Path<AssetPath>, bytes: Bytes) -> Response {
+    let parsed = optional_body::<ReindexBody>(&bytes).and_then(|b| {
+        Ok(Reindex {
+            index_id: id_of(b.index_id, "index_id")?,
+            scene_summary_id: id_of(b.scene_summary_id, "scene_summary_id")?,
+            scenes: b.scenes,
+            initial: b.initial,
+            analysis: b.analysis,
+        })
+    });
+    let r = match parsed {
+        Ok(r) => r,
+        Err((status, message)) => return err(status, message),
+    };
+    let mut inner = sim.lock();
+    let store = &mut inner.store;
+    let added = store.reindex(
+        (&p.workspace, &p.project_id, &p.asset_id),
+        r,
+        sim.seed,
+        Instant::now(),
+        &sim.clock,
+    );
+    match added {
+        Ok(i) => match store.assets.get(i) {
+            Some(a) => ok(a.to_json(&sim.clock, true)),
+            None => err(StatusCode::INTERNAL_SERVER_ERROR, "index vanished".into()),
+        },
+        Err(ReindexError::NoSuchAsset) => err(StatusCode::NOT_FOUND, "no such asset".into()),
+        Err(ReindexError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
+        Err(ReindexError::Exists(m)) => err(StatusCode::CONFLICT, m),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalysisBody {
+    status: AnalysisStatus,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+async fn analysis(
+    State(sim): S,
+    Path(p): Path<AssetPath>,
+    Query(q): Query<IndexQuery>,
+    bytes: Bytes,
+) -> Response {
+    let b: AnalysisBody = match body(&bytes) {
+        Ok(b) => b,
+        Err((status, message)) => return err(status, message),
+    };
+    if b.message.as_ref().is_some_and(|m| m.len() > MAX_TEXT_BYTES) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("message is longer than {MAX_TEXT_BYTES} bytes"),
+        );
+    }
+    with_asset(&sim, &p, &q, |a, _| {
+        a.analysis = b.status;
+        a.analysis_message = b.message;
+        Ok(())
+    })
 }
 
 async fn stats(State(sim): S) -> Response {
@@ -135,7 +314,7 @@ async fn add_asset(State(sim): S, bytes: Bytes) -> Response {
     let mut inner = sim.lock();
     match inner.store.add(&spec, sim.seed, Instant::now(), &sim.clock) {
         Ok(i) => match inner.store.assets.get(i) {
-            Some(a) => ok(a.to_json(&sim.clock)),
+            Some(a) => ok(a.to_json(&sim.clock, inner.store.is_latest(i))),
             None => err(StatusCode::INTERNAL_SERVER_ERROR, "asset vanished".into()),
         },
         Err(m) => err(StatusCode::CONFLICT, m),

@@ -8,11 +8,15 @@ use tokio::time::Instant;
 
 use super::clock::Clock;
 use super::rng::{SplitMix64, hash_str, mix};
-use super::scenario::{AssetSpec, DurationRange, Outcome, Status, parse_index_id};
+use super::scenario::{AnalysisStatus, AssetSpec, DurationRange, Outcome, Status, parse_index_id};
 
 /// A full run done before the simulator started (for `rerun_scene_ids` and initial
 /// SUMMARIZE_COMPLETED) is dated an hour before start (times are ms relative to start).
 const EARLIER_RUN_MS: i64 = -3_600_000;
+
+/// An index is dated (`createdTime` in the index list) two hours before it was added, so it
+/// precedes any earlier run.
+const CREATED_BEFORE_MS: i64 = -7_200_000;
 
 /// One index of one asset.
 #[derive(Debug)]
@@ -47,6 +51,14 @@ pub struct Asset {
     pub served: u64,
     /// Counts duration draws, so each request draws fresh but repeatable durations.
     draws: u64,
+    /// The index (analysis) status, served while this is the asset's latest index.
+    pub analysis: AnalysisStatus,
+    /// `analyzeStatusMessage`; None: the status's default text.
+    pub analysis_message: Option<String>,
+    /// `fileName` in the listing (latest index's); None: `{asset_id}.mp4`.
+    pub file_name: Option<String>,
+    /// When the index was made (relative ms), for the index list's `createdTime`.
+    pub created_at: i64,
 }
 
 /// What a completed result needs, copied out so the lock is released before rendering.
@@ -116,12 +128,17 @@ impl Asset {
             metadata_changed: sorted(spec.metadata_changed_scenes.clone()),
             served: 0,
             draws: 0,
+            analysis: spec.analysis,
+            analysis_message: None,
+            file_name: spec.file_name.clone(),
+            created_at: 0,
         })
     }
 
     /// Puts the asset in its scenario `initial` state, with durations counted from `start`.
     pub fn init(&mut self, spec: &AssetSpec, start: Instant, clock: &Clock) {
         let earlier = clock.rel_ms(start) + EARLIER_RUN_MS;
+        self.created_at = clock.rel_ms(start) + CREATED_BEFORE_MS;
         if let Some(ids) = &spec.rerun_scene_ids {
             self.full_run_at = Some(earlier);
             self.last_analyzed_at = Some(earlier);
@@ -378,8 +395,27 @@ impl Asset {
         Ok(())
     }
 
-    /// The control routes' view of this index.
-    pub fn to_json(&self, clock: &Clock) -> serde_json::Value {
+    /// `analyzeStatusMessage`.
+    pub fn analysis_message(&self) -> &str {
+        self.analysis_message
+            .as_deref()
+            .unwrap_or(self.analysis.default_message())
+    }
+
+    /// `fileName` in the asset listing.
+    pub fn file_name(&self) -> String {
+        self.file_name
+            .clone()
+            .unwrap_or_else(|| format!("{}.mp4", self.asset_id))
+    }
+
+    /// When the index last changed (relative ms), for the index list's `updatedTime`.
+    pub fn updated_at(&self) -> i64 {
+        self.last_analyzed_at.unwrap_or(self.created_at)
+    }
+
+    /// The control routes' view of this index; `latest`: whether it is its asset's latest.
+    pub fn to_json(&self, clock: &Clock, latest: bool) -> serde_json::Value {
         serde_json::json!({
             "workspace": self.workspace,
             "project_id": self.project_id,
@@ -395,6 +431,8 @@ impl Asset {
                 .map(|v| v.iter().map(u32::to_string).collect::<Vec<_>>()),
             "metadata_changed_scenes": self.metadata_changed,
             "requests_served": self.served,
+            "analysis": self.analysis.as_str(),
+            "latest": latest,
         })
     }
 }
@@ -409,12 +447,41 @@ pub fn asset_key(workspace: &str, project_id: &str, asset_id: &str) -> String {
     format!("{workspace}/{project_id}/{asset_id}")
 }
 
-/// Every asset, with an index by asset key (the Vec holds its indexes, latest last).
+pub fn project_key(workspace: &str, project_id: &str) -> String {
+    format!("{workspace}/{project_id}")
+}
+
+/// What a re-index may set (`POST /__sim/assets/{…}/reindex`); the rest comes from the asset's
+/// current latest index.
+#[derive(Debug, Default)]
+pub struct Reindex {
+    pub index_id: Option<String>,
+    pub scene_summary_id: Option<String>,
+    pub scenes: Option<u32>,
+    pub initial: Option<Status>,
+    pub analysis: Option<AnalysisStatus>,
+}
+
+/// Why a re-index was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReindexError {
+    NoSuchAsset,
+    Invalid(String),
+    Exists(String),
+}
+
+/// Every index of every asset: `assets` holds the indexes (one entry per asset and index, the
+/// name kept from when each asset had one), `by_asset` an asset's indexes (latest last), and
+/// `projects` each project's distinct asset ids in the order they first appeared (the listing's
+/// stable order).
 #[derive(Debug, Default)]
 pub struct Store {
     pub assets: Vec<Asset>,
     by_asset: HashMap<String, Vec<usize>>,
+    projects: HashMap<String, Vec<String>>,
     next_summary_id: u64,
+    /// One more than the largest index id seen, so allocated index ids are new everywhere.
+    next_index_id: u64,
 }
 
 impl Store {
@@ -422,8 +489,10 @@ impl Store {
         Self {
             assets: Vec::new(),
             by_asset: HashMap::new(),
+            projects: HashMap::new(),
             // Allocated ids are numbers far from any hand-written demo id.
             next_summary_id: 9_000_001,
+            next_index_id: 1,
         }
     }
 
@@ -455,8 +524,80 @@ impl Store {
         asset.init(spec, start, clock);
         let i = self.assets.len();
         self.assets.push(asset);
-        self.by_asset.entry(key).or_default().push(i);
+        let indexes = self.by_asset.entry(key).or_default();
+        if indexes.is_empty() {
+            self.projects
+                .entry(project_key(&spec.workspace, &spec.project_id))
+                .or_default()
+                .push(spec.asset_id.clone());
+        }
+        indexes.push(i);
+        self.next_index_id = self.next_index_id.max(index_id.saturating_add(1));
         Ok(i)
+    }
+
+    /// Adds a new latest index to an existing asset, like a re-analysis: its asset-level calls
+    /// and index status now name the new index; the old one keeps answering index-level calls.
+    pub fn reindex(
+        &mut self,
+        (ws, proj, asset): (&str, &str, &str),
+        r: Reindex,
+        seed: u64,
+        now: Instant,
+        clock: &Clock,
+    ) -> Result<usize, ReindexError> {
+        let prev = self
+            .latest(ws, proj, asset)
+            .and_then(|i| self.assets.get(i))
+            .ok_or(ReindexError::NoSuchAsset)?;
+        let index_id = match r.index_id {
+            Some(id) => id,
+            None if self.next_index_id == u64::MAX => {
+                return Err(ReindexError::Invalid("no index id left to allocate".into()));
+            }
+            None => self.next_index_id.to_string(),
+        };
+        let spec = AssetSpec {
+            workspace: prev.workspace.clone(),
+            project_id: prev.project_id.clone(),
+            asset_id: prev.asset_id.clone(),
+            index_id,
+            scene_summary_id: r.scene_summary_id,
+            scenes: r.scenes.unwrap_or(prev.scenes),
+            // A new index has no summary until one is requested.
+            initial: r.initial.unwrap_or(Status::BeforeSummarize),
+            queue: prev.queue,
+            run: prev.run,
+            outcome: prev.outcome,
+            rerun_scene_ids: None,
+            metadata_changed_scenes: Vec::new(),
+            analysis: r.analysis.unwrap_or_default(),
+            file_name: prev.file_name.clone(),
+        };
+        spec.validate().map_err(ReindexError::Invalid)?;
+        self.add(&spec, seed, now, clock)
+            .map_err(ReindexError::Exists)
+    }
+
+    /// Whether entry `i` is its asset's latest index.
+    pub fn is_latest(&self, i: usize) -> bool {
+        self.assets
+            .get(i)
+            .is_some_and(|a| self.latest(&a.workspace, &a.project_id, &a.asset_id) == Some(i))
+    }
+
+    /// Every index of an asset, oldest first.
+    pub fn indexes_of(&self, ws: &str, proj: &str, asset: &str) -> &[usize] {
+        self.by_asset
+            .get(&asset_key(ws, proj, asset))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// A project's distinct asset ids in the order they first appeared; empty when unknown.
+    pub fn project_assets(&self, ws: &str, proj: &str) -> &[String] {
+        self.projects
+            .get(&project_key(ws, proj))
+            .map_or(&[], Vec::as_slice)
     }
 
     fn find_index(&self, key: &str, index_id: u64) -> Option<usize> {
@@ -485,7 +626,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::scenario::Scenario;
+    use crate::scenario::Scenario;
 
     fn one(extra: &str) -> (Store, Clock, Instant) {
         let toml = format!(

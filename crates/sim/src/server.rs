@@ -2,7 +2,7 @@
 //! request counters that tests read through `/__sim/stats`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
@@ -14,6 +14,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
+use super::discovery::Listing;
+use super::draw::{Drawn, draw};
 use super::faults::FaultPlan;
 use super::rng::{SplitMix64, mix};
 use super::scenario::{ApiSpec, Scenario};
@@ -23,6 +25,11 @@ use super::{SimError, api, control};
 /// Everything the handlers share. Configuration is immutable; what changes sits in `inner`.
 pub struct Sim {
     pub api: ApiSpec,
+    /// The [guess] answers resolved for this run (pinned by the scenario or drawn from its seed).
+    pub drawn: Drawn,
+    /// Whether the index-level (deprecated) routes still exist; `POST /__sim/api/index-routes`
+    /// flips it while clients run, hence an atomic rather than part of `api`.
+    pub index_routes: AtomicBool,
     /// access key -> secret key. Never logged.
     pub secrets: HashMap<String, String>,
     pub clock: Clock,
@@ -40,6 +47,7 @@ pub struct Inner {
     pub faults: FaultPlan,
     pub rng: SplitMix64,
     pub bucket: Option<Bucket>,
+    pub listing: Listing,
 }
 
 /// Counts of API requests (control routes excluded).
@@ -118,7 +126,16 @@ impl Sim {
             .api
             .requests_per_second
             .map(|r| Bucket::new(r, start));
+        let drawn = draw(scenario.seed, &scenario.api, &scenario.listing);
+        let listing = Listing {
+            page_base: drawn.page_base,
+            pages_forever: scenario.listing.pages_forever,
+            lying_total_count: scenario.listing.lying_total_count,
+            injected_asset_ids: scenario.listing.injected_asset_ids,
+        };
         Ok(Self {
+            index_routes: AtomicBool::new(scenario.api.index_routes),
+            drawn,
             api: scenario.api,
             secrets,
             clock,
@@ -134,6 +151,7 @@ impl Sim {
                 },
                 rng: SplitMix64::new(mix(&[scenario.seed, 0xFA17])),
                 bucket,
+                listing,
             }),
         })
     }
@@ -141,6 +159,24 @@ impl Sim {
     /// The state; a poisoned lock (a panic elsewhere) is recovered rather than spread.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn index_routes(&self) -> bool {
+        self.index_routes.load(Ordering::Relaxed)
+    }
+
+    /// What `GET /__sim/api` reports: every [guess] answer of this run, drawn or pinned.
+    pub fn api_json(&self) -> serde_json::Value {
+        let listing = self.lock().listing.clone();
+        serde_json::json!({
+            "result_not_ready": self.drawn.result_not_ready,
+            "error_envelope": self.drawn.error_envelope,
+            "index_routes": self.index_routes(),
+            "listing": listing,
+            "gateway_error_code_as_number": self.api.gateway_error_code_as_number,
+            "scene_summary_id_as_number": self.api.scene_summary_id_as_number,
+            "requests_per_second": self.api.requests_per_second,
+        })
     }
 
     /// 32 hex digits, unique per response within a run and repeatable for a seed.
