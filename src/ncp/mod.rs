@@ -9,11 +9,11 @@ pub mod error;
 pub mod model;
 pub mod signing;
 
+pub use api::{Api, ApiFactory, http_api};
 pub use client::{
     Client, ClientBuildError, ClientOptions, DEFAULT_MAX_BODY_BYTES, DEFAULT_PENDING_CODES,
     DEFAULT_TIMEOUT, DEFAULT_USER_AGENT, HEADER_APIGW_ORIGIN, HEADER_TRACE_ID,
 };
-pub use api::{Api, ApiFactory, http_api};
 pub use error::{ApiError, ErrorOrigin, Operation, Verdict};
 pub use model::{
     Generation, RemoteStatus, RequestAccepted, Scene, SceneSummary, SceneSummaryInfo,

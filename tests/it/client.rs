@@ -22,27 +22,20 @@ const SUMMARY: &str = "40";
 const SCENES: usize = 6;
 
 /// The scenario of every test; `extra` adds or overrides top-level tables (`[api]`, `[faults]`).
-/// Without an `[api]` of its own, the former default "not completed" answer is pinned.
+/// The result call's "not completed" answer is whatever the simulator draws from the seed: a
+/// code the client was never told about.
 fn scenario(extra: &str) -> Scenario {
-    let pinned = if extra.contains("[api]") {
-        ""
-    } else {
-        r#"[api]
-# pinned until the client copes with unknown not-ready codes (issue 8)
-result_not_ready_status = 400
-result_not_ready_code = "10100"
-error_envelope = "top"
-"#
-    };
+    scenario_seeded(7, extra)
+}
+
+fn scenario_seeded(seed: u64, extra: &str) -> Scenario {
     let toml = format!(
         r#"
-seed = 7
+seed = {seed}
 
 [[credentials]]
 access_key = "{ACCESS_KEY}"
 secret_key = "{SECRET_KEY}"
-
-{pinned}
 
 [[asset]]
 workspace = "{WS}"
@@ -83,11 +76,13 @@ async fn start(extra: &str) -> Env {
 }
 
 async fn start_with(extra: &str, tune: impl FnOnce(&mut ClientOptions)) -> Env {
+    start_scenario(scenario(extra), tune).await
+}
+
+async fn start_scenario(scenario: Scenario, tune: impl FnOnce(&mut ClientOptions)) -> Env {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = CancellationToken::new();
-    let sim = spawn(scenario(extra), listener, shutdown.clone())
-        .await
-        .unwrap();
+    let sim = spawn(scenario, listener, shutdown.clone()).await.unwrap();
     let mut opts = ClientOptions::new(sim.base_url(), Credentials::new(ACCESS_KEY, SECRET_KEY));
     opts.timeout = Duration::from_secs(5);
     tune(&mut opts);
@@ -101,6 +96,25 @@ async fn start_with(extra: &str, tune: impl FnOnce(&mut ClientOptions)) -> Env {
 }
 
 impl Env {
+    /// The code of the result call's "not completed" answer this simulator drew, as a string
+    /// (the client normalises numeric codes to strings).
+    async fn not_ready_code(&self) -> String {
+        let url = format!("{}/__sim/api", self.sim.base_url());
+        let v: serde_json::Value = self
+            .control
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match &v["result_not_ready"]["code"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
     async fn control(&self, path: &str, body: serde_json::Value) {
         let url = format!("{}/__sim/{path}", self.sim.base_url());
         let resp = self.control.post(&url).json(&body).send().await.unwrap();
@@ -196,6 +210,7 @@ async fn every_status_on_both_generations() {
 async fn result_is_pending_until_completed_then_has_every_scene() {
     let env = start("").await;
     env.force("WAIT_SUMMARIZE").await;
+    let code = env.not_ready_code().await;
     for generation in [Generation::Index, Generation::Asset] {
         let v = env.client.result(generation, &target(None)).await;
         // Not a code the client was told about: "not ready", never a refusal.
@@ -204,7 +219,7 @@ async fn result_is_pending_until_completed_then_has_every_scene() {
             &v,
             "not_ready",
             ErrorOrigin::Service,
-            Some("10100"),
+            Some(&code),
         );
     }
     env.advance().await; // SUMMARIZING
@@ -231,6 +246,45 @@ async fn result_is_pending_until_completed_then_has_every_scene() {
     }
 }
 
+/// Across many seeds the simulator answers "not completed" in every envelope, status and code
+/// shape NCP uses (none of them told to the client): the client, with no pending codes, takes
+/// every one as "not ready", with the code it read, never as a refusal.
+#[tokio::test]
+async fn every_drawn_not_ready_answer_is_not_ready() {
+    let mut shapes = std::collections::BTreeSet::new();
+    for seed in 0..24 {
+        let env = start_scenario(scenario_seeded(seed, ""), |o| o.pending_codes.clear()).await;
+        env.force("SUMMARIZING").await;
+        let url = format!("{}/__sim/api", env.sim.base_url());
+        let drawn: serde_json::Value = env
+            .control
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        shapes.insert(drawn["result_not_ready"]["envelope"].to_string());
+        let code = env.not_ready_code().await;
+        for generation in [Generation::Index, Generation::Asset] {
+            let v = env.client.result(generation, &target(None)).await;
+            check_failure(
+                &format!("seed {seed} {generation} {drawn}"),
+                &v,
+                "not_ready",
+                ErrorOrigin::Service,
+                Some(&code),
+            );
+            let status = drawn["result_not_ready"]["status"]
+                .as_u64()
+                .map(|s| s as u16);
+            assert_eq!(v.error().unwrap().http_status, status, "seed {seed}");
+        }
+    }
+    assert!(shapes.len() >= 4, "every envelope was drawn: {shapes:?}");
+}
+
 #[tokio::test]
 async fn result_before_any_request() {
     let env = start("").await;
@@ -239,13 +293,8 @@ async fn result_before_any_request() {
     // Both are service errors of the result call: "not ready" (a watch keeps waiting, bounded
     // by max_wait), never a refusal that would end it.
     let v = env.client.result(Generation::Index, &target(None)).await;
-    check_failure(
-        "index",
-        &v,
-        "not_ready",
-        ErrorOrigin::Service,
-        Some("10100"),
-    );
+    let code = env.not_ready_code().await;
+    check_failure("index", &v, "not_ready", ErrorOrigin::Service, Some(&code));
     let v = env.client.result(Generation::Asset, &target(None)).await;
     check_failure("asset", &v, "not_ready", ErrorOrigin::Service, None);
     assert_eq!(v.error().unwrap().http_status, Some(404));
@@ -363,12 +412,13 @@ async fn partial_rerun_gives_a_new_version_with_its_scene_ids() {
         .await;
     assert!(v.is_ok(), "{v:?}");
     let v = env.client.result(Generation::Asset, &t).await;
+    let code = env.not_ready_code().await;
     check_failure(
         "rerun waiting",
         &v,
         "not_ready",
         ErrorOrigin::Service,
-        Some("10100"),
+        Some(&code),
     );
     env.advance().await;
     env.advance().await;

@@ -62,9 +62,6 @@ fn seed() -> u64 {
 fn scenario(seed: u64) -> String {
     let mut s = format!(
         "seed = {seed}\n[[credentials]]\naccess_key = \"AK\"\nsecret_key = \"{SECRET}\"\n\
-         [api]\n\
-         # pinned until the client copes with unknown not-ready codes (issue 8)\n\
-         result_not_ready_status = 400\nresult_not_ready_code = \"10100\"\nerror_envelope = \"top\"\n\
          [[generate]]\ncount = {GENERATED}\nworkspace = \"w\"\nproject_id = \"1\"\n\
          asset_id_prefix = \"g\"\nindex_id_start = 1000\nscene_summary_id_start = 5000\n\
          scenes = \"3..30\"\nqueue = \"300ms..8s\"\nrun = \"200ms..5s\"\n"

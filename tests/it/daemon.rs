@@ -28,14 +28,9 @@ fn asset(asset: &str, index: &str, sid: Option<&str>, extra: &str) -> String {
 
 fn scenario(assets: &str, faults: &str) -> String {
     format!(
-        "seed = 11\n[[credentials]]\naccess_key = \"AK\"\nsecret_key = \"{SECRET}\"\n{PINNED_NOT_READY}{assets}\n{faults}\n"
+        "seed = 11\n[[credentials]]\naccess_key = \"AK\"\nsecret_key = \"{SECRET}\"\n{assets}\n{faults}\n"
     )
 }
-
-/// The simulator's former default "not completed" answer.
-const PINNED_NOT_READY: &str = "[api]\n\
-    # pinned until the client copes with unknown not-ready codes (issue 8)\n\
-    result_not_ready_status = 400\nresult_not_ready_code = \"10100\"\nerror_envelope = \"top\"\n";
 
 /// A daemon configuration: file + jsonl result sinks, a jsonl event sink, fast intervals.
 fn config(url: &str, dir: &Path, port: u16, results_jsonl: &Path, extra: &str) -> String {

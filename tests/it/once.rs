@@ -11,12 +11,6 @@ fn scenario(faults: &str) -> String {
 access_key = "AK"
 secret_key = "{SECRET}"
 
-[api]
-# pinned until the client copes with unknown not-ready codes (issue 8)
-result_not_ready_status = 400
-result_not_ready_code = "10100"
-error_envelope = "top"
-
 [[asset]]
 workspace = "w"
 project_id = "1"
