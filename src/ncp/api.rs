@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::{Client, ClientBuildError, Generation, SummaryResult, SummaryStatus, Target, Verdict};
+use super::{
+    AssetPage, Client, ClientBuildError, Generation, IndexStatus, SummaryResult, SummaryStatus,
+    Target, Verdict,
+};
 use crate::config::ApiConfig;
 
 /// What the engine asks Media Intelligence. Every answer is already classified.
@@ -23,6 +26,18 @@ pub trait Api: Send + Sync {
         generation: Generation,
         t: &'a Target,
     ) -> BoxFuture<'a, Verdict<SummaryResult>>;
+
+    /// The index (analysis) status of `t`'s asset: its latest index.
+    fn index_status<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, Verdict<IndexStatus>>;
+
+    /// Page `page_num` of a project's assets.
+    fn list_assets<'a>(
+        &'a self,
+        workspace: &'a str,
+        project_id: &'a str,
+        page_num: u64,
+        page_size: u64,
+    ) -> BoxFuture<'a, Verdict<AssetPage>>;
 }
 
 impl Api for Client {
@@ -40,6 +55,22 @@ impl Api for Client {
         t: &'a Target,
     ) -> BoxFuture<'a, Verdict<SummaryResult>> {
         Box::pin(Client::result(self, generation, t))
+    }
+
+    fn index_status<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, Verdict<IndexStatus>> {
+        Box::pin(Client::index_status(self, t))
+    }
+
+    fn list_assets<'a>(
+        &'a self,
+        workspace: &'a str,
+        project_id: &'a str,
+        page_num: u64,
+        page_size: u64,
+    ) -> BoxFuture<'a, Verdict<AssetPage>> {
+        Box::pin(Client::list_assets(
+            self, workspace, project_id, page_num, page_size,
+        ))
     }
 }
 

@@ -178,7 +178,15 @@ pub(crate) fn classify<'a>(
             }
         }
         let result = env.result.filter(|r| r.get() != "null");
-        if result.is_none() && matches!(op, Operation::Status | Operation::Result) {
+        if result.is_none()
+            && matches!(
+                op,
+                Operation::Status
+                    | Operation::Result
+                    | Operation::IndexStatus
+                    | Operation::ListAssets
+            )
+        {
             return ctx.decode_failure(None, "answer has no result object");
         }
         return Verdict::Ok(Success {

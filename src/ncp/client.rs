@@ -15,8 +15,8 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use super::classify::{Answer, Ctx, Success, classify};
 use super::error::{ErrorOrigin, Operation, Verdict};
 use super::model::{
-    Generation, RequestAccepted, SummaryResult, SummaryStatus, Target, decode_accepted,
-    decode_result, decode_status,
+    AssetPage, Generation, IndexStatus, RequestAccepted, SummaryResult, SummaryStatus, Target,
+    decode_accepted, decode_asset_page, decode_index_status, decode_result, decode_status,
 };
 use super::signing::{Credentials, sign};
 
@@ -334,6 +334,47 @@ impl Client {
         )))
     }
 
+    /// Reads the asset's index (analysis) status: its latest index, once analysis completed
+    /// (API doc §6).
+    pub async fn index_status(&self, t: &Target) -> Verdict<IndexStatus> {
+        let path = format!("{}/index/status", asset_path(t));
+        self.call_at(Operation::IndexStatus, Method::GET, path, None, |ctx, s| {
+            let Some(result) = s.result else {
+                return ctx.decode_failure(None, "answer has no result object");
+            };
+            match decode_index_status(result) {
+                Ok(st) => Verdict::Ok(st),
+                Err(e) => ctx.decode_failure(None, format!("unexpected index status: {e}")),
+            }
+        })
+        .await
+    }
+
+    /// Reads page `page_num` (of `page_size`, at most 1,000) of a project's assets (API doc §6).
+    pub async fn list_assets(
+        &self,
+        workspace: &str,
+        project_id: &str,
+        page_num: u64,
+        page_size: u64,
+    ) -> Verdict<AssetPage> {
+        let path = format!(
+            "/api/v1/workspaces/{}/projects/{}/assets?pageNum={page_num}&pageSize={page_size}",
+            seg(workspace),
+            seg(project_id)
+        );
+        self.call_at(Operation::ListAssets, Method::GET, path, None, |ctx, s| {
+            let Some(result) = s.result else {
+                return ctx.decode_failure(None, "answer has no result object");
+            };
+            match decode_asset_page(result) {
+                Ok(p) => Verdict::Ok(p),
+                Err(e) => ctx.decode_failure(None, format!("unexpected asset list: {e}")),
+            }
+        })
+        .await
+    }
+
     /// One signed exchange, classified, then decoded by `decode` on success.
     async fn call<T>(
         &self,
@@ -344,7 +385,20 @@ impl Client {
         decode: impl FnOnce(&Ctx<'_>, Success<'_>) -> Verdict<T>,
     ) -> Verdict<T> {
         let method = method_for(op, generation);
-        let url = format!("{}{}", self.inner.base, path_for(op, generation, t));
+        self.call_at(op, method, path_for(op, generation, t), body, decode)
+            .await
+    }
+
+    /// [`Client::call`] for a path built by the caller.
+    async fn call_at<T>(
+        &self,
+        op: Operation,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+        decode: impl FnOnce(&Ctx<'_>, Success<'_>) -> Verdict<T>,
+    ) -> Verdict<T> {
+        let url = format!("{}{}", self.inner.base, path);
         let raw = match self.exchange(op, method, &url, body).await {
             Ok(raw) => raw,
             Err(v) => return v,
@@ -590,7 +644,10 @@ fn now_ms() -> u64 {
 /// The wire name of the method of one call (API doc §1).
 fn method_name(op: Operation, generation: Generation) -> &'static str {
     match (op, generation) {
-        (Operation::Status | Operation::Result, _) => "GET",
+        (
+            Operation::Status | Operation::Result | Operation::IndexStatus | Operation::ListAssets,
+            _,
+        ) => "GET",
         (Operation::Request, _) => "POST",
         (Operation::Cancel, Generation::Index) => "DELETE",
         (Operation::Cancel, Generation::Asset) => "POST",
@@ -605,14 +662,19 @@ fn method_for(op: Operation, generation: Generation) -> Method {
     }
 }
 
-/// The path of one call (API doc §1).
-pub(crate) fn path_for(op: Operation, generation: Generation, t: &Target) -> String {
-    let mut p = format!(
+/// `/api/v1/workspaces/{w}/projects/{p}/assets/{a}`, the start of every asset's path.
+fn asset_path(t: &Target) -> String {
+    format!(
         "/api/v1/workspaces/{}/projects/{}/assets/{}",
         seg(&t.workspace),
         seg(&t.project_id),
         seg(&t.asset_id)
-    );
+    )
+}
+
+/// The path of one call (API doc §1).
+pub(crate) fn path_for(op: Operation, generation: Generation, t: &Target) -> String {
+    let mut p = asset_path(t);
     let sid = || {
         t.scene_summary_id
             .as_deref()
@@ -625,6 +687,7 @@ pub(crate) fn path_for(op: Operation, generation: Generation, t: &Target) -> Str
             p.push_str("/scene-summaries");
             match op {
                 Operation::Request | Operation::Result => {}
+                Operation::IndexStatus | Operation::ListAssets => {}
                 Operation::Status => {
                     p.push('/');
                     p.push_str(&sid());
@@ -640,6 +703,7 @@ pub(crate) fn path_for(op: Operation, generation: Generation, t: &Target) -> Str
             p.push_str("/scene-summary");
             match op {
                 Operation::Request | Operation::Result => {}
+                Operation::IndexStatus | Operation::ListAssets => {}
                 Operation::Status => p.push_str("/status"),
                 Operation::Cancel => p.push_str("/cancel"),
             }

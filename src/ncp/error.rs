@@ -3,13 +3,17 @@
 use std::fmt;
 use std::time::Duration;
 
-/// The four calls the client makes, named in errors and logs.
+/// The calls the client makes, named in errors and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     Status,
     Result,
     Request,
     Cancel,
+    /// The asset's index (analysis) status, which names its latest index.
+    IndexStatus,
+    /// One page of a project's assets.
+    ListAssets,
 }
 
 impl Operation {
@@ -20,6 +24,8 @@ impl Operation {
             Operation::Result => "result",
             Operation::Request => "request",
             Operation::Cancel => "cancel",
+            Operation::IndexStatus => "index_status",
+            Operation::ListAssets => "list_assets",
         }
     }
 }

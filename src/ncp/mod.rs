@@ -16,7 +16,7 @@ pub use client::{
 };
 pub use error::{ApiError, ErrorOrigin, Operation, Verdict};
 pub use model::{
-    Generation, RemoteStatus, RequestAccepted, Scene, SceneSummary, SceneSummaryInfo,
-    SummaryResult, SummaryStatus, Target,
+    AnalysisStatus, AssetPage, Generation, IndexStatus, RemoteStatus, RequestAccepted, Scene,
+    SceneSummary, SceneSummaryInfo, SummaryResult, SummaryStatus, Target,
 };
 pub use signing::{Credentials, SignedHeaders, sign};

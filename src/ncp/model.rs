@@ -162,6 +162,75 @@ pub struct SceneSummary {
     pub analyzed_at: Option<String>,
 }
 
+/// `result.status` of the index (analysis) status call (API doc §6).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AnalysisStatus {
+    BeforeAnalyze,
+    WaitAnalyze,
+    Analyzing,
+    Completed,
+    Failed,
+    Canceled,
+    /// A status this build does not know, kept verbatim.
+    Unknown(String),
+}
+
+impl AnalysisStatus {
+    /// Maps the wire spelling; anything else is `Unknown`.
+    pub fn from_wire(s: &str) -> Self {
+        match s {
+            "BEFORE_ANALYZE" => Self::BeforeAnalyze,
+            "WAIT_ANALYZE" => Self::WaitAnalyze,
+            "ANALYZING" => Self::Analyzing,
+            "ANALYZE_COMPLETED" => Self::Completed,
+            "ANALYZE_FAIL" => Self::Failed,
+            "ANALYZE_CANCEL" => Self::Canceled,
+            other => Self::Unknown(other.to_owned()),
+        }
+    }
+
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::BeforeAnalyze => "BEFORE_ANALYZE",
+            Self::WaitAnalyze => "WAIT_ANALYZE",
+            Self::Analyzing => "ANALYZING",
+            Self::Completed => "ANALYZE_COMPLETED",
+            Self::Failed => "ANALYZE_FAIL",
+            Self::Canceled => "ANALYZE_CANCEL",
+            Self::Unknown(s) => s,
+        }
+    }
+}
+
+/// The index (analysis) status of an asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexStatus {
+    /// Where its analysis is.
+    pub status: AnalysisStatus,
+    /// Its latest index, once analysis completed ("only one latest index is kept per asset"),
+    /// normalised to a string.
+    pub index_id: Option<String>,
+    /// `analyzeStatusMessage`, when sent.
+    pub message: Option<String>,
+}
+
+/// One page of a project's assets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetPage {
+    /// The asset ids on this page, normalised to strings, as sent (not validated here: the
+    /// caller checks each before using it in a path).
+    pub asset_ids: Vec<String>,
+    /// Entries without a usable `assetId`.
+    pub malformed: usize,
+    /// `totalCount`, when sent.
+    pub total_count: Option<u64>,
+    /// `totalPage`, when sent.
+    pub total_page: Option<u64>,
+    /// `pageNo`, when sent.
+    pub page_no: Option<u64>,
+}
+
 /// The request endpoint's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestAccepted {
@@ -298,6 +367,64 @@ impl ErrorBody {
 #[derive(Deserialize)]
 struct StatusWire {
     status: String,
+}
+
+#[derive(Deserialize)]
+struct IndexStatusWire {
+    #[serde(deserialize_with = "str_or_num")]
+    status: String,
+    #[serde(default, rename = "indexId", deserialize_with = "opt_str_or_num")]
+    index_id: Option<String>,
+    #[serde(
+        default,
+        rename = "analyzeStatusMessage",
+        deserialize_with = "opt_lenient_string"
+    )]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AssetPageWire {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    content: Vec<serde_json::Value>,
+    #[serde(default, rename = "totalCount", deserialize_with = "opt_u64_lenient")]
+    total_count: Option<u64>,
+    #[serde(default, rename = "totalPage", deserialize_with = "opt_u64_lenient")]
+    total_page: Option<u64>,
+    #[serde(default, rename = "pageNo", deserialize_with = "opt_u64_lenient")]
+    page_no: Option<u64>,
+}
+
+/// Decodes the index (analysis) status call's `result`.
+pub(crate) fn decode_index_status(result: &RawValue) -> Result<IndexStatus, serde_json::Error> {
+    let w: IndexStatusWire = serde_json::from_str(result.get())?;
+    Ok(IndexStatus {
+        status: AnalysisStatus::from_wire(&w.status),
+        index_id: w.index_id.filter(|i| !i.is_empty()),
+        message: w.message,
+    })
+}
+
+/// Decodes one page of the list-assets call. An entry whose `assetId` is missing or not a
+/// scalar is counted as malformed, not fatal: the other assets are still watched.
+pub(crate) fn decode_asset_page(result: &RawValue) -> Result<AssetPage, serde_json::Error> {
+    let w: AssetPageWire = serde_json::from_str(result.get())?;
+    let mut asset_ids = Vec::with_capacity(w.content.len());
+    let mut malformed = 0;
+    for entry in &w.content {
+        match entry.get("assetId") {
+            Some(serde_json::Value::String(s)) => asset_ids.push(s.clone()),
+            Some(serde_json::Value::Number(n)) => asset_ids.push(n.to_string()),
+            _ => malformed += 1,
+        }
+    }
+    Ok(AssetPage {
+        asset_ids,
+        malformed,
+        total_count: w.total_count,
+        total_page: w.total_page,
+        page_no: w.page_no,
+    })
 }
 
 #[derive(Deserialize)]

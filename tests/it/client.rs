@@ -628,3 +628,50 @@ async fn unknown_ids_are_permanent() {
         assert_eq!(v.error().unwrap().http_status, Some(404));
     }
 }
+
+/// The two discovery calls of API doc §6: the asset list, in pages from either base, and the
+/// index status that names an asset's latest index (which a re-index moves).
+#[tokio::test]
+async fn index_status_and_the_asset_list() {
+    for base in [0u64, 1] {
+        let extra = format!(
+            "[listing]\npage_base = {base}\n\
+             [[asset]]\nworkspace = \"{WS}\"\nproject_id = \"{PROJECT}\"\nasset_id = \"21\"\nindex_id = \"31\"\nscenes = 2\n\
+             [[asset]]\nworkspace = \"{WS}\"\nproject_id = \"{PROJECT}\"\nasset_id = \"22\"\nindex_id = \"32\"\nscenes = 2\n"
+        );
+        let env = start(&extra).await;
+        let mut seen = Vec::new();
+        for page in base..base + 3 {
+            let v = env.client.list_assets(WS, PROJECT, page, 2).await;
+            let Verdict::Ok(p) = v else {
+                panic!("base {base} page {page}: {v:?}")
+            };
+            assert_eq!(p.total_count, Some(3), "base {base}");
+            assert_eq!(p.malformed, 0);
+            seen.extend(p.asset_ids);
+        }
+        seen.sort();
+        assert_eq!(seen, [ASSET, "21", "22"], "base {base}: every asset once");
+    }
+
+    let env = start("").await;
+    let t = target(None);
+    let v = env.client.index_status(&t).await;
+    let Verdict::Ok(s) = v else { panic!("{v:?}") };
+    assert_eq!(s.status, scenewatch::ncp::AnalysisStatus::Completed);
+    assert_eq!(s.index_id.as_deref(), Some(INDEX));
+    env.control(
+        &format!("assets/{WS}/{PROJECT}/{ASSET}/reindex"),
+        serde_json::json!({"index_id": "99"}),
+    )
+    .await;
+    let v = env.client.index_status(&t).await;
+    assert_eq!(v.ok().and_then(|s| s.index_id).as_deref(), Some("99"));
+    let v = env
+        .client
+        .list_assets(WS, "no-such-project", 1, 10)
+        .await
+        .ok()
+        .unwrap();
+    assert!(v.asset_ids.is_empty());
+}
