@@ -14,10 +14,11 @@ use crate::once::{self, OnceOptions, OnceReport};
 use crate::progress::Board;
 use crate::watch::Phase;
 
-/// The demo's watches: five assets of the demo scenario (`config/simulator/demo.toml`), using both
-/// endpoint generations and both ways of reading status.
+/// The demo's watches: five assets of the demo scenario (`config/simulator/demo.toml`), one index
+/// each, on the default `generation = "auto"` (the asset-level calls, since each index is its
+/// asset's latest) but for one that asks for the asset-level API outright.
 const DEMO_WATCHES: &str = r#"
-# Index-level, status endpoint (scene_summary_id known). Completes after ~4 s.
+# A short video, with its scene_summary_id. Completes after ~4 s.
 [[watch]]
 workspace = "demo"
 project_id = "100"
@@ -25,14 +26,15 @@ asset_id = "2001"
 index_id = "3001"
 scene_summary_id = "4001"
 
-# Index-level without a scene_summary_id: the result endpoint is polled. ~9 s, 40 scenes.
+# Without a scene_summary_id: the asset's index status says index 3002 is its latest, so the
+# asset-level status call is read. ~9 s, 40 scenes.
 [[watch]]
 workspace = "demo"
 project_id = "100"
 asset_id = "2002"
 index_id = "3002"
 
-# Asset-level. The summary fails after ~7 s.
+# The asset-level API, chosen explicitly. The summary fails after ~7 s, and is seen failing.
 [[watch]]
 workspace = "demo"
 project_id = "100"

@@ -36,6 +36,11 @@ pub enum EventType {
     NotRequested,
     /// A permanent API error stopped the watch.
     Rejected,
+    /// A re-index replaced the watch's index.
+    Superseded,
+    /// A watch was found through a `[[watch]]` without an index (an asset's latest index, a
+    /// project's asset).
+    Discovered,
     /// A sink started failing.
     SinkFailing,
     /// A failing sink works again.
@@ -44,7 +49,7 @@ pub enum EventType {
 
 impl EventType {
     /// All event types, in documentation order.
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 14] = [
         EventType::Waiting,
         EventType::Completed,
         EventType::Delivered,
@@ -55,6 +60,8 @@ impl EventType {
         EventType::TimedOut,
         EventType::NotRequested,
         EventType::Rejected,
+        EventType::Superseded,
+        EventType::Discovered,
         EventType::SinkFailing,
         EventType::SinkRecovered,
     ];
@@ -72,6 +79,8 @@ impl EventType {
             EventType::TimedOut => "com.scenewatch.summary.timed_out",
             EventType::NotRequested => "com.scenewatch.summary.not_requested",
             EventType::Rejected => "com.scenewatch.watch.rejected",
+            EventType::Superseded => "com.scenewatch.watch.superseded",
+            EventType::Discovered => "com.scenewatch.watch.discovered",
             EventType::SinkFailing => "com.scenewatch.sink.failing",
             EventType::SinkRecovered => "com.scenewatch.sink.recovered",
         }
@@ -116,6 +125,8 @@ impl EventType {
             EventType::TimedOut => "Summary timed out",
             EventType::NotRequested => "Summary was never requested",
             EventType::Rejected => "Watch rejected by the API",
+            EventType::Superseded => "Watch superseded by a re-index",
+            EventType::Discovered => "Watch discovered",
             EventType::SinkFailing => "Sink is failing",
             EventType::SinkRecovered => "Sink recovered",
         }
@@ -284,6 +295,29 @@ impl Event {
         Event::for_watch(key, kind, id, data, time_ms)
     }
 
+    /// A re-index replaced the watch's index by `new_index_id` (the asset's latest now).
+    /// `follows`: the watch follows the asset's latest index and goes on as a watch of the new
+    /// one. One fact per (watch, new index).
+    pub fn superseded(key: &WatchKey, new_index_id: &str, follows: bool, time_ms: u64) -> Event {
+        let kind = EventType::Superseded;
+        let data = json!({
+            "indexId": key.index_id(),
+            "newIndexId": new_index_id,
+            "followed": follows,
+        });
+        let id = event_id(kind, &with_key(key, &[new_index_id]));
+        Event::for_watch(key, kind, id, data, time_ms)
+    }
+
+    /// A watch was found by the selector `origin` (`asset:w/p/a` or `project:w/p`). One fact
+    /// per (watch, origin): found again after a restart, it is the same event.
+    pub fn discovered(key: &WatchKey, origin: &str, time_ms: u64) -> Event {
+        let kind = EventType::Discovered;
+        let data = json!({ "origin": origin });
+        let id = event_id(kind, &with_key(key, &[origin]));
+        Event::for_watch(key, kind, id, data, time_ms)
+    }
+
     /// A sink started failing; `episode` numbers its failure episodes so each start is its own
     /// fact while repeats of the same episode dedupe.
     pub fn sink_failing(sink: &str, episode: u64, error: &str, time_ms: u64) -> Event {
@@ -430,6 +464,8 @@ impl Event {
                     detail = str_field("message"),
                     episode = u64_field("episode"),
                     error = str_field("error"),
+                    new_index_id = str_field("newIndexId"),
+                    origin = str_field("origin"),
                     "{}",
                     self.kind.sentence()
                 )
@@ -659,6 +695,8 @@ mod tests {
                 "not found",
                 T,
             ),
+            Event::superseded(k, "1002", true, T),
+            Event::discovered(k, "project:ws/1234", T),
             Event::sink_failing("files", 1, "disk full", T),
             Event::sink_recovered("files", 1, T),
         ]

@@ -54,6 +54,8 @@ pub struct OnceReport {
     pub quota_exceeded: Option<String>,
     /// `--timeout` passed first.
     pub timed_out: bool,
+    /// Assets of watched assets or projects that never got an index to watch.
+    pub unresolved: Vec<String>,
     /// Set when the run was interrupted.
     pub interrupted: bool,
 }
@@ -69,7 +71,9 @@ impl OnceReport {
             exit::SINK
         } else if self.timed_out {
             exit::TIMEOUT
-        } else if self.outcomes.iter().all(|o| o.state.phase.is_success()) {
+        } else if self.unresolved.is_empty()
+            && self.outcomes.iter().all(|o| o.state.phase.is_success())
+        {
             exit::OK
         } else {
             exit::NOT_ALL_COMPLETED
@@ -122,7 +126,10 @@ pub async fn once(
     let ledger: SharedLedger = Arc::new(memory);
     let clock = Clock::new();
     let start_ms = clock.now_ms();
-    let records = ledger.sync_watches(&config.watches, start_ms).await?;
+    let origins: Vec<String> = config.selectors.iter().map(|s| s.origin()).collect();
+    let records = ledger
+        .sync_watches(&config.watches, &origins, start_ms)
+        .await?;
     // Nothing sends commands to `once`; the sender is kept so the channel stays open.
     let (_commands, rx) = mpsc::channel(1);
     let finished = engine::run(
@@ -164,5 +171,6 @@ pub async fn once(
         quota_exceeded: finished.quota_exceeded,
         timed_out: finished.timed_out,
         interrupted: finished.interrupted,
+        unresolved: finished.unresolved,
     })
 }

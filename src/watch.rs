@@ -30,11 +30,14 @@ pub enum Phase {
     TimedOut,
     /// A permanent API error; needs an operator.
     Rejected,
+    /// A re-index replaced the watch's index; a watch that follows the asset's latest index goes
+    /// on as a new watch of the new index.
+    Superseded,
 }
 
 impl Phase {
     /// Every phase, in display order.
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Pending,
         Phase::Waiting,
         Phase::Completed,
@@ -44,6 +47,7 @@ impl Phase {
         Phase::NotRequested,
         Phase::TimedOut,
         Phase::Rejected,
+        Phase::Superseded,
     ];
 
     /// The name used in logs, events, the ledger and `status`.
@@ -58,6 +62,7 @@ impl Phase {
             Phase::NotRequested => "not_requested",
             Phase::TimedOut => "timed_out",
             Phase::Rejected => "rejected",
+            Phase::Superseded => "superseded",
         }
     }
 
@@ -75,6 +80,7 @@ impl Phase {
                 | Phase::NotRequested
                 | Phase::TimedOut
                 | Phase::Rejected
+                | Phase::Superseded
         )
     }
 
@@ -87,6 +93,51 @@ impl Phase {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Which calls a watch uses, decided once (on its first poll, or when the API changes under it)
+/// and kept in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Asset-level status and result: the index is the asset's latest.
+    Asset,
+    /// Index-level status (with the scene summary id) and result.
+    IndexWithId,
+    /// Asset-level status (the index is the asset's latest) and the index-level result: an
+    /// index-level watch without a scene summary id still sees failures as they happen.
+    AssetStatusIndexResult,
+    /// Only the index-level result: the index is not the latest and no scene summary id is
+    /// known, so "not completed" cannot be told from failed (it ends timed_out).
+    IndexResultOnly,
+}
+
+impl Route {
+    /// The ledger's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Asset => "asset",
+            Route::IndexWithId => "index",
+            Route::AssetStatusIndexResult => "asset-status+index-result",
+            Route::IndexResultOnly => "index-result",
+        }
+    }
+
+    /// Parses [`Route::as_str`].
+    pub fn parse(s: &str) -> Option<Route> {
+        [
+            Route::Asset,
+            Route::IndexWithId,
+            Route::AssetStatusIndexResult,
+            Route::IndexResultOnly,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// Uses an index-level path (gone once NAVER removes that API).
+    pub fn uses_index_api(self) -> bool {
+        !matches!(self, Route::Asset)
     }
 }
 
@@ -114,6 +165,8 @@ pub struct WatchState {
     pub consecutive_errors: u32,
     /// Position in the poll interval series since the remote status last changed.
     pub attempt: u32,
+    /// Which calls it uses; `None` until decided.
+    pub route: Option<Route>,
     /// When the watch started waiting (its first poll).
     pub started_at: Option<Duration>,
     /// When `BEFORE_SUMMARIZE` was first seen in the current stretch.
@@ -132,6 +185,7 @@ impl Default for WatchState {
             polls: 0,
             consecutive_errors: 0,
             attempt: 0,
+            route: None,
             started_at: None,
             before_since: None,
             last_version: None,

@@ -22,9 +22,9 @@ pub use raw::{
     RawPostgresSink, RawS3Sink, RawServer, RawSink, RawStdoutSink, RawWatch, RawWebhookSink,
 };
 pub use validate::{
-    ApiConfig, Config, EventSinkConfig, FileSinkConfig, JsonlSinkConfig, NatsEventSinkConfig,
-    PollConfig, PostgresSinkConfig, S3SinkConfig, SinkConfig, StdoutSinkConfig, WatchSpec,
-    WebhookSinkConfig, validate,
+    ApiConfig, Config, EventSinkConfig, FileSinkConfig, GenerationChoice, JsonlSinkConfig,
+    NatsEventSinkConfig, PollConfig, PostgresSinkConfig, S3SinkConfig, Selector, SelectorKind,
+    SinkConfig, StdoutSinkConfig, WatchSpec, WebhookSinkConfig, validate,
 };
 
 /// Prefix of environment variables: `SCENEWATCH__API__ACCESS_KEY` sets `api.access_key`.

@@ -66,7 +66,7 @@ pub struct RawApi {
     pub secret_key: String,
     /// A file holding the secret key.
     pub secret_key_file: String,
-    /// Default endpoint generation: "index" or "asset".
+    /// Default endpoint generation: "auto", "index" or "asset".
     pub generation: String,
     /// Timeout of one request, connection included.
     pub timeout: String,
@@ -89,7 +89,7 @@ impl Default for RawApi {
             access_key: String::new(),
             secret_key: String::new(),
             secret_key_file: String::new(),
-            generation: "index".into(),
+            generation: "auto".into(),
             timeout: "10s".into(),
             max_body_bytes: 32 * 1024 * 1024,
             requests_per_second: 10.0,
@@ -115,6 +115,8 @@ pub struct RawPoll {
     pub not_requested_grace: String,
     /// Polls in flight at once.
     pub concurrency: u32,
+    /// How often a watched project's asset list is read again.
+    pub discovery_interval: String,
 }
 
 impl Default for RawPoll {
@@ -126,6 +128,7 @@ impl Default for RawPoll {
             recheck_interval: "1h".into(),
             not_requested_grace: "1h".into(),
             concurrency: 32,
+            discovery_interval: "5m".into(),
         }
     }
 }
@@ -138,9 +141,9 @@ pub struct RawWatch {
     pub workspace: String,
     /// Project id.
     pub project_id: String,
-    /// Asset id.
+    /// Asset id; empty: every asset of the project.
     pub asset_id: String,
-    /// Index id.
+    /// Index id; empty: the asset's latest index.
     pub index_id: String,
     /// Scene summary id, when known (lets the index-level status endpoint be used).
     pub scene_summary_id: Option<String>,

@@ -16,8 +16,8 @@ use super::{
     RawPostgresSink, RawS3Sink, RawSink, RawStdoutSink, RawWebhookSink,
 };
 use crate::domain::{WatchKey, validate_id};
-use crate::ncp::Generation;
 use crate::ncp::signing::Credentials;
+use std::fmt;
 
 /// Name of the systemd credential (`LoadCredential=ncp-secret-key:…`) holding the secret key.
 pub const CREDENTIAL_NAME: &str = "ncp-secret-key";
@@ -31,8 +31,11 @@ pub struct Config {
     pub api: ApiConfig,
     /// The polling policy.
     pub poll: PollConfig,
-    /// Watches in file order, unique by key.
+    /// Watches of one index, in file order, unique by key.
     pub watches: Vec<WatchSpec>,
+    /// Watches of an asset's latest index or of every asset of a project, in file order: the
+    /// engine finds their indexes (and so their watches) through the API.
+    pub selectors: Vec<Selector>,
     /// Sinks in file order.
     pub sinks: Vec<SinkConfig>,
     /// Event sinks in file order.
@@ -57,7 +60,7 @@ pub struct ApiConfig {
     /// The key pair (the secret is redacted from `Debug`).
     pub credentials: Credentials,
     /// Default generation of watches.
-    pub generation: Generation,
+    pub generation: GenerationChoice,
     /// Timeout of one request.
     pub timeout: Duration,
     /// Largest accepted response body.
@@ -99,6 +102,8 @@ pub struct PollConfig {
     pub not_requested_grace: Duration,
     /// Polls in flight at once.
     pub concurrency: usize,
+    /// How often a watched project's asset list is read again.
+    pub discovery_interval: Duration,
 }
 
 /// One watch, validated.
@@ -109,11 +114,128 @@ pub struct WatchSpec {
     /// Known scene summary id, if any.
     pub scene_summary_id: Option<String>,
     /// Which endpoints it uses.
-    pub generation: Generation,
+    pub generation: GenerationChoice,
     /// Its deadline.
     pub max_wait: Duration,
     /// Where it was declared, for messages (e.g. `watch[3] in /etc/scenewatch/scenewatch.toml`).
     pub declared_at: String,
+    /// `None` for a watch of a configured index; for a watch found through a [`Selector`], that
+    /// selector's [`Selector::origin`]: such a watch follows its asset's latest index.
+    pub origin: Option<String>,
+}
+
+/// Which endpoint generation a watch uses (`api.generation`, per watch `generation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GenerationChoice {
+    /// The asset-level calls when the watch's index is the asset's latest (or no index is
+    /// named), the index-level calls otherwise; off the index-level API by itself when NAVER
+    /// removes it.
+    Auto,
+    /// The original index-level API (deprecated upstream, removal announced for January 2027).
+    Index,
+    /// The asset-level API: always the asset's latest index.
+    Asset,
+}
+
+impl GenerationChoice {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenerationChoice::Auto => "auto",
+            GenerationChoice::Index => "index",
+            GenerationChoice::Asset => "asset",
+        }
+    }
+}
+
+impl fmt::Display for GenerationChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a watch without an index names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SelectorKind {
+    /// One asset: its latest index, followed through re-indexes.
+    Asset {
+        /// Workspace name.
+        workspace: String,
+        /// Project id.
+        project_id: String,
+        /// Asset id.
+        asset_id: String,
+    },
+    /// Every asset of a project, found by listing it (again every `poll.discovery_interval`).
+    Project {
+        /// Workspace name.
+        workspace: String,
+        /// Project id.
+        project_id: String,
+    },
+}
+
+/// A `[[watch]]` without `index_id`: the watches it stands for are found through the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selector {
+    /// What it names.
+    pub kind: SelectorKind,
+    /// The generation of the watches it finds (`auto` or `asset`).
+    pub generation: GenerationChoice,
+    /// Their deadline.
+    pub max_wait: Duration,
+    /// Where it was declared, for messages.
+    pub declared_at: String,
+}
+
+impl Selector {
+    /// A stable name, kept in the ledger with every watch the selector found:
+    /// `asset:{w}/{p}/{a}` or `project:{w}/{p}`.
+    pub fn origin(&self) -> String {
+        match &self.kind {
+            SelectorKind::Asset {
+                workspace,
+                project_id,
+                asset_id,
+            } => format!("asset:{workspace}/{project_id}/{asset_id}"),
+            SelectorKind::Project {
+                workspace,
+                project_id,
+            } => format!("project:{workspace}/{project_id}"),
+        }
+    }
+
+    /// For messages: "asset w/p/a" or "project w/p".
+    pub fn describe(&self) -> String {
+        self.origin().replacen(':', " ", 1)
+    }
+
+    /// The workspace and project.
+    pub fn project(&self) -> (&str, &str) {
+        match &self.kind {
+            SelectorKind::Asset {
+                workspace,
+                project_id,
+                ..
+            }
+            | SelectorKind::Project {
+                workspace,
+                project_id,
+            } => (workspace, project_id),
+        }
+    }
+
+    /// The spec of the watch of `key` this selector found.
+    pub fn spec_for(&self, key: WatchKey) -> WatchSpec {
+        WatchSpec {
+            key,
+            scene_summary_id: None,
+            generation: self.generation,
+            max_wait: self.max_wait,
+            declared_at: format!("found through {}", self.declared_at),
+            origin: Some(self.origin()),
+        }
+    }
 }
 
 impl WatchSpec {
@@ -323,14 +445,15 @@ fn generation(
     problems: &mut Vec<Problem>,
     key: &str,
     v: &str,
-) -> Option<Generation> {
+) -> Option<GenerationChoice> {
     match v {
-        "index" => Some(Generation::Index),
-        "asset" => Some(Generation::Asset),
+        "auto" => Some(GenerationChoice::Auto),
+        "index" => Some(GenerationChoice::Index),
+        "asset" => Some(GenerationChoice::Asset),
         other => {
             problems.push(origins.problem(
                 key,
-                format!("{other:?} is not a generation; use \"index\" or \"asset\""),
+                format!("{other:?} is not a generation; use \"auto\", \"index\" or \"asset\""),
             ));
             None
         }
@@ -398,6 +521,12 @@ pub fn validate(
         "poll.not_requested_grace",
         &r.not_requested_grace,
     );
+    let discovery = duration(
+        origins,
+        &mut p,
+        "poll.discovery_interval",
+        &r.discovery_interval,
+    );
     if let (Some(i), Some(m)) = (initial, max_interval)
         && i > m
     {
@@ -413,20 +542,26 @@ pub fn validate(
         p.push(origins.problem("poll.concurrency", "must be at least 1"));
     }
 
-    // [[watch]]
+    // [[watch]]: an index of an asset, one asset's latest index, or every asset of a project.
     let mut watches = Vec::new();
+    let mut selectors: Vec<Selector> = Vec::new();
     // Borrowed from `raw`, pointing into `watches`: 100,000 watches need no second copy of
     // their keys.
     let mut seen: HashMap<(&str, &str, &str, &str), usize> = HashMap::new();
+    let mut seen_selectors: HashMap<String, usize> = HashMap::new();
     for (i, w) in raw.watches.iter().enumerate() {
         let base = format!("watch[{i}]");
         let mut ok = true;
-        for (field, value) in [
-            ("workspace", &w.workspace),
-            ("project_id", &w.project_id),
-            ("asset_id", &w.asset_id),
-            ("index_id", &w.index_id),
-        ] {
+        let has_asset = !w.asset_id.is_empty();
+        let has_index = !w.index_id.is_empty();
+        let mut named = vec![("workspace", &w.workspace), ("project_id", &w.project_id)];
+        if has_asset {
+            named.push(("asset_id", &w.asset_id));
+        }
+        if has_index {
+            named.push(("index_id", &w.index_id));
+        }
+        for (field, value) in named {
             if let Err(e) = validate_id(value) {
                 let key = format!("{base}.{field}");
                 // The id is not secret and the user needs to see which one is at fault.
@@ -434,29 +569,100 @@ pub fn validate(
                 ok = false;
             }
         }
-        if let Some(sid) = &w.scene_summary_id
-            && let Err(e) = validate_id(sid)
-        {
-            p.push(origins.problem(&format!("{base}.scene_summary_id"), format!("{sid:?} {e}")));
+        if has_index && !has_asset {
+            p.push(origins.problem(
+                &format!("{base}.index_id"),
+                "needs asset_id: a watch names an index of an asset (workspace, project_id, \
+                 asset_id, index_id), one asset's latest index (no index_id) or every asset of \
+                 a project (no asset_id, no index_id)",
+            ));
             ok = false;
+        }
+        if let Some(sid) = &w.scene_summary_id {
+            if !has_index {
+                p.push(origins.problem(
+                    &format!("{base}.scene_summary_id"),
+                    "names the summary of one index; give index_id too, or leave it out",
+                ));
+                ok = false;
+            } else if let Err(e) = validate_id(sid) {
+                p.push(
+                    origins.problem(&format!("{base}.scene_summary_id"), format!("{sid:?} {e}")),
+                );
+                ok = false;
+            }
         }
         let generation = match &w.generation {
             Some(g) => generation(origins, &mut p, &format!("{base}.generation"), g),
             None => gen_default,
         };
+        if !has_index && generation == Some(GenerationChoice::Index) {
+            let what = if w.generation.is_some() {
+                "generation = \"index\""
+            } else {
+                "api.generation = \"index\""
+            };
+            p.push(origins.problem(
+                &format!("{base}.generation"),
+                format!(
+                    "{what} needs index_id: the index-level API addresses one index; watch the \
+                     asset's latest index (or a whole project) with generation = \"auto\" or \
+                     \"asset\""
+                ),
+            ));
+            ok = false;
+        }
         let wait = match &w.max_wait {
             Some(m) => duration(origins, &mut p, &format!("{base}.max_wait"), m),
             None => max_wait,
         };
         let declared_at = format!("{base} ({})", origins.of(&format!("{base}.workspace")));
+        let (Some(generation), Some(max_wait), true) = (generation, wait, ok) else {
+            continue;
+        };
+        if !has_asset || !has_index {
+            let kind = if has_asset {
+                SelectorKind::Asset {
+                    workspace: w.workspace.clone(),
+                    project_id: w.project_id.clone(),
+                    asset_id: w.asset_id.clone(),
+                }
+            } else {
+                SelectorKind::Project {
+                    workspace: w.workspace.clone(),
+                    project_id: w.project_id.clone(),
+                }
+            };
+            let selector = Selector {
+                kind,
+                generation,
+                max_wait,
+                declared_at,
+            };
+            let origin = selector.origin();
+            if let Some(&first) = seen_selectors.get(&origin) {
+                p.push(Problem {
+                    key: base.clone(),
+                    origin: origins.of(&format!("{base}.workspace")),
+                    message: format!(
+                        "watches {} again; it is already declared as {}",
+                        selector.describe(),
+                        selectors[first].declared_at
+                    ),
+                });
+                continue;
+            }
+            seen_selectors.insert(origin, selectors.len());
+            selectors.push(selector);
+            continue;
+        }
         // Every part was checked above; `new` cannot fail then, but stays the one constructor.
-        let key = WatchKey::new(
+        let Ok(key) = WatchKey::new(
             w.workspace.clone(),
             w.project_id.clone(),
             w.asset_id.clone(),
             w.index_id.clone(),
-        );
-        let Ok(key) = key else {
+        ) else {
             continue;
         };
         let id = (
@@ -465,7 +671,7 @@ pub fn validate(
             w.asset_id.as_str(),
             w.index_id.as_str(),
         );
-        if ok && let Some(first) = seen.get(&id) {
+        if let Some(first) = seen.get(&id) {
             let first: &WatchSpec = &watches[*first];
             p.push(Problem {
                 key: base.clone(),
@@ -475,18 +681,17 @@ pub fn validate(
                     first.declared_at
                 ),
             });
-            ok = false;
+            continue;
         }
-        if let (true, Some(generation), Some(max_wait)) = (ok, generation, wait) {
-            seen.insert(id, watches.len());
-            watches.push(WatchSpec {
-                key,
-                scene_summary_id: w.scene_summary_id.clone(),
-                generation,
-                max_wait,
-                declared_at,
-            });
-        }
+        seen.insert(id, watches.len());
+        watches.push(WatchSpec {
+            key,
+            scene_summary_id: w.scene_summary_id.clone(),
+            generation,
+            max_wait,
+            declared_at,
+            origin: None,
+        });
     }
 
     // [[sink]] and [[event_sink]]
@@ -582,7 +787,7 @@ pub fn validate(
         }
     };
     let watch_dir = (!raw.watch_dir.trim().is_empty()).then(|| PathBuf::from(raw.watch_dir.trim()));
-    if watches.is_empty() && p.is_empty() {
+    if watches.is_empty() && selectors.is_empty() && p.is_empty() {
         warnings.push("no [[watch]] entries: there is nothing to poll".into());
     }
 
@@ -622,8 +827,10 @@ pub fn validate(
                 recheck_interval: recheck.unwrap_or_default(),
                 not_requested_grace: grace.unwrap_or_default(),
                 concurrency: r.concurrency as usize,
+                discovery_interval: discovery.unwrap_or_default(),
             },
             watches,
+            selectors,
             sinks,
             event_sinks,
             watch_dir,

@@ -66,8 +66,9 @@ pub async fn run(
             )
         })?,
     );
+    let origins: Vec<String> = config.selectors.iter().map(|s| s.origin()).collect();
     let records = ledger
-        .sync_watches(&config.watches, clock.now_ms())
+        .sync_watches(&config.watches, &origins, clock.now_ms())
         .await
         .context("cannot record the configured watches in the ledger")?;
 
@@ -98,6 +99,7 @@ pub async fn run(
     side_tasks.spawn(systemd::keepalive(health.clone(), stop_side.clone()));
     info!(
         watches = config.watches.len(),
+        watched_assets_and_projects = config.selectors.len(),
         sinks = result_sinks.len(),
         event_sinks = event_sinks.len(),
         state_dir = %config.state_dir.display(),

@@ -10,6 +10,7 @@
 //! module sleeps, spawns, commits and keeps the books.
 
 mod budget;
+mod discovery;
 pub mod facts;
 mod outbox;
 pub mod pause;
@@ -30,16 +31,20 @@ use tracing::{error, info, warn};
 pub use budget::RequestBudget;
 
 use crate::clock::Clock;
-use crate::config::{Config, WatchSpec};
+use crate::config::{Config, GenerationChoice, Selector, WatchSpec};
 use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::health::Health;
-use crate::ncp::{Api, ApiFactory};
+use crate::ncp::{Api, ApiFactory, AssetPage, IndexStatus, Target, Verdict};
 use crate::policy::first_poll_offset;
 use crate::sink::{EventSink, Sink};
 use crate::state::{SharedLedger, WatchRecord};
 use crate::watch::{self, PauseReason, Phase};
+use discovery::{AssetRef, Discovery, Found};
 use pause::{ClientPause, Probe, Refusal};
+
+/// The deployment fact recorded once the index-level API answered "URL not found.".
+pub const INDEX_API_FACT: &str = "index_api";
 
 /// How the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +167,8 @@ pub struct Finished {
     pub timed_out: bool,
     /// Shutdown was asked for.
     pub interrupted: bool,
+    /// `once`: assets of watched assets or projects that never got an index to watch.
+    pub unresolved: Vec<String>,
 }
 
 /// What the outbox drainers tell the engine.
@@ -298,6 +305,14 @@ pub async fn run(
         config.api.requests_per_second,
         config.api.burst,
     ));
+    let index_api_gone = ledger.fact(INDEX_API_FACT).await?.as_deref() == Some("gone");
+    let now = clock.now_ms();
+    let discovery = Discovery::new(
+        config.selectors.clone(),
+        config.poll.discovery_interval,
+        config.poll.initial_interval,
+        now,
+    );
     let mut engine = Engine {
         ctx: Arc::new(poll::PollCtx {
             health: health.clone(),
@@ -308,6 +323,7 @@ pub async fn run(
             policy: crate::policy::Policy::from_config(&config.poll),
             wakes,
             observer,
+            index_api_gone: Arc::new(std::sync::atomic::AtomicBool::new(index_api_gone)),
             every_failure: matches!(mode, Mode::Once { .. }),
         }),
         client,
@@ -322,8 +338,18 @@ pub async fn run(
         last_refusal: None,
         probe_watch: None,
         give_up: None,
+        discovery,
+        index_api_noted: index_api_gone,
+        probe_discovery: false,
     };
+    if index_api_gone {
+        warn!(
+            "The index-level API was found gone earlier (recorded in the ledger): watches with generation = \"auto\" use the asset-level calls; those with generation = \"index\" end rejected."
+        );
+    }
     engine.add_watches(records).await;
+    engine.load_discovered().await;
+    engine.deprecation_notice();
     engine.refresh_phases();
     let (mut finished, drain_started) = engine.run(commands, notices, shutdown.clone()).await;
     finished.interrupted = shutdown.is_cancelled();
@@ -360,6 +386,12 @@ struct Engine {
     probe_watch: Option<usize>,
     /// Set when `once` gives up on refused credentials.
     give_up: Option<PauseReason>,
+    /// Watches by asset or project: what to list and read.
+    discovery: Discovery,
+    /// The index-level API's removal was logged (and recorded) already.
+    index_api_noted: bool,
+    /// The pause's probe is a discovery call.
+    probe_discovery: bool,
 }
 
 impl Engine {
@@ -472,6 +504,7 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> (Finished, tokio::time::Instant) {
         let mut tasks: JoinSet<poll::Outcome> = JoinSet::new();
+        let mut discovering: JoinSet<(discovery::Call, Discovered)> = JoinSet::new();
         let mut commands_open = true;
         let mut phase_tick = tokio::time::interval(Duration::from_secs(1));
         let timeout = match self.mode {
@@ -487,7 +520,13 @@ impl Engine {
             }
             let now = self.ctx.clock.now_ms();
             self.ctx.health.last_tick_ms.store(now, Ordering::Relaxed);
+            if self.once() {
+                for lost in self.discovery.give_up_older_than(now) {
+                    warn!("{lost}");
+                }
+            }
             self.launch_due(&mut tasks, now);
+            self.launch_discovery(&mut discovering, now);
             let next = self.next_wake(now);
             let until_timeout = async {
                 match timeout {
@@ -505,6 +544,10 @@ impl Engine {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
                     Ok(o) => self.finish(o).await,
                     Err(e) => error!(error = %e, "A poll task failed unexpectedly."),
+                },
+                Some(done) = discovering.join_next(), if !discovering.is_empty() => match done {
+                    Ok((call, answer)) => self.discovered_answer(call, answer).await,
+                    Err(e) => error!(error = %e, "A discovery task failed unexpectedly."),
                 },
                 Some(n) = notices.recv() => self.notice(n),
                 cmd = commands.recv(), if commands_open => match cmd {
@@ -532,6 +575,8 @@ impl Engine {
             );
             tasks.abort_all();
         }
+        // A listing or index read in flight is simply done again at the next start.
+        discovering.abort_all();
         // Notices that arrived meanwhile (the last deliveries).
         while let Ok(n) = notices.try_recv() {
             self.notice(n);
@@ -540,8 +585,296 @@ impl Engine {
         (self.finished(timed_out), drain_started)
     }
 
+    /// Loads the watches selectors found earlier (kept in the ledger) for the selectors still
+    /// configured; their assets need no new discovery.
+    async fn load_discovered(&mut self) {
+        let found = match self.ctx.ledger.discovered().await {
+            Ok(f) => f,
+            Err(e) => {
+                error!(error = %e, "Cannot read the watches found through projects and assets from the ledger; they are found again.");
+                return;
+            }
+        };
+        let now = self.ctx.clock.now_ms();
+        for (origin, record) in found {
+            let Some(selector) = self
+                .discovery
+                .selectors()
+                .iter()
+                .find(|s| s.origin() == origin)
+                .cloned()
+            else {
+                continue;
+            };
+            let key = record.key.clone();
+            if self
+                .index
+                .get(&key)
+                .is_some_and(|&i| !self.entries[i].removed)
+            {
+                continue; // configured as an index watch too: that one wins
+            }
+            if !record.state.phase.is_terminal() {
+                self.discovery.known(asset_of(&key), &origin);
+            }
+            let due = self.initial_due(&record, now);
+            let i = self.insert_entry(selector.spec_for(key), record);
+            if let Some(due) = due {
+                self.schedule(i, due);
+            }
+        }
+    }
+
+    /// One warning at start when watches use the index-level API explicitly.
+    fn deprecation_notice(&self) {
+        let n = self
+            .entries
+            .iter()
+            .filter(|e| !e.removed && e.spec.generation == GenerationChoice::Index)
+            .count();
+        if n > 0 {
+            warn!(
+                watches = n,
+                "Watches with generation = \"index\" use NAVER's index-level API, which is announced for removal in January 2027; once it is gone they end rejected. Set generation = \"auto\" (the default), which moves to the asset-level API by itself; see docs/migration.md."
+            );
+        }
+    }
+
+    /// Adds (or replaces) the entry of a watch; returns its index.
+    fn insert_entry(&mut self, spec: WatchSpec, record: WatchRecord) -> usize {
+        let key = record.key.clone();
+        match self.index.get(&key) {
+            Some(&i) => {
+                let e = &mut self.entries[i];
+                e.spec = Arc::new(spec);
+                e.record = record;
+                e.removed = false;
+                e.due_ms = None;
+                i
+            }
+            None => {
+                self.entries.push(Entry {
+                    spec: Arc::new(spec),
+                    record,
+                    due_ms: None,
+                    in_flight: false,
+                    removed: false,
+                    delivered: None,
+                    locations: Vec::new(),
+                    sink_error: None,
+                    settled_at_ms: None,
+                });
+                let i = self.entries.len() - 1;
+                self.index.insert(key, i);
+                i
+            }
+        }
+    }
+
+    /// Starts the next discovery call that is due (one at a time: listings are cheap and rare,
+    /// and waiting jobs come first).
+    fn launch_discovery(&mut self, tasks: &mut JoinSet<(discovery::Call, Discovered)>, now: u64) {
+        if !tasks.is_empty() {
+            return;
+        }
+        if self.pause.reason().is_some() {
+            // Paused: a discovery call may be the probe when no watch is there to be one.
+            if self.probe_watch.is_some()
+                || self.probe_discovery
+                || self.pause.next_probe(now).is_none()
+            {
+                return;
+            }
+            let Some(call) = self.discovery.next_call(u64::MAX) else {
+                return;
+            };
+            self.pause.launched(usize::MAX);
+            self.probe_discovery = true;
+            tasks.spawn(discover(
+                self.ctx.clone(),
+                self.client.clone(),
+                self.discovery.selectors().to_vec(),
+                call,
+            ));
+            return;
+        }
+        let Some(call) = self.discovery.next_call(now) else {
+            return;
+        };
+        tasks.spawn(discover(
+            self.ctx.clone(),
+            self.client.clone(),
+            self.discovery.selectors().to_vec(),
+            call,
+        ));
+    }
+
+    /// Takes in what a discovery call answered: new watches, assets gone, or a refusal that
+    /// pauses the client like a poll's.
+    async fn discovered_answer(&mut self, call: discovery::Call, answer: Discovered) {
+        let now = self.ctx.clock.now_ms();
+        let probe = std::mem::take(&mut self.probe_discovery);
+        let found = match &answer {
+            Discovered::Page(p) => self
+                .discovery
+                .answered(&call, discovery::Answer::Page(p), now),
+            Discovered::Index(st) => {
+                self.discovery
+                    .answered(&call, discovery::Answer::Index(st), now)
+            }
+            Discovered::Failed => self
+                .discovery
+                .answered(&call, discovery::Answer::Failed, now),
+            Discovered::Permanent(why) => {
+                self.discovery
+                    .answered(&call, discovery::Answer::Permanent(why), now)
+            }
+            Discovered::Refused(reason, e) => {
+                self.discovery
+                    .answered(&call, discovery::Answer::Failed, now);
+                if self.pause.refused(usize::MAX, *reason, probe, now) == Refusal::Started {
+                    let text = e.clone();
+                    self.started_pause(*reason, &text);
+                    self.last_refusal = Some(text);
+                } else if probe && self.once() {
+                    self.give_up = Some(*reason);
+                }
+                Vec::new()
+            }
+        };
+        if !matches!(answer, Discovered::Refused(..))
+            && self.pause.answered(
+                usize::MAX,
+                probe,
+                !matches!(answer, Discovered::Failed),
+                now,
+            )
+        {
+            info!("The API accepts the requests again; polling resumes.");
+            self.ended_pause();
+        }
+        for f in found {
+            match f {
+                Found::Index {
+                    selector,
+                    asset,
+                    index_id,
+                } => self.add_discovered(selector, &asset, &index_id).await,
+                Found::Gone { selector, assets } => self.remove_assets(selector, &assets).await,
+            }
+        }
+    }
+
+    /// A selector found the watch of `asset`'s index `index_id`: record it, announce it, poll it.
+    async fn add_discovered(&mut self, selector: usize, asset: &AssetRef, index_id: &str) {
+        let Some(sel) = self.discovery.selectors().get(selector).cloned() else {
+            return;
+        };
+        let (w, p, a) = asset;
+        let key = match WatchKey::new(w.clone(), p.clone(), a.clone(), index_id) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(asset = %format!("{w}/{p}/{a}"), error = %e, "The asset's latest index cannot be watched.");
+                return;
+            }
+        };
+        if self
+            .index
+            .get(&key)
+            .is_some_and(|&i| !self.entries[i].removed && self.entries[i].spec.origin.is_none())
+        {
+            return; // configured as an index watch: that one covers it
+        }
+        let origin = sel.origin();
+        let spec = sel.spec_for(key.clone());
+        let now = self.ctx.clock.now_ms();
+        let record = match self.ctx.ledger.add_watch(&spec, now).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(watch = %key, error = %e, "Cannot record a watch found through a project or asset in the ledger; it is looked for again.");
+                self.discovery.forget(asset);
+                return;
+            }
+        };
+        let ev = Event::discovered(&key, &origin, now);
+        match self.ctx.ledger.record_events(vec![ev.clone()]).await {
+            Ok(()) => {
+                ev.log();
+                self.ctx.health.metrics.event(ev.kind.as_str());
+                self.ctx.wakes.events();
+            }
+            Err(e) => {
+                error!(watch = %key, error = %e, "Cannot record the discovered event in the ledger.")
+            }
+        }
+        self.discovery.known(asset.clone(), &origin);
+        let due = self.initial_due(&record, now);
+        let i = self.insert_entry(spec, record);
+        if let Some(due) = due {
+            self.schedule(i, due);
+        }
+        if let Some(o) = &self.ctx.observer {
+            let e = &self.entries[i];
+            o.update(&Update::Polled {
+                spec: &e.spec,
+                record: &e.record,
+                events: std::slice::from_ref(&ev),
+            });
+        }
+    }
+
+    /// Assets gone from their project's list: their watches are removed (kept, not polled).
+    async fn remove_assets(&mut self, selector: usize, assets: &[AssetRef]) {
+        let Some(origin) = self
+            .discovery
+            .selectors()
+            .get(selector)
+            .map(Selector::origin)
+        else {
+            return;
+        };
+        let gone: HashSet<&AssetRef> = assets.iter().collect();
+        let mut keys = Vec::new();
+        for e in &mut self.entries {
+            if !e.removed
+                && e.spec.origin.as_deref() == Some(origin.as_str())
+                && gone.contains(&asset_of(&e.record.key))
+            {
+                e.removed = true;
+                e.due_ms = None;
+                keys.push(e.record.key.clone());
+            }
+        }
+        if keys.is_empty() {
+            return;
+        }
+        info!(project = %origin, watches = keys.len(), "Assets are gone from their project's list; their watches are removed (kept in the ledger, not polled).");
+        if let Err(e) = self
+            .ctx
+            .ledger
+            .remove_watches(keys, self.ctx.clock.now_ms())
+            .await
+        {
+            error!(error = %e, "Cannot record removed watches in the ledger.");
+        }
+    }
+
+    /// The index-level API is gone: recorded once for the whole deployment, said once.
+    async fn note_index_api_gone(&mut self) {
+        if self.index_api_noted {
+            return;
+        }
+        self.index_api_noted = true;
+        warn!(
+            "The index-level API answers the gateway's 404 \"URL not found.\": NAVER has removed it. Watches with generation = \"auto\" move to the asset-level calls; those with generation = \"index\" end rejected with what to change (docs/migration.md)."
+        );
+        if let Err(e) = self.ctx.ledger.set_fact(INDEX_API_FACT, "gone").await {
+            error!(error = %e, "Cannot record in the ledger that the index-level API is gone; it is found out again after a restart.");
+        }
+    }
+
     fn all_settled(&self) -> bool {
-        self.entries.iter().all(|e| e.removed || e.settled())
+        self.discovery.settled() && self.entries.iter().all(|e| e.removed || e.settled())
     }
 
     fn finished(&mut self, timed_out: bool) -> Finished {
@@ -564,14 +897,19 @@ impl Engine {
             quota_exceeded: (reason == Some(PauseReason::Quota)).then_some(refusal),
             timed_out: timed_out && !self.all_settled(),
             interrupted: false,
+            unresolved: self.discovery.given_up().to_vec(),
         }
     }
 
     fn next_wake(&self, now: u64) -> Duration {
         let due = match self.pause.until_ms() {
-            Some(p) if self.probe_watch.is_none() => Some(p),
+            Some(p) if self.probe_watch.is_none() && !self.probe_discovery => Some(p),
             Some(_) => None,
-            None => self.queue.peek().map(|Reverse((t, _))| *t),
+            None => {
+                let poll = self.queue.peek().map(|Reverse((t, _))| *t);
+                let found = self.discovery.next_due();
+                poll.into_iter().chain(found).min()
+            }
         };
         due.map(|t| Duration::from_millis(t.saturating_sub(now).max(1)))
             .unwrap_or(Duration::from_secs(1))
@@ -602,6 +940,9 @@ impl Engine {
                 self.probe_watch = Some(i);
                 self.launch(tasks, i, true);
             }
+            return;
+        }
+        if self.probe_discovery {
             return;
         }
         while tasks.len() < cap {
@@ -645,6 +986,23 @@ impl Engine {
     async fn finish(&mut self, o: poll::Outcome) {
         let now = self.ctx.clock.now_ms();
         let i = o.index;
+        if o.index_api_gone {
+            self.note_index_api_gone().await;
+        }
+        if let Some(new_index) = &o.successor
+            && let Some(e) = self.entries.get(i)
+            && let Some(origin) = e.spec.origin.clone()
+            && let Some(sel) = self
+                .discovery
+                .selectors()
+                .iter()
+                .position(|s| s.origin() == origin)
+        {
+            let asset = asset_of(&e.record.key);
+            info!(watch = %e.record.key, new_index_id = %new_index, "A re-index replaced the watch's index; following the asset's new latest index.");
+            self.discovery.forget(&asset);
+            self.add_discovered(sel, &asset, new_index).await;
+        }
         let probe = self.probe_watch == Some(i) && o.probe;
         if probe {
             self.probe_watch = None;
@@ -819,10 +1177,11 @@ impl Engine {
                 return;
             }
         };
+        let origins: Vec<String> = new.selectors.iter().map(Selector::origin).collect();
         let records = match self
             .ctx
             .ledger
-            .sync_watches(&new.watches, self.ctx.clock.now_ms())
+            .sync_watches(&new.watches, &origins, self.ctx.clock.now_ms())
             .await
         {
             Ok(r) => r,
@@ -860,9 +1219,14 @@ impl Engine {
             self.ctx = Arc::new(ctx);
         }
         let new_keys: HashSet<&WatchKey> = new.watches.iter().map(|w| &w.key).collect();
+        let kept_origins: HashSet<&String> = origins.iter().collect();
         let mut removed = 0;
         for e in &mut self.entries {
-            if !e.removed && !new_keys.contains(&e.record.key) {
+            let stays = match &e.spec.origin {
+                None => new_keys.contains(&e.record.key),
+                Some(o) => kept_origins.contains(o),
+            };
+            if !e.removed && !stays {
                 e.removed = true;
                 e.due_ms = None;
                 removed += 1;
@@ -906,8 +1270,14 @@ impl Engine {
             })
             .collect();
         let n_added = added.len();
+        let now = self.ctx.clock.now_ms();
+        let selectors = new.selectors.clone();
         self.config = new;
         self.add_watches(added).await;
+        // Selectors: new ones are listed and read now, kept ones keep their timers, the watches
+        // of removed ones were removed above (and flagged in the ledger by the sync).
+        self.discovery.set_selectors(selectors, now);
+        self.load_discovered().await;
         self.refresh_phases();
         info!(
             added = n_added,
@@ -917,6 +1287,81 @@ impl Engine {
             "Configuration reloaded."
         );
     }
+}
+
+/// The asset of a watch key.
+fn asset_of(key: &WatchKey) -> AssetRef {
+    (
+        key.workspace().to_string(),
+        key.project_id().to_string(),
+        key.asset_id().to_string(),
+    )
+}
+
+/// What a discovery call answered.
+enum Discovered {
+    Page(AssetPage),
+    Index(IndexStatus),
+    /// Transient: tried again later.
+    Failed,
+    /// For good (unknown asset or project): tried again after the discovery interval.
+    Permanent(String),
+    /// The credentials were refused or the quota is used up: the whole client pauses.
+    Refused(PauseReason, String),
+}
+
+/// Makes one discovery call, inside the request budget.
+async fn discover(
+    ctx: Arc<poll::PollCtx>,
+    client: Arc<dyn Api>,
+    selectors: Vec<Selector>,
+    call: discovery::Call,
+) -> (discovery::Call, Discovered) {
+    fn sort<T>(v: Verdict<T>) -> Result<T, Discovered> {
+        match v {
+            Verdict::Ok(t) => Ok(t),
+            Verdict::AuthFailure(e) => Err(Discovered::Refused(PauseReason::Auth, e.to_string())),
+            Verdict::QuotaExceeded { error, .. } => {
+                Err(Discovered::Refused(PauseReason::Quota, error.to_string()))
+            }
+            Verdict::Permanent(e) => Err(Discovered::Permanent(e.to_string())),
+            // Transient errors and throttling: looked at again after a backoff.
+            _ => Err(Discovered::Failed),
+        }
+    }
+    let answer = match &call {
+        discovery::Call::List { selector, page } => {
+            let Some((w, p)) = selectors.get(*selector).map(Selector::project) else {
+                return (call, Discovered::Failed);
+            };
+            let v = poll::call(
+                &ctx,
+                "list_assets",
+                client.list_assets(w, p, *page, discovery::PAGE_SIZE),
+            )
+            .await;
+            if let Verdict::Throttled { retry_after, .. } = &v
+                && ctx
+                    .budget
+                    .throttled(retry_after.map(|d| ctx.policy.server_delay(d)))
+            {
+                ctx.health.metrics.budget_cut(ctx.budget.current_rate());
+            }
+            sort(v).map_or_else(|d| d, Discovered::Page)
+        }
+        discovery::Call::Resolve { asset, .. } => {
+            let t = Target {
+                workspace: asset.0.clone(),
+                project_id: asset.1.clone(),
+                asset_id: asset.2.clone(),
+                index_id: String::new(),
+                scene_summary_id: None,
+            };
+            let v = poll::call(&ctx, "index_status", client.index_status(&t)).await;
+            sort(v).map_or_else(|d| d, Discovered::Index)
+        }
+    };
+    (call, answer)
 }
 
 /// A watch whose latest version every sink confirmed is `watching`, even if the step that

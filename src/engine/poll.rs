@@ -3,6 +3,7 @@
 //! committed record (or the old one, if nothing could be committed).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing::error;
@@ -10,14 +11,15 @@ use tracing::error;
 use super::facts::{self, Fetched};
 use super::{Observer, RequestBudget, Update, Wakes};
 use crate::clock::Clock;
+use crate::config::GenerationChoice;
 use crate::config::WatchSpec;
 use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::health::Health;
-use crate::ncp::{Api, ApiError, Generation, SummaryResult, Verdict};
+use crate::ncp::{Api, ApiError, ErrorOrigin, Generation, SummaryResult, SummaryStatus, Verdict};
 use crate::policy::{Policy, jitter_seed};
 use crate::state::{NewVersion, SharedLedger, StepCommit, WatchRecord};
-use crate::watch::{self, Action, Answer, Limits, PauseReason, Phase};
+use crate::watch::{self, Action, Answer, Limits, PauseReason, Phase, Route, Step, WatchState};
 
 /// When the ledger cannot be written, the poll is retried after this long.
 const LEDGER_RETRY: Duration = Duration::from_secs(5);
@@ -34,6 +36,8 @@ pub(crate) struct PollCtx {
     pub policy: Policy,
     pub wakes: Arc<Wakes>,
     pub observer: Option<Arc<dyn Observer>>,
+    /// Set once the index-level API answered "URL not found." (kept as a deployment fact).
+    pub index_api_gone: Arc<AtomicBool>,
     /// Log every failed poll at info level (`once`: few watches, someone watching), not only
     /// a watch that keeps failing.
     pub every_failure: bool,
@@ -53,6 +57,10 @@ pub(crate) struct Outcome {
     pub ok: bool,
     /// It was launched as the pause's probe.
     pub probe: bool,
+    /// It found the index-level API gone.
+    pub index_api_gone: bool,
+    /// It found the watch's index replaced by this one, and the watch follows the latest.
+    pub successor: Option<String>,
 }
 
 impl PollCtx {
@@ -67,7 +75,7 @@ impl PollCtx {
 
 /// One API call inside the request budget, measured; good answers win budget back (throttling
 /// is handled by the step's action).
-async fn call<T>(
+pub(crate) async fn call<T>(
     ctx: &PollCtx,
     operation: &'static str,
     request: impl std::future::Future<Output = Verdict<T>>,
@@ -109,6 +117,8 @@ pub(crate) async fn poll(
         error,
         ok,
         probe,
+        index_api_gone: false,
+        successor: None,
     };
     if let Some(step) = watch::check_deadline(&before.state, now, limits) {
         let mut record = before.clone();
@@ -120,28 +130,374 @@ pub(crate) async fn poll(
         return done(record, None, None, true);
     }
     let target = spec.target();
-    let use_status = spec.generation == Generation::Asset || spec.scene_summary_id.is_some();
     let seed = jitter_seed(&key, before.state.polls);
-    let mut error: Option<ApiError>;
-    let mut fetched: Option<SummaryResult> = None;
-    let mut step = if use_status {
-        let v = call(&ctx, "status", client.status(spec.generation, &target)).await;
-        error = v.error().filter(|_| !v.is_good_answer()).cloned();
-        watch::step(&before.state, now, limits, Answer::Status(&v), seed)
-    } else {
-        let r = call(&ctx, "result", client.result(spec.generation, &target)).await;
-        error = r.error().filter(|_| !r.is_good_answer()).cloned();
-        let s = watch::step(&before.state, now, limits, Answer::Result(&r), seed);
-        fetched = r.ok();
-        s
-    };
-    if step.action == Action::FetchResult {
-        let r = call(&ctx, "result", client.result(spec.generation, &target)).await;
-        error = r.error().filter(|_| !r.is_good_answer()).cloned();
-        step = watch::step(&step.state, now, limits, Answer::Result(&r), seed);
-        fetched = r.ok();
-    }
+    let gone = ctx.index_api_gone.load(Ordering::Relaxed);
 
+    // Which calls this watch uses (decided once, kept in its record).
+    let (route, keep_route) = match route_of(&spec, before.state.route, gone) {
+        RouteChoice::Use(r) => (r, true),
+        RouteChoice::Check => {
+            let v = call(&ctx, "index_status", client.index_status(&target)).await;
+            match v.split::<SummaryStatus>() {
+                Ok(st) => route_for_latest(&spec, st.index_id.as_deref()),
+                Err(failed) => {
+                    // The check failed like any call fails: the step decides (retry, pause,
+                    // reject on a permanent answer such as an unknown asset).
+                    let error = failed.error().cloned();
+                    let step =
+                        watch::step(&before.state, now, limits, Answer::Status(&failed), seed);
+                    return finish(&ctx, &spec, before, step, error, None, now_ms, probe, index)
+                        .await;
+                }
+            }
+        }
+    };
+    let mut exchange = Exchange::default();
+    let mut state = before.state.clone();
+    if keep_route {
+        state.route = Some(route);
+    }
+    let (status_gen, result_gen) = generations(route);
+    let mut step = match status_gen {
+        Some(g) => {
+            let v = call(&ctx, "status", client.status(g, &target)).await;
+            exchange.observe(&v, g);
+            watch::step(&state, now, limits, Answer::Status(&v), seed)
+        }
+        None => {
+            fetch(
+                &ctx,
+                &*client,
+                &spec,
+                &state,
+                result_gen,
+                now,
+                limits,
+                seed,
+                &mut exchange,
+            )
+            .await
+        }
+    };
+    if step.action == Action::FetchResult && !exchange.index_gone {
+        step = fetch(
+            &ctx,
+            &*client,
+            &spec,
+            &step.state,
+            result_gen,
+            now,
+            limits,
+            seed,
+            &mut exchange,
+        )
+        .await;
+    }
+    if exchange.index_gone {
+        return index_api_gone(&ctx, &spec, before, state, exchange, now_ms, probe, index).await;
+    }
+    if let Some(new_index) = exchange.other_index.clone() {
+        return superseded(
+            &ctx, &spec, before, state, route, &new_index, gone, now, limits, seed, probe, index,
+        )
+        .await;
+    }
+    let error = exchange.error.take();
+    let fetched = exchange.fetched.take();
+    finish(
+        &ctx, &spec, before, step, error, fetched, now_ms, probe, index,
+    )
+    .await
+}
+
+/// What the calls of one poll came to, besides the step.
+#[derive(Default)]
+struct Exchange {
+    /// The error of the last call, if it failed.
+    error: Option<ApiError>,
+    /// The result, if one was fetched (and is for this watch's index).
+    fetched: Option<SummaryResult>,
+    /// An index-level call got the gateway's "URL not found.": that API is gone.
+    index_gone: bool,
+    /// The result is for another index: the asset was re-indexed.
+    other_index: Option<String>,
+}
+
+impl Exchange {
+    fn observe<T>(&mut self, v: &Verdict<T>, generation: Generation) {
+        self.error = v.error().filter(|_| !v.is_good_answer()).cloned();
+        if generation == Generation::Index && is_url_not_found(v) {
+            self.index_gone = true;
+        }
+    }
+}
+
+/// The gateway's 404 "URL not found." (errorCode 300): the path does not exist (API doc §6).
+fn is_url_not_found<T>(v: &Verdict<T>) -> bool {
+    matches!(v, Verdict::Permanent(e)
+        if e.origin == ErrorOrigin::Gateway
+            && e.http_status == Some(404)
+            && e.code.as_deref() == Some("300"))
+}
+
+/// The result call and its step; a result of another index is kept aside (not stepped on, so
+/// it cannot become a version of this watch).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one poll, passed down once; a struct would only rename them"
+)]
+async fn fetch(
+    ctx: &PollCtx,
+    client: &dyn Api,
+    spec: &WatchSpec,
+    state: &WatchState,
+    generation: Generation,
+    now: Duration,
+    limits: Limits,
+    seed: u64,
+    exchange: &mut Exchange,
+) -> Step {
+    let target = spec.target();
+    let r = call(ctx, "result", client.result(generation, &target)).await;
+    exchange.observe(&r, generation);
+    if let Verdict::Ok(result) = &r
+        && let Some(other) = other_index(&spec.key, result)
+    {
+        if generation == Generation::Asset {
+            exchange.other_index = Some(other);
+            return watch::step(state, now, limits, Answer::Result(&r), seed);
+        }
+        // The index-level result of one index naming another: not the service's word on this
+        // index. Nothing is delivered; the call is tried again.
+        tracing::warn!(watch = %spec.key, index_id = %other, "The index-level result call answered with a result of another index; nothing is delivered and the call is tried again.");
+        let garbled: Verdict<SummaryResult> = Verdict::Retryable {
+            after: None,
+            error: ApiError {
+                operation: crate::ncp::Operation::Result,
+                path: String::new(),
+                http_status: Some(200),
+                code: None,
+                message: format!(
+                    "the result is for index {other}, not {}",
+                    spec.key.index_id()
+                ),
+                details: None,
+                trace_id: None,
+                origin: ErrorOrigin::Decode,
+            },
+        };
+        exchange.error = garbled.error().cloned();
+        return watch::step(state, now, limits, Answer::Result(&garbled), seed);
+    }
+    let step = watch::step(state, now, limits, Answer::Result(&r), seed);
+    exchange.fetched = r.ok();
+    step
+}
+
+/// The result's `indexId` when it names an index other than the watch's. Not comparable (no
+/// `indexId`, or a configured index id that is not a number) counts as the same.
+fn other_index(key: &WatchKey, result: &SummaryResult) -> Option<String> {
+    let got = result.index_id?;
+    let mine: i64 = key.index_id().parse().ok()?;
+    (got != mine).then(|| got.to_string())
+}
+
+/// How a watch's route is chosen.
+enum RouteChoice {
+    Use(Route),
+    /// Read the asset's index status to find out whether the watch's index is the latest.
+    Check,
+}
+
+fn route_of(spec: &WatchSpec, known: Option<Route>, index_api_gone: bool) -> RouteChoice {
+    use GenerationChoice as G;
+    let with_id = spec.scene_summary_id.is_some();
+    match (spec.generation, known) {
+        (G::Asset, _) => RouteChoice::Use(Route::Asset),
+        (G::Index, _) if with_id => RouteChoice::Use(Route::IndexWithId),
+        (G::Index, Some(r)) if r != Route::Asset => RouteChoice::Use(r),
+        (G::Index, _) => RouteChoice::Check,
+        // Watches found through a selector follow the asset's latest index: asset-level.
+        (G::Auto, _) if spec.origin.is_some() => RouteChoice::Use(Route::Asset),
+        (G::Auto, _) if index_api_gone => RouteChoice::Use(Route::Asset),
+        (G::Auto, Some(r)) => RouteChoice::Use(r),
+        (G::Auto, None) => RouteChoice::Check,
+    }
+}
+
+/// The route once the asset's latest index is known (`None`: its analysis has not completed,
+/// so it cannot be told; decided again at the next poll). Returns whether to keep it.
+fn route_for_latest(spec: &WatchSpec, latest: Option<&str>) -> (Route, bool) {
+    let with_id = spec.scene_summary_id.is_some();
+    let is_latest = latest.map(|l| l == spec.key.index_id());
+    let route = match (spec.generation, is_latest) {
+        (GenerationChoice::Index, Some(true)) => Route::AssetStatusIndexResult,
+        (_, Some(true)) => Route::Asset,
+        _ if with_id => Route::IndexWithId,
+        _ => Route::IndexResultOnly,
+    };
+    if route == Route::IndexResultOnly && is_latest == Some(false) {
+        tracing::info!(
+            watch = %spec.key,
+            latest_index_id = latest.unwrap_or(""),
+            "The watch's index is not the asset's latest, so its status cannot be read: only its result call is polled, and a failed or canceled summary shows as timed_out (give the watch its scene_summary_id to see it)."
+        );
+    }
+    (route, is_latest.is_some())
+}
+
+/// The generation of the status call (if any) and of the result call of a route.
+fn generations(route: Route) -> (Option<Generation>, Generation) {
+    match route {
+        Route::Asset => (Some(Generation::Asset), Generation::Asset),
+        Route::IndexWithId => (Some(Generation::Index), Generation::Index),
+        Route::AssetStatusIndexResult => (Some(Generation::Asset), Generation::Index),
+        Route::IndexResultOnly => (None, Generation::Index),
+    }
+}
+
+/// The index-level API answered "URL not found.": NAVER removed it. An `auto` watch moves to
+/// the asset-level calls and is polled again at once; an `index` one ends, saying what to change.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one poll, passed down once; a struct would only rename them"
+)]
+async fn index_api_gone(
+    ctx: &PollCtx,
+    spec: &WatchSpec,
+    before: WatchRecord,
+    mut state: WatchState,
+    exchange: Exchange,
+    now_ms: u64,
+    probe: bool,
+    index: usize,
+) -> Outcome {
+    ctx.index_api_gone.store(true, Ordering::Relaxed);
+    let mut record = before.clone();
+    let mut events = Vec::new();
+    let mut error = exchange.error;
+    if spec.generation == GenerationChoice::Index {
+        state.phase = Phase::Rejected;
+        let message = index_api_gone_message(spec);
+        if let Some(e) = &mut error {
+            e.message = message.clone();
+        }
+        state.last_error = Some(message);
+        record.next_poll_at_ms = None;
+        record.last_change_at_ms = Some(now_ms);
+        events = facts::step_events(&spec.key, &before, &state, error.as_ref(), None, now_ms);
+    } else {
+        state.route = Some(Route::Asset);
+        record.next_poll_at_ms = Some(now_ms + 1);
+        error = None;
+    }
+    record.state = state;
+    let record = commit(ctx, spec, before, record, events, None).await;
+    Outcome {
+        index,
+        record,
+        refusal: None,
+        error,
+        ok: true,
+        probe,
+        index_api_gone: true,
+        successor: None,
+    }
+}
+
+/// What a watch with `generation = "index"` says when that API is gone.
+pub(crate) fn index_api_gone_message(spec: &WatchSpec) -> String {
+    let how = if spec.generation == GenerationChoice::Index {
+        "this watch sets generation = \"index\""
+    } else {
+        "api.generation is \"index\""
+    };
+    format!(
+        "the index-level API is gone (its paths answer the gateway's 404 \"URL not found.\"); \
+         {how}: set generation = \"auto\" (or \"asset\") and reload; see docs/migration.md"
+    )
+}
+
+/// The asset-level result names another index: a re-index replaced the watch's. A watch that
+/// follows the latest index ends `superseded` and the engine starts one of the new index; a
+/// configured index goes on through the index-level calls while they exist, and ends
+/// `superseded` when they do not (or when it asked for the asset-level API).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one poll, passed down once; a struct would only rename them"
+)]
+async fn superseded(
+    ctx: &PollCtx,
+    spec: &WatchSpec,
+    before: WatchRecord,
+    mut state: WatchState,
+    route: Route,
+    new_index: &str,
+    index_api_gone: bool,
+    now: Duration,
+    limits: Limits,
+    seed: u64,
+    probe: bool,
+    index: usize,
+) -> Outcome {
+    let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+    let follows = spec.origin.is_some();
+    let keeps_on = !follows
+        && !index_api_gone
+        && spec.generation == GenerationChoice::Auto
+        && route == Route::Asset;
+    let mut record = before.clone();
+    state.polls += 1;
+    state.consecutive_errors = 0;
+    if keeps_on {
+        tracing::info!(watch = %spec.key, new_index_id = new_index, "A re-index made another index the asset's latest; this watch's index is polled through the index-level calls from now on.");
+        state.route = Some(if spec.scene_summary_id.is_some() {
+            Route::IndexWithId
+        } else {
+            Route::IndexResultOnly
+        });
+        record.next_poll_at_ms = Some(now_ms + ms_of(limits.policy.poll_delay(0, seed)).min(1_000));
+    } else {
+        if !follows {
+            tracing::warn!(watch = %spec.key, new_index_id = new_index, "A re-index made another index the asset's latest, and this watch's index cannot be polled any more; it ends superseded. Watch the asset without index_id to follow its latest index.");
+        }
+        state.phase = Phase::Superseded;
+        record.next_poll_at_ms = None;
+        record.last_change_at_ms = Some(now_ms);
+    }
+    record.state = state;
+    let events = vec![Event::superseded(&spec.key, new_index, follows, now_ms)];
+    let record = commit(ctx, spec, before, record, events, None).await;
+    Outcome {
+        index,
+        record,
+        refusal: None,
+        error: None,
+        ok: true,
+        probe,
+        index_api_gone: false,
+        successor: follows.then(|| new_index.to_string()),
+    }
+}
+
+/// The rest of a poll after its step: timing, versions, events, one commit.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one poll, passed down once; a struct would only rename them"
+)]
+async fn finish(
+    ctx: &PollCtx,
+    spec: &WatchSpec,
+    before: WatchRecord,
+    step: Step,
+    error: Option<ApiError>,
+    fetched: Option<SummaryResult>,
+    now_ms: u64,
+    probe: bool,
+    index: usize,
+) -> Outcome {
+    let now = Duration::from_millis(now_ms);
+    let key = spec.key.clone();
     let mut record = before.clone();
     record.state = step.state;
     if record.state.remote != before.state.remote || record.state.phase != before.state.phase {
@@ -226,8 +582,17 @@ pub(crate) async fn poll(
         ));
     }
     let ok = error.is_none();
-    let record = commit(&ctx, &spec, before, record, events, new_version).await;
-    done(record, error, refusal, ok)
+    let record = commit(ctx, spec, before, record, events, new_version).await;
+    Outcome {
+        index,
+        record,
+        refusal,
+        error,
+        ok,
+        probe,
+        index_api_gone: false,
+        successor: None,
+    }
 }
 
 /// Ends a watch that the API refuses while it accepts the others (see `pause`): `rejected`,

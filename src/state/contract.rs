@@ -9,7 +9,7 @@ use super::*;
 use crate::config::WatchSpec;
 use crate::domain::WatchKey;
 use crate::events::Event;
-use crate::ncp::{Generation, RemoteStatus};
+use crate::ncp::RemoteStatus;
 use crate::watch::{Phase, WatchState};
 
 fn key(index: &str) -> WatchKey {
@@ -20,9 +20,10 @@ fn spec(index: &str) -> WatchSpec {
     WatchSpec {
         key: key(index),
         scene_summary_id: Some(format!("ss-{index}")),
-        generation: Generation::Index,
+        generation: crate::config::GenerationChoice::Index,
         max_wait: Duration::from_secs(3600),
         declared_at: format!("watch {index} in test"),
+        origin: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn waiting_record(index: &str) -> WatchRecord {
             polls: 7,
             consecutive_errors: 2,
             attempt: 3,
+            route: Some(crate::watch::Route::AssetStatusIndexResult),
             started_at: Some(Duration::from_millis(1_700_000_000_123)),
             before_since: Some(Duration::from_millis(1_700_000_000_456)),
             last_version: None,
@@ -143,10 +145,14 @@ contract!(
     unpark_makes_parked_rows_due_again,
     sink_health_and_facts_are_kept,
     a_closed_ledger_answers_closed,
+    discovered_watches_keep_their_origin_and_go_with_their_selector,
 );
 
 async fn new_watches_are_pending_and_steps_round_trip(l: &dyn Ledger) {
-    let records = l.sync_watches(&[spec("i1"), spec("i2")], 5).await.unwrap();
+    let records = l
+        .sync_watches(&[spec("i1"), spec("i2")], &[], 5)
+        .await
+        .unwrap();
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.state.phase == Phase::Pending));
     assert_eq!(records[0].key, key("i1"), "in specs order");
@@ -160,12 +166,17 @@ async fn new_watches_are_pending_and_steps_round_trip(l: &dyn Ledger) {
     })
     .await
     .unwrap();
-    let again = l.sync_watches(&[spec("i1"), spec("i2")], 6).await.unwrap();
+    let again = l
+        .sync_watches(&[spec("i1"), spec("i2")], &[], 6)
+        .await
+        .unwrap();
     assert_eq!(again[1], r, "every field of the record comes back");
 }
 
 async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state(l: &dyn Ledger) {
-    l.sync_watches(&[spec("i1"), spec("i2")], 0).await.unwrap();
+    l.sync_watches(&[spec("i1"), spec("i2")], &[], 0)
+        .await
+        .unwrap();
     let record = waiting_record("i2");
     l.commit_step(StepCommit {
         record: record.clone(),
@@ -175,7 +186,7 @@ async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state(l: &
     .await
     .unwrap();
 
-    let active = l.sync_watches(&[spec("i1")], 1).await.unwrap();
+    let active = l.sync_watches(&[spec("i1")], &[], 1).await.unwrap();
     assert_eq!(active.len(), 1);
     let status = l.status().await.unwrap();
     assert_eq!(status.len(), 2, "the removed watch is kept");
@@ -187,15 +198,18 @@ async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state(l: &
 
     let mut changed = spec("i2");
     changed.scene_summary_id = Some("other".into());
-    changed.generation = Generation::Asset;
-    let active = l.sync_watches(&[changed, spec("i1")], 2).await.unwrap();
+    changed.generation = crate::config::GenerationChoice::Asset;
+    let active = l
+        .sync_watches(&[changed, spec("i1")], &[], 2)
+        .await
+        .unwrap();
     assert_eq!(active[0], record, "re-added with its state, in specs order");
     assert_eq!(active[1].key, key("i1"));
     assert!(l.status().await.unwrap().iter().all(|r| !r.removed));
 }
 
 async fn a_new_version_queues_one_delivery_per_sink_with_the_result_byte_for_byte(l: &dyn Ledger) {
-    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    l.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     let step = completed_step("i1", "2025-01-01T00:00:00Z", vec![]);
     let v = step.new_version.clone().unwrap();
     l.commit_step(step.clone()).await.unwrap();
@@ -233,7 +247,7 @@ async fn a_new_version_queues_one_delivery_per_sink_with_the_result_byte_for_byt
 async fn delivery_succeeded_is_idempotent_and_flips_to_watching_when_all_sinks_are_done(
     l: &dyn Ledger,
 ) {
-    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    l.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     let step = completed_step("i1", "v1", vec![]);
     let vid = step.new_version.as_ref().unwrap().version_id.clone();
     l.commit_step(step).await.unwrap();
@@ -278,7 +292,7 @@ async fn delivery_succeeded_is_idempotent_and_flips_to_watching_when_all_sinks_a
 }
 
 async fn completed_does_not_flip_when_a_newer_version_is_the_last_one(l: &dyn Ledger) {
-    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    l.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     let old = completed_step("i1", "v1", vec![]);
     let old_id = old.new_version.as_ref().unwrap().version_id.clone();
     l.commit_step(old).await.unwrap();
@@ -294,7 +308,7 @@ async fn completed_does_not_flip_when_a_newer_version_is_the_last_one(l: &dyn Le
 }
 
 async fn parked_deliveries_are_not_due_but_counted_and_failures_back_off(l: &dyn Ledger) {
-    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    l.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     let step = completed_step("i1", "v1", vec![]);
     let vid = step.new_version.as_ref().unwrap().version_id.clone();
     l.commit_step(step).await.unwrap();
@@ -403,7 +417,7 @@ async fn events_are_queued_once_per_id_and_due_in_emission_order(l: &dyn Ledger)
 async fn a_sink_removed_from_the_configuration_no_longer_holds_watches_in_completed(
     l: &dyn Ledger,
 ) {
-    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    l.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     let step = completed_step("i1", "v1", vec![]);
     let vid = step.new_version.as_ref().unwrap().version_id.clone();
     l.commit_step(step).await.unwrap();
@@ -431,7 +445,7 @@ async fn a_sink_removed_from_the_configuration_no_longer_holds_watches_in_comple
 }
 
 async fn sinks_added_later_get_rows_for_new_versions_only(l: &dyn Ledger) {
-    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    l.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     l.commit_step(completed_step("i1", "v1", vec![]))
         .await
         .unwrap();
@@ -459,7 +473,7 @@ async fn sinks_added_later_get_rows_for_new_versions_only(l: &dyn Ledger) {
 }
 
 async fn reset_puts_only_ended_watches_back_to_pending(l: &dyn Ledger) {
-    l.sync_watches(&[spec("i1"), spec("i2"), spec("i3")], 0)
+    l.sync_watches(&[spec("i1"), spec("i2"), spec("i3")], &[], 0)
         .await
         .unwrap();
     for (i, phase) in [
@@ -485,7 +499,7 @@ async fn reset_puts_only_ended_watches_back_to_pending(l: &dyn Ledger) {
     done = l.reset_watches(vec![], 60).await.unwrap();
     assert_eq!(done, vec![key("i3")], "every ended one");
     let records = l
-        .sync_watches(&[spec("i1"), spec("i2"), spec("i3")], 70)
+        .sync_watches(&[spec("i1"), spec("i2"), spec("i3")], &[], 70)
         .await
         .unwrap();
     let i1 = &records[0];
@@ -498,7 +512,7 @@ async fn reset_puts_only_ended_watches_back_to_pending(l: &dyn Ledger) {
 }
 
 async fn unpark_makes_parked_rows_due_again(l: &dyn Ledger) {
-    l.sync_watches(&[spec("i1")], 0).await.unwrap();
+    l.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     let step = completed_step("i1", "v1", vec![waiting_event("i1", "X", 1)]);
     let vid = step.new_version.as_ref().unwrap().version_id.clone();
     let ev = step.events[0].id.clone();
@@ -542,4 +556,45 @@ async fn a_closed_ledger_answers_closed(l: &dyn Ledger) {
     l.close().await.unwrap();
     let e = l.status().await.unwrap_err();
     assert!(matches!(e, StateError::Closed { .. }), "{e}");
+}
+
+async fn discovered_watches_keep_their_origin_and_go_with_their_selector(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1")], &["project:ws/p1".into()], 0)
+        .await
+        .unwrap();
+    let mut found = spec("i2");
+    found.origin = Some("project:ws/p1".into());
+    found.scene_summary_id = None;
+    let r = l.add_watch(&found, 1).await.unwrap();
+    assert_eq!(r.state.phase, Phase::Pending);
+    let mut r2 = waiting_record("i2");
+    r2.state.route = Some(crate::watch::Route::Asset);
+    l.commit_step(StepCommit {
+        record: r2.clone(),
+        events: vec![],
+        new_version: None,
+    })
+    .await
+    .unwrap();
+    // A reload that keeps the selector keeps the discovered watch (it is not in `specs`).
+    l.sync_watches(&[spec("i1")], &["project:ws/p1".into()], 2)
+        .await
+        .unwrap();
+    let d = l.discovered().await.unwrap();
+    assert_eq!(d, vec![("project:ws/p1".to_string(), r2.clone())]);
+    // Found again: its state is kept.
+    assert_eq!(l.add_watch(&found, 3).await.unwrap(), r2);
+    // An asset gone from its list: removed, kept.
+    l.remove_watches(vec![key("i2")], 4).await.unwrap();
+    assert!(l.discovered().await.unwrap().is_empty());
+    let status = l.status().await.unwrap();
+    assert!(status.iter().any(|s| s.key == key("i2") && s.removed));
+    // Back in the list: un-removed with its state.
+    l.add_watch(&found, 5).await.unwrap();
+    assert_eq!(l.discovered().await.unwrap().len(), 1);
+    // The selector removed from the configuration: its watches go with it.
+    l.sync_watches(&[spec("i1")], &[], 6).await.unwrap();
+    assert!(l.discovered().await.unwrap().is_empty());
+    let status = l.status().await.unwrap();
+    assert!(!status.iter().find(|s| s.key == key("i1")).unwrap().removed);
 }

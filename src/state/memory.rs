@@ -51,6 +51,7 @@ struct WatchRow {
     record: WatchRecord,
     scene_summary_id: Option<String>,
     generation: Option<&'static str>,
+    origin: Option<String>,
     removed: bool,
 }
 
@@ -149,6 +150,25 @@ impl MemoryLedger {
 }
 
 impl Mem {
+    /// Inserts a watch, or refreshes its settings and un-removes it, keeping its state.
+    fn upsert(&mut self, spec: &WatchSpec, _now_ms: u64) -> WatchRecord {
+        let row = self
+            .watches
+            .entry(spec.key.clone())
+            .or_insert_with(|| WatchRow {
+                record: new_record(&spec.key),
+                scene_summary_id: None,
+                generation: None,
+                origin: None,
+                removed: false,
+            });
+        row.scene_summary_id = spec.scene_summary_id.clone();
+        row.generation = Some(spec.generation.as_str());
+        row.origin = spec.origin.clone();
+        row.removed = false;
+        row.record.clone()
+    }
+
     fn insert_events(&mut self, events: &[Event]) {
         for ev in events {
             if self.seq_by_id.contains_key(&ev.id) {
@@ -182,34 +202,53 @@ impl Ledger for MemoryLedger {
     fn sync_watches<'a>(
         &'a self,
         specs: &'a [WatchSpec],
-        _now_ms: u64,
+        origins: &'a [String],
+        now_ms: u64,
     ) -> LedgerFuture<'a, Vec<WatchRecord>> {
         self.with(move |m| {
             let mut seen = std::collections::HashSet::with_capacity(specs.len());
             let mut out = Vec::with_capacity(specs.len());
             for spec in specs {
-                let row = m
-                    .watches
-                    .entry(spec.key.clone())
-                    .or_insert_with(|| WatchRow {
-                        record: new_record(&spec.key),
-                        scene_summary_id: None,
-                        generation: None,
-                        removed: false,
-                    });
-                row.scene_summary_id = spec.scene_summary_id.clone();
-                row.generation = Some(spec.generation.as_str());
-                row.removed = false;
+                let r = m.upsert(spec, now_ms);
                 if seen.insert(spec.key.clone()) {
-                    out.push(row.record.clone());
+                    out.push(r);
                 }
             }
             for (key, row) in &mut m.watches {
-                if !seen.contains(key) {
+                let gone = match &row.origin {
+                    None => !seen.contains(key),
+                    Some(o) => !origins.contains(o),
+                };
+                if gone {
                     row.removed = true;
                 }
             }
             Ok(out)
+        })
+    }
+
+    fn add_watch<'a>(&'a self, spec: &'a WatchSpec, now_ms: u64) -> LedgerFuture<'a, WatchRecord> {
+        self.with(move |m| Ok(m.upsert(spec, now_ms)))
+    }
+
+    fn remove_watches(&self, keys: Vec<WatchKey>, _now_ms: u64) -> LedgerFuture<'_, ()> {
+        self.with(move |m| {
+            for k in &keys {
+                if let Some(row) = m.watches.get_mut(k) {
+                    row.removed = true;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn discovered(&self) -> LedgerFuture<'_, Vec<(String, WatchRecord)>> {
+        self.with(|m| {
+            Ok(m.watches
+                .values()
+                .filter(|r| !r.removed)
+                .filter_map(|r| Some((r.origin.clone()?, r.record.clone())))
+                .collect())
         })
     }
 
@@ -271,6 +310,7 @@ impl Ledger for MemoryLedger {
                             record: commit.record,
                             scene_summary_id: None,
                             generation: None,
+                            origin: None,
                             removed: false,
                         },
                     );

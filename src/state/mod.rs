@@ -203,14 +203,26 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     /// on.
     fn set_sinks(&self, sinks: Vec<String>, event_sinks: Vec<String>) -> LedgerFuture<'_, ()>;
 
-    /// Upserts the configured watches (new ones `pending`; scene_summary_id and generation
-    /// refreshed; a previously removed one is un-removed with its state), flags the others
-    /// removed (kept), and returns the records of the configured ones, in `specs` order.
+    /// Upserts the configured watches (new ones `pending`; scene_summary_id, generation and
+    /// origin refreshed; a previously removed one is un-removed with its state), flags removed
+    /// (kept) the configured watches not in `specs` and the watches found by a selector whose
+    /// origin is not in `origins`, and returns the records of `specs`, in order.
     fn sync_watches<'a>(
         &'a self,
         specs: &'a [WatchSpec],
+        origins: &'a [String],
         now_ms: u64,
     ) -> LedgerFuture<'a, Vec<WatchRecord>>;
+
+    /// Adds (or un-removes, keeping its state) a watch found by a selector (`spec.origin`) and
+    /// returns its record.
+    fn add_watch<'a>(&'a self, spec: &'a WatchSpec, now_ms: u64) -> LedgerFuture<'a, WatchRecord>;
+
+    /// Flags watches removed (kept, not polled): an asset gone from its project's list.
+    fn remove_watches(&self, keys: Vec<WatchKey>, now_ms: u64) -> LedgerFuture<'_, ()>;
+
+    /// The watches found by selectors that are not removed, with their origin, by key.
+    fn discovered(&self) -> LedgerFuture<'_, Vec<(String, WatchRecord)>>;
 
     /// Puts terminal watches back to `pending`, due now (an operator's `scenewatch reset`);
     /// `keys` empty means every terminal watch. Returns the keys that were reset.

@@ -1,5 +1,6 @@
 //! The one integration test binary (see STYLE.md §13). Each module says what belongs in it.
 
+mod api_truth;
 mod cli;
 mod client;
 mod crash;

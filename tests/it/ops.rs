@@ -13,7 +13,8 @@ fn scenario(extra: &str) -> String {
         "seed = 3\n[[credentials]]\naccess_key = \"AK\"\nsecret_key = \"{SECRET}\"\n\
          [[asset]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"1\"\nindex_id = \"1\"\nscenes = 2\nqueue = \"300ms\"\nrun = \"300ms\"\n\
          [[asset]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"2\"\nscenes = 2\nqueue = \"1h\"\n\
-         [[asset]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"3\"\nindex_id = \"3\"\nscenes = 2\nqueue = \"1h\"\n{extra}"
+         [[asset]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"3\"\nindex_id = \"3\"\nscenes = 2\nqueue = \"1h\"\n\
+         [[asset]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"3\"\nindex_id = \"4\"\nscenes = 2\nqueue = \"1h\"\n{extra}"
     )
 }
 
@@ -48,7 +49,8 @@ project_id = "1"
 asset_id = "2"
 index_id = "2"
 generation = "asset"
-# Polls the result call, whose "not completed yet" code the client was not told about: the
+# Index 3 is not asset 3's latest (4 is) and no scene_summary_id is given: only its result call
+# can be polled, whose "not completed yet" code the client was not told about, so the
 # unrecognised-answers metric gets a sample.
 [[watch]]
 workspace = "w"

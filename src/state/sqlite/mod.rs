@@ -37,7 +37,7 @@ use worker::Msg;
 pub const DB_FILE: &str = "scenewatch.db";
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Turns a SQLite error into the variant a caller can act on: a damaged or foreign file is
 /// `Corrupt` (restore a backup), a value this build cannot read back is `Corrupt` too (someone
@@ -208,10 +208,25 @@ impl Ledger for SqliteLedger {
     fn sync_watches<'a>(
         &'a self,
         specs: &'a [WatchSpec],
+        origins: &'a [String],
         now_ms: u64,
     ) -> LedgerFuture<'a, Vec<WatchRecord>> {
         let specs: Vec<store::SpecRow> = specs.iter().map(store::SpecRow::from).collect();
-        Box::pin(self.run(true, move |s| s.sync_watches(&specs, now_ms)))
+        let origins = origins.to_vec();
+        Box::pin(self.run(true, move |s| s.sync_watches(&specs, &origins, now_ms)))
+    }
+
+    fn add_watch<'a>(&'a self, spec: &'a WatchSpec, now_ms: u64) -> LedgerFuture<'a, WatchRecord> {
+        let spec = store::SpecRow::from(spec);
+        Box::pin(self.run(true, move |s| s.add_watch(&spec, now_ms)))
+    }
+
+    fn remove_watches(&self, keys: Vec<WatchKey>, now_ms: u64) -> LedgerFuture<'_, ()> {
+        Box::pin(self.run(true, move |s| s.remove_watches(&keys, now_ms)))
+    }
+
+    fn discovered(&self) -> LedgerFuture<'_, Vec<(String, WatchRecord)>> {
+        Box::pin(self.run(false, Store::discovered))
     }
 
     fn reset_watches(&self, keys: Vec<WatchKey>, now_ms: u64) -> LedgerFuture<'_, Vec<WatchKey>> {

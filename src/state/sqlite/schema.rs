@@ -14,7 +14,7 @@
 //! These checks only read, and they run before `journal_mode=WAL` is set (switching the journal
 //! mode rewrites the file header), so a refused file stays byte for byte as it was.
 //!
-//! # Tables (schema 1)
+//! # Tables (schema 2)
 //!
 //! ```text
 //! meta             key TEXT PK, value TEXT            -- created_by, written_by (crate versions),
@@ -24,7 +24,9 @@
 //!                  consecutive_errors, attempt, started_at_ms, before_since_ms, next_poll_at_ms,
 //!                  last_analyzed_at, last_version_id, last_change_at_ms, stale_version_id,
 //!                  last_error, removed (0/1), added_at_ms, removed_at_ms (when it was last
-//!                  flagged removed; for a future retention of long-removed watches)
+//!                  flagged removed; for a future retention of long-removed watches),
+//!                  origin (schema 2: the `[[watch]]` selector that found it, NULL if
+//!                  configured), route (schema 2: which calls it uses, NULL until decided)
 //! versions         version_id TEXT PK, watch_id, last_analyzed_at, fetched_at_ms, scene_count,
 //!                  analyzed_scene_ids (JSON array or NULL), result_json (the API's `result`,
 //!                  byte for byte)
@@ -158,9 +160,17 @@ CREATE TABLE sink_health (
 ) WITHOUT ROWID;
 ";
 
+/// Schema 2: watches found through a `[[watch]]` without an index (an asset's latest index, a
+/// whole project) remember which one found them (`origin`, NULL for configured watches), and
+/// every watch remembers which calls it uses (`route`, NULL until first decided).
+const V2: &str = "
+ALTER TABLE watches ADD COLUMN origin TEXT;
+ALTER TABLE watches ADD COLUMN route TEXT;
+";
+
 /// Migration `i` takes the schema from version `i` to `i + 1`. Append only: a released entry is
 /// never edited, since databases in the field were built by it.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// What the read-only pre-flight found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::config::WatchSpec;
 use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::ncp::RemoteStatus;
-use crate::watch::{Phase, WatchState};
+use crate::watch::{Phase, Route, WatchState};
 
 /// How long a statement waits for a lock held by another connection (a `status` reader
 /// checkpointing, a backup tool) before failing loudly.
@@ -37,6 +37,7 @@ pub(crate) struct SpecRow {
     key: WatchKey,
     scene_summary_id: Option<String>,
     generation: &'static str,
+    origin: Option<String>,
 }
 
 impl From<&WatchSpec> for SpecRow {
@@ -45,6 +46,7 @@ impl From<&WatchSpec> for SpecRow {
             key: spec.key.clone(),
             scene_summary_id: spec.scene_summary_id.clone(),
             generation: spec.generation.as_str(),
+            origin: spec.origin.clone(),
         }
     }
 }
@@ -80,7 +82,7 @@ fn bad_value(col: usize, what: String) -> rusqlite::Error {
 /// Columns read by [`watch_record`], in order.
 const WATCH_COLUMNS: &str = "workspace, project_id, asset_id, index_id, phase, remote_status, \
      polls, consecutive_errors, started_at_ms, before_since_ms, last_analyzed_at, last_error, \
-     attempt, next_poll_at_ms, last_version_id, last_change_at_ms, stale_version_id";
+     attempt, next_poll_at_ms, last_version_id, last_change_at_ms, stale_version_id, route";
 
 /// A non-negative integer column (rusqlite reads `u64` only with a feature this crate does not
 /// enable); a negative value means the file was edited or damaged.
@@ -127,6 +129,12 @@ fn watch_record(row: &Row<'_>) -> rusqlite::Result<WatchRecord> {
         polls: u64_at(row, 6)?,
         consecutive_errors: row.get(7)?,
         attempt: row.get(12)?,
+        route: match row.get::<_, Option<String>>(17)? {
+            None => None,
+            Some(r) => Some(
+                Route::parse(&r).ok_or_else(|| bad_value(17, format!("unknown route `{r}`")))?,
+            ),
+        },
         started_at: started.map(Duration::from_millis),
         before_since: before.map(Duration::from_millis),
         last_version: row.get(10)?,
@@ -375,6 +383,7 @@ impl Store {
     pub(crate) fn sync_watches(
         &mut self,
         specs: &[SpecRow],
+        origins: &[String],
         now_ms: u64,
     ) -> Result<Vec<WatchRecord>, StateError> {
         let w = self.err("write");
@@ -382,102 +391,56 @@ impl Store {
             .execute("DELETE FROM temp.sync_seen", [])
             .map_err(&w)?;
         let mut order = Vec::with_capacity(specs.len());
-        {
-            let mut find = self
-                .conn
-                .prepare_cached(
-                    "SELECT watch_id, scene_summary_id, generation, removed FROM watches
-                     WHERE workspace = ?1 AND project_id = ?2 AND asset_id = ?3 AND index_id = ?4",
-                )
-                .map_err(&w)?;
-            let mut insert = self
-                .conn
-                .prepare_cached(
-                    "INSERT INTO watches
-                       (workspace, project_id, asset_id, index_id, scene_summary_id, generation,
-                        phase, added_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
-                )
-                .map_err(&w)?;
-            // Only rows that changed are written: a reload of 100,000 unchanged watches is
-            // 100,000 index lookups, not 100,000 row rewrites.
-            let mut refresh = self
-                .conn
-                .prepare_cached(
-                    "UPDATE watches
-                     SET scene_summary_id = ?2, generation = ?3, removed = 0, removed_at_ms = NULL
-                     WHERE watch_id = ?1",
-                )
-                .map_err(&w)?;
-            let mut seen = self
-                .conn
+        for spec in specs {
+            let id = self.upsert_watch(spec, now_ms)?;
+            self.conn
                 .prepare_cached("INSERT OR IGNORE INTO temp.sync_seen (watch_id) VALUES (?1)")
+                .and_then(|mut st| st.execute([id]))
                 .map_err(&w)?;
-            for spec in specs {
-                let k = &spec.key;
-                let existing = find
-                    .query_row(
-                        params![k.workspace(), k.project_id(), k.asset_id(), k.index_id()],
-                        |r| {
-                            Ok((
-                                r.get::<_, i64>(0)?,
-                                r.get::<_, Option<String>>(1)?,
-                                r.get::<_, Option<String>>(2)?,
-                                r.get::<_, bool>(3)?,
-                            ))
-                        },
-                    )
-                    .optional()
-                    .map_err(&w)?;
-                let id = match existing {
-                    None => {
-                        insert
-                            .execute(params![
-                                k.workspace(),
-                                k.project_id(),
-                                k.asset_id(),
-                                k.index_id(),
-                                spec.scene_summary_id,
-                                spec.generation,
-                                ms(now_ms)
-                            ])
-                            .map_err(&w)?;
-                        self.conn.last_insert_rowid()
-                    }
-                    Some((id, summary_id, generation, removed)) => {
-                        if removed
-                            || summary_id != spec.scene_summary_id
-                            || generation.as_deref() != Some(spec.generation)
-                        {
-                            refresh
-                                .execute(params![id, spec.scene_summary_id, spec.generation])
-                                .map_err(&w)?;
-                        }
-                        id
-                    }
-                };
-                seen.execute([id]).map_err(&w)?;
-                order.push(id);
-            }
+            order.push(id);
         }
+        // Configured watches not listed any more, and watches found by a selector that is not
+        // configured any more: flagged removed, kept.
         self.conn
             .execute(
                 "UPDATE watches SET removed = 1, removed_at_ms = ?1
-                 WHERE removed = 0 AND watch_id NOT IN (SELECT watch_id FROM temp.sync_seen)",
+                 WHERE removed = 0 AND origin IS NULL
+                   AND watch_id NOT IN (SELECT watch_id FROM temp.sync_seen)",
                 [ms(now_ms)],
             )
             .map_err(&w)?;
+        let kept: std::collections::HashSet<&str> = origins.iter().map(String::as_str).collect();
+        let found: Vec<(i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT watch_id, origin FROM watches WHERE removed = 0 AND origin IS NOT NULL",
+            )
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(&w)?;
+        for (id, origin) in found {
+            if !kept.contains(origin.as_str()) {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE watches SET removed = 1, removed_at_ms = ?2 WHERE watch_id = ?1",
+                    )
+                    .and_then(|mut st| st.execute(params![id, ms(now_ms)]))
+                    .map_err(&w)?;
+            }
+        }
         let mut by_id = HashMap::with_capacity(order.len());
         {
             let r = self.err("read");
             let mut st = self
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT {WATCH_COLUMNS}, watch_id FROM watches WHERE removed = 0"
+                    "SELECT {WATCH_COLUMNS}, watch_id FROM watches WHERE removed = 0 AND watch_id IN (SELECT watch_id FROM temp.sync_seen)"
                 ))
                 .map_err(&r)?;
             let rows = st
-                .query_map([], |row| Ok((row.get::<_, i64>(17)?, watch_record(row)?)))
+                .query_map([], |row| Ok((row.get::<_, i64>(18)?, watch_record(row)?)))
                 .map_err(&r)?;
             for row in rows {
                 let (id, record) = row.map_err(&r)?;
@@ -491,6 +454,139 @@ impl Store {
         Ok(order.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
+    /// Inserts a watch, or refreshes its settings and un-removes it (its state is kept). Only
+    /// rows that change are written: a reload of 100,000 unchanged watches is 100,000 index
+    /// lookups, not 100,000 row rewrites.
+    fn upsert_watch(&self, spec: &SpecRow, now_ms: u64) -> Result<i64, StateError> {
+        let w = self.err("write");
+        let k = &spec.key;
+        let existing = self
+            .conn
+            .prepare_cached(
+                "SELECT watch_id, scene_summary_id, generation, removed, origin FROM watches
+                 WHERE workspace = ?1 AND project_id = ?2 AND asset_id = ?3 AND index_id = ?4",
+            )
+            .and_then(|mut st| {
+                st.query_row(k.parts(), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, bool>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(&w)?;
+        Ok(match existing {
+            None => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO watches
+                           (workspace, project_id, asset_id, index_id, scene_summary_id,
+                            generation, phase, added_at_ms, origin)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8)",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            k.workspace(),
+                            k.project_id(),
+                            k.asset_id(),
+                            k.index_id(),
+                            spec.scene_summary_id,
+                            spec.generation,
+                            ms(now_ms),
+                            spec.origin,
+                        ])
+                    })
+                    .map_err(&w)?;
+                self.conn.last_insert_rowid()
+            }
+            Some((id, summary_id, generation, removed, origin)) => {
+                if removed
+                    || summary_id != spec.scene_summary_id
+                    || generation.as_deref() != Some(spec.generation)
+                    || origin != spec.origin
+                {
+                    self.conn
+                        .prepare_cached(
+                            "UPDATE watches
+                             SET scene_summary_id = ?2, generation = ?3, origin = ?4,
+                                 removed = 0, removed_at_ms = NULL
+                             WHERE watch_id = ?1",
+                        )
+                        .and_then(|mut st| {
+                            st.execute(params![
+                                id,
+                                spec.scene_summary_id,
+                                spec.generation,
+                                spec.origin
+                            ])
+                        })
+                        .map_err(&w)?;
+                }
+                id
+            }
+        })
+    }
+
+    /// See [`crate::state::Ledger::add_watch`].
+    pub(crate) fn add_watch(
+        &mut self,
+        spec: &SpecRow,
+        now_ms: u64,
+    ) -> Result<WatchRecord, StateError> {
+        let id = self.upsert_watch(spec, now_ms)?;
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {WATCH_COLUMNS} FROM watches WHERE watch_id = ?1"
+            ))
+            .and_then(|mut st| st.query_row([id], watch_record))
+            .map_err(self.err("read"))
+    }
+
+    /// See [`crate::state::Ledger::remove_watches`].
+    pub(crate) fn remove_watches(
+        &mut self,
+        keys: &[WatchKey],
+        now_ms: u64,
+    ) -> Result<(), StateError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "UPDATE watches SET removed = 1, removed_at_ms = ?5
+                 WHERE workspace = ?1 AND project_id = ?2 AND asset_id = ?3 AND index_id = ?4
+                   AND removed = 0",
+            )
+            .map_err(self.err("write"))?;
+        for k in keys {
+            let [w, p, a, i] = k.parts();
+            st.execute(params![w, p, a, i, ms(now_ms)])
+                .map_err(self.err("write"))?;
+        }
+        Ok(())
+    }
+
+    /// See [`crate::state::Ledger::discovered`].
+    pub(crate) fn discovered(&mut self) -> Result<Vec<(String, WatchRecord)>, StateError> {
+        let r = self.err("read");
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {WATCH_COLUMNS}, origin FROM watches
+                 WHERE removed = 0 AND origin IS NOT NULL
+                 ORDER BY workspace, project_id, asset_id, index_id"
+            ))
+            .map_err(&r)?;
+        let rows = st
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(18)?, watch_record(row)?))
+            })
+            .map_err(&r)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&r)
+    }
+
     /// Puts terminal watches (failed, canceled, not_requested, timed_out, rejected) back to
     /// `pending`, due now; `keys` empty means every terminal watch. Returns the keys reset.
     pub(crate) fn reset_watches(
@@ -499,7 +595,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<Vec<WatchKey>, StateError> {
         let w = self.err("write");
-        let terminal = "phase IN ('failed', 'canceled', 'not_requested', 'timed_out', 'rejected') AND removed = 0";
+        let terminal = "phase IN ('failed', 'canceled', 'not_requested', 'timed_out', 'rejected', 'superseded') AND removed = 0";
         let mut select = self
             .conn
             .prepare_cached(&format!(
@@ -564,9 +660,9 @@ impl Store {
                    (workspace, project_id, asset_id, index_id, phase, remote_status, polls,
                     consecutive_errors, started_at_ms, before_since_ms, last_analyzed_at,
                     last_error, attempt, next_poll_at_ms, last_version_id, last_change_at_ms,
-                    stale_version_id)
+                    stale_version_id, route)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                         ?17)
+                         ?17, ?18)
                  ON CONFLICT (workspace, project_id, asset_id, index_id) DO UPDATE SET
                    phase = excluded.phase, remote_status = excluded.remote_status,
                    polls = excluded.polls, consecutive_errors = excluded.consecutive_errors,
@@ -577,7 +673,7 @@ impl Store {
                    next_poll_at_ms = excluded.next_poll_at_ms,
                    last_version_id = excluded.last_version_id,
                    last_change_at_ms = excluded.last_change_at_ms,
-                   stale_version_id = excluded.stale_version_id",
+                   stale_version_id = excluded.stale_version_id, route = excluded.route",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -598,6 +694,7 @@ impl Store {
                     r.last_version_id.as_deref(),
                     r.last_change_at_ms.map(ms),
                     r.stale_version_id.as_deref(),
+                    s.route.map(Route::as_str),
                 ])
             })
             .map_err(&w)?;

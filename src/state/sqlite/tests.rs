@@ -8,7 +8,7 @@ use super::*;
 use crate::config::WatchSpec;
 use crate::domain::WatchKey;
 use crate::events::Event;
-use crate::ncp::{Generation, RemoteStatus};
+use crate::ncp::RemoteStatus;
 use crate::state::{Ledger as _, NewVersion};
 use crate::watch::{Phase, WatchState};
 
@@ -20,9 +20,10 @@ fn spec(index: &str) -> WatchSpec {
     WatchSpec {
         key: key(index),
         scene_summary_id: Some(format!("ss-{index}")),
-        generation: Generation::Index,
+        generation: crate::config::GenerationChoice::Index,
         max_wait: Duration::from_secs(3600),
         declared_at: format!("watch {index} in test"),
+        origin: None,
     }
 }
 
@@ -50,6 +51,7 @@ fn waiting_record(index: &str) -> WatchRecord {
             polls: 7,
             consecutive_errors: 2,
             attempt: 3,
+            route: Some(crate::watch::Route::AssetStatusIndexResult),
             started_at: Some(Duration::from_millis(1_700_000_000_123)),
             before_since: Some(Duration::from_millis(1_700_000_000_456)),
             last_version: None,
@@ -112,7 +114,7 @@ async fn restart_resumes_each_watch_at_its_persisted_state() {
     let dir = tempfile::tempdir().unwrap();
     let specs = [spec("i1"), spec("i2")];
     let ledger = open(dir.path()).await;
-    let fresh = ledger.sync_watches(&specs, 10).await.unwrap();
+    let fresh = ledger.sync_watches(&specs, &[], 10).await.unwrap();
     assert_eq!(fresh.len(), 2);
     assert_eq!(fresh[0].key, key("i1"));
     assert_eq!(fresh[0].state, WatchState::default());
@@ -130,7 +132,7 @@ async fn restart_resumes_each_watch_at_its_persisted_state() {
     ledger.close().await.unwrap();
 
     let ledger = open(dir.path()).await;
-    let back = ledger.sync_watches(&specs, 20).await.unwrap();
+    let back = ledger.sync_watches(&specs, &[], 20).await.unwrap();
     assert_eq!(back[0], record, "every field survives the restart");
     assert_eq!(back[0].next_poll_at_ms, Some(1_700_000_060_000));
     assert_eq!(back[1].state.phase, Phase::Pending);
@@ -142,7 +144,7 @@ async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
     ledger
-        .sync_watches(&[spec("i1"), spec("i2")], 0)
+        .sync_watches(&[spec("i1"), spec("i2")], &[], 0)
         .await
         .unwrap();
     let record = waiting_record("i2");
@@ -155,7 +157,7 @@ async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state() {
         .await
         .unwrap();
 
-    let active = ledger.sync_watches(&[spec("i1")], 1).await.unwrap();
+    let active = ledger.sync_watches(&[spec("i1")], &[], 1).await.unwrap();
     assert_eq!(active.len(), 1);
     let status = ledger.status().await.unwrap();
     assert_eq!(status.len(), 2, "the removed watch is kept");
@@ -167,9 +169,9 @@ async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state() {
 
     let mut changed = spec("i2");
     changed.scene_summary_id = Some("other".into());
-    changed.generation = Generation::Asset;
+    changed.generation = crate::config::GenerationChoice::Asset;
     let active = ledger
-        .sync_watches(&[changed, spec("i1")], 2)
+        .sync_watches(&[changed, spec("i1")], &[], 2)
         .await
         .unwrap();
     assert_eq!(active[0], record, "re-added with its state, in specs order");
@@ -196,7 +198,7 @@ async fn a_step_that_fails_midway_leaves_no_trace_and_others_in_the_group_commit
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
     ledger
-        .sync_watches(&[spec("i1"), spec("i2")], 0)
+        .sync_watches(&[spec("i1"), spec("i2")], &[], 0)
         .await
         .unwrap();
     ledger
@@ -276,7 +278,7 @@ async fn sink_health_and_sinks_persist() {
 
     // A sink added on reload gets rows for versions fetched from then on.
     ledger.set_sinks(vec!["s3".into()], vec![]).await.unwrap();
-    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    ledger.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     ledger
         .commit_step(completed_step(
             "i1",
@@ -306,7 +308,7 @@ async fn sink_health_and_sinks_persist() {
 async fn a_newer_schema_is_refused_and_the_file_left_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
-    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    ledger.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     ledger
         .with_store(|s| s.exec("write", "PRAGMA user_version = 7"))
         .await
@@ -331,7 +333,9 @@ async fn a_newer_schema_is_refused_and_the_file_left_byte_identical() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("newer scenewatch (schema 7, this one knows 1)"),
+        msg.contains(&format!(
+            "newer scenewatch (schema 7, this one knows {SCHEMA_VERSION})"
+        )),
         "{msg}"
     );
     assert!(msg.contains(&path.display().to_string()), "{msg}");
@@ -365,7 +369,7 @@ async fn a_damaged_ledger_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
     let specs: Vec<WatchSpec> = (0..300).map(|i| spec(&format!("i{i}"))).collect();
-    ledger.sync_watches(&specs, 0).await.unwrap();
+    ledger.sync_watches(&specs, &[], 0).await.unwrap();
     let page_size = count(&ledger, "PRAGMA page_size").await as usize;
     let pages = count(&ledger, "PRAGMA page_count").await as usize;
     ledger.close().await.unwrap();
@@ -471,7 +475,7 @@ async fn open_read_only_sees_rows_while_a_writer_is_open_and_writes_nothing() {
         "read-only open creates nothing"
     );
     let writer = open(dir.path()).await;
-    writer.sync_watches(&[spec("i1")], 0).await.unwrap();
+    writer.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     writer
         .commit_step(completed_step("i1", "v1", vec![]))
         .await
@@ -486,12 +490,12 @@ async fn open_read_only_sees_rows_while_a_writer_is_open_and_writes_nothing() {
 
     // The writer goes on while the reader is open, and the reader sees the new commits.
     writer
-        .sync_watches(&[spec("i1"), spec("i2")], 1)
+        .sync_watches(&[spec("i1"), spec("i2")], &[], 1)
         .await
         .unwrap();
     assert_eq!(reader.status().await.unwrap().len(), 2);
 
-    let err = reader.sync_watches(&[], 2).await.unwrap_err();
+    let err = reader.sync_watches(&[], &[], 2).await.unwrap_err();
     assert!(err.to_string().contains("read-only"), "{err}");
     assert!(reader.probe_writable().await.is_err());
     reader.close().await.unwrap();
@@ -510,7 +514,7 @@ async fn open_read_only_sees_rows_while_a_writer_is_open_and_writes_nothing() {
 async fn disk_full_is_loud_and_loses_nothing_already_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
-    ledger.sync_watches(&[spec("i1")], 0).await.unwrap();
+    ledger.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
     ledger
         .commit_step(completed_step("i1", "v1", vec![]))
         .await
@@ -574,7 +578,7 @@ async fn many_concurrent_steps_all_commit() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
     let specs: Vec<WatchSpec> = (0..300).map(|i| spec(&format!("i{i}"))).collect();
-    ledger.sync_watches(&specs, 0).await.unwrap();
+    ledger.sync_watches(&specs, &[], 0).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..300 {
         let l = ledger.clone();
@@ -599,7 +603,10 @@ async fn many_concurrent_steps_all_commit() {
     );
     ledger.close().await.unwrap();
     let ledger = open(dir.path()).await;
-    assert_eq!(ledger.sync_watches(&specs, 1).await.unwrap().len(), 300);
+    assert_eq!(
+        ledger.sync_watches(&specs, &[], 1).await.unwrap().len(),
+        300
+    );
 }
 
 /// The per-second due queries must go through the partial indexes, not scan the tables.
@@ -701,6 +708,11 @@ mod round_trip {
                         polls,
                         consecutive_errors: errs,
                         attempt,
+                        route: [
+                            None,
+                            Some(crate::watch::Route::Asset),
+                            Some(crate::watch::Route::IndexResultOnly),
+                        ][(attempt % 3) as usize],
                         started_at: started.map(Duration::from_millis),
                         before_since: before.map(Duration::from_millis),
                         last_version,
@@ -740,7 +752,7 @@ mod round_trip {
                         .unwrap();
                     let mut s = spec("x");
                     s.key = r.key.clone();
-                    ledger.sync_watches(&[s], 0).await.unwrap()
+                    ledger.sync_watches(&[s], &[], 0).await.unwrap()
                 });
                 prop_assert_eq!(back, vec![r]);
                 Ok(())
