@@ -204,9 +204,9 @@ where
                 error!(sink, error = %e, "Cannot read the {queue} queue from the ledger.");
             }
         }
-        if !idle(o, wake, IDLE_RECHECK).await {
-            return None;
-        }
+        // Stopped while idle: the loop's top sends the last batch (a wake-up and the stop can
+        // arrive together, and the wake-up's events must still go out).
+        idle(o, wake, IDLE_RECHECK).await;
     }
 }
 

@@ -139,7 +139,35 @@ pub(crate) async fn poll(
         RouteChoice::Check => {
             let v = call(&ctx, "index_status", client.index_status(&target)).await;
             match v.split::<SummaryStatus>() {
-                Ok(st) => route_for_latest(&spec, st.index_id.as_deref()),
+                Ok(st) => {
+                    let (route, keep) = route_for_latest(&spec, st.index_id.as_deref());
+                    if gone && route.uses_index_api() {
+                        match st.index_id.as_deref() {
+                            // Not the latest, and only the latest can be read: it ends.
+                            Some(latest) if keep => {
+                                return superseded(
+                                    &ctx,
+                                    &spec,
+                                    before.clone(),
+                                    before.state.clone(),
+                                    Route::Asset,
+                                    latest,
+                                    true,
+                                    now,
+                                    limits,
+                                    seed,
+                                    probe,
+                                    index,
+                                )
+                                .await;
+                            }
+                            // Not known yet: the asset-level calls, whose results say the index.
+                            _ => (Route::Asset, false),
+                        }
+                    } else {
+                        (route, keep)
+                    }
+                }
                 Err(failed) => {
                     // The check failed like any call fails: the step decides (retry, pause,
                     // reject on a permanent answer such as an unknown asset).
@@ -319,7 +347,10 @@ fn route_of(spec: &WatchSpec, known: Option<Route>, index_api_gone: bool) -> Rou
         (G::Index, _) => RouteChoice::Check,
         // Watches found through a selector follow the asset's latest index: asset-level.
         (G::Auto, _) if spec.origin.is_some() => RouteChoice::Use(Route::Asset),
-        (G::Auto, _) if index_api_gone => RouteChoice::Use(Route::Asset),
+        // The index-level API is gone: the asset-level calls, if the index is the latest
+        // (checked, unless known).
+        (G::Auto, Some(Route::Asset)) => RouteChoice::Use(Route::Asset),
+        (G::Auto, _) if index_api_gone => RouteChoice::Check,
         (G::Auto, Some(r)) => RouteChoice::Use(r),
         (G::Auto, None) => RouteChoice::Check,
     }
