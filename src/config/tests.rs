@@ -529,3 +529,99 @@ fn environment_values_are_never_parsed_as_toml_nor_echoed() {
         assert!(!p.to_string().contains("SK_LEAKED"), "{p}");
     }
 }
+
+/// The three shapes of a watch: an index, an asset's latest index, every asset of a project; on
+/// `generation = "auto"` unless said otherwise.
+#[test]
+fn watches_name_an_index_an_asset_or_a_project() {
+    let c = load(&inline(
+        r#"
+[[watch]]
+workspace = "w"
+project_id = "1"
+asset_id = "2"
+index_id = "3"
+[[watch]]
+workspace = "w"
+project_id = "1"
+asset_id = "4"
+generation = "asset"
+max_wait = "2h"
+[[watch]]
+workspace = "w"
+project_id = "9"
+"#,
+        CREDS,
+    ))
+    .expect("valid");
+    assert_eq!(c.api.generation, GenerationChoice::Auto);
+    assert_eq!(c.watches.len(), 1);
+    assert_eq!(c.watches[0].generation, GenerationChoice::Auto);
+    assert_eq!(c.watches[0].origin, None);
+    let origins: Vec<String> = c.selectors.iter().map(Selector::origin).collect();
+    assert_eq!(origins, ["asset:w/1/4", "project:w/9"]);
+    assert_eq!(c.selectors[0].generation, GenerationChoice::Asset);
+    assert_eq!(
+        c.selectors[0].max_wait,
+        std::time::Duration::from_secs(7200)
+    );
+    assert_eq!(
+        c.poll.discovery_interval,
+        std::time::Duration::from_secs(300)
+    );
+    let found = c.selectors[1].spec_for(crate::domain::WatchKey::new("w", "9", "5", "6").unwrap());
+    assert_eq!(found.origin.as_deref(), Some("project:w/9"));
+    assert!(
+        found.declared_at.contains("watch[2]"),
+        "{}",
+        found.declared_at
+    );
+}
+
+/// What does not name one of the three shapes is refused, saying what to change.
+#[test]
+fn ambiguous_watches_are_refused_with_what_to_change() {
+    let p = problems(
+        r#"
+[[watch]]
+workspace = "w"
+project_id = "1"
+index_id = "3"
+[[watch]]
+workspace = "w"
+project_id = "1"
+asset_id = "2"
+scene_summary_id = "77"
+[[watch]]
+workspace = "w"
+project_id = "1"
+asset_id = "2"
+generation = "index"
+[[watch]]
+workspace = "w"
+project_id = "5"
+[[watch]]
+workspace = "w"
+project_id = "5"
+[[watch]]
+workspace = "w"
+project_id = "1"
+asset_id = "8"
+index_id = "3"
+generation = "latest"
+"#,
+        CREDS,
+    );
+    let at = |key: &str| {
+        p.iter()
+            .find(|x| x.key == key)
+            .map(|x| x.message.clone())
+            .unwrap_or_else(|| panic!("no problem at {key}: {p:?}"))
+    };
+    assert!(at("watch[0].index_id").contains("needs asset_id"));
+    assert!(at("watch[1].scene_summary_id").contains("give index_id too"));
+    assert!(at("watch[2].generation").contains("needs index_id"));
+    assert!(at("watch[4]").contains("watches project w/5 again"));
+    assert!(at("watch[5].generation").contains("\"auto\", \"index\" or \"asset\""));
+    assert_eq!(p.len(), 5, "{p:?}");
+}

@@ -760,3 +760,40 @@ mod round_trip {
             .unwrap();
     }
 }
+
+/// A ledger written by schema 1 (before watches had an origin and a route) is migrated in place:
+/// its watches keep their state, are configured watches (no origin), and get a route on their
+/// next step.
+#[tokio::test]
+async fn a_schema_1_ledger_is_migrated_and_keeps_its_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA user_version = 1; PRAGMA application_id = {};
+             INSERT INTO watches (workspace, project_id, asset_id, index_id, phase, polls, generation)
+             VALUES ('ws', 'p1', 'a1', 'i1', 'waiting', 4, 'index');",
+            schema::APPLICATION_ID
+        ))
+        .unwrap();
+    }
+    let ledger = open(dir.path()).await;
+    let records = ledger.sync_watches(&[spec("i1")], &[], 1).await.unwrap();
+    assert_eq!(records[0].state.phase, Phase::Waiting);
+    assert_eq!(records[0].state.polls, 4);
+    assert_eq!(records[0].state.route, None);
+    assert!(ledger.discovered().await.unwrap().is_empty());
+    let mut r = records[0].clone();
+    r.state.route = Some(crate::watch::Route::Asset);
+    ledger
+        .commit_step(StepCommit {
+            record: r.clone(),
+            events: vec![],
+            new_version: None,
+        })
+        .await
+        .unwrap();
+    let again = ledger.sync_watches(&[spec("i1")], &[], 2).await.unwrap();
+    assert_eq!(again[0], r);
+}
