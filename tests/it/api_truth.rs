@@ -383,3 +383,63 @@ async fn the_daemon_follows_new_assets_and_re_indexes() {
     );
     assert!(phases.iter().any(|(w, _)| w == "w/1/13/23"), "{phases:?}");
 }
+
+/// A project watch dropped into the watch directory is picked up by a running daemon, and taking
+/// the file away removes its watches (kept in the ledger, flagged removed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_watch_comes_and_goes_with_its_watch_file() {
+    let assets = [asset("10", "20", ""), asset("11", "21", "")].concat();
+    let sim = start_sim(&scenario(12, &assets, "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let watch_dir = dir.path().join("watches");
+    std::fs::create_dir_all(&watch_dir).unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("c.toml");
+    let top = format!(
+        "shutdown_timeout = \"5s\"\nwatch_dir = \"{}\"",
+        watch_dir.display()
+    );
+    let c = config(&sim.url, dir.path(), "", &top);
+    std::fs::write(
+        &cfg,
+        format!("{c}\n[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&cfg, dir.path(), &[("SCENEWATCH__API__SECRET_KEY", SECRET)]);
+    std::fs::write(
+        watch_dir.join("newsroom.toml"),
+        "workspace = \"w\"\nproject_id = \"1\"\n",
+    )
+    .unwrap();
+    let delivered = {
+        let dir = dir.path().to_path_buf();
+        move || watches_with(&dir, "summary.delivered").len() >= 2
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), delivered).await,
+        "{}",
+        d.log_text()
+    );
+    std::fs::remove_file(watch_dir.join("newsroom.toml")).unwrap();
+    let status = || async {
+        let mut cmd = scenewatch();
+        cmd.args(["status", "--json", "--config"]).arg(&cfg);
+        let out = run(cmd).await;
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let mut removed = false;
+    for _ in 0..100 {
+        let rows = status().await;
+        if rows
+            .as_array()
+            .is_some_and(|a| a.len() == 2 && a.iter().all(|r| r["removed"] == true))
+        {
+            removed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(15)).await;
+    assert!(removed, "{}\n{}", status().await, d.log_text());
+}
