@@ -268,6 +268,9 @@ pub struct Step {
     pub next_poll: Option<Duration>,
 }
 
+/// Answers over `api.max_body_bytes` in a row before a watch ends `rejected`.
+pub const TOO_LARGE_TRIES: u32 = 3;
+
 /// Checks the deadline before a poll; `Some` when the watch has timed out.
 pub fn check_deadline(state: &WatchState, now: Duration, limits: Limits) -> Option<Step> {
     let started = state.started_at?;
@@ -324,10 +327,16 @@ fn next_poll(
     let p = &limits.policy;
     let delay = match action {
         Action::PollAgain { .. } => p.poll_delay(state.attempt, seed),
-        Action::Retry { after } | Action::Throttle { retry_after: after } => match after {
-            Some(d) => p.server_delay(*d),
-            None => p.error_delay(state.consecutive_errors, seed),
-        },
+        // A failure is retried on the error series (or after what the server asked, bounded),
+        // but never sooner than the watch would be polled if the answer had been good: a flaky
+        // API must not be polled faster than a healthy one.
+        Action::Retry { after } | Action::Throttle { retry_after: after } => {
+            let healthy = p.poll_delay(state.attempt, seed);
+            match after {
+                Some(d) => p.server_delay(*d).max(healthy.min(p.initial)),
+                None => p.error_delay(state.consecutive_errors, seed).max(healthy),
+            }
+        }
         Action::Deliver { .. } | Action::Recheck => p.recheck,
         Action::FetchResult | Action::PauseClient(_) | Action::Stop => return None,
     };
@@ -359,16 +368,30 @@ fn decide(
         Answer::Status(v) => failure_of(v),
         Answer::Result(v) => failure_of(v),
     };
-    if let Some((error, action)) = failure {
+    if let Some((error, mut action)) = failure {
         next.consecutive_errors += 1;
         next.last_error = Some(error.to_string());
+        // An answer over the size cap may be a broken one: tried again, a few times, before the
+        // watch ends (the message says to raise api.max_body_bytes if the result is genuine).
+        if error.origin == crate::ncp::ErrorOrigin::TooLarge
+            && next.consecutive_errors >= TOO_LARGE_TRIES
+        {
+            action = Action::Stop;
+        }
         if action == Action::Stop {
             next.phase = Phase::Rejected;
         }
         return (next, action);
     }
-    next.consecutive_errors = 0;
-    next.last_error = None;
+    // A good answer ends an error streak, except a status saying "completed": the result call
+    // that follows is what has to work, and a result that keeps failing (one that never
+    // decodes) must keep backing off instead of starting over at every status poll.
+    let completed_status =
+        matches!(answer, Answer::Status(Verdict::Ok(s)) if s.status == RemoteStatus::Completed);
+    if !completed_status {
+        next.consecutive_errors = 0;
+        next.last_error = None;
+    }
 
     let action = match answer {
         Answer::Status(Verdict::Ok(s)) => on_status(&mut next, now, limits, &s.status),

@@ -521,14 +521,17 @@ impl Client {
         let success = (200..300).contains(&status);
         let cap = self.inner.max_body_bytes;
         let too_large = |seen: &str| {
-            Verdict::Permanent(ctx.error(
+            Verdict::Retryable {
+                after: None,
+                error: ctx.error(
                 ErrorOrigin::TooLarge,
                 None,
                 format!(
                     "answer body {seen} exceeds api.max_body_bytes = {cap}; raise it if this result is genuine"
                 ),
                 None,
-            ))
+            ),
+            }
         };
         // Content-Length is the compressed size when gzip is on (reqwest then reports none), so
         // this is only a shortcut; the count while reading is the real guard.
@@ -1089,7 +1092,9 @@ mod tests {
         o.timeout = Duration::from_secs(30);
         let c = Client::new(o).unwrap();
         let v = c.result(Generation::Asset, &target(None)).await;
-        let Verdict::Permanent(e) = v else {
+        // Retryable: one oversized answer may be a broken one (the step ends the watch only
+        // after a few in a row).
+        let Verdict::Retryable { error: e, .. } = v else {
             panic!("{v:?}")
         };
         assert_eq!(e.origin, ErrorOrigin::TooLarge);

@@ -416,3 +416,96 @@ fn unrecognised_not_ready_keeps_waiting() {
     assert_eq!(s.state.phase, Phase::Waiting, "a re-analysis is waited for");
     assert_eq!(s.state.started_at, Some(secs(9000)), "under a new deadline");
 }
+
+/// A result that never decodes: the status says completed each time, the result call fails
+/// each time. The error streak goes on across the status polls, so the retries back off (they
+/// used to restart at about a second forever).
+#[test]
+fn a_result_that_keeps_failing_backs_off_across_status_polls() {
+    let mut st = waiting(RemoteStatus::Summarizing);
+    let mut delays = Vec::new();
+    let mut now = secs(10);
+    let garbled: Verdict<SummaryResult> = Verdict::Retryable {
+        after: None,
+        error: err(200),
+    };
+    for _ in 0..8 {
+        let s = step(
+            &st,
+            now,
+            LIMITS,
+            Answer::Status(&status(RemoteStatus::Completed)),
+            0,
+        );
+        assert_eq!(s.action, Action::FetchResult);
+        let s = step(&s.state, now, LIMITS, Answer::Result(&garbled), 0);
+        let next = s.next_poll.unwrap();
+        delays.push(next - now);
+        now = next;
+        st = s.state;
+    }
+    assert_eq!(st.consecutive_errors, 8);
+    assert!(delays.windows(2).all(|w| w[1] >= w[0]), "{delays:?}");
+    assert!(*delays.last().unwrap() > secs(100), "{delays:?}");
+}
+
+/// Errors never make a watch poll faster than it would when healthy: at half the answers
+/// failing, the rate stays the healthy one (it used to double).
+#[test]
+fn a_flaky_api_is_not_polled_faster_than_a_healthy_one() {
+    let unavailable: Verdict<SummaryStatus> = Verdict::Retryable {
+        after: None,
+        error: err(503),
+    };
+    let mut st = waiting(RemoteStatus::Summarizing);
+    st.attempt = 4; // a job waited on for a while: about 160 s between polls
+    let healthy = step(
+        &st,
+        secs(0),
+        LIMITS,
+        Answer::Status(&status(RemoteStatus::Summarizing)),
+        0,
+    );
+    let healthy_gap = healthy.next_poll.unwrap();
+    let failed = step(
+        &healthy.state,
+        secs(0),
+        LIMITS,
+        Answer::Status(&unavailable),
+        0,
+    );
+    assert!(
+        failed.next_poll.unwrap()
+            >= healthy_gap.min(LIMITS.policy.poll_delay(healthy.state.attempt, 0)),
+        "{failed:?}"
+    );
+    // A job just started still retries within seconds.
+    let fresh = step(
+        &WatchState::default(),
+        secs(0),
+        LIMITS,
+        Answer::Status(&unavailable),
+        0,
+    );
+    assert!(fresh.next_poll.unwrap() <= secs(20), "{fresh:?}");
+}
+
+/// One oversized answer (a broken one) is retried; only a few in a row end the watch.
+#[test]
+fn oversized_answers_are_retried_before_the_watch_ends() {
+    let mut e = err(200);
+    e.origin = ErrorOrigin::TooLarge;
+    let big: Verdict<SummaryStatus> = Verdict::Retryable {
+        after: None,
+        error: e,
+    };
+    let mut st = waiting(RemoteStatus::Summarizing);
+    for n in 1..TOO_LARGE_TRIES {
+        let s = step(&st, secs(n.into()), LIMITS, Answer::Status(&big), 0);
+        assert!(matches!(s.action, Action::Retry { .. }), "{n}: {s:?}");
+        assert_eq!(s.state.phase, Phase::Waiting);
+        st = s.state;
+    }
+    let s = step(&st, secs(9), LIMITS, Answer::Status(&big), 0);
+    assert_eq!((s.state.phase, s.action), (Phase::Rejected, Action::Stop));
+}
