@@ -97,6 +97,7 @@ pub async fn run(
     health.started.store(true, Ordering::Relaxed);
     systemd::ready(&health);
     side_tasks.spawn(systemd::keepalive(health.clone(), stop_side.clone()));
+    side_tasks.spawn(watch_ledger(ledger.clone(), stop_side.clone()));
     info!(
         watches = config.watches.len(),
         watched_assets_and_projects = config.selectors.len(),
@@ -196,31 +197,52 @@ async fn apply_reloads(
     }
 }
 
-/// Name of the lock file that keeps two daemons off one state directory.
-pub const LOCK_FILE: &str = "scenewatch.lock";
-
-/// Takes an exclusive lock on `{state_dir}/scenewatch.lock` for the life of the daemon: two
-/// daemons on one ledger would each poll and deliver every watch. The OS drops the lock when the
-/// process ends, however it ends.
+/// Takes an exclusive lock on the state directory itself for the life of the daemon: two daemons
+/// on one ledger would each poll and deliver every watch. The lock is on the directory, not on a
+/// file in it, so deleting a file cannot let a second daemon in beside the first. The OS drops
+/// the lock when the process ends, however it ends.
 fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
-    let path = state_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
+    let dir = std::fs::File::open(state_dir)
+        .with_context(|| format!("cannot open the state directory {}", state_dir.display()))?;
+    match dir.try_lock() {
+        Ok(()) => Ok(dir),
         Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
-            "another scenewatch daemon is running with the state directory {} (it holds {}); stop it first, or give this one its own state_dir",
-            state_dir.display(),
-            path.display()
+            "another scenewatch daemon is running with the state directory {} (it holds a lock on it); stop it first, or give this one its own state_dir",
+            state_dir.display()
         )),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(anyhow::anyhow!("cannot lock {}: {e}", path.display()))
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!(
+            "cannot lock the state directory {}: {e}",
+            state_dir.display()
+        )),
+    }
+}
+
+/// How often the daemon checks that its ledger can still commit (readiness checks it too).
+const LEDGER_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Checks the ledger every few seconds and says so once when it stops being able to commit (a
+/// full disk, the file deleted or replaced under the daemon) and once when it can again, so the
+/// log shows it even when nothing asks `/readyz`.
+async fn watch_ledger(ledger: SharedLedger, stop: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LEDGER_CHECK_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        match ledger.probe_writable().await {
+            Ok(()) if failing => {
+                failing = false;
+                info!("The ledger commits again.");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                error!(error = %e, "The ledger cannot commit: polls and deliveries are not recorded (and so are retried) until it can; the daemon is not ready meanwhile.");
+            }
+            Err(_) => {}
         }
     }
 }

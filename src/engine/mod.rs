@@ -200,6 +200,8 @@ struct Entry {
     locations: Vec<String>,
     sink_error: Option<String>,
     settled_at_ms: Option<u64>,
+    /// Polled since the process started (see `poll`: the deadline of a first poll).
+    polled: bool,
 }
 
 impl Entry {
@@ -432,6 +434,7 @@ impl Engine {
                         locations: Vec::new(),
                         sink_error: None,
                         settled_at_ms: None,
+                        polled: false,
                     });
                     let i = self.entries.len() - 1;
                     self.index.insert(key, i);
@@ -478,8 +481,17 @@ impl Engine {
         }
         let spread = now
             + first_poll_offset(&record.key, self.config.poll.initial_interval).as_millis() as u64;
+        // No schedule is ever further ahead than the longest interval (rechecks, the longest
+        // pause): a time beyond that was saved by a clock that ran ahead (or this one jumped
+        // back across a restart) and is not waited for.
+        let p = &self.config.poll;
+        let horizon = p
+            .max_interval
+            .max(p.recheck_interval)
+            .max(pause::QUOTA_PAUSE.1)
+            .as_millis() as u64;
         Some(match record.next_poll_at_ms {
-            Some(t) if t >= now => t,
+            Some(t) if t >= now && t <= now.saturating_add(horizon) => t,
             _ => spread,
         })
     }
@@ -663,6 +675,7 @@ impl Engine {
                     locations: Vec::new(),
                     sink_error: None,
                     settled_at_ms: None,
+                    polled: false,
                 });
                 let i = self.entries.len() - 1;
                 self.index.insert(key, i);
@@ -973,6 +986,8 @@ impl Engine {
         let e = &mut self.entries[i];
         e.in_flight = true;
         e.due_ms = None;
+        let first_of_run = !e.polled;
+        e.polled = true;
         tasks.spawn(poll::poll(
             self.ctx.clone(),
             self.client.clone(),
@@ -980,6 +995,7 @@ impl Engine {
             e.spec.clone(),
             e.record.clone(),
             probe,
+            first_of_run,
         ));
     }
 

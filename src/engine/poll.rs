@@ -105,6 +105,7 @@ pub(crate) async fn poll(
     spec: Arc<WatchSpec>,
     before: WatchRecord,
     probe: bool,
+    first_of_run: bool,
 ) -> Outcome {
     let now_ms = ctx.clock.now_ms();
     let now = Duration::from_millis(now_ms);
@@ -120,7 +121,15 @@ pub(crate) async fn poll(
         index_api_gone: false,
         successor: None,
     };
-    if let Some(step) = watch::check_deadline(&before.state, now, limits) {
+    // The deadline is checked before asking, except on a watch's first poll since the process
+    // started: a clock that jumped forward across a restart (or a long stop) must not end every
+    // waiting watch `timed_out` without one request; the answer decides, then the deadline.
+    let early = if first_of_run {
+        None
+    } else {
+        watch::check_deadline(&before.state, now, limits)
+    };
+    if let Some(step) = early {
         let mut record = before.clone();
         record.state = step.state;
         record.next_poll_at_ms = None;
@@ -232,6 +241,18 @@ pub(crate) async fn poll(
     }
     let error = exchange.error.take();
     let fetched = exchange.fetched.take();
+    let step = match watch::check_deadline(&step.state, now, limits) {
+        Some(late)
+            if first_of_run
+                && matches!(
+                    step.action,
+                    Action::PollAgain { .. } | Action::Retry { .. } | Action::Throttle { .. }
+                ) =>
+        {
+            late
+        }
+        _ => step,
+    };
     finish(
         &ctx, &spec, before, step, error, fetched, now_ms, probe, index,
     )

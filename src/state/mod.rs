@@ -315,7 +315,8 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     /// even when empty), ordered by name.
     fn backlog(&self) -> LedgerFuture<'_, Vec<Backlog>>;
 
-    /// Checks that a real change can be committed now, for readiness.
+    /// Checks that a real change can be committed now, for readiness: a probe write commits,
+    /// and no real write has failed since the last real write committed.
     fn probe_writable(&self) -> LedgerFuture<'_, ()>;
 
     /// Finishes what is queued and releases the storage; later calls fail with

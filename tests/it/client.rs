@@ -479,7 +479,7 @@ async fn every_fault_kind_maps_to_its_verdict() {
         ("slow", "retryable", Transport, None, None),
         ("malformed_json", "retryable", Decode, None, Some(200)),
         ("truncated", "retryable", Transport, None, Some(200)),
-        ("oversized", "permanent", TooLarge, None, Some(200)),
+        ("oversized", "retryable", TooLarge, None, Some(200)),
     ];
     for (fault, kind, origin, code, http) in cases {
         env.fault(fault).await;

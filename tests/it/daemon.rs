@@ -636,6 +636,48 @@ async fn a_second_daemon_on_the_same_state_is_refused() {
     stop(first).await;
 }
 
+/// The ledger deleted under a running daemon is noticed: one error line naming the file, and
+/// nothing more is recorded into the deleted file (nor delivered from it); deleting a file in
+/// the state directory does not let a second daemon in either (the lock is on the directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_deleted_under_the_daemon_is_noticed_and_the_lock_holds() {
+    let sim = start_sim(&scenario(&asset("1", "1", None, "queue = \"1h\""), "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, first) = start_daemon(&sim.url, dir.path(), &watch("1", "1", None, "index"));
+    assert!(
+        wait_for(Duration::from_secs(15), || first
+            .log_text()
+            .contains("Daemon started."))
+        .await
+    );
+    let state = dir.path().join("state");
+    for e in std::fs::read_dir(&state).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    let noticed = wait_for(Duration::from_secs(30), || {
+        first
+            .log_text()
+            .contains("the file was deleted while the daemon has it open")
+    })
+    .await;
+    let other = tempfile::tempdir().unwrap();
+    let mut second = Daemon::start(
+        &cfg,
+        other.path(),
+        &[("SCENEWATCH__API__SECRET_KEY", SECRET)],
+    );
+    let status = second.wait_exit(Duration::from_secs(15)).await;
+    let second_log = second.log_text();
+    let log = stop(first).await;
+    assert!(noticed, "{log}");
+    assert!(log.contains("scenewatch.db"), "{log}");
+    assert_ne!(status.and_then(|s| s.code()), Some(0), "{second_log}");
+    assert!(
+        second_log.contains("another scenewatch daemon is running"),
+        "{second_log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edited_metadata_raises_stale_once_per_version() {
     let sim = start_sim(&scenario(&asset("60", "61", None, ""), "")).await;

@@ -62,6 +62,22 @@ pub(crate) struct Store {
     pub(crate) read_only: bool,
     /// The last write failure, until a write commits again (readiness reports it).
     pub(crate) last_write_error: Option<StateError>,
+    /// Device and inode of the database file when it was opened.
+    pub(crate) file_id: Option<(u64, u64)>,
+}
+
+/// Device and inode of a file, if it is there (Unix; elsewhere the check is skipped).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 /// Milliseconds as SQLite stores them. Saturates: no real timestamp reaches `i64::MAX` ms.
@@ -220,6 +236,7 @@ impl Store {
             "CREATE TEMP TABLE IF NOT EXISTS sync_seen (watch_id INTEGER PRIMARY KEY)",
         )
         .map_err(|e| sql_error(&path, "open", &e))?;
+        let file_id = file_id(&path);
         Ok(Store {
             conn,
             path,
@@ -227,6 +244,7 @@ impl Store {
             event_sinks,
             read_only: false,
             last_write_error: None,
+            file_id,
         })
     }
 
@@ -285,6 +303,7 @@ impl Store {
             event_sinks: Vec::new(),
             read_only: true,
             last_write_error: None,
+            file_id: None,
         })
     }
 
@@ -303,6 +322,8 @@ impl Store {
         if self.read_only {
             self.exec("read", "BEGIN")
         } else {
+            // Nothing is written into a file that is not at the ledger's path any more.
+            self.check_identity()?;
             self.exec("write", "BEGIN IMMEDIATE")
         }
     }
@@ -328,23 +349,48 @@ impl Store {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value";
         self.begin()?;
         let wrote = self.conn.execute(PROBE, []).map_err(self.err("write"));
+        // A real, durable commit (WAL append and fsync): a rolled-back write can succeed on a
+        // full disk, where every step's commit fails.
         let settled = match wrote {
             Err(e) => Err(e),
-            // After a failure, only a durable commit proves that writing works again.
-            Ok(_) if self.last_write_error.is_some() => self.exec("write", "COMMIT"),
-            Ok(_) => self.exec("write", "ROLLBACK"),
+            Ok(_) => self.exec("write", "COMMIT"),
         };
         match settled {
-            Ok(()) => {
-                self.last_write_error = None;
-                Ok(())
-            }
+            // A tiny probe can fit where a poll's step does not (space a checkpoint freed in
+            // the WAL): a failure of a real write is cleared only by a real write committing
+            // (the engine retries failed steps within seconds, the drainers their deliveries).
+            Ok(()) => match &self.last_write_error {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            },
             Err(e) => {
                 self.rollback();
                 self.note_failure(&e);
                 Err(e)
             }
         }
+    }
+
+    /// The file at the ledger's path is still the one this connection writes: deleted or
+    /// replaced under a running daemon, everything written would be lost at the next start.
+    fn check_identity(&self) -> Result<(), StateError> {
+        let Some(want) = self.file_id else {
+            return Ok(());
+        };
+        let now = file_id(&self.path);
+        if now == Some(want) {
+            return Ok(());
+        }
+        let what = if now.is_none() { "deleted" } else { "replaced" };
+        Err(StateError::Io {
+            path: self.path.clone(),
+            op: "keep",
+            detail: format!(
+                "the file was {what} while the daemon has it open, so what it records is lost at \
+                 the next start; stop the daemon, restore the file (or keep the new one) and \
+                 start it again"
+            ),
+        })
     }
 
     /// Checkpoints the WAL into the database file (the daemon is stopping).

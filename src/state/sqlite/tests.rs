@@ -540,6 +540,8 @@ async fn disk_full_is_loud_and_loses_nothing_already_recorded() {
         .await
         .unwrap();
     assert!(remembered);
+    // And the probe says so, even when its own tiny commit fits.
+    assert!(ledger.probe_writable().await.is_err());
 
     let status = ledger.status().await.unwrap();
     assert_eq!(status[0].phase, Phase::Completed);
@@ -554,11 +556,13 @@ async fn disk_full_is_loud_and_loses_nothing_already_recorded() {
         .with_store(|s| s.exec("write", "PRAGMA max_page_count = 1073741823"))
         .await
         .unwrap();
-    ledger.probe_writable().await.unwrap();
+    // Until a real write commits, readiness still says the ledger cannot commit.
+    assert!(ledger.probe_writable().await.is_err());
     ledger
         .commit_step(completed_step("i1", "v2", vec![]))
         .await
         .unwrap();
+    ledger.probe_writable().await.unwrap();
     assert_eq!(count(&ledger, "SELECT count(*) FROM versions").await, 2);
 }
 
