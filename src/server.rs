@@ -47,7 +47,9 @@ pub async fn serve(
             ledger,
             clock,
         });
-    tracing::info!(listen = %listen, "Serving /healthz, /readyz and /metrics.");
+    // The address really bound (with port 0 the OS picks one: say which).
+    let bound = listener.local_addr().unwrap_or(listen);
+    tracing::info!(listen = %bound, "Serving /healthz, /readyz and /metrics.");
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -56,7 +56,9 @@ pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
         table.push([
             watch,
             r.phase.as_str().to_string(),
-            r.remote_status.clone().unwrap_or_else(|| "-".into()),
+            r.remote_status
+                .as_deref()
+                .map_or_else(|| "-".into(), printable),
             r.polls.to_string(),
             r.last_change_at_ms
                 .map(|t| relative(t, now_ms))
@@ -89,6 +91,25 @@ pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
     }
     if rows.is_empty() {
         out.push_str("(no watches in the ledger yet)\n");
+    }
+    out
+}
+
+/// Text from the API made safe for a terminal: control characters (an escape sequence could
+/// rewrite the screen) are shown escaped, and a long value is cut.
+fn printable(s: &str) -> String {
+    const MAX: usize = 40;
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
     out
 }
@@ -164,5 +185,17 @@ mod tests {
         assert_eq!(j[0]["phase"], "waiting");
         assert_eq!(j[0]["nextPollAt"], "1970-01-01T00:17:10.000Z");
         assert_eq!(j[1]["pendingDeliveries"], 2);
+    }
+
+    #[test]
+    fn api_text_cannot_drive_the_terminal() {
+        let mut r = row("1", Phase::Waiting);
+        r.remote_status = Some("\u{1b}[2J\u{1b}]0;pwned\u{7}SUMMARIZING".into());
+        let text = render(&[r], 0, false);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{1b}[2J"), "{text}");
     }
 }

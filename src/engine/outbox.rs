@@ -210,6 +210,33 @@ where
     }
 }
 
+/// While a failing sink backs off, its healthcheck is tried this often: once it passes, the
+/// backlog is tried again at once instead of at the end of a backoff of up to five minutes.
+const BACKOFF_PROBE: Duration = Duration::from_secs(15);
+
+/// Waits out a failing sink's backoff `d`, ending it early when the sink's healthcheck passes;
+/// false once stopped. (A healthcheck cannot see every failure, a webhook's 500 say: then the
+/// retries come at most every [`BACKOFF_PROBE`], never in a storm.)
+async fn back_off(
+    o: &Outbox,
+    d: Duration,
+    healthcheck: impl Fn() -> futures_util::future::BoxFuture<'static, Result<(), SinkError>>,
+) -> bool {
+    let until = o.clock.instant() + d;
+    loop {
+        let left = until.saturating_duration_since(o.clock.instant());
+        if left.is_zero() {
+            return true;
+        }
+        if !idle(o, &Notify::new(), left.min(BACKOFF_PROBE)).await {
+            return false;
+        }
+        if left > BACKOFF_PROBE && healthcheck().await.is_ok() {
+            return true;
+        }
+    }
+}
+
 async fn idle(o: &Outbox, wake: &Notify, d: Duration) -> bool {
     tokio::select! {
         _ = wake.notified() => true,
@@ -283,17 +310,11 @@ pub async fn drain_results(o: Outbox, sink: Arc<dyn Sink>, wake: Arc<Notify>) {
                             o.health.metrics.delivery(&name, "retry", None);
                             let delay = episodes.failed(&o, &e).await;
                             warn!(sink = %name, version = %row.version_id, error = %e, retry_in = %humantime::format_duration(delay), "Delivery failed; the sink keeps its backlog and retries.");
-                            record_failure(
-                                &o,
-                                &row,
-                                &name,
-                                &e,
-                                now + delay.as_millis() as u64,
-                                false,
-                            )
-                            .await;
-                            // The sink is down: hold the backlog, try again after the backoff.
-                            if !idle(&o, &Notify::new(), delay).await {
+                            // Due again at once in the ledger (so a restart tries it at once);
+                            // this drainer holds the backlog for the backoff, or until the
+                            // sink's healthcheck passes.
+                            record_failure(&o, &row, &name, &e, now, false).await;
+                            if !back_off(&o, delay, check).await {
                                 return;
                             }
                             break;
@@ -465,18 +486,12 @@ pub async fn drain_events(o: Outbox, sink: Arc<dyn EventSink>, wake: Arc<Notify>
                 warn!(sink = %name, events = ids.len(), error = %e, "Sending events failed.");
                 if let Err(le) = o
                     .ledger
-                    .events_failed(
-                        &name,
-                        &ids,
-                        &e.to_string(),
-                        now + delay.as_millis() as u64,
-                        park,
-                    )
+                    .events_failed(&name, &ids, &e.to_string(), now, park)
                     .await
                 {
                     error!(sink = %name, error = %le, "Cannot record failed events in the ledger.");
                 }
-                if !delay.is_zero() && !idle(&o, &Notify::new(), delay).await {
+                if !delay.is_zero() && !back_off(&o, delay, check).await {
                     return;
                 }
             }

@@ -146,6 +146,7 @@ contract!(
     sink_health_and_facts_are_kept,
     a_closed_ledger_answers_closed,
     discovered_watches_keep_their_origin_and_go_with_their_selector,
+    versions_of_a_watch_reach_a_sink_in_order,
 );
 
 async fn new_watches_are_pending_and_steps_round_trip(l: &dyn Ledger) {
@@ -597,4 +598,45 @@ async fn discovered_watches_keep_their_origin_and_go_with_their_selector(l: &dyn
     assert!(l.discovered().await.unwrap().is_empty());
     let status = l.status().await.unwrap();
     assert!(!status.iter().find(|s| s.key == key("i1")).unwrap().removed);
+}
+
+async fn versions_of_a_watch_reach_a_sink_in_order(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1"), spec("i2")], &[], 0)
+        .await
+        .unwrap();
+    let mut old = completed_step("i1", "v1", vec![]);
+    old.new_version.as_mut().unwrap().fetched_at_ms = 1_000;
+    let old_id = old.new_version.as_ref().unwrap().version_id.clone();
+    let mut new = completed_step("i1", "v2", vec![]);
+    new.new_version.as_mut().unwrap().fetched_at_ms = 2_000;
+    let new_id = new.new_version.as_ref().unwrap().version_id.clone();
+    let mut other = completed_step("i2", "v1", vec![]);
+    other.new_version.as_mut().unwrap().fetched_at_ms = 3_000;
+    for s in [old, new, other] {
+        l.commit_step(s).await.unwrap();
+    }
+    // The older version failed and backs off: the newer one of the same watch waits for it;
+    // another watch's version does not.
+    l.delivery_failed(&old_id, "files", "down", 10_000, false)
+        .await
+        .unwrap();
+    let due: Vec<String> = l
+        .due_deliveries("files", 5_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.key.index_id().to_string())
+        .collect();
+    assert_eq!(due, ["i2"], "v2 of i1 waits for v1");
+    let due = l.due_deliveries("files", 10_000, 10).await.unwrap();
+    assert!(due.iter().any(|d| d.version_id == old_id), "{due:?}");
+    assert!(due.iter().all(|d| d.version_id != new_id), "{due:?}");
+    // Delivered (or parked), it no longer holds the newer one.
+    l.delivery_failed(&old_id, "files", "refused", 10_000, true)
+        .await
+        .unwrap();
+    let due = l.due_deliveries("files", 10_000, 10).await.unwrap();
+    assert!(due.iter().any(|d| d.version_id == new_id), "{due:?}");
+    // Each sink on its own: the other sink's rows are not held up by this one's.
+    assert_eq!(l.due_deliveries("hook", 10_000, 10).await.unwrap().len(), 2);
 }

@@ -354,6 +354,21 @@ impl Ledger for MemoryLedger {
                 .map(|((v, _), r)| (r.next_attempt_at_ms, v, r))
                 .collect();
             due.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            // Versions of one watch reach one sink in the order they were fetched (see the
+            // trait): a newer one waits while an older one is still pending for the sink.
+            let held_up = |vid: &VersionId| {
+                let Some(v) = m.versions.get(vid) else {
+                    return true;
+                };
+                m.deliveries.iter().any(|((ovid, s), r)| {
+                    s == sink
+                        && r.state == State::Pending
+                        && m.versions.get(ovid).is_some_and(|o| {
+                            o.key == v.key && (o.fetched_at_ms, ovid) < (v.fetched_at_ms, vid)
+                        })
+                })
+            };
+            due.retain(|(_, vid, _)| !held_up(vid));
             Ok(due
                 .into_iter()
                 .filter_map(|(_, vid, row)| {

@@ -1174,6 +1174,14 @@ pub(crate) const DUE_DELIVERIES: &str = "
     JOIN watches AS w ON w.watch_id = v.watch_id
     WHERE d.sink = ?1 AND d.state = 'pending' AND d.state <> 'done'
       AND d.next_attempt_at_ms <= ?2
+      -- Versions of one watch reach one sink in the order they were fetched: a newer one waits
+      -- while an older one is still pending for the sink (a parked one does not hold it up).
+      AND NOT EXISTS (
+          SELECT 1 FROM versions AS ov
+          JOIN deliveries AS od ON od.version_id = ov.version_id AND od.sink = d.sink
+          WHERE ov.watch_id = v.watch_id AND od.state = 'pending'
+            AND (ov.fetched_at_ms < v.fetched_at_ms
+                 OR (ov.fetched_at_ms = v.fetched_at_ms AND ov.version_id < v.version_id)))
     ORDER BY d.next_attempt_at_ms, d.version_id
     LIMIT ?3";
 
