@@ -6,6 +6,7 @@
 //! ([`validate::validate`]) turns the raw strings into strong types. The only IO here is reading
 //! the config file and the secret key file.
 
+pub(crate) mod checks;
 mod raw;
 mod validate;
 
@@ -17,15 +18,18 @@ use config::{Environment, File, FileFormat, Map, Value, ValueKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use raw::{
-    RawApi, RawConfig, RawEventSink, RawFileSink, RawJsonlSink, RawNatsEventSink, RawPoll,
-    RawPostgresSink, RawS3Sink, RawServer, RawSink, RawStdoutSink, RawWatch, RawWebhookSink,
-};
-pub use validate::{
-    ApiConfig, Config, EventSinkConfig, FileSinkConfig, JsonlSinkConfig, NatsEventSinkConfig,
-    PollConfig, PostgresSinkConfig, S3SinkConfig, SinkConfig, StdoutSinkConfig, WatchSpec,
-    WebhookSinkConfig, validate,
-};
+pub use raw::{RawApi, RawConfig, RawPoll, RawServer, RawWatch};
+pub use validate::{ApiConfig, Config, PollConfig, WatchSpec, validate};
+// Each sink kind's table, raw and validated, lives beside its sink; named here too so that
+// `config::…` stays the one place to find every part of the configuration.
+pub use crate::sink::config::{EventSinkConfig, RawEventSink, RawSink, SinkConfig};
+pub use crate::sink::file::{FileSinkConfig, RawFileSink};
+pub use crate::sink::jsonl::{JsonlSinkConfig, RawJsonlSink};
+pub use crate::sink::nats::{NatsEventSinkConfig, RawNatsEventSink};
+pub use crate::sink::postgres::{PostgresSinkConfig, RawPostgresSink};
+pub use crate::sink::s3::{RawS3Sink, S3SinkConfig};
+pub use crate::sink::stdout::{RawStdoutSink, StdoutSinkConfig};
+pub use crate::sink::webhook::{RawWebhookSink, WebhookSinkConfig};
 
 /// Prefix of environment variables: `SCENEWATCH__API__ACCESS_KEY` sets `api.access_key`.
 pub const ENV_PREFIX: &str = "SCENEWATCH";
