@@ -25,4 +25,5 @@ pub mod sink;
 pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod time;
 pub mod watch;

@@ -94,8 +94,7 @@ pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
 }
 
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
+    crate::time::format_rfc3339_ms(ms)
 }
 
 /// "5m ago" / "in 30s", to the largest two units.

@@ -39,7 +39,6 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::latest::parse_system_time;
 use super::{Delivery, Disposition, Receipt, Sink, SinkError};
 use crate::config::checks::{duration, secret_from};
 use crate::config::{Origins, Problem};
@@ -395,7 +394,7 @@ async fn backfill_analyzed_time(
         .await?;
     let (mut ids, mut times) = (Vec::new(), Vec::new());
     for row in &rows {
-        if let Some(t) = parse_system_time(row.get(1)) {
+        if let Some(t) = crate::time::parse_iso8601(row.get(1)) {
             ids.push(row.get::<_, String>(0));
             times.push(t);
         }
@@ -767,7 +766,7 @@ impl PostgresSink {
                     &d.fetched_at,
                     &jsonb,
                     &raw,
-                    &parse_system_time(&d.last_analyzed_at),
+                    &crate::time::parse_iso8601(&d.last_analyzed_at),
                 ],
             )
             .await?;
