@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::domain::WatchKey;
+use crate::time::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// Every kind of event. The order is the documentation order; `Ord` exists only so callers can
 /// keep event types in sorted maps (metrics).
@@ -345,7 +346,7 @@ impl Event {
             "source": self.source,
             "type": self.kind.as_str(),
             "subject": self.subject,
-            "time": format_time_ms(self.time_ms),
+            "time": format_rfc3339_ms(self.time_ms),
             "datacontenttype": DATA_CONTENT_TYPE,
             "data": self.data,
         })
@@ -381,7 +382,7 @@ impl Event {
             kind,
             source: source.to_string(),
             subject: s("subject")?.to_string(),
-            time_ms: parse_time_ms(s("time")?)?,
+            time_ms: parse_rfc3339_ms(s("time")?)?,
             watch,
             data: o.get("data").cloned().unwrap_or(Value::Null),
         })
@@ -409,7 +410,7 @@ impl Event {
             source: &self.source,
             kind: self.kind.as_str(),
             subject: &self.subject,
-            time: format_time_ms(self.time_ms),
+            time: format_rfc3339_ms(self.time_ms),
             datacontenttype: DATA_CONTENT_TYPE,
             data: &self.data,
         };
@@ -542,115 +543,6 @@ fn watch_of_source(source: &str) -> Option<String> {
         return None;
     }
     Some(ids.join("/"))
-}
-
-/// The latest instant RFC 3339 can write with a four-digit year: 9999-12-31T23:59:59.999Z.
-const MAX_TIME_MS: u64 = 253_402_300_799_999;
-
-/// RFC 3339 UTC with milliseconds, e.g. `2026-04-17T10:30:00.123Z`. Times past the year 9999
-/// are clamped to its last millisecond rather than written in a form parsers reject.
-pub fn format_time_ms(time_ms: u64) -> String {
-    let ms = time_ms.min(MAX_TIME_MS);
-    let secs = ms / 1000;
-    let days = secs / 86_400;
-    let sod = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60,
-        ms % 1000
-    )
-}
-
-/// Parses RFC 3339 in UTC (`Z` or `+00:00`), with 0 to 9 fractional digits (truncated to
-/// milliseconds); `None` before 1970 or when malformed.
-pub fn parse_time_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u64> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 {
-        return None;
-    }
-    // A leap second (:60) is not representable in Unix time; refuse rather than guess.
-    if sec > 59 || y < 1970 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0u64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 9 {
-            return None;
-        }
-        // Pad or truncate to exactly three digits: milliseconds.
-        for i in 0..3 {
-            let digit = if i < digits {
-                frac.as_bytes()[i] - b'0'
-            } else {
-                0
-            };
-            millis = millis * 10 + u64::from(digit);
-        }
-        rest = &frac[digits..];
-    }
-    if !matches!(rest, "Z" | "z" | "+00:00" | "-00:00") {
-        return None;
-    }
-    let days = days_from_civil(y, mo, d);
-    Some(((days * 86_400 + h * 3600 + mi * 60 + sec) * 1000) + millis)
-}
-
-fn is_leap(y: u64) -> bool {
-    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
-}
-
-fn days_in_month(y: u64, m: u64) -> u64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a civil date in or after 1970 (Howard Hinnant's algorithm, shifted to
-/// unsigned arithmetic since we never go before the epoch).
-fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The civil date of a day count since 1970-01-01 (inverse of [`days_from_civil`]).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -962,57 +854,6 @@ mod tests {
     }
 
     #[test]
-    fn time_is_rfc3339_utc_with_millis() {
-        assert_eq!(format_time_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_time_ms(T), "2026-04-17T10:30:00.123Z");
-        assert_eq!(format_time_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(
-            format_time_ms(1_709_251_199_999),
-            "2024-02-29T23:59:59.999Z"
-        );
-        assert_eq!(format_time_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
-        // Agrees with humantime where both apply.
-        for ms in [1u64, 86_399_999, 1_000_000_000_000, 4_102_444_800_000, T] {
-            let st = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-            assert_eq!(
-                format_time_ms(ms),
-                humantime::format_rfc3339_millis(st).to_string()
-            );
-        }
-    }
-
-    #[test]
-    fn time_parses_back() {
-        for ms in [0u64, 1, 999, 86_400_000, T, 951_782_400_000, MAX_TIME_MS] {
-            assert_eq!(parse_time_ms(&format_time_ms(ms)), Some(ms), "{ms}");
-        }
-        assert_eq!(parse_time_ms("2026-04-17T10:30:00Z"), Some(T - 123));
-        assert_eq!(parse_time_ms("2026-04-17T10:30:00.1Z"), Some(T - 23));
-        assert_eq!(
-            parse_time_ms("2026-04-17T10:30:00.123456789+00:00"),
-            Some(T)
-        );
-        for bad in [
-            "",
-            "2026-04-17",
-            "2026-04-17T10:30:00",
-            "2026-04-17T10:30:00+09:00",
-            "2026-02-30T10:30:00Z",
-            "2026-13-01T10:30:00Z",
-            "2026-04-17T24:00:00Z",
-            "2026-04-17T10:30:60Z",
-            "1969-12-31T23:59:59Z",
-            "2026-04-17T10:30:00.Z",
-            "2026-04-17T10:30:00.1234567890Z",
-            "+026-04-17T10:30:00Z",
-            "2026-04-17T10:30:00Zjunk",
-            "２026-04-17T10:30:00Z",
-        ] {
-            assert_eq!(parse_time_ms(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn sink_sources_are_uri_safe() {
         assert_eq!(sink_source("files"), "/sinks/files");
         assert_eq!(sink_source("a b/c"), "/sinks/a%20b%2Fc");
@@ -1166,17 +1007,5 @@ mod tests {
             .map(|a| line.find(&format!("\"{a}\":")).unwrap())
             .collect();
         assert!(at.windows(2).all(|w| w[0] < w[1]), "{line}");
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn time_round_trips(ms in 0..=MAX_TIME_MS) {
-            proptest::prop_assert_eq!(parse_time_ms(&format_time_ms(ms)), Some(ms));
-        }
-
-        #[test]
-        fn time_parsing_never_panics(s in "\\PC{0,40}") {
-            let _ = parse_time_ms(&s);
-        }
     }
 }

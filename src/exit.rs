@@ -23,10 +23,27 @@ pub const CONFIG: u8 = 78;
 /// Interrupted by SIGINT or SIGTERM before the end.
 pub const INTERRUPTED: u8 = 130;
 
-/// The exit code an error stands for: a configuration problem is 78, a sink that cannot be set
-/// up 74, anything else 1. Decided by the error's type, never its text.
+/// The command line asks for something that cannot be done as written (exit 64); the message
+/// says what to type instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The configuration cannot give a verb what it needs (exit 78), found outside
+/// [`crate::config::load`]: `sign` reads the credentials itself, without validating the rest.
+/// Like every configuration message, it never quotes a configured value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnusableConfig(pub String);
+
+/// The exit code an error stands for: a usage mistake is 64, a configuration problem 78, a sink
+/// that cannot be set up 74, anything else 1. Decided by the error's type, never its text.
 pub fn code_of(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<ConfigErrors>().is_some() {
+    if e.downcast_ref::<UsageError>().is_some() {
+        USAGE
+    } else if e.downcast_ref::<ConfigErrors>().is_some()
+        || e.downcast_ref::<UnusableConfig>().is_some()
+    {
         CONFIG
     } else if e.downcast_ref::<SinkError>().is_some() {
         SINK

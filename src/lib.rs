@@ -1,6 +1,7 @@
 //! scenewatch: watches NAVER Cloud Media Intelligence scene summaries until they reach a terminal
 //! state and delivers the results to sinks. See ARCHITECTURE.md for the map.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -24,4 +25,5 @@ pub mod sink;
 pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod time;
 pub mod watch;

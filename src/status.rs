@@ -115,8 +115,7 @@ fn printable(s: &str) -> String {
 }
 
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
+    crate::time::format_rfc3339_ms(ms)
 }
 
 /// "5m ago" / "in 30s", to the largest two units.

@@ -377,8 +377,8 @@ fn big_files_parse_one_watch_at_a_time_with_the_same_result() {
         }
     }
     let path = PathBuf::from("big.toml");
-    let whole = super::split_watches_above(&text, &path, usize::MAX).unwrap();
-    let chunked = super::split_watches_above(&text, &path, 0).unwrap();
+    let whole = super::split::split_watches_above(&text, &path, usize::MAX).unwrap();
+    let chunked = super::split::split_watches_above(&text, &path, 0).unwrap();
     assert_eq!(chunked.1.len(), 50);
     assert_eq!(whole.1, chunked.1, "same watches");
     let whole_rest: toml::Table = toml::from_str(&whole.0).unwrap();
@@ -394,7 +394,10 @@ fn big_files_parse_one_watch_at_a_time_with_the_same_result() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.toml");
     let mut padded = broken.clone();
-    padded.push_str(&format!("# {}\n", "x".repeat(super::CHUNKED_ABOVE_BYTES)));
+    padded.push_str(&format!(
+        "# {}\n",
+        "x".repeat(super::split::CHUNKED_ABOVE_BYTES)
+    ));
     std::fs::write(&file, &padded).unwrap();
     let s = Sources {
         file: Some(file.clone()),
@@ -477,7 +480,10 @@ fn toml_syntax_errors_name_file_line_and_column_but_never_the_line() {
         let mut big = String::from("[api]\naccess_key = \"AK\"\n");
         let watch = "[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
         big.push_str(watch);
-        big.push_str(&format!("# {}\n", "x".repeat(super::CHUNKED_ABOVE_BYTES)));
+        big.push_str(&format!(
+            "# {}\n",
+            "x".repeat(super::split::CHUNKED_ABOVE_BYTES)
+        ));
         big.push_str(watch);
         let line = big.matches('\n').count() + 1;
         big.push_str(&format!("{leaky}\n"));
@@ -503,11 +509,13 @@ fn columns_count_characters_and_lines_count_from_the_piece_start() {
     let text = "a = 1\nb = \"장면\" x\n";
     let e = toml::from_str::<toml::Table>(text).unwrap_err();
     assert_eq!(
-        super::describe_toml_error(&e, text, 0).split(':').next(),
+        super::split::describe_toml_error(&e, text, 0)
+            .split(':')
+            .next(),
         Some("not valid TOML at line 2, column 10")
     );
     assert!(
-        super::describe_toml_error(&e, text, 40)
+        super::split::describe_toml_error(&e, text, 40)
             .starts_with("not valid TOML at line 42, column 10")
     );
 }

@@ -14,7 +14,7 @@
 //! | 5xx, 408, gateway errorCode 500 / 510 / 900, or a broken JSON error body | `Retryable` (+ `Retry-After`) |
 //! | any other status (4xx, 3xx: redirects are not followed, the signature covers the path) | `Permanent` |
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::value::RawValue;
 
@@ -292,63 +292,14 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
         // An absurd number of digits saturates rather than failing.
         return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
     }
-    let at = parse_http_date(v)?;
+    let at = crate::time::parse_http_date(v)?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`, the only form senders may generate.
-fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let mut it = s.split_ascii_whitespace();
-    let dow = it.next()?;
-    if !dow.ends_with(',') {
-        return None;
-    }
-    let day: u32 = it.next()?.parse().ok()?;
-    let month: u32 = match it.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: i64 = it.next()?.parse().ok()?;
-    let mut hms = it.next()?.split(':');
-    let h: u32 = hms.next()?.parse().ok()?;
-    let m: u32 = hms.next()?.parse().ok()?;
-    let sec: u32 = hms.next()?.parse().ok()?;
-    if hms.next().is_some() || it.next()? != "GMT" || it.next().is_some() {
-        return None;
-    }
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || !(1970..=9999).contains(&year) {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(sec);
-    let secs = u64::try_from(secs).ok()?;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     const PATH: &str = "/api/v1/workspaces/w/projects/1/assets/2/scene-summary";
@@ -1050,13 +1001,6 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(parse_retry_after(v, now()), want, "{v:?}");
         }
-    }
-
-    #[test]
-    fn days_from_civil_known_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(1994, 11, 6), 784_111_777 / 86_400);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
     }
 
     proptest::proptest! {

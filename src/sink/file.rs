@@ -7,16 +7,19 @@
 //! arrive after a newer one (a retry after a backoff). The read and the rename do not race with
 //! another delivery because one drainer per sink delivers one version at a time; two sinks (or
 //! two daemons) writing the same directory for the same watch are not supported.
+//!
+//! Its configuration is at the end of this file: [`RawFileSink`] (the table as written), [`FileSinkConfig`]
+//! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 use super::latest::{Stamp, envelope_stamp, supersedes};
 use super::{Delivery, Receipt, Sink, SinkError};
-use crate::config::FileSinkConfig;
 
 /// Writes JSON documents under a directory.
 #[derive(Debug)]
@@ -190,6 +193,48 @@ pub(crate) fn is_safe_file_name(s: &str) -> bool {
         && !s.starts_with('.')
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '+'))
+}
+
+// Configuration: the table as written (with its defaults, equal to config/default.toml) and as
+// validated, and the validation that turns one into the other (problems pushed into the pass's
+// one list, with the key path and origin).
+
+/// `[[sink]] type = "file"`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFileSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// Output directory; defaults to `{state_dir}/results`.
+    pub dir: String,
+    /// Also keep every version as `{index_id}/{lastAnalyzedAt}.json`.
+    pub keep_versions: bool,
+}
+
+/// `[[sink]] type = "file"`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Keep every version too.
+    pub keep_versions: bool,
+}
+
+/// `[[sink]] type = "file"`, validated: the directory defaults to `{state_dir}/results`. Nothing
+/// here can be wrong (a directory that cannot be written is found by the healthcheck).
+pub(crate) fn validate(raw: &RawFileSink, state_dir: &Path) -> FileSinkConfig {
+    let dir = if raw.dir.trim().is_empty() {
+        state_dir.join("results")
+    } else {
+        PathBuf::from(&raw.dir)
+    };
+    FileSinkConfig {
+        name: raw.name.clone().unwrap_or_else(|| "file".into()),
+        dir,
+        keep_versions: raw.keep_versions,
+    }
 }
 
 #[cfg(test)]

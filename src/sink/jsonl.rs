@@ -4,6 +4,9 @@
 //! Invariants: a line is never split across files, and a batch is confirmed only once fsync'd.
 //! A failed write is cut back to the last whole line, so a retry never glues a fragment to the
 //! next line.
+//!
+//! Its configuration is at the end of this file: [`RawJsonlSink`] (the table as written), [`JsonlSinkConfig`]
+//! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -12,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 use super::{Delivery, Disposition, EventSink, Receipt, Sink, SinkError};
-use crate::config::JsonlSinkConfig;
+use crate::config::{Origins, Problem};
 use crate::events::Event;
 
 /// One appender per file, shared by every sink that names the same path (a result sink and an
@@ -357,6 +361,74 @@ fn cut_torn_tail(path: &std::path::Path, file: &File, size: u64) -> Result<u64, 
         .map_err(|e| format!("cannot cut the torn last line of {}: {e}", path.display()))?;
     tracing::warn!(path = %path.display(), dropped_bytes = size, "Cut a torn line left by an interrupted write; it will be delivered again.");
     Ok(0)
+}
+
+// Configuration: the table as written (with its defaults, equal to config/default.toml) and as
+// validated, and the validation that turns one into the other (problems pushed into the pass's
+// one list, with the key path and origin).
+
+/// `type = "jsonl"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawJsonlSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// The file appended to; required.
+    pub path: String,
+    /// Rotate when the file would grow beyond this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` … `path.N`).
+    pub keep_files: u32,
+}
+
+impl Default for RawJsonlSink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            path: String::new(),
+            max_bytes: 100 * 1024 * 1024,
+            keep_files: 5,
+        }
+    }
+}
+
+/// `type = "jsonl"`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonlSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// The file appended to.
+    pub path: PathBuf,
+    /// Rotation size.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep_files: u32,
+}
+
+/// `type = "jsonl"`, validated (problems under `base`, e.g. `sink[2]`); `default_name` when no
+/// name is given.
+pub(crate) fn validate(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    base: &str,
+    j: &RawJsonlSink,
+    default_name: &str,
+) -> Option<JsonlSinkConfig> {
+    let mut ok = true;
+    if j.path.trim().is_empty() {
+        p.push(origins.problem(&format!("{base}.path"), "missing; the file to append to"));
+        ok = false;
+    }
+    if j.max_bytes < 4096 {
+        p.push(origins.problem(&format!("{base}.max_bytes"), "must be at least 4096"));
+        ok = false;
+    }
+    ok.then(|| JsonlSinkConfig {
+        name: j.name.clone().unwrap_or_else(|| default_name.into()),
+        path: PathBuf::from(j.path.trim()),
+        max_bytes: j.max_bytes,
+        keep_files: j.keep_files,
+    })
 }
 
 #[cfg(test)]

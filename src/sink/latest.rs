@@ -4,15 +4,16 @@
 //! an older version after a newer one went through), so the latest copy is replaced only by a
 //! version that is not older than the one it holds. Pure: no IO, no clock.
 //!
-//! The order: `lastAnalyzedAt` compared as a point in time ([`parse_time`]); a time that parses
+//! The order: `lastAnalyzedAt` compared as a point in time ([`parse_iso8601_ns`]); a time that parses
 //! is newer than one that does not; two that do not parse compare as strings (byte order). Equal
 //! times are decided by `fetchedAt` (the later fetch wins), as in the PostgreSQL view. The same
 //! version id always means the same content, so it may replace itself (a repeated delivery).
 
 use std::cmp::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::Delivery;
+use crate::time::parse_iso8601_ns;
 
 /// What a latest copy says about the version it holds, read back from the sink (the envelope's
 /// `version`, `lastAnalyzedAt` and `fetchedAt`, or object metadata holding the same).
@@ -59,7 +60,7 @@ pub fn envelope_stamp(bytes: &[u8]) -> Option<Stamp> {
 
 /// `fetchedAt` as every envelope writes it.
 pub fn fetched_at_text(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    crate::time::format_rfc3339(t)
 }
 
 /// True when `new` may replace `current` as the latest copy: it is the same version, or newer
@@ -72,7 +73,7 @@ pub fn supersedes(new: &Stamp, current: &Stamp) -> bool {
         Ordering::Greater => true,
         Ordering::Less => false,
         Ordering::Equal => {
-            let parsed = |s: &Option<String>| s.as_deref().and_then(parse_time);
+            let parsed = |s: &Option<String>| s.as_deref().and_then(parse_iso8601_ns);
             match (parsed(&new.fetched_at), parsed(&current.fetched_at)) {
                 (Some(n), Some(c)) => n > c,
                 // A copy without a readable fetchedAt was not written by this scenewatch.
@@ -86,144 +87,12 @@ pub fn supersedes(new: &Stamp, current: &Stamp) -> bool {
 /// Orders two `lastAnalyzedAt` values: as points in time when both parse, a parsed one after
 /// one that does not parse, otherwise as strings.
 pub fn compare_analyzed_at(a: &str, b: &str) -> Ordering {
-    match (parse_time(a), parse_time(b)) {
+    match (parse_iso8601_ns(a), parse_iso8601_ns(b)) {
         (Some(x), Some(y)) => x.cmp(&y),
         (Some(_), None) => Ordering::Greater,
         (None, Some(_)) => Ordering::Less,
         (None, None) => a.cmp(b),
     }
-}
-
-/// Nanoseconds since 1970-01-01T00:00:00 UTC of an ISO 8601 date-time:
-/// `YYYY-MM-DD`, then optionally `T` (or a space) and `HH:MM`, `:SS`, a fraction (`.` or `,`,
-/// digits beyond nanoseconds ignored), and an offset (`Z`, `±HH`, `±HHMM`, `±HH:MM`). A time
-/// without an offset (as the API sends it) is taken as UTC: what matters is comparing it with
-/// others of the same kind. `None` for anything else, out-of-range fields included.
-pub fn parse_time(s: &str) -> Option<i128> {
-    let b = s.trim().as_bytes();
-    let mut p = Parser { b, i: 0 };
-    let year = i64::from(p.digits(4)?);
-    p.expect(b'-')?;
-    let month = p.digits(2)?;
-    p.expect(b'-')?;
-    let day = p.digits(2)?;
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
-    let (mut hour, mut minute, mut second, mut nanos) = (0, 0, 0, 0u32);
-    if p.eat(b'T') || p.eat(b't') || p.eat(b' ') {
-        hour = p.digits(2)?;
-        p.expect(b':')?;
-        minute = p.digits(2)?;
-        if p.eat(b':') {
-            second = p.digits(2)?;
-            if p.eat(b'.') || p.eat(b',') {
-                let start = p.i;
-                let mut scale = 100_000_000u32;
-                while let Some(d) = p.peek().filter(u8::is_ascii_digit) {
-                    nanos += u32::from(d - b'0') * scale;
-                    scale /= 10;
-                    p.i += 1;
-                }
-                if p.i == start {
-                    return None;
-                }
-            }
-        }
-        // 60 is a leap second.
-        if hour > 23 || minute > 59 || second > 60 {
-            return None;
-        }
-    }
-    let mut offset_minutes = 0i64;
-    match p.peek() {
-        None => {}
-        Some(b'Z' | b'z') => p.i += 1,
-        Some(sign @ (b'+' | b'-')) => {
-            p.i += 1;
-            let h = i64::from(p.digits(2)?);
-            let m = if p.eat(b':') || p.peek().is_some() {
-                i64::from(p.digits(2)?)
-            } else {
-                0
-            };
-            if h > 23 || m > 59 {
-                return None;
-            }
-            offset_minutes = (h * 60 + m) * if sign == b'-' { -1 } else { 1 };
-        }
-        Some(_) => return None,
-    }
-    if p.i != b.len() {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + i64::from(hour) * 3_600 + i64::from(minute) * 60
-        - offset_minutes * 60
-        + i64::from(second);
-    Some(i128::from(seconds) * 1_000_000_000 + i128::from(nanos))
-}
-
-/// [`parse_time`] as a `SystemTime` (for a `timestamp` column).
-pub fn parse_system_time(s: &str) -> Option<SystemTime> {
-    let nanos = parse_time(s)?;
-    let magnitude = Duration::from_nanos(u64::try_from(nanos.unsigned_abs()).ok()?);
-    if nanos >= 0 {
-        UNIX_EPOCH.checked_add(magnitude)
-    } else {
-        UNIX_EPOCH.checked_sub(magnitude)
-    }
-}
-
-struct Parser<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn eat(&mut self, c: u8) -> bool {
-        let hit = self.peek() == Some(c);
-        self.i += usize::from(hit);
-        hit
-    }
-
-    fn expect(&mut self, c: u8) -> Option<()> {
-        self.eat(c).then_some(())
-    }
-
-    /// Exactly `n` ASCII digits.
-    fn digits(&mut self, n: usize) -> Option<u32> {
-        let part = self.b.get(self.i..self.i + n)?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        self.i += n;
-        Some(part.iter().fold(0, |v, d| v * 10 + u32::from(d - b'0')))
-    }
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -234,9 +103,9 @@ mod tests {
 
     #[test]
     fn iso_times_parse_to_the_instant_they_name() {
-        assert_eq!(parse_time("1970-01-01T00:00:00"), Some(0));
-        assert_eq!(parse_time("1970-01-01"), Some(0));
-        assert_eq!(parse_time("1969-12-31T23:59:59Z"), Some(-NANOS));
+        assert_eq!(parse_iso8601_ns("1970-01-01T00:00:00"), Some(0));
+        assert_eq!(parse_iso8601_ns("1970-01-01"), Some(0));
+        assert_eq!(parse_iso8601_ns("1969-12-31T23:59:59Z"), Some(-NANOS));
         // 2026-04-17T10:30:00 UTC, in the forms ISO 8601 allows.
         let t = 1_776_421_800 * NANOS;
         for s in [
@@ -252,14 +121,14 @@ mod tests {
             "2026-04-17T07:00:00-03:30",
             " 2026-04-17T10:30:00 ",
         ] {
-            assert_eq!(parse_time(s), Some(t), "{s}");
+            assert_eq!(parse_iso8601_ns(s), Some(t), "{s}");
         }
         assert_eq!(
-            parse_time("2026-04-17T10:30:00.123456789123"),
+            parse_iso8601_ns("2026-04-17T10:30:00.123456789123"),
             Some(t + 123_456_789)
         );
         assert_eq!(
-            parse_time("2024-02-29T00:00:00"),
+            parse_iso8601_ns("2024-02-29T00:00:00"),
             Some(1_709_164_800 * NANOS)
         );
     }
@@ -283,7 +152,7 @@ mod tests {
             "2026-04-17T10:30:00Zjunk",
             "２０２６-04-17",
         ] {
-            assert_eq!(parse_time(s), None, "{s:?}");
+            assert_eq!(parse_iso8601_ns(s), None, "{s:?}");
         }
     }
 

@@ -1,10 +1,13 @@
 //! Sinks: where results go. One file per sink kind behind the small [`Sink`] trait, the envelope
-//! every sink writes, and the stable version id that makes deliveries idempotent.
+//! every sink writes, and the stable version id that makes deliveries idempotent. Each kind's
+//! file also holds its configuration (raw table, validated struct, `validate`); `config.rs` has
+//! the `type`-tagged enums of them and the validation pass over `[[sink]]` and `[[event_sink]]`.
 //!
 //! Failure semantics: `deliver` returns `Ok` only once the output is durable (fsync'd file,
 //! committed row, 2xx answer). An `Err` means nothing is confirmed and the same delivery may be
 //! retried; sinks are idempotent on [`Delivery::version_id`], so a retry never duplicates.
 
+pub mod config;
 pub mod file;
 pub mod jsonl;
 pub mod latest;
@@ -21,9 +24,9 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::config::{EventSinkConfig, SinkConfig};
 use crate::domain::{VersionId, WatchKey};
 use crate::ncp::SummaryResult;
+pub use config::{EventSinkConfig, SinkConfig};
 
 /// A sink failed; the message names the sink and the thing at fault.
 #[derive(Debug, Clone, thiserror::Error)]

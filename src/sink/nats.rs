@@ -12,6 +12,9 @@
 //!
 //! The token (if any) goes from the config's `SecretString` to the connect options only; this
 //! type's `Debug` and every message leave it out, and URLs are shown without user info.
+//!
+//! Its configuration is at the end of this file: [`RawNatsEventSink`] (the table as written), [`NatsEventSinkConfig`]
+//! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,11 +24,13 @@ use async_nats::{ConnectOptions, HeaderMap};
 use futures_util::future::BoxFuture;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::webhook::CLOUDEVENTS_JSON;
 use super::{Disposition, EventSink, SinkError};
-use crate::config::NatsEventSinkConfig;
+use crate::config::checks::{duration, secret_from};
+use crate::config::{Origins, Problem};
 use crate::events::{Event, EventType};
 
 /// How long the stream remembers message ids to drop duplicates. A replay later than this
@@ -350,6 +355,156 @@ impl EventSink for NatsSink {
             }
         })
     }
+}
+
+// Configuration: the table as written (with its defaults, equal to config/default.toml) and as
+// validated, and the validation that turns one into the other (problems pushed into the pass's
+// one list, with the key path and origin).
+
+/// `[[event_sink]] type = "nats"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNatsEventSink {
+    /// Name used in logs and metrics; defaults to "nats-events".
+    pub name: Option<String>,
+    /// Server URL(s), comma-separated: `nats://host:4222` (`tls://` for TLS).
+    pub url: String,
+    /// Subject template; `{type}` becomes the event type without `com.scenewatch.`
+    /// (e.g. `summary.completed`).
+    pub subject: String,
+    /// The JetStream stream that captures the subjects.
+    pub stream: String,
+    /// Create the stream (subjects `{subject with {type} as >}`) when it does not exist.
+    pub create_stream: bool,
+    /// A `.creds` file (NGS / decentralized auth).
+    pub credentials_file: String,
+    /// The name of an environment variable holding a token.
+    pub token_env: String,
+    /// Timeout of connecting and of each publish acknowledgement.
+    pub timeout: String,
+}
+
+impl Default for RawNatsEventSink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            url: "nats://127.0.0.1:4222".into(),
+            subject: "scenewatch.events.{type}".into(),
+            stream: "SCENEWATCH_EVENTS".into(),
+            create_stream: true,
+            credentials_file: String::new(),
+            token_env: String::new(),
+            timeout: "10s".into(),
+        }
+    }
+}
+
+/// `[[event_sink]] type = "nats"`, validated.
+#[derive(Debug, Clone)]
+pub struct NatsEventSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// Server URLs.
+    pub urls: Vec<String>,
+    /// Subject template with `{type}`.
+    pub subject: String,
+    /// Stream name.
+    pub stream: String,
+    /// Create the stream when missing.
+    pub create_stream: bool,
+    /// `.creds` file.
+    pub credentials_file: Option<PathBuf>,
+    /// Token.
+    pub token: Option<SecretString>,
+    /// Connect and ack timeout.
+    pub timeout: Duration,
+}
+
+/// `[[event_sink]] type = "nats"`, validated (problems under `base`).
+pub(crate) fn validate(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    base: &str,
+    c: &RawNatsEventSink,
+) -> Option<NatsEventSinkConfig> {
+    let before = p.len();
+    let urls: Vec<String> = c
+        .url
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        p.push(origins.problem(&format!("{base}.url"), "missing"));
+    }
+    for u in &urls {
+        match Url::parse(u) {
+            Ok(parsed) if matches!(parsed.scheme(), "nats" | "tls") => {
+                // A user part can be a token to NATS, and URLs are logged: no credentials in it.
+                if parsed.password().is_some() || !parsed.username().is_empty() {
+                    p.push(origins.problem(
+                        &format!("{base}.url"),
+                        "must not carry a user, token or password; use token_env or credentials_file",
+                    ));
+                }
+            }
+            _ => p.push(origins.problem(
+                &format!("{base}.url"),
+                format!("{u:?} is not a nats:// or tls:// URL"),
+            )),
+        }
+    }
+    let subject = c.subject.trim();
+    let tokens_ok = subject.replace("{type}", "x").split('.').all(|t| {
+        !t.is_empty()
+            && t.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    });
+    if !tokens_ok {
+        p.push(origins.problem(
+            &format!("{base}.subject"),
+            format!("{subject:?} is not a valid subject (dot-separated tokens of letters, digits, '-', '_', with {{type}} allowed)"),
+        ));
+    }
+    let stream = c.stream.trim();
+    if stream.is_empty()
+        || !stream
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        p.push(origins.problem(
+            &format!("{base}.stream"),
+            format!("{stream:?} is not a valid stream name"),
+        ));
+    }
+    let token = secret_from(
+        origins,
+        p,
+        base,
+        ("credentials_file", ""),
+        ("token_env", &c.token_env),
+    );
+    let credentials_file = c.credentials_file.trim();
+    if !credentials_file.is_empty() && !std::path::Path::new(credentials_file).is_file() {
+        p.push(origins.problem(
+            &format!("{base}.credentials_file"),
+            format!("{credentials_file} is not a readable file"),
+        ));
+    }
+    let timeout = duration(origins, p, &format!("{base}.timeout"), &c.timeout);
+    if p.len() != before {
+        return None;
+    }
+    Some(NatsEventSinkConfig {
+        name: c.name.clone().unwrap_or_else(|| "nats-events".into()),
+        urls,
+        subject: subject.to_string(),
+        stream: stream.to_string(),
+        create_stream: c.create_stream,
+        credentials_file: (!credentials_file.is_empty()).then(|| PathBuf::from(credentials_file)),
+        token: token.ok().flatten().map(SecretString::from),
+        timeout: timeout?,
+    })
 }
 
 #[cfg(test)]

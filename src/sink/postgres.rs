@@ -11,9 +11,12 @@
 //! The password travels from the config's `SecretString` into the driver's connection settings
 //! and nowhere else: messages name `postgres://user@host:port/db` and the schema, never it, and
 //! this sink's `Debug` is written by hand.
+//!
+//! Its configuration is at the end of this file: [`RawPostgresSink`] (the table as written), [`PostgresSinkConfig`]
+//! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,14 +33,15 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::latest::parse_system_time;
 use super::{Delivery, Disposition, Receipt, Sink, SinkError};
-use crate::config::PostgresSinkConfig;
+use crate::config::checks::{duration, secret_from};
+use crate::config::{Origins, Problem};
 
 /// The schema version this build writes. Bump it with a new entry in [`MIGRATIONS`].
 pub const SCHEMA_VERSION: i32 = 2;
@@ -390,7 +394,7 @@ async fn backfill_analyzed_time(
         .await?;
     let (mut ids, mut times) = (Vec::new(), Vec::new());
     for row in &rows {
-        if let Some(t) = parse_system_time(row.get(1)) {
+        if let Some(t) = crate::time::parse_iso8601(row.get(1)) {
             ids.push(row.get::<_, String>(0));
             times.push(t);
         }
@@ -762,7 +766,7 @@ impl PostgresSink {
                     &d.fetched_at,
                     &jsonb,
                     &raw,
-                    &parse_system_time(&d.last_analyzed_at),
+                    &crate::time::parse_iso8601(&d.last_analyzed_at),
                 ],
             )
             .await?;
@@ -959,6 +963,166 @@ impl ServerCertVerifier for Verifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+// Configuration: the table as written (with its defaults, equal to config/default.toml) and as
+// validated, and the validation that turns one into the other (problems pushed into the pass's
+// one list, with the key path and origin).
+
+/// `[[sink]] type = "postgres"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPostgresSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// `postgres://user@host:port/database?sslmode=disable|prefer|require|verify-full`; required.
+    /// A password in the URL works but is better given by `password_file` or `password_env`.
+    pub url: String,
+    /// A file holding the password.
+    pub password_file: String,
+    /// The name of an environment variable holding the password.
+    pub password_env: String,
+    /// The schema the sink creates and writes to.
+    pub schema: String,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// Timeout of connecting and of each statement.
+    pub timeout: String,
+    /// PEM file of CA certificates for TLS (default: the system's roots).
+    pub ca_file: String,
+}
+
+impl Default for RawPostgresSink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            url: String::new(),
+            password_file: String::new(),
+            password_env: String::new(),
+            schema: "scenewatch".into(),
+            pool_size: 4,
+            timeout: "30s".into(),
+            ca_file: String::new(),
+        }
+    }
+}
+
+/// `type = "postgres"`, validated.
+#[derive(Debug, Clone)]
+pub struct PostgresSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// The connection URL without its password (safe to log).
+    pub url: String,
+    /// The password, from the URL, `password_file` or `password_env`.
+    pub password: Option<SecretString>,
+    /// The schema to create and write.
+    pub schema: String,
+    /// Pool size.
+    pub pool_size: usize,
+    /// Connect and statement timeout.
+    pub timeout: Duration,
+    /// Extra CA certificates (PEM) for TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[[sink]] type = "postgres"`, validated (problems under `base`): the password is taken out
+/// of the URL, or read from `password_file` / `password_env`.
+pub(crate) fn validate(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    base: &str,
+    c: &RawPostgresSink,
+) -> Option<PostgresSinkConfig> {
+    let before = p.len();
+    let url_key = format!("{base}.url");
+    let mut password_in_url = None;
+    let mut clean_url = String::new();
+    match Url::parse(c.url.trim()) {
+        Ok(mut u) if matches!(u.scheme(), "postgres" | "postgresql") => {
+            if let Some(pw) = u.password() {
+                password_in_url = Some(pw.to_string());
+                // Keep the password out of everything that may be logged.
+                let _ = u.set_password(None);
+            }
+            if u.host_str().is_none_or(str::is_empty) {
+                p.push(origins.problem(&url_key, "has no host"));
+            }
+            for (k, v) in u.query_pairs() {
+                if k == "sslmode"
+                    && !matches!(
+                        v.as_ref(),
+                        "disable" | "prefer" | "require" | "verify-ca" | "verify-full"
+                    )
+                {
+                    p.push(origins.problem(
+                        &url_key,
+                        format!("sslmode={v:?} is not one of disable, prefer, require, verify-ca, verify-full"),
+                    ));
+                }
+            }
+            clean_url = u.to_string();
+        }
+        Ok(u) => p.push(origins.problem(
+            &url_key,
+            format!("scheme {:?} is not supported; use postgres://", u.scheme()),
+        )),
+        Err(e) => p.push(origins.problem(
+            &url_key,
+            if c.url.trim().is_empty() {
+                "missing".to_string()
+            } else {
+                format!("not a URL ({e})")
+            },
+        )),
+    }
+    let secret = secret_from(
+        origins,
+        p,
+        base,
+        ("password_file", &c.password_file),
+        ("password_env", &c.password_env),
+    );
+    let password = match (secret, password_in_url) {
+        (Ok(Some(_)), Some(_)) => {
+            p.push(origins.problem(
+                &url_key,
+                "has a password and password_file or password_env is set too; keep one",
+            ));
+            None
+        }
+        (Ok(s), u) => s.or(u),
+        (Err(()), _) => None,
+    };
+    let schema = c.schema.trim();
+    if schema.is_empty()
+        || schema.len() > 63
+        || !schema
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+        || schema.starts_with(|ch: char| ch.is_ascii_digit())
+    {
+        p.push(origins.problem(
+            &format!("{base}.schema"),
+            format!("{schema:?} is not a plain identifier: lowercase letters, digits and '_', at most 63, not starting with a digit"),
+        ));
+    }
+    if c.pool_size == 0 {
+        p.push(origins.problem(&format!("{base}.pool_size"), "must be at least 1"));
+    }
+    let timeout = duration(origins, p, &format!("{base}.timeout"), &c.timeout);
+    if p.len() != before {
+        return None;
+    }
+    Some(PostgresSinkConfig {
+        name: c.name.clone().unwrap_or_else(|| "postgres".into()),
+        url: clean_url,
+        password: password.map(SecretString::from),
+        schema: schema.to_string(),
+        pool_size: c.pool_size as usize,
+        timeout: timeout?,
+        ca_file: (!c.ca_file.trim().is_empty()).then(|| PathBuf::from(c.ca_file.trim())),
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@
 //!
 //! The secret access key goes from the config's `SecretString` straight into the store's
 //! credential provider; this type's `Debug` and every message leave it out.
+//!
+//! Its configuration is at the end of this file: [`RawS3Sink`] (the table as written), [`S3SinkConfig`]
+//! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
 use std::time::Duration;
 
@@ -27,12 +30,14 @@ use object_store::{
     PutPayload, RetryConfig,
 };
 use reqwest::Url;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 
 use super::file::is_safe_file_name;
 use super::latest::{Stamp, envelope_stamp, supersedes};
 use super::{Delivery, Disposition, Receipt, Sink, SinkError};
-use crate::config::S3SinkConfig;
+use crate::config::checks::{duration, is_loopback, secret_from};
+use crate::config::{Origins, Problem};
 
 /// The name of the object that holds the latest version of a watch.
 pub const LATEST: &str = "latest.json";
@@ -358,6 +363,184 @@ impl Sink for S3Sink {
             }
         })
     }
+}
+
+// Configuration: the table as written (with its defaults, equal to config/default.toml) and as
+// validated, and the validation that turns one into the other (problems pushed into the pass's
+// one list, with the key path and origin).
+
+/// `[[sink]] type = "s3"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawS3Sink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// Endpoint URL for S3-compatible services (NCP Object Storage, MinIO); empty for AWS.
+    pub endpoint: String,
+    /// Region (NCP Object Storage: "kr-standard").
+    pub region: String,
+    /// Bucket; required.
+    pub bucket: String,
+    /// Key prefix, without leading or trailing slash.
+    pub prefix: String,
+    /// Path-style URLs (`endpoint/bucket/key`), as MinIO and many S3-compatible servers need.
+    pub path_style: bool,
+    /// Access key id; empty: the environment variable `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// A file holding the secret access key.
+    pub secret_access_key_file: String,
+    /// The name of an environment variable holding the secret access key.
+    pub secret_access_key_env: String,
+    /// Timeout of one request.
+    pub timeout: String,
+    /// Allow `http://` endpoints other than loopback.
+    pub allow_insecure_http: bool,
+}
+
+impl Default for RawS3Sink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            prefix: String::new(),
+            path_style: false,
+            access_key_id: String::new(),
+            secret_access_key_file: String::new(),
+            secret_access_key_env: "AWS_SECRET_ACCESS_KEY".into(),
+            timeout: "30s".into(),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// `type = "s3"`, validated.
+#[derive(Debug, Clone)]
+pub struct S3SinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// Endpoint URL, `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Key prefix, no leading or trailing slash (may be empty).
+    pub prefix: String,
+    /// Path-style addressing.
+    pub path_style: bool,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: SecretString,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Whether plain HTTP is allowed (loopback or `allow_insecure_http`).
+    pub allow_http: bool,
+}
+
+/// `[[sink]] type = "s3"`, validated (problems under `base`).
+pub(crate) fn validate(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    base: &str,
+    c: &RawS3Sink,
+) -> Option<S3SinkConfig> {
+    let before = p.len();
+    let mut allow_http = false;
+    let endpoint = c.endpoint.trim();
+    if !endpoint.is_empty() {
+        match Url::parse(endpoint) {
+            Ok(u) => match u.scheme() {
+                "https" => {}
+                "http" if is_loopback(&u) || c.allow_insecure_http => allow_http = true,
+                "http" => p.push(origins.problem(
+                    &format!("{base}.endpoint"),
+                    "plain http:// is only allowed to loopback addresses; use https:// or set allow_insecure_http = true",
+                )),
+                other => p.push(origins.problem(&format!("{base}.endpoint"), format!("scheme {other:?} is not supported"))),
+            },
+            Err(e) => p.push(origins.problem(&format!("{base}.endpoint"), format!("not a URL ({e})"))),
+        }
+    }
+    let bucket = c.bucket.trim();
+    if bucket.len() < 3
+        || bucket.len() > 63
+        || !bucket
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '.')
+    {
+        p.push(origins.problem(
+            &format!("{base}.bucket"),
+            if bucket.is_empty() {
+                "missing".to_string()
+            } else {
+                format!("{bucket:?} is not a valid bucket name")
+            },
+        ));
+    }
+    let prefix = c.prefix.trim().trim_matches('/');
+    if prefix.split('/').any(|seg| seg == ".." || seg == ".") {
+        p.push(origins.problem(
+            &format!("{base}.prefix"),
+            "must not contain '.' or '..' segments",
+        ));
+    }
+    if c.region.trim().is_empty() {
+        p.push(origins.problem(&format!("{base}.region"), "must not be empty"));
+    }
+    let access_key_id = if c.access_key_id.trim().is_empty() {
+        std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default()
+    } else {
+        c.access_key_id.trim().to_string()
+    };
+    if access_key_id.is_empty() {
+        p.push(origins.problem(
+            &format!("{base}.access_key_id"),
+            "missing; set it or AWS_ACCESS_KEY_ID",
+        ));
+    }
+    let secret = match secret_from(
+        origins,
+        p,
+        base,
+        ("secret_access_key_file", &c.secret_access_key_file),
+        (
+            "secret_access_key_env",
+            if c.secret_access_key_file.trim().is_empty() {
+                &c.secret_access_key_env
+            } else {
+                ""
+            },
+        ),
+    ) {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => {
+            p.push(origins.problem(
+                &format!("{base}.secret_access_key_file"),
+                "missing; set secret_access_key_file or secret_access_key_env",
+            ));
+            None
+        }
+        Err(()) => None,
+    };
+    let timeout = duration(origins, p, &format!("{base}.timeout"), &c.timeout);
+    if p.len() != before {
+        return None;
+    }
+    Some(S3SinkConfig {
+        name: c.name.clone().unwrap_or_else(|| "s3".into()),
+        endpoint: (!endpoint.is_empty()).then(|| endpoint.trim_end_matches('/').to_string()),
+        region: c.region.trim().to_string(),
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        path_style: c.path_style,
+        access_key_id,
+        secret_access_key: SecretString::from(secret?),
+        timeout: timeout?,
+        allow_http,
+    })
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
 //! The stdout sink: one compact JSON line per result version (the envelope) or per event (the
 //! CloudEvent), for piping into `jq`, a log shipper or another process.
+//!
+//! Its configuration is at the end of this file: [`RawStdoutSink`] (the table as written), [`StdoutSinkConfig`]
+//! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
 use std::io::Write;
 
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 use super::{Delivery, Disposition, EventSink, Receipt, Sink, SinkError};
-use crate::config::StdoutSinkConfig;
 use crate::events::Event;
 
 /// Writes JSON lines to the process's standard output.
@@ -121,6 +124,32 @@ pub(crate) fn test_delivery(raw: &str) -> Delivery {
         UNIX_EPOCH + Duration::from_millis(1_776_421_800_123),
     )
     .unwrap()
+}
+
+// Configuration: the table as written (with its defaults, equal to config/default.toml) and as
+// validated, and the validation that turns one into the other (problems pushed into the pass's
+// one list, with the key path and origin).
+
+/// `type = "stdout"`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStdoutSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+}
+
+/// `type = "stdout"`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StdoutSinkConfig {
+    /// Name in logs.
+    pub name: String,
+}
+
+/// `type = "stdout"`, validated: only the name, `default_name` when none is given.
+pub(crate) fn validate(raw: &RawStdoutSink, default_name: &str) -> StdoutSinkConfig {
+    StdoutSinkConfig {
+        name: raw.name.clone().unwrap_or_else(|| default_name.into()),
+    }
 }
 
 #[cfg(test)]

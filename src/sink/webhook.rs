@@ -5,18 +5,24 @@
 //!
 //! The signing secret lives in a `SecretBox` from the config to the HMAC and is never formatted;
 //! error messages name the URL without its query (which may carry a token) and the status.
+//!
+//! Its configuration is at the end of this file: [`RawWebhookSink`] (the table as written), [`WebhookSinkConfig`]
+//! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, KeyInit, Mac};
+use reqwest::Url;
 use reqwest::header::CONTENT_TYPE;
-use secrecy::{ExposeSecret, SecretSlice};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{Delivery, Disposition, EventSink, Receipt, Sink, SinkError};
-use crate::config::WebhookSinkConfig;
+use crate::config::checks::{duration, is_loopback};
+use crate::config::{Origins, Problem};
 use crate::events::Event;
 
 /// The Standard Webhooks prefix of a base64-encoded secret.
@@ -244,6 +250,171 @@ impl EventSink for WebhookSink {
             Ok(())
         })
     }
+}
+
+// Configuration: the table as written (with its defaults, equal to config/default.toml) and as
+// validated, and the validation that turns one into the other (problems pushed into the pass's
+// one list, with the key path and origin).
+
+/// `type = "webhook"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebhookSink {
+    /// Name used in logs and metrics; defaults to the type.
+    pub name: Option<String>,
+    /// Where to POST; required.
+    pub url: String,
+    /// The signing secret itself (better: `secret_file` or `secret_env`).
+    pub secret: String,
+    /// A file holding the signing secret.
+    pub secret_file: String,
+    /// The name of an environment variable holding the signing secret.
+    pub secret_env: String,
+    /// Timeout of one POST.
+    pub timeout: String,
+    /// Allow `http://` to hosts other than loopback.
+    pub allow_insecure_http: bool,
+}
+
+impl Default for RawWebhookSink {
+    fn default() -> Self {
+        Self {
+            name: None,
+            url: String::new(),
+            secret: String::new(),
+            secret_file: String::new(),
+            secret_env: String::new(),
+            timeout: "10s".into(),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// `type = "webhook"`, validated.
+#[derive(Debug, Clone)]
+pub struct WebhookSinkConfig {
+    /// Name in logs.
+    pub name: String,
+    /// Where to POST.
+    pub url: String,
+    /// The Standard Webhooks signing secret (raw bytes of the configured string; a `whsec_`
+    /// prefix is base64-decoded as the spec says).
+    pub secret: SecretString,
+    /// Timeout of one POST.
+    pub timeout: Duration,
+}
+
+/// `type = "webhook"`, validated (problems under `base`; a secret written in the file is a
+/// warning); `default_name` when no name is given.
+pub(crate) fn validate(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+    base: &str,
+    w: &RawWebhookSink,
+    default_name: &str,
+) -> Option<WebhookSinkConfig> {
+    let before = p.len();
+    let url_key = format!("{base}.url");
+    match Url::parse(w.url.trim()) {
+        Ok(u) => {
+            let loopback = is_loopback(&u);
+            match u.scheme() {
+                "https" => {}
+                "http" if loopback || w.allow_insecure_http => {}
+                "http" => p.push(origins.problem(
+                    &url_key,
+                    "plain http:// is only allowed to loopback addresses; use https:// or set allow_insecure_http = true",
+                )),
+                other => p.push(origins.problem(&url_key, format!("scheme {other:?} is not supported"))),
+            }
+            if !u.username().is_empty() || u.password().is_some() {
+                // The URL is logged; credentials in it would leak.
+                p.push(origins.problem(
+                    &url_key,
+                    "must not carry a user or password; use the signing secret",
+                ));
+            }
+        }
+        Err(e) => p.push(origins.problem(
+            &url_key,
+            if w.url.trim().is_empty() {
+                "missing".to_string()
+            } else {
+                format!("not a URL ({e})")
+            },
+        )),
+    }
+    let timeout = duration(origins, p, &format!("{base}.timeout"), &w.timeout);
+    let set = [
+        !w.secret.is_empty(),
+        !w.secret_file.is_empty(),
+        !w.secret_env.is_empty(),
+    ];
+    let secret = match set.iter().filter(|b| **b).count() {
+        0 => {
+            p.push(origins.problem(
+                &format!("{base}.secret"),
+                "missing; set secret_file, secret_env (the name of an environment variable) or secret",
+            ));
+            None
+        }
+        1 if !w.secret.is_empty() => {
+            if let crate::config::Origin::File(f) = origins.of(&format!("{base}.secret")) {
+                warnings.push(format!(
+                    "{base}.secret is written in {}; prefer secret_file or secret_env",
+                    f.display()
+                ));
+            }
+            Some(w.secret.clone())
+        }
+        1 if !w.secret_file.is_empty() => match std::fs::read_to_string(w.secret_file.trim()) {
+            Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Ok(_) => {
+                p.push(origins.problem(
+                    &format!("{base}.secret_file"),
+                    format!("{} is empty", w.secret_file),
+                ));
+                None
+            }
+            Err(e) => {
+                p.push(origins.problem(
+                    &format!("{base}.secret_file"),
+                    format!("cannot read {}: {e}", w.secret_file),
+                ));
+                None
+            }
+        },
+        1 => match std::env::var(w.secret_env.trim()) {
+            Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            _ => {
+                p.push(origins.problem(
+                    &format!("{base}.secret_env"),
+                    format!(
+                        "environment variable {} is not set or empty",
+                        w.secret_env.trim()
+                    ),
+                ));
+                None
+            }
+        },
+        _ => {
+            p.push(origins.problem(
+                &format!("{base}.secret"),
+                "set only one of secret, secret_file and secret_env",
+            ));
+            None
+        }
+    };
+    if p.len() != before {
+        return None;
+    }
+    Some(WebhookSinkConfig {
+        name: w.name.clone().unwrap_or_else(|| default_name.into()),
+        url: w.url.trim().to_string(),
+        secret: SecretString::from(secret?),
+        timeout: timeout?,
+    })
 }
 
 #[cfg(test)]

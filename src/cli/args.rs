@@ -1,0 +1,248 @@
+//! The command line's definition (clap): the global flags and one variant per verb, with the
+//! help texts, examples and exit-code table that `--help`, `scenewatch man` and `scenewatch
+//! completions` are generated from. Parsing only: what a verb does is in its own file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+use crate::telemetry::LogFormat;
+
+/// The exit codes, as `--help` lists them (the constants are in [`crate::exit`]).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   every watch completed and was delivered
+  1   an unexpected error (the message says which)
+  2   at least one watch ended failed, canceled, not_requested, timed_out or rejected
+  64  command-line usage error
+  74  a sink could not write (the message names it)
+  75  once --timeout passed with watches still open
+  77  the API refused the credentials, or the account's quota is used up
+  78  the configuration is invalid (every problem is listed)
+  130 interrupted by SIGINT or SIGTERM";
+
+/// The version with the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SCENEWATCH_COMMIT"),
+    ")"
+);
+
+/// Watches NAVER Cloud Media Intelligence scene summaries until they complete, and delivers them.
+#[derive(Debug, Parser)]
+#[command(name = "scenewatch", version = VERSION, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Log format: json (one object per line), pretty, or auto (json unless stdout is a terminal).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "SCENEWATCH_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: follow every configured watch for as long as it runs.
+    ///
+    /// Polls with backoff, keeps a durable ledger in state_dir, delivers every result version to
+    /// every sink and every event to every event sink, rechecks delivered watches for newer
+    /// versions. SIGHUP reloads the configuration and the watch directory; SIGTERM or SIGINT
+    /// stops gracefully within shutdown_timeout (a second signal exits at once).
+    /// Example: scenewatch run --config /etc/scenewatch/scenewatch.toml
+    Run {
+        /// Configuration file (TOML); SCENEWATCH__SECTION__KEY variables override it.
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print the ledger: one row per watch (phase, remote status, polls, last change, next poll,
+    /// pending deliveries). Reads the state database; works while the daemon runs.
+    ///
+    /// Example: scenewatch status --config /etc/scenewatch/scenewatch.toml --json
+    Status {
+        /// Configuration file (only state_dir is read from it).
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Poll every configured watch until each completes or ends, write the results, exit.
+    ///
+    /// Shows one live line per watch on a terminal, plain log lines otherwise.
+    /// Example: scenewatch once --config /etc/scenewatch/scenewatch.toml
+    #[command(after_help = EXIT_CODES)]
+    Once {
+        /// Configuration file (TOML); SCENEWATCH__SECTION__KEY variables override it.
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Plain log lines even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+        /// Give up after this long (e.g. 10m), with exit code 75 if watches are still open.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Validate the configuration and report every problem at once (exit 78 when invalid).
+    ///
+    /// Example: scenewatch check --config config/example.toml (with SCENEWATCH__API__SECRET_KEY set)
+    Check {
+        /// Configuration file (TOML); SCENEWATCH__SECTION__KEY variables override it.
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Serve the Media Intelligence simulator (both API generations, faults on demand).
+    ///
+    /// Without --scenario it serves the demo scenario. See docs/simulator.md.
+    /// Example: scenewatch simulate --listen 127.0.0.1:8480 --scenario config/simulator/faulty.toml
+    Simulate {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: SocketAddr,
+        /// Scenario file (TOML).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+    },
+    /// Run the simulator and a watcher together, no credentials needed, and write the results.
+    ///
+    /// Five assets complete at staggered times within about 20 seconds (one fails, one is a
+    /// partial re-run). Example: scenewatch demo --out ./scenewatch-demo
+    Demo {
+        /// Directory for the results.
+        #[arg(long, default_value = "scenewatch-demo")]
+        out: PathBuf,
+        /// Plain log lines even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Put watches that ended (failed, canceled, not_requested, timed_out, rejected) back to
+    /// pending, so they are polled again.
+    ///
+    /// Writes the ledger in state_dir; a running daemon picks the change up on its next reload
+    /// (systemctl reload scenewatch, or SIGHUP). Without WATCH keys, --all-ended is required.
+    /// Example: scenewatch reset --config /etc/scenewatch/scenewatch.toml newsroom/1234/5678/1001
+    Reset {
+        /// Configuration file (only state_dir is read from it).
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Reset every watch that ended.
+        #[arg(long)]
+        all_ended: bool,
+        /// Watch keys: workspace/project_id/asset_id/index_id.
+        watches: Vec<String>,
+    },
+    /// Retry deliveries (and events) that a receiver refused and that were parked.
+    ///
+    /// Fix the receiver first. Works while the daemon runs: its sinks pick the rows up within
+    /// seconds. Example: scenewatch retry-parked --config /etc/scenewatch/scenewatch.toml --sink webhook
+    RetryParked {
+        /// Configuration file (only state_dir is read from it).
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Only this sink (by its configured name).
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Probe a running daemon's readiness endpoint: exit 0 when ready, 1 otherwise.
+    ///
+    /// For container HEALTHCHECKs without curl. Prints the daemon's reasons when not ready.
+    /// Example: scenewatch health --url http://127.0.0.1:9464/readyz
+    Health {
+        /// The endpoint to probe.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:9464/readyz",
+            env = "SCENEWATCH_HEALTH_URL"
+        )]
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example: scenewatch completions bash > /etc/bash_completion.d/scenewatch
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page (roff), or write all of them, generated from this command line definition.
+    ///
+    /// Without arguments it prints scenewatch(1); with a COMMAND, that command's page
+    /// (scenewatch man run prints scenewatch-run(1)); with --dir, it writes scenewatch.1 and one
+    /// scenewatch-COMMAND.1 per command into DIR (created if missing) and lists them.
+    /// Example: scenewatch man --dir /usr/local/share/man/man1
+    Man {
+        /// The command whose page to print (run, once, check, status, …).
+        command: Option<String>,
+        /// Write every page into this directory instead of printing one.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
+    },
+    /// Print the string to sign and the signature of one request, to debug a 401.
+    ///
+    /// The access key is shown, the secret key never. Credentials come from the configuration
+    /// (file and SCENEWATCH__API__… variables).
+    /// Example: scenewatch sign --method GET --path /api/v1/workspaces/w/projects/1/assets/2/scene-summary/status
+    Sign {
+        /// HTTP method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Path with query, without scheme or host.
+        #[arg(long)]
+        path: String,
+        /// Timestamp in milliseconds since the Unix epoch (default: now).
+        #[arg(long)]
+        timestamp: Option<u64>,
+        /// Configuration file holding the credentials (optional: the environment may do).
+        #[arg(long, short, env = "SCENEWATCH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// How a verb logs, decided before anything runs so that `main` sets tracing up in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logs {
+    /// No subscriber: the operator verbs print what they have to say and log nothing.
+    Off,
+    /// Log lines at `info` (the daemon, the simulator).
+    Info,
+    /// The live progress display on a terminal unless `no_progress`, with log lines around it
+    /// (`once`, the demo).
+    BesideProgress {
+        /// `--no-progress`.
+        no_progress: bool,
+    },
+}
+
+impl Command {
+    /// How this verb logs.
+    pub fn logs(&self) -> Logs {
+        match self {
+            Command::Run { .. } | Command::Simulate { .. } => Logs::Info,
+            Command::Once { no_progress, .. } | Command::Demo { no_progress, .. } => {
+                Logs::BesideProgress {
+                    no_progress: *no_progress,
+                }
+            }
+            Command::Status { .. }
+            | Command::Check { .. }
+            | Command::Reset { .. }
+            | Command::RetryParked { .. }
+            | Command::Health { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Sign { .. } => Logs::Off,
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! `scenewatch once`: load the configuration, run [`crate::once::once`] under the progress
+//! display, say why the run ended when it was not a plain success; the report's exit code.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Live, Outcome};
+use crate::config::{self, Sources};
+use crate::once::OnceOptions;
+
+/// Polls every configured watch until each is settled (or `timeout` passes).
+pub async fn run(config: &Path, timeout: Option<Duration>, live: Live) -> Outcome {
+    let config = config::load(&Sources::file_and_process_env(config))?;
+    let shutdown = crate::signals::shutdown_on_signal();
+    let options = OnceOptions {
+        timeout,
+        observer: Some(live.board()),
+    };
+    let drawing = live.start();
+    let result = crate::once::once(config, options, shutdown).await;
+    drawing.finish().await;
+    let report = result?;
+    if let Some(a) = &report.auth_failure {
+        eprintln!("error: the API refused the credentials: {a}");
+    }
+    if let Some(q) = &report.quota_exceeded {
+        eprintln!("error: the API's quota is used up: {q}");
+    }
+    if report.timed_out {
+        eprintln!("error: --timeout passed before every watch was settled");
+    }
+    Ok(report.exit_code())
+}

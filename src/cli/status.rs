@@ -1,0 +1,18 @@
+//! `scenewatch status`: the ledger read-only, one row per watch, as a table or JSON (rendered
+//! by [`crate::status`]).
+
+use std::path::Path;
+
+use super::Outcome;
+use crate::exit;
+use crate::state::{Ledger as _, SqliteLedger};
+
+/// Prints the ledger of the configuration at `config`.
+pub async fn run(config: &Path, json: bool) -> Outcome {
+    let state_dir = super::ledger::state_dir(config)?;
+    let ledger = SqliteLedger::open_read_only(&state_dir).await?;
+    let rows = ledger.status().await?;
+    let now = crate::clock::wall_now_ms();
+    print!("{}", crate::status::render(&rows, now, json));
+    Ok(exit::OK)
+}
