@@ -66,13 +66,16 @@ impl PollCtx {
 }
 
 /// One API call inside the request budget, measured; good answers win budget back (throttling
-/// is handled by the step's action).
+/// is handled by the step's action). Also returns when the request went out (after waiting for
+/// the budget), in ms: the step counts from then, so a poll the budget held is not due again
+/// the moment it is committed.
 async fn call<T>(
     ctx: &PollCtx,
     operation: &'static str,
     request: impl std::future::Future<Output = Verdict<T>>,
-) -> Verdict<T> {
+) -> (Verdict<T>, u64) {
     ctx.budget.acquire().await;
+    let sent_ms = ctx.clock.now_ms();
     let started = ctx.clock.instant();
     let v = request.await;
     ctx.health
@@ -86,7 +89,7 @@ async fn call<T>(
             .metrics
             .unrecognised(operation, e.code.as_deref());
     }
-    v
+    (v, sent_ms)
 }
 
 /// One poll of one watch: request(s), the pure step, events, and one ledger commit.
@@ -98,8 +101,8 @@ pub(crate) async fn poll(
     before: WatchRecord,
     probe: bool,
 ) -> Outcome {
-    let now_ms = ctx.clock.now_ms();
-    let now = Duration::from_millis(now_ms);
+    let mut now_ms = ctx.clock.now_ms();
+    let mut now = Duration::from_millis(now_ms);
     let limits = ctx.limits(&spec);
     let key = spec.key.clone();
     let done = |record, error, refusal, ok| Outcome {
@@ -125,18 +128,22 @@ pub(crate) async fn poll(
     let mut error: Option<ApiError>;
     let mut fetched: Option<SummaryResult> = None;
     let mut step = if use_status {
-        let v = call(&ctx, "status", client.status(spec.generation, &target)).await;
+        let v;
+        (v, now_ms) = call(&ctx, "status", client.status(spec.generation, &target)).await;
+        now = Duration::from_millis(now_ms);
         error = v.error().filter(|_| !v.is_good_answer()).cloned();
         watch::step(&before.state, now, limits, Answer::Status(&v), seed)
     } else {
-        let r = call(&ctx, "result", client.result(spec.generation, &target)).await;
+        let r;
+        (r, now_ms) = call(&ctx, "result", client.result(spec.generation, &target)).await;
+        now = Duration::from_millis(now_ms);
         error = r.error().filter(|_| !r.is_good_answer()).cloned();
         let s = watch::step(&before.state, now, limits, Answer::Result(&r), seed);
         fetched = r.ok();
         s
     };
     if step.action == Action::FetchResult {
-        let r = call(&ctx, "result", client.result(spec.generation, &target)).await;
+        let (r, _) = call(&ctx, "result", client.result(spec.generation, &target)).await;
         error = r.error().filter(|_| !r.is_good_answer()).cloned();
         step = watch::step(&step.state, now, limits, Answer::Result(&r), seed);
         fetched = r.ok();

@@ -801,6 +801,15 @@ async fn a_429_with_retry_after_holds_every_watch_for_that_long() {
         "the throttled watch retries on time"
     );
     assert!(h.polls("b").iter().any(|&t| t >= ta + 5 * S));
+    // A poll the budget held is not repeated as soon as it gets through: its next poll counts
+    // from when it was sent.
+    for w in ["a", "b"] {
+        let g = gaps(&h.polls(w));
+        assert!(
+            g.iter().all(|&g| g >= S),
+            "{w} polled twice in a row: {g:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -959,6 +968,20 @@ async fn the_request_budget_bounds_calls_per_second() {
     }
     // Demand is far above it, so the budget is used: the 40th call comes by 20 s.
     assert!(at[39] <= 20 * S, "{at:?}");
+    // A poll that waited for the budget counts its next one from when it was sent: never due
+    // already when it is committed (it would be launched again at once and spend the scarce
+    // budget twice on one watch).
+    for n in h.notes() {
+        if let Note::Polled {
+            asset, at, next, ..
+        } = n
+        {
+            assert!(
+                next.is_some_and(|t| t > at),
+                "{asset} at {at} ms: next poll {next:?}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
