@@ -594,7 +594,9 @@ impl Engine {
                 {
                     Some(i)
                 }
-                Some(_) => self.pop_due(u64::MAX),
+                // Another watch: a queued one, else one the pause put off (a lone watch, or
+                // every watch put off by earlier probes), so the probes go on.
+                Some(_) => self.pop_due(u64::MAX).or_else(|| self.take_put_off()),
                 None => None,
             };
             if let Some(i) = probe {
@@ -610,6 +612,15 @@ impl Engine {
             };
             self.launch(tasks, i, false);
         }
+    }
+
+    /// A watch the pause put off that can be polled, taken off that list.
+    fn take_put_off(&mut self) -> Option<usize> {
+        let pos = self.put_off.iter().position(|&i| {
+            let e = &self.entries[i];
+            !e.removed && !e.in_flight && !e.record.state.phase.is_terminal()
+        })?;
+        Some(self.put_off.remove(pos))
     }
 
     /// The next watch due at or before `now`, taken off the queue.

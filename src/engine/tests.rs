@@ -1017,6 +1017,20 @@ async fn a_401_pauses_every_watch_and_probes_after_30s_doubling_per_refused_prob
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lone_watch_refused_by_the_api_keeps_being_probed() {
+    let cfg = config("AK", "", "initial_interval = \"1s\"", &["a"]);
+    let mut h = Harness::start(cfg, daemon(), |_| Reply::Auth).await;
+    h.until(Duration::from_secs(1000), "three probes", |h| {
+        h.calls().len() >= 4
+    })
+    .await;
+    h.stop().await;
+    let at: Vec<u64> = h.calls().iter().map(|c| c.at).collect();
+    let t0 = at[0];
+    assert_eq!(at[..4], [t0, t0 + 30 * S, t0 + 90 * S, t0 + 210 * S]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn successes_in_flight_when_the_pause_began_do_not_lift_it() {
     let cfg = config("AK", "", "initial_interval = \"1s\"", &["a", "b"]);
     let mut h = Harness::start(cfg, daemon(), |c| match (c.asset.as_str(), c.n) {
