@@ -204,9 +204,9 @@ where
                 error!(sink, error = %e, "Cannot read the {queue} queue from the ledger.");
             }
         }
-        if !idle(o, wake, IDLE_RECHECK).await {
-            return None;
-        }
+        // Stopped while idle: round once more, for the last batch above (events recorded just
+        // before the stop, such as `once`'s last delivery, would otherwise never be sent).
+        idle(o, wake, IDLE_RECHECK).await;
     }
 }
 

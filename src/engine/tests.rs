@@ -1456,3 +1456,20 @@ async fn a_sink_that_is_down_holds_its_backlog_while_polling_goes_on() {
         "b was polled at its own pace throughout: {b:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_sends_its_last_events_to_the_event_sinks_before_it_ends() {
+    // Real time on two threads (not paused): the last delivery's event and the stop that ends
+    // `once` reach the event drainer together, in either order, so many runs try both.
+    for run in 0..100 {
+        let cfg = config("AK", "", "initial_interval = \"5ms\"", &["a"]);
+        let mut h = Harness::start(cfg, once(None), |_| Reply::Done("2026-04-17T10:00:00")).await;
+        let f = h.finished().await;
+        assert_eq!(end_of(&f, "a").record.state.phase, Phase::Watching);
+        let kinds = h.events.kinds();
+        assert!(
+            kinds.contains(&EventType::Delivered),
+            "run {run}: the event sink got {kinds:?}"
+        );
+    }
+}
