@@ -330,10 +330,17 @@ fn next_poll(
         // A failure is retried on the error series (or after what the server asked, bounded),
         // but never sooner than the watch would be polled if the answer had been good: a flaky
         // API must not be polled faster than a healthy one.
+        //
+        // (A watch at the start of its series, `attempt` 0, retries on the error series alone,
+        // from min(initial, 1 s): an error on its first polls is worth a quick retry.)
         Action::Retry { after } | Action::Throttle { retry_after: after } => {
-            let healthy = p.poll_delay(state.attempt, seed);
+            let healthy = if state.attempt > 0 {
+                p.poll_delay(state.attempt, seed)
+            } else {
+                Duration::ZERO
+            };
             match after {
-                Some(d) => p.server_delay(*d).max(healthy.min(p.initial)),
+                Some(d) => p.server_delay(*d).max(healthy),
                 None => p.error_delay(state.consecutive_errors, seed).max(healthy),
             }
         }

@@ -945,7 +945,9 @@ impl Engine {
                 {
                     Some(i)
                 }
-                Some(_) => self.pop_due(u64::MAX),
+                // Another watch: a queued one, else one the pause put off (a lone watch, or
+                // every watch put off by earlier probes), so the probes go on.
+                Some(_) => self.pop_due(u64::MAX).or_else(|| self.take_put_off()),
                 None => None,
             };
             if let Some(i) = probe {
@@ -964,6 +966,15 @@ impl Engine {
             };
             self.launch(tasks, i, false);
         }
+    }
+
+    /// A watch the pause put off that can be polled, taken off that list.
+    fn take_put_off(&mut self) -> Option<usize> {
+        let pos = self.put_off.iter().position(|&i| {
+            let e = &self.entries[i];
+            !e.removed && !e.in_flight && !e.record.state.phase.is_terminal()
+        })?;
+        Some(self.put_off.remove(pos))
     }
 
     /// The next watch due at or before `now`, taken off the queue.
@@ -1350,7 +1361,7 @@ async fn discover(
             let Some((w, p)) = selectors.get(*selector).map(Selector::project) else {
                 return (call, Discovered::Failed);
             };
-            let v = poll::call(
+            let (v, _) = poll::call(
                 &ctx,
                 "list_assets",
                 client.list_assets(w, p, *page, discovery::PAGE_SIZE),
@@ -1373,7 +1384,7 @@ async fn discover(
                 index_id: String::new(),
                 scene_summary_id: None,
             };
-            let v = poll::call(&ctx, "index_status", client.index_status(&t)).await;
+            let (v, _) = poll::call(&ctx, "index_status", client.index_status(&t)).await;
             sort(v).map_or_else(|d| d, Discovered::Index)
         }
     };

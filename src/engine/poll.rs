@@ -79,8 +79,9 @@ pub(crate) async fn call<T>(
     ctx: &PollCtx,
     operation: &'static str,
     request: impl std::future::Future<Output = Verdict<T>>,
-) -> Verdict<T> {
+) -> (Verdict<T>, u64) {
     ctx.budget.acquire().await;
+    let sent_ms = ctx.clock.now_ms();
     let started = ctx.clock.instant();
     let v = request.await;
     ctx.health
@@ -94,7 +95,7 @@ pub(crate) async fn call<T>(
             .metrics
             .unrecognised(operation, e.code.as_deref());
     }
-    v
+    (v, sent_ms)
 }
 
 /// One poll of one watch: request(s), the pure step, events, and one ledger commit.
@@ -107,8 +108,8 @@ pub(crate) async fn poll(
     probe: bool,
     first_of_run: bool,
 ) -> Outcome {
-    let now_ms = ctx.clock.now_ms();
-    let now = Duration::from_millis(now_ms);
+    let mut now_ms = ctx.clock.now_ms();
+    let mut now = Duration::from_millis(now_ms);
     let limits = ctx.limits(&spec);
     let key = spec.key.clone();
     let done = |record, error, refusal, ok| Outcome {
@@ -146,7 +147,8 @@ pub(crate) async fn poll(
     let (route, keep_route) = match route_of(&spec, before.state.route, gone) {
         RouteChoice::Use(r) => (r, true),
         RouteChoice::Check => {
-            let v = call(&ctx, "index_status", client.index_status(&target)).await;
+            let (v, sent) = call(&ctx, "index_status", client.index_status(&target)).await;
+            (now_ms, now) = (sent, Duration::from_millis(sent));
             match v.split::<SummaryStatus>() {
                 Ok(st) => {
                     let (route, keep) = route_for_latest(&spec, st.index_id.as_deref());
@@ -197,7 +199,8 @@ pub(crate) async fn poll(
     let (status_gen, result_gen) = generations(route);
     let mut step = match status_gen {
         Some(g) => {
-            let v = call(&ctx, "status", client.status(g, &target)).await;
+            let (v, sent) = call(&ctx, "status", client.status(g, &target)).await;
+            (now_ms, now) = (sent, Duration::from_millis(sent));
             exchange.observe(&v, g);
             watch::step(&state, now, limits, Answer::Status(&v), seed)
         }
@@ -307,7 +310,7 @@ async fn fetch(
     exchange: &mut Exchange,
 ) -> Step {
     let target = spec.target();
-    let r = call(ctx, "result", client.result(generation, &target)).await;
+    let (r, _) = call(ctx, "result", client.result(generation, &target)).await;
     exchange.observe(&r, generation);
     if let Verdict::Ok(result) = &r
         && let Some(other) = other_index(&spec.key, result)
