@@ -50,7 +50,7 @@ impl Board {
             phase: Phase::Pending,
             remote: None,
             polls: 0,
-            started: Instant::now(),
+            started: crate::clock::instant_now(),
             ended_after: None,
             note: None,
         });
@@ -206,7 +206,7 @@ impl Progress {
 
     fn draw(&self) {
         let rows = self.board.snapshot();
-        let now = Instant::now();
+        let now = crate::clock::instant_now();
         let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(0);
         let mut screen = self.screen.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
@@ -274,7 +274,7 @@ mod tests {
             r.remote = Some("SUMMARIZING".into());
             r.polls = 4;
         });
-        let line = render_row(&board.snapshot()[0], Instant::now(), 7);
+        let line = render_row(&board.snapshot()[0], crate::clock::instant_now(), 7);
         assert_eq!(
             line,
             "… w/1/2/3  waiting       SUMMARIZING          polls   4    1m15s"

@@ -560,7 +560,7 @@ impl Harness {
     /// otherwise. Woken by every call and every update, and lets the engine finish handling
     /// what it was just told before each look (the test and the engine share one thread).
     async fn until(&self, within: Duration, what: &str, cond: impl Fn(&Harness) -> bool) {
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = crate::clock::instant_now() + within;
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);

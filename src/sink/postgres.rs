@@ -1269,7 +1269,7 @@ mod tests {
     fn delivery(result: &str) -> Delivery {
         let key = WatchKey::new("ws", "p", "a", "i").unwrap();
         let r = SummaryResult::from_result_json(result).unwrap();
-        Delivery::new(key, Arc::new(r), std::time::SystemTime::now()).unwrap()
+        Delivery::new(key, Arc::new(r), crate::clock::wall_now()).unwrap()
     }
 
     #[test]

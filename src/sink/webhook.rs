@@ -9,7 +9,7 @@
 //! Its configuration is at the end of this file: [`RawWebhookSink`] (the table as written), [`WebhookSinkConfig`]
 //! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
@@ -137,10 +137,7 @@ impl WebhookSink {
 
     /// POSTs one signed body and classifies the answer.
     async fn post(&self, id: &str, content_type: &str, body: Vec<u8>) -> Result<(), SinkError> {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
+        let timestamp = crate::clock::wall_now_ms() / 1000;
         let signature = sign_webhook(self.key.expose_secret(), id, timestamp, &body);
         let answer = self
             .http
@@ -535,10 +532,7 @@ mod tests {
     fn verify(h: &HeaderMap, body: &[u8]) {
         let id = header(h, "webhook-id");
         let ts: u64 = header(h, "webhook-timestamp").parse().unwrap();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = crate::clock::wall_now_ms() / 1000;
         assert!(now.abs_diff(ts) < 300, "{ts} vs {now}");
         let key = webhook_key(SECRET).unwrap();
         assert_eq!(
