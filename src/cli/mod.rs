@@ -76,9 +76,9 @@ pub fn fail(e: &anyhow::Error) -> u8 {
     exit::code_of(e)
 }
 
-/// The error and its causes, `: `-separated (what `{:#}` prints).
+/// The error and its causes, `: `-separated, each cause said once (see [`crate::cause::chain`]).
 pub fn chain(e: &anyhow::Error) -> String {
-    format!("{e:#}")
+    crate::cause::chain(e.as_ref())
 }
 
 #[cfg(test)]

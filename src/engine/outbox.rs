@@ -381,6 +381,7 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
                 row.version_id
             ),
             disposition: Disposition::Park,
+            source: None,
         }));
     }
     let result = SummaryResult::from_result_json(&row.result_json).map_err(|e| SinkError {
@@ -388,6 +389,7 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
         name: sink.name().to_string(),
         message: format!("stored version {} cannot be read back: {e}", row.version_id),
         disposition: Disposition::Park,
+        source: None,
     })?;
     let fetched_at = UNIX_EPOCH + Duration::from_millis(row.fetched_at_ms);
     let delivery = Delivery {

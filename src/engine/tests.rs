@@ -295,6 +295,7 @@ impl Sink for MemSink {
                     name: "mem".into(),
                     message: "the fake sink is down".into(),
                     disposition: Disposition::Retry,
+                    source: None,
                 });
             }
             Ok(Receipt {

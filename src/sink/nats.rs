@@ -141,6 +141,7 @@ impl NatsSink {
             name: self.name.clone(),
             message,
             disposition,
+            source: None,
         }
     }
 

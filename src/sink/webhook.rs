@@ -104,6 +104,7 @@ impl WebhookSink {
             name: config.name.clone(),
             message,
             disposition: Disposition::Disable,
+            source: None,
         };
         let url = reqwest::Url::parse(&config.url)
             .map_err(|e| fail(format!("url is not valid ({e})")))?;
@@ -132,6 +133,7 @@ impl WebhookSink {
             name: self.name.clone(),
             message,
             disposition,
+            source: None,
         }
     }
 
@@ -152,6 +154,8 @@ impl WebhookSink {
         let response = match answer {
             Ok(r) => r,
             Err(e) => {
+                // Without the URL reqwest would put in (it may have a query holding a token).
+                let e = e.without_url();
                 let what = if e.is_timeout() {
                     "timed out"
                 } else if e.is_connect() {
@@ -159,10 +163,16 @@ impl WebhookSink {
                 } else {
                     "request failed"
                 };
-                return Err(self.error(
-                    format!("POST {} {what}: {}", self.shown_url, error_chain(e)),
+                let mut err = self.error(
+                    format!(
+                        "POST {} {what}: {}",
+                        self.shown_url,
+                        crate::cause::chain(&e)
+                    ),
                     Disposition::Retry,
-                ));
+                );
+                err.source = crate::cause::of(e);
+                return Err(err);
             }
         };
         let status = response.status();
@@ -196,23 +206,6 @@ fn shown(url: &reqwest::Url) -> String {
     } else {
         u.to_string()
     }
-}
-
-/// The error and its sources, without the URL reqwest would put in (it may have a query).
-fn error_chain(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut out = e.to_string();
-    let mut cur = std::error::Error::source(&e);
-    while let Some(err) = cur {
-        let text = err.to_string();
-        // Layers often repeat their inner error's text; say it once.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = err.source();
-    }
-    out
 }
 
 impl Sink for WebhookSink {
