@@ -14,6 +14,7 @@ mod deploy;
 mod nats;
 mod once;
 mod ops;
+mod parity;
 mod postgres;
 mod s3;
 mod sim;
