@@ -153,7 +153,20 @@ async fn live_ready_metrics_and_draining() {
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Until a slow answer is being held back: a poll is in flight.
+    let control = crate::support::SimControl::new(&sim.url);
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while control.stats().await["by_fault"]["slow"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no poll reached the slow answers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     d.signal("TERM");
     let draining = wait_for(Duration::from_secs(5), || {
         get(port, "/readyz").is_some_and(|(c, b)| c == 503 && b.contains("draining"))
