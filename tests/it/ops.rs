@@ -147,14 +147,9 @@ async fn live_ready_metrics_and_draining() {
         .await
         .unwrap();
     assert!(set.status().is_success(), "{:?}", set.text().await);
-    client
-        .post(format!("{}/__sim/faults/next", sim.url))
-        .json(&serde_json::json!({"kind": "slow", "count": 50}))
-        .send()
-        .await
-        .unwrap();
-    // Until a slow answer is being held back: a poll is in flight.
     let control = crate::support::SimControl::new(&sim.url);
+    control.next_faults("slow", 50).await;
+    // Until a slow answer is being held back: a poll is in flight.
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
     while control.stats().await["by_fault"]["slow"]
         .as_u64()
