@@ -381,24 +381,7 @@ fn first_origin_in(t: &Map<String, Value>) -> Origin {
 
 /// The known key nearest to `k` by edit distance, when it is near enough to be a typo.
 fn closest<'a>(k: &str, known: &'a [String]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|n| (edit_distance(k, n), n.as_str()))
-        .filter(|(d, n)| *d <= 2.max(n.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, n)| n)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    crate::exit::nearest(k, known.iter().map(String::as_str))
+        .first()
+        .copied()
 }

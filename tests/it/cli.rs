@@ -377,3 +377,172 @@ fn man_pages_exist_for_every_command_and_every_reference_resolves() {
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
     assert!(text(&out).contains("run, "), "{}", text(&out));
 }
+
+/// Usage mistakes are 64 (clap's own 2 would read as "a watch failed"), with clap's hint;
+/// `--help` and `--version` are 0.
+#[test]
+fn usage_errors_exit_64_and_help_and_version_exit_0() {
+    for args in [
+        &[][..],
+        &["--bogus"],
+        &["frobnicate"],
+        &["check", "--no-such-flag"],
+        &["once", "--timeout", "soon"],
+        &["health", "--timeout", "x"],
+        &["health", "--url", "not a url"],
+        &["completions", "tcsh"],
+        &["reset", "--all-ended", "w/1/2/3"],
+    ] {
+        let out = scenewatch().args(args).output().unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {all}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--"),
+            "{args:?} gives no hint on stderr: {all}"
+        );
+    }
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["check", "--help"],
+        &["help"],
+    ] {
+        let out = scenewatch().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        assert!(!out.stdout.is_empty(), "{args:?} printed nothing on stdout");
+    }
+}
+
+/// A state directory whose ledger holds the watch `w/1/80/81`, and a configuration naming it
+/// (with one jsonl sink called `hooks`).
+async fn ledger_with_one_watch(dir: &std::path::Path) -> std::path::PathBuf {
+    use scenewatch::config::{GenerationChoice, WatchSpec};
+    use scenewatch::state::Ledger as _;
+    let state = dir.join("state");
+    let ledger = scenewatch::state::SqliteLedger::open(&state, vec!["hooks".into()], vec![])
+        .await
+        .unwrap();
+    let spec = WatchSpec {
+        key: "w/1/80/81".parse().unwrap(),
+        scene_summary_id: None,
+        generation: GenerationChoice::Auto,
+        max_wait: std::time::Duration::from_secs(60),
+        declared_at: "watch[0]".into(),
+        origin: None,
+    };
+    ledger.sync_watches(&[spec], &[], 0).await.unwrap();
+    ledger.close().await.unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{}\"\n[api]\naccess_key = \"AK\"\nsecret_key = \"SK\"\n[[sink]]\ntype = \"jsonl\"\nname = \"hooks\"\npath = \"{}\"\n",
+            state.display(),
+            dir.join("r.jsonl").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[tokio::test]
+async fn reset_of_a_watch_the_ledger_does_not_hold_is_exit_65_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ledger_with_one_watch(dir.path()).await;
+    let mut cmd = scenewatch();
+    cmd.args(["reset", "--config"])
+        .arg(&cfg)
+        .args(["w/1/80/81", "w/1/80/82"]);
+    let out = run(cmd).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{all}");
+    assert!(
+        all.contains("holds no watch w/1/80/82 (did you mean `w/1/80/81`?)"),
+        "{all}"
+    );
+    assert!(all.contains("nothing was reset"), "{all}");
+    assert!(!all.contains("reset w/1/80/81\n"), "{all}");
+    // A held watch that has not ended is not an error: it says so.
+    let mut cmd = scenewatch();
+    cmd.args(["reset", "--config"]).arg(&cfg).arg("w/1/80/81");
+    let out = run(cmd).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("not reset w/1/80/81: it has not ended"),
+        "{all}"
+    );
+}
+
+#[tokio::test]
+async fn retry_parked_for_a_sink_nobody_has_is_exit_65_listing_the_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ledger_with_one_watch(dir.path()).await;
+    let mut cmd = scenewatch();
+    cmd.args(["retry-parked", "--config"])
+        .arg(&cfg)
+        .args(["--sink", "hook"]);
+    let out = run(cmd).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{all}");
+    assert!(
+        all.contains("no sink named `hook` (did you mean `hooks`?) (known: hooks)"),
+        "{all}"
+    );
+    let mut cmd = scenewatch();
+    cmd.args(["retry-parked", "--config"])
+        .arg(&cfg)
+        .args(["--sink", "hooks"]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("0 parked deliveries"), "{}", text(&out));
+}
+
+/// A one-shot HTTP server on loopback: `/readyz` answers 200, anything else 404; the paths it
+/// was asked for come back from the thread.
+fn readiness_server() -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut paths = Vec::new();
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let path = line.split(' ').nth(1).unwrap_or("").to_string();
+            let (status, body) = if path == "/readyz" {
+                ("200 OK", "ready")
+            } else {
+                ("404 Not Found", "no")
+            };
+            let mut s = stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            paths.push(path);
+        }
+        paths
+    });
+    (base, handle)
+}
+
+#[tokio::test]
+async fn health_accepts_the_base_address_as_well_as_the_full_url() {
+    let (base, server) = readiness_server();
+    for url in [base.clone(), format!("{base}/readyz")] {
+        let mut cmd = scenewatch();
+        cmd.args(["health", "--url", &url]);
+        let out = run(cmd).await;
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{url}: {all}");
+        assert!(
+            all.contains(&format!("healthy: {base}/readyz answered 200")),
+            "{all}"
+        );
+    }
+    assert_eq!(server.join().unwrap(), ["/readyz", "/readyz"]);
+}
