@@ -69,7 +69,7 @@ index_id = "3"
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
-    assert!(all.contains(&format!("(in {file})")), "{all}");
+    assert!(all.contains(&format!("(in {file}:")), "{all}");
     assert!(all.contains("4 configuration problems"), "{all}");
     assert!(!all.contains("TOP-SECRET-VALUE"), "{all}");
 
