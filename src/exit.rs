@@ -15,6 +15,9 @@ pub const USAGE: u8 = 64;
 /// An operator verb was given a name nothing has (sysexits EX_DATAERR): `reset` a watch key the
 /// ledger does not hold, `retry-parked --sink` a sink neither configured nor in the ledger.
 pub const UNKNOWN_NAME: u8 = 65;
+/// `check --online`: at least one online check failed, the credentials' call or a sink's
+/// healthcheck (sysexits EX_UNAVAILABLE); each is listed with what came back.
+pub const ONLINE_CHECK_FAILED: u8 = 69;
 /// A sink could not write (sysexits EX_IOERR).
 pub const SINK: u8 = 74;
 /// `once --timeout` passed with watches still open (sysexits EX_TEMPFAIL: try again later).

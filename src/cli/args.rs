@@ -18,6 +18,7 @@ Exit codes (the same meaning for every verb):
   2   once, demo: at least one watch ended failed, canceled, not_requested, timed_out or rejected
   64  command-line usage error (no verb, an unknown flag, a bad value)
   65  reset, retry-parked: a watch key or sink name nothing has (the nearest are suggested)
+  69  check --online: the credentials' call or a sink's healthcheck failed
   74  a sink could not write (the message names it)
   75  once --timeout passed with watches still open
   77  the API refused the credentials, or the account's quota is used up
@@ -95,11 +96,22 @@ pub enum Command {
     },
     /// Validate the configuration and report every problem at once (exit 78 when invalid).
     ///
-    /// Example: scenewatch check --config config/example.toml (with SCENEWATCH__API__SECRET_KEY set)
+    /// Each problem names its key and where the value came from: file:line:column, or the
+    /// environment variable. The summary counts watches by shape (index, asset, project).
+    /// --online also signs one read-only call with the API credentials and runs every sink's
+    /// healthcheck (exit 69 when one fails); --print first prints the effective configuration,
+    /// secrets redacted, each value with its origin.
+    /// Example: scenewatch check --config config/example.toml --print (with SCENEWATCH__API__SECRET_KEY set)
     Check {
         /// Configuration file (TOML); SCENEWATCH__SECTION__KEY variables override it.
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Also call the API once with the credentials and run every sink's healthcheck.
+        #[arg(long)]
+        online: bool,
+        /// Print the effective configuration first (secrets redacted, with origins).
+        #[arg(long)]
+        print: bool,
     },
     /// Serve the Media Intelligence simulator (both API generations, faults on demand).
     ///

@@ -64,7 +64,11 @@ pub async fn dispatch(command: Command, live: Live) -> u8 {
             no_progress: _,
             timeout,
         } => once::run(&config, timeout, live).await,
-        Command::Check { config } => check::run(&config),
+        Command::Check {
+            config,
+            online,
+            print,
+        } => check::run(&config, online, print).await,
         Command::Simulate { listen, scenario } => simulate::run(listen, scenario).await,
         Command::Demo {
             out,

@@ -546,3 +546,145 @@ async fn health_accepts_the_base_address_as_well_as_the_full_url() {
     }
     assert_eq!(server.join().unwrap(), ["/readyz", "/readyz"]);
 }
+
+const ONLINE_SECRET: &str = "SK-online-check-91";
+
+fn online_config(url: &str, dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{d}/state\"\n[api]\nendpoint = \"{url}\"\naccess_key = \"AK\"\ntimeout = \"3s\"\n[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\n[[sink]]\ntype = \"file\"\nname = \"files\"\ndir = \"{d}/results\"\n{extra}",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `check --online` against the simulator (which checks signatures): one line per item, what
+/// passed and what failed, exit 69 when something failed, never the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_signs_a_call_and_runs_every_healthcheck() {
+    let sim = crate::support::start_sim(&format!(
+        "seed = 5\n[[credentials]]\naccess_key = \"AK\"\nsecret_key = \"{ONLINE_SECRET}\"\n[[asset]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"1\"\nindex_id = \"1\"\nscenes = 2\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // A jsonl sink whose directory is a file: its healthcheck fails.
+    std::fs::write(dir.path().join("a-file"), "x").unwrap();
+    let broken = format!(
+        "[[sink]]\ntype = \"jsonl\"\nname = \"log\"\npath = \"{}/a-file/r.jsonl\"\n",
+        dir.path().display()
+    );
+    let cfg = online_config(&sim.url, dir.path(), &broken);
+    let check = |secret: &str| {
+        let mut cmd = scenewatch();
+        cmd.args(["check", "--online", "--config"])
+            .arg(&cfg)
+            .env("SCENEWATCH__API__SECRET_KEY", secret);
+        cmd
+    };
+    let out = run(check(ONLINE_SECRET)).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{all}");
+    assert!(
+        all.contains(
+            "ok   api credentials (AK): GET the asset list of w/1 (1 item): signed and accepted"
+        ),
+        "{all}"
+    );
+    assert!(all.contains("ok   sink files: healthcheck passed"), "{all}");
+    assert!(all.contains("FAIL sink log: healthcheck failed"), "{all}");
+    assert!(all.contains("online: 2 passed, 1 failed"), "{all}");
+    assert!(
+        all.contains("1 project selector(s)") && all.contains("0 index watch(es)"),
+        "{all}"
+    );
+
+    // A wrong secret: the call is refused, and the secret is not printed.
+    let out = run(check("SK-wrong-secret-00")).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{all}");
+    assert!(
+        all.contains("FAIL api credentials (AK): GET the asset list of w/1 (1 item): the credentials were refused"),
+        "{all}"
+    );
+    assert!(!all.contains("SK-wrong-secret-00"), "{all}");
+
+    // Everything fine: exit 0.
+    let cfg = online_config(&sim.url, dir.path(), "");
+    let mut cmd = scenewatch();
+    cmd.args(["check", "--online", "--config"])
+        .arg(&cfg)
+        .env("SCENEWATCH__API__SECRET_KEY", ONLINE_SECRET);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("online: 2 passed, 0 failed"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `check --print`: every key with its value and origin (file:line:column, env NAME, default),
+/// secrets redacted; `check` alone does not print it.
+#[test]
+fn check_print_shows_the_effective_configuration_with_origins() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[api]\naccess_key = \"AK\"\nsecret_key = \"SK-in-file-31\"\n[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n",
+    )
+    .unwrap();
+    let out = scenewatch()
+        .args(["check", "--print", "--config"])
+        .arg(&cfg)
+        .env("SCENEWATCH__POLL__CONCURRENCY", "9")
+        .env("SCENEWATCH__SINK__0__TYPE", "stdout")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("SK-in-file-31"), "{all}");
+    let line = |k: &str| {
+        all.lines()
+            .find(|l| l.starts_with(&format!("{k} = ")))
+            .unwrap_or_else(|| panic!("no {k} in {all}"))
+            .to_string()
+    };
+    let file = cfg.display().to_string();
+    assert!(line("api.secret_key").contains("(redacted)"), "{all}");
+    assert!(
+        line("api.secret_key").ends_with(&format!("# {file}:3:1")),
+        "{all}"
+    );
+    assert!(
+        line("poll.concurrency").starts_with("poll.concurrency = 9 "),
+        "{all}"
+    );
+    assert!(
+        line("poll.concurrency").ends_with("# env SCENEWATCH__POLL__CONCURRENCY"),
+        "{all}"
+    );
+    assert!(
+        line("sink[0].type").ends_with("# env SCENEWATCH__SINK__0__TYPE"),
+        "{all}"
+    );
+    assert!(
+        line("watch[0].asset_id").ends_with(&format!("# {file}:7:1")),
+        "{all}"
+    );
+    assert!(line("poll.max_wait").ends_with("# default"), "{all}");
+    assert!(
+        all.contains("1 index watch(es), 0 asset watch(es), 0 project selector(s)"),
+        "{all}"
+    );
+    let out = scenewatch()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!text(&out).contains("api.secret_key ="), "{}", text(&out));
+}
