@@ -688,3 +688,57 @@ fn check_print_shows_the_effective_configuration_with_origins() {
         .unwrap();
     assert!(!text(&out).contains("api.secret_key ="), "{}", text(&out));
 }
+
+/// Shape and meaning problems come out of one run, each at file:line:column; a syntax error in
+/// a watch file does not hide the main file's problems.
+#[test]
+fn check_lists_shape_and_meaning_problems_in_one_run_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let watches = dir.path().join("watches");
+    std::fs::create_dir(&watches).unwrap();
+    std::fs::write(
+        watches.join("a.toml"),
+        "workspace = \"w\nproject_id = \"1\"\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "watch_dir = \"{}\"\n[api]\naccess_key = \"AK\"\nburts = 3\ntimeout = \"soon\"\n[[sink]]\ntype = \"fiel\"\n[[sink]]\ntype = \"jsonl\"\npath = \"\"\n",
+            watches.display()
+        ),
+    )
+    .unwrap();
+    let out = scenewatch()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("SCENEWATCH__API__SECRET_KEY", "SK")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{all}");
+    let file = cfg.display().to_string();
+    for (needle, place) in [
+        (
+            "api.burts: unknown key (did you mean `burst`?)",
+            format!("{file}:4:1"),
+        ),
+        (
+            "api.timeout: \"soon\" is not a duration",
+            format!("{file}:5:1"),
+        ),
+        ("sink[0].type: unknown type \"fiel\"", format!("{file}:7:1")),
+        ("sink[1].path", format!("{file}:10:1")),
+        (
+            "watch[0]: not valid TOML at line 1",
+            watches.join("a.toml").display().to_string(),
+        ),
+    ] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains(needle) && l.contains(&place)),
+            "missing {needle:?} at {place} in:\n{all}"
+        );
+    }
+}
