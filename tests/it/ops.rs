@@ -207,15 +207,15 @@ fn check_openmetrics(text: &str) {
             assert!(n >= 10, "only {n} metric families parsed");
         }
         Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
-            eprintln!(
-                "skipped: the OpenMetrics parse check needs Python's prometheus_client (pip install prometheus-client; .ci/run installs it)"
+            crate::support::skip(
+                "the OpenMetrics parse check needs Python's prometheus_client (pip install prometheus-client; .ci/run installs it)",
             );
         }
         Ok(out) => panic!(
             "the metrics do not parse as OpenMetrics:\n{}\n{text}",
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => eprintln!("skipped: the OpenMetrics parse check needs python3 ({e})"),
+        Err(e) => crate::support::skip(&format!("the OpenMetrics parse check needs python3 ({e})")),
     }
 }
 
@@ -305,7 +305,7 @@ async fn a_full_disk_makes_the_daemon_not_ready_until_the_ledger_is_writable() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs for the full-disk ledger test (needs root)");
+        crate::support::skip("cannot mount a tmpfs for the full-disk ledger test (needs root)");
         return;
     }
     struct Unmount(std::path::PathBuf);
