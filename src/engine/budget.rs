@@ -1,11 +1,93 @@
 //! The request budget shared by every poll of one API host and credential: a token bucket whose
 //! rate halves on throttling (once per burst of 429s) and recovers gradually on success. Time
 //! comes from tokio, so tests can pause it.
+//!
+//! Requests waiting for budget are served by priority, not by arrival: a job about to finish
+//! must not wait behind hundreds of rechecks of indexes that have not changed in days. The
+//! classes, best first: [`Class::Waiting`] (jobs queued or running remotely), [`Class::First`]
+//! (first polls of watches never polled, discovery), [`Class::Fetch`] (result fetches), and
+//! [`Class::Recheck`] (delivered watches looking for a newer version); within a class, the
+//! earliest due first. A lower class gets what the higher ones leave, except that while it
+//! waits, at least one grant in [`SHARE_EVERY`] goes to it, so none is ever starved.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// What a request is for, best first (see the module's text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// A job queued or running remotely: its news is the most valuable.
+    Waiting = 0,
+    /// The first poll of a watch never polled (and discovery calls, which find new watches).
+    First = 1,
+    /// Fetching a result the status call said is complete.
+    Fetch = 2,
+    /// Rechecking a delivered watch for a newer version.
+    Recheck = 3,
+}
+
+impl Class {
+    /// Every class, best first.
+    pub const ALL: [Class; 4] = [Class::Waiting, Class::First, Class::Fetch, Class::Recheck];
+
+    /// The label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Waiting => "waiting",
+            Class::First => "first",
+            Class::Fetch => "fetch",
+            Class::Recheck => "recheck",
+        }
+    }
+}
+
+/// While a lower class waits, it is served after at most this many minus one choices for better
+/// classes: its guaranteed share, one grant (and one launch) in ten (one in twelve when all
+/// three lower classes wait at once), which keeps first polls, result fetches and rechecks from
+/// starving behind a crowd of waiting jobs.
+pub const SHARE_EVERY: u32 = 10;
+
+/// Picks which class goes next, best first, with the guaranteed share of the lower classes
+/// (see [`SHARE_EVERY`]). Used by the budget for grants and by the engine for launches.
+#[derive(Debug, Default, Clone)]
+pub struct Share {
+    /// Per class: choices made for a better class while this one waited.
+    passed_over: [u32; 4],
+}
+
+impl Share {
+    /// The class to serve among those `waiting` (index: `Class as usize`), without noting it.
+    pub fn choose(&self, waiting: [bool; 4]) -> Option<Class> {
+        let owed = Class::ALL[1..]
+            .iter()
+            .copied()
+            .find(|c| waiting[*c as usize] && self.passed_over[*c as usize] + 1 >= SHARE_EVERY);
+        owed.or_else(|| Class::ALL.into_iter().find(|c| waiting[*c as usize]))
+    }
+
+    /// Chooses, and notes the choice.
+    pub fn pick(&mut self, waiting: [bool; 4]) -> Option<Class> {
+        let chosen = self.choose(waiting)?;
+        self.served(chosen, waiting);
+        Some(chosen)
+    }
+
+    /// Notes that `chosen` was served while the classes in `waiting` waited.
+    fn served(&mut self, chosen: Class, waiting: [bool; 4]) {
+        for c in Class::ALL {
+            let i = c as usize;
+            if c == chosen {
+                self.passed_over[i] = 0;
+            } else if waiting[i] && c > chosen {
+                self.passed_over[i] += 1;
+            }
+        }
+    }
+}
 
 /// The request budget of one API host: a token bucket whose rate halves on throttling and
 /// recovers gradually on success.
@@ -14,7 +96,12 @@ pub struct RequestBudget {
     max_rate: f64,
     burst: f64,
     state: Mutex<BudgetState>,
+    /// Wakes waiters when a grant or a departure may make another one the next.
+    turn: Notify,
 }
+
+/// A waiting request: its class, when it was due (ms), and its arrival number.
+type Ticket = (Class, u64, u64);
 
 #[derive(Debug)]
 struct BudgetState {
@@ -23,6 +110,48 @@ struct BudgetState {
     refilled_at: Instant,
     paused_until: Option<Instant>,
     last_cut: Option<Instant>,
+    waiters: BTreeSet<Ticket>,
+    next_ticket: u64,
+    share: Share,
+    /// Grants by class since start.
+    granted: [u64; 4],
+}
+
+impl BudgetState {
+    /// Which classes have waiters.
+    fn waiting(&self) -> [bool; 4] {
+        Class::ALL.map(|c| {
+            self.waiters
+                .range((c, 0, 0)..)
+                .next()
+                .is_some_and(|t| t.0 == c)
+        })
+    }
+
+    /// The waiter the next token goes to: the earliest of the class [`Share`] chooses.
+    fn next(&self) -> Option<Ticket> {
+        let class = self.share.choose(self.waiting())?;
+        self.waiters.range((class, 0, 0)..).next().copied()
+    }
+}
+
+/// Takes a waiter out of the queue if its future is dropped before it was served.
+struct Waiting<'a> {
+    budget: &'a RequestBudget,
+    ticket: Ticket,
+    served: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.served {
+            return;
+        }
+        let removed = self.budget.lock().waiters.remove(&self.ticket);
+        if removed {
+            self.budget.turn.notify_waiters();
+        }
+    }
 }
 
 /// The lowest rate throttling can bring the budget to, as a fraction of the configured one.
@@ -55,31 +184,77 @@ impl RequestBudget {
                 refilled_at: crate::clock::instant_now(),
                 paused_until: None,
                 last_cut: None,
+                waiters: BTreeSet::new(),
+                next_ticket: 0,
+                share: Share::default(),
+                granted: [0; 4],
             }),
+            turn: Notify::new(),
         }
     }
 
-    /// Waits for one request's worth of budget.
-    pub async fn acquire(&self) {
+    /// Waits for one request's worth of budget, served by `class` and then by `due_ms` (when
+    /// the request was due; see the module's text).
+    pub async fn acquire(&self, class: Class, due_ms: u64) {
+        let ticket = {
+            let mut s = self.lock();
+            let t = (class, due_ms, s.next_ticket);
+            s.next_ticket += 1;
+            s.waiters.insert(t);
+            t
+        };
+        let mut waiting = Waiting {
+            budget: self,
+            ticket,
+            served: false,
+        };
         loop {
+            let turn = self.turn.notified();
+            tokio::pin!(turn);
+            turn.as_mut().enable();
             let wait = {
                 let mut s = self.lock();
                 let now = crate::clock::instant_now();
                 match s.paused_until {
-                    Some(until) if until > now => until - now,
+                    Some(until) if until > now => Some(until - now),
                     _ => {
                         s.paused_until = None;
                         self.refill(&mut s, now);
-                        if s.tokens >= 1.0 {
+                        if s.tokens < 1.0 {
+                            Some(Duration::from_secs_f64((1.0 - s.tokens) / s.rate))
+                        } else if s.next() == Some(ticket) {
                             s.tokens -= 1.0;
+                            let classes_waiting = s.waiting();
+                            s.share.served(class, classes_waiting);
+                            s.waiters.remove(&ticket);
+                            s.granted[class as usize] += 1;
+                            drop(s);
+                            waiting.served = true;
+                            // The next waiter may take a token left over.
+                            self.turn.notify_waiters();
                             return;
+                        } else {
+                            // A token is there for a better waiter, which is awake or wakes now.
+                            None
                         }
-                        Duration::from_secs_f64((1.0 - s.tokens) / s.rate)
                     }
                 }
             };
-            tokio::time::sleep(wait).await;
+            match wait {
+                Some(d) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(d) => {}
+                        () = &mut turn => {}
+                    }
+                }
+                None => turn.await,
+            }
         }
+    }
+
+    /// Grants made so far, by class (index: `Class as usize`).
+    pub fn granted(&self) -> [u64; 4] {
+        self.lock().granted
     }
 
     fn refill(&self, s: &mut BudgetState, now: Instant) {
@@ -131,12 +306,92 @@ impl RequestBudget {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_best_class_goes_first_and_every_lower_one_keeps_its_share() {
+        let mut share = Share::default();
+        let all = [true; 4];
+        let picks: Vec<Class> = (0..100).map(|_| share.pick(all).unwrap()).collect();
+        let count = |c| picks.iter().filter(|&&p| p == c).count();
+        // Each lower class gets a pick after at most SHARE_EVERY - 1 picks of better classes
+        // (plus the other lower classes' shares): one in twelve when all three wait at once.
+        for c in [Class::First, Class::Fetch, Class::Recheck] {
+            assert!(
+                count(c) >= 100 / (SHARE_EVERY as usize + 2),
+                "{c:?}: {picks:?}"
+            );
+            assert!(count(c) <= 100 / SHARE_EVERY as usize, "{c:?}: {picks:?}");
+        }
+        assert!(count(Class::Waiting) >= 70, "{picks:?}");
+        // With one lower class waiting, it has exactly one pick in SHARE_EVERY.
+        let mut two = Share::default();
+        let picks: Vec<Class> = (0..100)
+            .map(|_| two.pick([true, false, false, true]).unwrap())
+            .collect();
+        let rechecks = picks.iter().filter(|&&p| p == Class::Recheck).count();
+        assert_eq!(rechecks, 100 / SHARE_EVERY as usize, "{picks:?}");
+        // Alone, a lower class has everything; with nothing waiting, nothing is picked.
+        assert_eq!(
+            share.pick([false, false, false, true]),
+            Some(Class::Recheck)
+        );
+        assert_eq!(share.pick([false; 4]), None);
+        // Just served, the share is not owed: the best class goes first again.
+        assert_eq!(share.pick([true, false, false, true]), Some(Class::Waiting));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_job_is_served_before_rechecks_that_queued_earlier() {
+        use std::sync::Arc;
+        let budget = Arc::new(RequestBudget::new(1.0, 1));
+        budget.acquire(Class::Waiting, 0).await; // the burst is spent
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..5u64 {
+            let (b, o) = (budget.clone(), order.clone());
+            tasks.spawn(async move {
+                b.acquire(Class::Recheck, i).await;
+                o.lock().unwrap().push(format!("recheck{i}"));
+            });
+        }
+        tokio::task::yield_now().await;
+        let (b, o) = (budget.clone(), order.clone());
+        tasks.spawn(async move {
+            b.acquire(Class::Waiting, 100).await;
+            o.lock().unwrap().push("job".to_owned());
+        });
+        while tasks.join_next().await.is_some() {}
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order[0], "job", "{order:?}");
+        // Rechecks in the order they were due.
+        assert_eq!(
+            order[1..],
+            ["recheck0", "recheck1", "recheck2", "recheck3", "recheck4"]
+        );
+        assert_eq!(budget.granted(), [2, 0, 0, 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gives_up_leaves_the_queue() {
+        let budget = RequestBudget::new(1.0, 1);
+        budget.acquire(Class::Waiting, 0).await;
+        // Dropped before it is served (its poll was cancelled): the next one is not blocked.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(100),
+            budget.acquire(Class::Waiting, 1),
+        );
+        assert!(gave_up.await.is_err());
+        let t = crate::clock::instant_now();
+        budget.acquire(Class::Recheck, 2).await;
+        assert!(t.elapsed() <= Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(budget.lock().waiters.is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn budget_limits_rate_and_slows_on_throttle() {
         let budget = RequestBudget::new(10.0, 5);
         let start = crate::clock::instant_now();
         for _ in 0..25 {
-            budget.acquire().await;
+            budget.acquire(Class::Waiting, 0).await;
         }
         // 5 from the burst, then 20 at 10/s.
         let took = start.elapsed();
@@ -152,7 +407,7 @@ mod tests {
         budget.throttled(None);
         assert_eq!(budget.current_rate(), 5.0);
         let t = crate::clock::instant_now();
-        budget.acquire().await;
+        budget.acquire(Class::Waiting, 0).await;
         assert!(
             t.elapsed() >= Duration::from_secs(3),
             "Retry-After honoured"

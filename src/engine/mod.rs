@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-pub use budget::RequestBudget;
+use budget::Share;
+pub use budget::{Class, RequestBudget};
 
 use crate::clock::Clock;
 use crate::config::{Config, GenerationChoice, Selector, WatchSpec};
@@ -183,6 +184,15 @@ pub(crate) enum Notice {
     },
     /// `once` stopped trying a delivery.
     GaveUp { key: WatchKey, error: String },
+}
+
+/// The budget class of a watch's next poll (see `budget`).
+fn class_of(e: &Entry) -> Class {
+    match e.record.state.phase {
+        Phase::Pending => Class::First,
+        Phase::Watching => Class::Recheck,
+        _ => Class::Waiting,
+    }
 }
 
 /// One watch as the engine holds it.
@@ -343,7 +353,8 @@ pub async fn run(
         mode,
         entries: Vec::new(),
         index: HashMap::new(),
-        queue: BinaryHeap::new(),
+        queues: Default::default(),
+        launch_share: Share::default(),
         pause: ClientPause::default(),
         put_off: Vec::new(),
         last_refusal: None,
@@ -387,7 +398,10 @@ struct Engine {
     mode: Mode,
     entries: Vec<Entry>,
     index: HashMap<WatchKey, usize>,
-    queue: BinaryHeap<Reverse<(u64, usize)>>,
+    /// The next polls, one min-heap per [`Class`] (index: `Class as usize`): due polls are
+    /// launched best class first, with the recheck share (see `budget`).
+    queues: [BinaryHeap<Reverse<(u64, usize)>>; 4],
+    launch_share: Share,
     pause: ClientPause,
     /// Watches put off by the pause; polled again as soon as it ends.
     put_off: Vec<usize>,
@@ -514,7 +528,7 @@ impl Engine {
             && !e.removed
         {
             e.due_ms = Some(due);
-            self.queue.push(Reverse((due, i)));
+            self.queues[class_of(e) as usize].push(Reverse((due, i)));
         }
     }
 
@@ -928,7 +942,11 @@ impl Engine {
             Some(p) if self.probe_watch.is_none() && !self.probe_discovery => Some(p),
             Some(_) => None,
             None => {
-                let poll = self.queue.peek().map(|Reverse((t, _))| *t);
+                let poll = self
+                    .queues
+                    .iter()
+                    .filter_map(|q| q.peek().map(|Reverse((t, _))| *t))
+                    .min();
                 let found = self.discovery.next_due();
                 poll.into_iter().chain(found).min()
             }
@@ -986,17 +1004,32 @@ impl Engine {
         Some(self.put_off.remove(pos))
     }
 
-    /// The next watch due at or before `now`, taken off the queue.
+    /// The next watch due at or before `now`, taken off its queue: the best class with a due
+    /// watch (with the recheck share), and in it the earliest due.
     fn pop_due(&mut self, now: u64) -> Option<usize> {
+        let mut due = [false; 4];
+        for c in Class::ALL {
+            due[c as usize] = self.peek_due(c, now).is_some();
+        }
+        let class = self.launch_share.pick(due)?;
+        let i = self.peek_due(class, now)?;
+        self.queues[class as usize].pop();
+        Some(i)
+    }
+
+    /// The earliest live watch due at or before `now` in `class`'s queue (stale items, left
+    /// by a reschedule, are dropped on the way).
+    fn peek_due(&mut self, class: Class, now: u64) -> Option<usize> {
+        let queue = &mut self.queues[class as usize];
         loop {
-            let &Reverse((due, _)) = self.queue.peek()?;
+            let &Reverse((due, i)) = queue.peek()?;
             if due > now {
                 return None;
             }
-            let Reverse((due, i)) = self.queue.pop()?;
             let e = &self.entries[i];
             if e.removed || e.in_flight || e.due_ms != Some(due) {
-                continue; // stale heap item
+                queue.pop(); // stale heap item
+                continue;
             }
             return Some(i);
         }
@@ -1008,6 +1041,7 @@ impl Engine {
         e.due_ms = None;
         let first_of_run = !e.polled;
         e.polled = true;
+        let class = class_of(e);
         tasks.spawn(poll::poll(
             self.ctx.clone(),
             self.client.clone(),
@@ -1016,6 +1050,7 @@ impl Engine {
             e.record.clone(),
             probe,
             first_of_run,
+            class,
         ));
     }
 
@@ -1372,6 +1407,7 @@ async fn discover(
             };
             let (v, _) = poll::call(
                 &ctx,
+                (Class::First, ctx.clock.now_ms()),
                 "list_assets",
                 client.list_assets(w, p, *page, discovery::PAGE_SIZE),
             )
@@ -1393,7 +1429,13 @@ async fn discover(
                 index_id: String::new(),
                 scene_summary_id: None,
             };
-            let (v, _) = poll::call(&ctx, "index_status", client.index_status(&t)).await;
+            let (v, _) = poll::call(
+                &ctx,
+                (Class::First, ctx.clock.now_ms()),
+                "index_status",
+                client.index_status(&t),
+            )
+            .await;
             sort(v).map_or_else(|d| d, Discovered::Index)
         }
     };

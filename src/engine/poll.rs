@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tracing::error;
 
+use super::budget::Class;
 use super::facts::{self, Fetched};
 use super::{Observer, RequestBudget, Update, Wakes};
 use crate::clock::Clock;
@@ -77,10 +78,11 @@ impl PollCtx {
 /// is handled by the step's action).
 pub(crate) async fn call<T>(
     ctx: &PollCtx,
+    (class, due_ms): (Class, u64),
     operation: &'static str,
     request: impl std::future::Future<Output = Verdict<T>>,
 ) -> (Verdict<T>, u64) {
-    ctx.budget.acquire().await;
+    ctx.budget.acquire(class, due_ms).await;
     let sent_ms = ctx.clock.now_ms();
     let started = ctx.clock.instant();
     let v = request.await;
@@ -99,6 +101,10 @@ pub(crate) async fn call<T>(
 }
 
 /// One poll of one watch: request(s), the pure step, events, and one ledger commit.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one poll, passed down once; a struct would only rename them"
+)]
 pub(crate) async fn poll(
     ctx: Arc<PollCtx>,
     client: Arc<dyn Api>,
@@ -107,8 +113,11 @@ pub(crate) async fn poll(
     before: WatchRecord,
     probe: bool,
     first_of_run: bool,
+    class: Class,
 ) -> Outcome {
     let mut now_ms = ctx.clock.now_ms();
+    // Its place among the requests waiting for budget: its class, then when it was due.
+    let priority = (class, before.next_poll_at_ms.unwrap_or(now_ms));
     let mut now = Duration::from_millis(now_ms);
     let limits = ctx.limits(&spec);
     let key = spec.key.clone();
@@ -147,7 +156,8 @@ pub(crate) async fn poll(
     let (route, keep_route) = match route_of(&spec, before.state.route, gone) {
         RouteChoice::Use(r) => (r, true),
         RouteChoice::Check => {
-            let (v, sent) = call(&ctx, "index_status", client.index_status(&target)).await;
+            let (v, sent) =
+                call(&ctx, priority, "index_status", client.index_status(&target)).await;
             (now_ms, now) = (sent, Duration::from_millis(sent));
             match v.split::<SummaryStatus>() {
                 Ok(st) => {
@@ -199,7 +209,7 @@ pub(crate) async fn poll(
     let (status_gen, result_gen) = generations(route);
     let mut step = match status_gen {
         Some(g) => {
-            let (v, sent) = call(&ctx, "status", client.status(g, &target)).await;
+            let (v, sent) = call(&ctx, priority, "status", client.status(g, &target)).await;
             (now_ms, now) = (sent, Duration::from_millis(sent));
             exchange.observe(&v, g);
             watch::step(&state, now, limits, Answer::Status(&v), seed)
@@ -310,7 +320,8 @@ async fn fetch(
     exchange: &mut Exchange,
 ) -> Step {
     let target = spec.target();
-    let (r, _) = call(ctx, "result", client.result(generation, &target)).await;
+    let priority = (Class::Fetch, ctx.clock.now_ms());
+    let (r, _) = call(ctx, priority, "result", client.result(generation, &target)).await;
     exchange.observe(&r, generation);
     if let Verdict::Ok(result) = &r
         && let Some(other) = other_index(&spec.key, result)

@@ -954,7 +954,9 @@ async fn the_concurrency_cap_bounds_the_polls_in_flight() {
         &names,
     );
     let mut h = Harness::start(cfg, daemon(), |_| slow(Duration::from_secs(5), waiting())).await;
-    h.until(Duration::from_secs(60), "every watch polled", |h| {
+    // The slots go to watches already waiting first; first polls get their guaranteed share
+    // (one launch in ten), so all ten are polled, later than by arrival.
+    h.until(Duration::from_secs(300), "every watch polled", |h| {
         names.iter().all(|a| !h.polls(a).is_empty())
     })
     .await;
@@ -1014,6 +1016,64 @@ async fn the_request_budget_bounds_calls_per_second() {
             );
         }
     }
+}
+
+/// Over budget, a job about to finish does not wait behind rechecks of delivered watches: the
+/// budget serves waiting jobs first, and rechecks still get their guaranteed share.
+#[tokio::test(start_paused = true)]
+async fn over_budget_a_waiting_job_goes_before_rechecks_which_keep_a_share() {
+    let mut assets: Vec<String> = (0..60).map(|i| format!("d{i}")).collect();
+    assets.push("job".into());
+    let names: Vec<&str> = assets.iter().map(String::as_str).collect();
+    let cfg = config(
+        "AK",
+        "requests_per_second = 2.0\nburst = 2",
+        "initial_interval = \"1s\"\nmax_interval = \"4s\"\nrecheck_interval = \"10s\"",
+        &names,
+    );
+    // 60 delivered watches rechecked every 10 s ask for 6 requests a second, three times the
+    // budget; the job completes at 200 s.
+    let mut h = Harness::start(cfg, daemon(), |c| {
+        if c.asset == "job" && c.at < 200 * S {
+            summarizing()
+        } else {
+            Reply::Done("2026-04-17T10:00:00")
+        }
+    })
+    .await;
+    h.until(Duration::from_secs(400), "the job delivered", |h| {
+        h.sink.delivered().iter().any(|d| d.0 == "job")
+    })
+    .await;
+    h.stop().await;
+    let calls = h.calls();
+    let job: Vec<u64> = calls
+        .iter()
+        .filter(|c| c.asset == "job")
+        .map(|c| c.at)
+        .collect();
+    // Once the others are delivered (well before 200 s), the job is polled on its own series
+    // (never more than max_interval apart, plus the wait for a token), not behind the backlog.
+    let late: Vec<u64> = job
+        .windows(2)
+        .filter(|w| w[0] >= 100 * S)
+        .map(|w| w[1] - w[0])
+        .collect();
+    assert!(!late.is_empty(), "{job:?}");
+    assert!(late.iter().all(|&g| g <= 5 * S), "gaps {late:?} in {job:?}");
+    let seen = job.iter().find(|&&t| t >= 200 * S).copied();
+    assert!(
+        seen.is_some_and(|t| t <= 205 * S),
+        "completion seen at {seen:?}: {job:?}"
+    );
+    // Rechecks are not starved: from 100 s on they get at least their share of the calls.
+    let after: Vec<&Call> = calls.iter().filter(|c| c.at >= 100 * S).collect();
+    let rechecks = after.iter().filter(|c| c.asset != "job").count();
+    assert!(
+        rechecks * 10 >= after.len(),
+        "{rechecks} rechecks in {} calls",
+        after.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
