@@ -120,18 +120,23 @@ fn decode(op: Operation, result: &RawValue) {
 }
 
 /// The envelope of a result, pretty and compact: both are JSON, the compact one is one line, and
-/// both carry the API's `result` unchanged (as JSON).
+/// both carry the API's `result` unchanged: byte for byte in the pretty one, with only the
+/// whitespace between tokens taken out in the compact one. Compared as text, not as parsed
+/// values: JSON puts no limit on numbers, and a result may hold one no `f64` can (`3e0900`,
+/// found by the fuzzer), which the sinks must carry as the API sent it.
 fn envelope_of(result: SummaryResult) {
+    #[derive(serde::Deserialize)]
+    struct Carried<'a> {
+        #[serde(borrow)]
+        result: &'a RawValue,
+    }
     let index = result
         .index_id
         .map_or_else(|| "3".to_string(), |i| i.to_string());
     let Ok(key) = WatchKey::new("ws", "1", "2", index) else {
         return;
     };
-    let expected: Value = match serde_json::from_str(result.raw.get()) {
-        Ok(v) => v,
-        Err(e) => panic!("a decoded result is JSON: {e}"),
-    };
+    let raw = result.raw.get().to_string();
     let Some(d) = Delivery::new(key, Arc::new(result), fixed_now()) else {
         return;
     };
@@ -142,13 +147,42 @@ fn envelope_of(result: SummaryResult) {
         if compact {
             assert!(!bytes.contains(&b'\n'), "a compact envelope is one line");
         }
-        let v: Value = serde_json::from_slice(&bytes).expect("an envelope is JSON");
+        let carried: Carried<'_> = serde_json::from_slice(&bytes).expect("an envelope is JSON");
+        let want = if compact && raw.contains(['\n', '\r']) {
+            without_whitespace(&raw)
+        } else {
+            raw.clone()
+        };
         assert_eq!(
-            v.get("result"),
-            Some(&expected),
+            carried.result.get(),
+            want,
             "the result is carried unchanged"
         );
     }
+}
+
+/// JSON text without the whitespace between tokens (strings kept as they are).
+fn without_whitespace(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The configuration loader: a TOML file (the part before the first NUL) and environment
@@ -295,5 +329,20 @@ mod tests {
         let mut ev = vec![0u8; 9];
         ev.extend_from_slice(b"ws\x001\x002\x003\x00summarizing\x00{}");
         envelope(&ev);
+    }
+
+    /// Found by the fuzzer (`ncp_answer`, 1.3 million runs in): a result holding a number no
+    /// `f64` can hold (`3e0900`) is valid JSON and is carried byte for byte; the first harness
+    /// compared parsed values and failed on it. The fuzzer's input and a minimal one.
+    #[test]
+    fn a_result_with_a_number_beyond_f64_is_carried_byte_for_byte() {
+        ncp_answer(include_bytes!(
+            "../fuzz/regressions/ncp_answer/number-out-of-f64-range"
+        ));
+        let mut answer = vec![1, 100, 0, 0, 0];
+        answer.extend_from_slice(
+            b"{\"code\":\"0\",\"result\":{\"x\": 3e0900,\n\"sceneSummaryInfo\":{\"lastAnalyzedAt\":\"2026-01-01T00:00:00Z\"},\"sceneSummaries\":[{\"scene\":1}]}}",
+        );
+        ncp_answer(&answer);
     }
 }
