@@ -691,3 +691,20 @@ fn state_retention_defaults_to_30_days_and_is_checked_from_file_and_environment(
         "{t:#?}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn a_secret_file_that_never_ends_is_refused_not_read_forever() {
+    let watch =
+        "[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
+    let ps = problems(
+        &format!("[api]\naccess_key = \"AK\"\nsecret_key_file = \"/dev/zero\"\n{watch}"),
+        &[],
+    );
+    let text: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter().any(|t| t.contains("api.secret_key_file")
+            && t.contains("larger than 64 KiB, so not a secret file")),
+        "{text:#?}"
+    );
+}

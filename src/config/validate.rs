@@ -704,7 +704,7 @@ fn secret_key(
         ));
         return None;
     };
-    match std::fs::read_to_string(&path) {
+    match super::checks::read_secret_file(&path) {
         Ok(s) if s.trim().is_empty() => {
             p.push(origins.problem(key, format!("{} is empty", path.display())));
             None
