@@ -213,6 +213,10 @@ impl Metrics {
             "Rows retention (state.retention) deleted from the state database, by table (versions, deliveries, events, event_deliveries)",
             pruned.clone(),
         );
+        // Exported from 0, so the first pruning after a start counts as an increase.
+        for table in ["versions", "deliveries", "events", "event_deliveries"] {
+            pruned.get_or_create(&vec![("table", table.into())]);
+        }
         let unrecognised = Family::<Labels, Counter>::default();
         registry.register(
             "unrecognised_answers",
