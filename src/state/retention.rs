@@ -115,3 +115,70 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{MemoryLedger, NewVersion, StepCommit, WatchRecord};
+
+    #[test]
+    fn only_discovered_and_superseded_are_kept_by_type() {
+        for t in EventType::ALL {
+            let keep = matches!(t, EventType::Discovered | EventType::Superseded);
+            assert_eq!(event_type_may_go(t.as_str()), !keep, "{t}");
+        }
+        assert!(event_type_may_go("com.example.unknown"));
+    }
+
+    /// A round goes batch after batch until the walk is over, and adds them up.
+    #[tokio::test]
+    async fn a_round_prunes_every_batch_and_sums_them() {
+        let l = MemoryLedger::new(vec!["files".into()], vec![]);
+        let key = crate::domain::WatchKey::new("w", "1", "2", "3").unwrap();
+        let n = BATCH as u64 * 2 + 7;
+        for i in 0..=n {
+            let at = format!("2026-01-01T00:00:{i:05}Z");
+            let vid = crate::domain::VersionId::of(&key, &at);
+            let record = WatchRecord {
+                key: key.clone(),
+                state: crate::watch::WatchState::default(),
+                next_poll_at_ms: None,
+                last_version_id: Some(vid.clone()),
+                last_change_at_ms: None,
+                stale_version_id: None,
+            };
+            l.commit_step(StepCommit {
+                record,
+                events: vec![],
+                new_version: Some(NewVersion {
+                    version_id: vid.clone(),
+                    key: key.clone(),
+                    last_analyzed_at: at,
+                    fetched_at_ms: 1_000 + i,
+                    scene_count: 0,
+                    analyzed_scene_ids: None,
+                    result_json: "{}".into(),
+                }),
+            })
+            .await
+            .unwrap();
+            l.delivery_succeeded(&vid, "files", "/x", vec![], 2_000 + i)
+                .await
+                .unwrap();
+        }
+        let mut batches = 0;
+        let total = round(&l, 1_000_000, Duration::ZERO, |_| batches += 1)
+            .await
+            .unwrap();
+        // Every version but the last one, in three batches (the third finds the rest).
+        assert_eq!((total.versions, total.deliveries), (n, n));
+        assert_eq!(batches, 3);
+        assert_eq!(
+            round(&l, 1_000_000, Duration::ZERO, |_| {})
+                .await
+                .unwrap()
+                .rows(),
+            0
+        );
+    }
+}
