@@ -215,7 +215,9 @@ impl Metrics {
         );
         // Exported from 0, so the first pruning after a start counts as an increase.
         for table in ["versions", "deliveries", "events", "event_deliveries"] {
-            pruned.get_or_create(&vec![("table", table.into())]);
+            pruned
+                .get_or_create(&vec![("table", table.into())])
+                .inc_by(0);
         }
         let unrecognised = Family::<Labels, Counter>::default();
         registry.register(
