@@ -11,6 +11,8 @@ pub mod domain;
 pub mod engine;
 pub mod events;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod ncp;

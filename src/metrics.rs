@@ -39,6 +39,7 @@ pub struct Metrics {
     events: Family<Labels, Counter>,
     events_sent: Family<Labels, Counter>,
     ledger_commit: Histogram,
+    pruned: Family<Labels, Counter>,
     unrecognised: Family<Labels, Counter>,
     /// Codes admitted as label values so far (at most [`MAX_CODE_LABELS`]).
     unrecognised_codes: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -206,6 +207,18 @@ impl Metrics {
             "Time to commit one poll step to the state database",
             ledger_commit.clone(),
         );
+        let pruned = Family::<Labels, Counter>::default();
+        registry.register(
+            "ledger_pruned_rows",
+            "Rows retention (state.retention) deleted from the state database, by table (versions, deliveries, events, event_deliveries)",
+            pruned.clone(),
+        );
+        // Exported from 0, so the first pruning after a start counts as an increase.
+        for table in ["versions", "deliveries", "events", "event_deliveries"] {
+            pruned
+                .get_or_create(&vec![("table", table.into())])
+                .inc_by(0);
+        }
         let unrecognised = Family::<Labels, Counter>::default();
         registry.register(
             "unrecognised_answers",
@@ -231,6 +244,7 @@ impl Metrics {
             events,
             events_sent,
             ledger_commit,
+            pruned,
             unrecognised,
             unrecognised_codes: std::sync::Mutex::default(),
         }
@@ -360,6 +374,13 @@ impl Metrics {
         self.unrecognised
             .get_or_create(&vec![("call", operation.into()), ("code", label)])
             .inc();
+    }
+
+    /// Rows one retention batch deleted from `table`.
+    pub fn pruned(&self, table: &'static str, rows: u64) {
+        self.pruned
+            .get_or_create(&vec![("table", table.into())])
+            .inc_by(rows);
     }
 
     /// One ledger commit.

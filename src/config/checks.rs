@@ -33,6 +33,27 @@ pub(crate) fn duration(
     }
 }
 
+/// The largest secret file read: a key, a password or a token is a few hundred bytes. A bigger
+/// file (a misconfigured path: a log, a device such as `/dev/zero`) is refused after reading this
+/// much, instead of being read to the end (or forever).
+pub(crate) const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secret file of at most [`MAX_SECRET_FILE_BYTES`].
+pub(crate) fn read_secret_file(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "larger than 64 KiB, so not a secret file",
+        ));
+    }
+    Ok(text)
+}
+
 /// True when `url` names a loopback host (`localhost`, 127.0.0.0/8, `::1`).
 pub(crate) fn is_loopback(url: &Url) -> bool {
     url.host_str()
@@ -59,7 +80,7 @@ pub(crate) fn secret_from(
             ));
             Err(())
         }
-        (false, true) => match std::fs::read_to_string(file) {
+        (false, true) => match read_secret_file(file) {
             Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
             Ok(_) => {
                 p.push(origins.problem(&format!("{base}.{file_key}"), format!("{file} is empty")));

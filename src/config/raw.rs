@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub sink_healthcheck_interval: String,
     /// The HTTP server for health and metrics.
     pub server: RawServer,
+    /// The ledger's retention.
+    pub state: RawState,
 }
 
 impl Default for RawConfig {
@@ -51,6 +53,7 @@ impl Default for RawConfig {
             shutdown_timeout: "20s".into(),
             sink_healthcheck_interval: "30s".into(),
             server: RawServer::default(),
+            state: RawState::default(),
         }
     }
 }
@@ -168,6 +171,22 @@ impl Default for RawServer {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {
+    /// How long done deliveries and sent events are kept.
+    pub retention: String,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            retention: "30d".into(),
         }
     }
 }

@@ -779,3 +779,78 @@ fn a_syntax_error_stops_its_file_only_and_the_environment_is_still_checked() {
     // Nothing it holds is reported missing: the file was not read.
     assert!(!text.iter().any(|t| t.contains("missing")), "{text:#?}");
 }
+
+#[test]
+fn state_retention_defaults_to_30_days_and_is_checked_from_file_and_environment() {
+    let watch =
+        "[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
+    let c = load(&inline(watch, CREDS)).expect("valid");
+    assert_eq!(c.retention, std::time::Duration::from_secs(30 * 86_400));
+    let c = load(&inline(
+        &format!("[state]\nretention = \"7d\"\n{watch}"),
+        CREDS,
+    ))
+    .expect("valid");
+    assert_eq!(c.retention, std::time::Duration::from_secs(7 * 86_400));
+    let mut env = CREDS.to_vec();
+    env.push(("SCENEWATCH__STATE__RETENTION", "90d"));
+    let c = load(&inline(watch, &env)).expect("valid");
+    assert_eq!(c.retention, std::time::Duration::from_secs(90 * 86_400));
+
+    let text = |ps: Vec<Problem>| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let t = text(problems(
+        &format!("[state]\nretention = \"a month\"\n{watch}"),
+        CREDS,
+    ));
+    assert!(
+        t.iter().any(
+            |l| l.contains("state.retention: \"a month\" is not a duration")
+                && l.contains("test.toml")
+        ),
+        "{t:#?}"
+    );
+    let t = text(problems(
+        &format!("[state]\nretention = \"10m\"\n{watch}"),
+        CREDS,
+    ));
+    assert!(
+        t.iter()
+            .any(|l| l.contains("state.retention: 10m is shorter than the minimum of 1h")),
+        "{t:#?}"
+    );
+    let mut env = CREDS.to_vec();
+    env.push(("SCENEWATCH__STATE__RETENTION", "0s"));
+    let t = text(problems(watch, &env));
+    assert!(
+        t.iter()
+            .any(|l| l.contains("state.retention: must be longer than zero")
+                && l.contains("SCENEWATCH__STATE__RETENTION")),
+        "{t:#?}"
+    );
+    let t = text(problems(
+        &format!("[state]\nretension = \"3d\"\n{watch}"),
+        CREDS,
+    ));
+    assert!(
+        t.iter()
+            .any(|l| l.contains("state.retension: unknown key (did you mean `retention`?)")),
+        "{t:#?}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_secret_file_that_never_ends_is_refused_not_read_forever() {
+    let watch =
+        "[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
+    let ps = problems(
+        &format!("[api]\naccess_key = \"AK\"\nsecret_key_file = \"/dev/zero\"\n{watch}"),
+        &[],
+    );
+    let text: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter().any(|t| t.contains("api.secret_key_file")
+            && t.contains("larger than 64 KiB, so not a secret file")),
+        "{text:#?}"
+    );
+}

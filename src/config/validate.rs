@@ -45,6 +45,8 @@ pub struct Config {
     pub sink_healthcheck_interval: Duration,
     /// Address of the health and metrics endpoints.
     pub listen: std::net::SocketAddr,
+    /// `state.retention`: how long done deliveries and sent events are kept in the ledger.
+    pub retention: Duration,
     /// Things worth saying that do not stop a run.
     pub warnings: Vec<String>,
 }
@@ -531,6 +533,7 @@ pub fn validate(
             None
         }
     };
+    let retention = check_retention(origins, &mut p, &raw.state.retention);
     let watch_dir = (!raw.watch_dir.trim().is_empty()).then(|| PathBuf::from(raw.watch_dir.trim()));
     if watches.is_empty() && selectors.is_empty() && p.is_empty() {
         warnings.push("no [[watch]] entries: there is nothing to poll".into());
@@ -583,10 +586,31 @@ pub fn validate(
             // A problem would have been recorded above; the default is never used.
             sink_healthcheck_interval: sink_healthcheck_interval.unwrap_or_default(),
             listen,
+            retention: retention.unwrap_or(MIN_RETENTION),
             warnings,
         }),
         _ => Err(ConfigErrors(p)),
     }
+}
+
+/// The shortest `state.retention`: below it, an operator looking into the ledger (`status`, a
+/// backup) after a night would find yesterday's deliveries gone.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
+fn check_retention(origins: &Origins, p: &mut Vec<Problem>, value: &str) -> Option<Duration> {
+    let key = "state.retention";
+    let d = duration(origins, p, key, value)?;
+    if d < MIN_RETENTION {
+        p.push(origins.problem(
+            key,
+            format!(
+                "{} is shorter than the minimum of 1h; write e.g. \"30days\" (the default) or \"7days\"",
+                humantime::format_duration(d)
+            ),
+        ));
+        return None;
+    }
+    Some(d)
 }
 
 fn check_endpoint(
@@ -680,7 +704,7 @@ fn secret_key(
         ));
         return None;
     };
-    match std::fs::read_to_string(&path) {
+    match super::checks::read_secret_file(&path) {
         Ok(s) if s.trim().is_empty() => {
             p.push(origins.problem(key, format!("{} is empty", path.display())));
             None

@@ -51,6 +51,11 @@ impl Walker {
                         out.server = self.fields("server", t).unwrap_or_default();
                     }
                 }
+                "state" => {
+                    if let Some(t) = self.table("state", v) {
+                        out.state = self.fields("state", t).unwrap_or_default();
+                    }
+                }
                 "sink" => {
                     for (i, item) in self.array("sink", v).into_iter().enumerate() {
                         let path = format!("sink[{i}]");
@@ -370,6 +375,8 @@ struct TopLevel {
     event_sink: (),
     #[serde(skip_deserializing)]
     server: (),
+    #[serde(skip_deserializing)]
+    state: (),
 }
 
 /// A type error without the offending value: the value could be a secret.

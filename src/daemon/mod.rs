@@ -101,6 +101,13 @@ pub async fn run(
     systemd::ready(&health);
     side_tasks.spawn(systemd::keepalive(health.clone(), stop_side.clone()));
     side_tasks.spawn(watch_ledger(ledger.clone(), stop_side.clone()));
+    side_tasks.spawn(crate::state::retention::run(
+        ledger.clone(),
+        clock,
+        config.retention,
+        health.clone(),
+        stop_side.clone(),
+    ));
     info!(
         watches = config.watches.len(),
         watched_assets_and_projects = config.selectors.len(),

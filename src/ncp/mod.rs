@@ -3,7 +3,7 @@
 //! Callers use the re-exports here (`crate::ncp::{Client, Verdict, …}`), not the submodules.
 
 pub mod api;
-mod classify;
+pub(crate) mod classify;
 pub mod client;
 pub mod error;
 pub mod model;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{Delivery, Disposition, EventSink, Receipt, Sink, SinkError};
-use crate::config::checks::{duration, is_loopback};
+use crate::config::checks::{duration, is_loopback, read_secret_file};
 use crate::config::{Origins, Problem};
 use crate::events::Event;
 
@@ -358,7 +358,7 @@ pub(crate) fn validate(
             }
             Some(w.secret.clone())
         }
-        1 if !w.secret_file.is_empty() => match std::fs::read_to_string(w.secret_file.trim()) {
+        1 if !w.secret_file.is_empty() => match read_secret_file(w.secret_file.trim()) {
             Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
             Ok(_) => {
                 p.push(origins.problem(

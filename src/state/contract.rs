@@ -147,6 +147,7 @@ contract!(
     a_closed_ledger_answers_closed,
     discovered_watches_keep_their_origin_and_go_with_their_selector,
     versions_of_a_watch_reach_a_sink_in_order,
+    retention_forgets_only_what_is_done_old_and_cannot_come_again,
 );
 
 async fn new_watches_are_pending_and_steps_round_trip(l: &dyn Ledger) {
@@ -639,4 +640,178 @@ async fn versions_of_a_watch_reach_a_sink_in_order(l: &dyn Ledger) {
     assert!(due.iter().any(|d| d.version_id == new_id), "{due:?}");
     // Each sink on its own: the other sink's rows are not held up by this one's.
     assert_eq!(l.due_deliveries("hook", 10_000, 10).await.unwrap().len(), 2);
+}
+
+/// A step of `index` that fetched version `at` at `fetched_at_ms`, now its last version.
+fn step_fetched_at(index: &str, at: &str, fetched_at_ms: u64) -> StepCommit {
+    let mut step = completed_step(index, at, vec![]);
+    if let Some(v) = step.new_version.as_mut() {
+        v.fetched_at_ms = fetched_at_ms;
+    }
+    step
+}
+
+async fn deliver_everywhere(l: &dyn Ledger, vid: &VersionId, at_ms: u64) {
+    for sink in sinks() {
+        l.delivery_succeeded(vid, &sink, "/out", vec![], at_ms)
+            .await
+            .unwrap();
+    }
+}
+
+/// Every due delivery of a sink, as version ids.
+async fn due_ids(l: &dyn Ledger, sink: &str) -> Vec<VersionId> {
+    let mut ids: Vec<VersionId> = l
+        .due_deliveries(sink, u64::MAX, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.version_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn retention_forgets_only_what_is_done_old_and_cannot_come_again(l: &dyn Ledger) {
+    let cutoff = 10_000;
+    // i1: an old version delivered everywhere, then its last version (also old, delivered).
+    let i1_v1 = step_fetched_at("i1", "v1", 1_000);
+    let i1_v1_id = i1_v1.new_version.as_ref().unwrap().version_id.clone();
+    l.commit_step(i1_v1.clone()).await.unwrap();
+    deliver_everywhere(l, &i1_v1_id, 2_000).await;
+    let i1_v2 = step_fetched_at("i1", "v2", 3_000);
+    let i1_v2_id = i1_v2.new_version.as_ref().unwrap().version_id.clone();
+    l.commit_step(i1_v2.clone()).await.unwrap();
+    deliver_everywhere(l, &i1_v2_id, 4_000).await;
+    // i2: an old version one sink has not taken yet (then a newer one, so it is not the last).
+    let i2_v1 = step_fetched_at("i2", "v1", 1_000);
+    let i2_v1_id = i2_v1.new_version.as_ref().unwrap().version_id.clone();
+    l.commit_step(i2_v1).await.unwrap();
+    l.delivery_succeeded(&i2_v1_id, "files", "/out", vec![], 2_000)
+        .await
+        .unwrap();
+    l.delivery_failed(&i2_v1_id, "hook", "HTTP 503", 2_500, false)
+        .await
+        .unwrap();
+    let i2_v2 = step_fetched_at("i2", "v2", 3_000);
+    let i2_v2_id = i2_v2.new_version.as_ref().unwrap().version_id.clone();
+    l.commit_step(i2_v2).await.unwrap();
+    // i3: an old version delivered everywhere, but only recently (within the retention).
+    let i3_v1 = step_fetched_at("i3", "v1", 1_000);
+    let i3_v1_id = i3_v1.new_version.as_ref().unwrap().version_id.clone();
+    l.commit_step(i3_v1).await.unwrap();
+    deliver_everywhere(l, &i3_v1_id, 20_000).await;
+    let i3_v2 = step_fetched_at("i3", "v2", 21_000);
+    l.commit_step(i3_v2).await.unwrap();
+    // i4: a watch with no version yet.
+    let mut i4 = waiting_record("i4");
+    i4.state.phase = Phase::Waiting;
+    l.commit_step(StepCommit {
+        record: i4,
+        events: vec![],
+        new_version: None,
+    })
+    .await
+    .unwrap();
+
+    let cycle_v2 = i1_v2_id.to_string();
+    let old_sink_event = Event::sink_failing("hook", 1, "HTTP 503", 1_500);
+    let unsent = Event::sink_recovered("hook", 1, 1_600);
+    let old_cycle = Event::waiting(&key("i1"), "summarizing", "first", 500);
+    let current_cycle = Event::waiting(&key("i1"), "summarizing", &cycle_v2, 3_500);
+    let discovered = Event::discovered(&key("i1"), "asset:ws/p1/a1", 100);
+    let no_version_yet = Event::waiting(&key("i4"), "summarizing", "first", 200);
+    let young = Event::sink_failing("hook", 2, "HTTP 503", 60_000);
+    let all = vec![
+        discovered.clone(),
+        no_version_yet.clone(),
+        old_cycle.clone(),
+        old_sink_event.clone(),
+        unsent.clone(),
+        current_cycle.clone(),
+        young.clone(),
+    ];
+    l.record_events(all.clone()).await.unwrap();
+    let sent: Vec<String> = all
+        .iter()
+        .filter(|e| e.id != unsent.id)
+        .map(|e| e.id.clone())
+        .collect();
+    l.events_sent("log", &sent).await.unwrap();
+    assert_eq!(pending_events(l, "log").await, 1);
+    let status_before = l.status().await.unwrap();
+
+    // Batches of one: the walk goes on across calls until it says it is over.
+    let mut total = Pruned::default();
+    let mut calls = 0;
+    loop {
+        let p = l.prune(cutoff, 1).await.unwrap();
+        calls += 1;
+        assert!(
+            p.versions <= 1 && p.events <= 1,
+            "at most the limit per call: {p:?}"
+        );
+        total.versions += p.versions;
+        total.deliveries += p.deliveries;
+        total.events += p.events;
+        total.event_deliveries += p.event_deliveries;
+        if !p.more {
+            break;
+        }
+        assert!(calls < 100, "the walk never ends");
+    }
+    assert_eq!(
+        (
+            total.versions,
+            total.deliveries,
+            total.events,
+            total.event_deliveries
+        ),
+        (1, 2, 2, 2),
+        "i1's first version with its two delivery rows, the sent sink event and i1's old-cycle \
+         wait with their event-sink rows: {total:?}"
+    );
+    assert_eq!(
+        l.prune(cutoff, 1_000).await.unwrap(),
+        Pruned::default(),
+        "a second round finds nothing"
+    );
+
+    // Watches and their open rows are untouched.
+    assert_eq!(l.status().await.unwrap(), status_before);
+    assert!(
+        due_ids(l, "hook").await.contains(&i2_v1_id),
+        "a version a sink has not taken stays due"
+    );
+    assert!(
+        !due_ids(l, "hook").await.contains(&i2_v2_id),
+        "and still holds its watch's newer one back"
+    );
+    assert_eq!(
+        pending_events(l, "log").await,
+        1,
+        "the unsent event stays queued"
+    );
+
+    // What was kept still recognises its fact: fetched again, a kept version is not delivered
+    // again, and recorded again, a kept event is not sent again.
+    l.commit_step(i1_v2).await.unwrap();
+    assert!(due_ids(l, "files").await.iter().all(|v| *v != i1_v2_id));
+    l.record_events(vec![
+        discovered,
+        no_version_yet,
+        current_cycle,
+        young,
+        unsent,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(pending_events(l, "log").await, 1);
+
+    // What was forgotten is new again: that is why only facts that cannot come again go (an
+    // older version's lastAnalyzedAt returning, a sink-failing episode number reused).
+    l.commit_step(i1_v1).await.unwrap();
+    assert!(due_ids(l, "files").await.contains(&i1_v1_id));
+    l.record_events(vec![old_sink_event]).await.unwrap();
+    assert_eq!(pending_events(l, "log").await, 2);
 }

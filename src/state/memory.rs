@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::{
-    Backlog, Ledger, LedgerFuture, PendingDelivery, SinkHealth, StateError, StatusRow, StepCommit,
-    WatchRecord,
+    Backlog, Ledger, LedgerFuture, PendingDelivery, Pruned, SinkHealth, StateError, StatusRow,
+    StepCommit, WatchRecord,
 };
 use crate::config::WatchSpec;
 use crate::domain::{VersionId, WatchKey};
@@ -37,6 +37,8 @@ struct Mem {
     event_sinks: Vec<String>,
     watches: BTreeMap<WatchKey, WatchRow>,
     versions: HashMap<VersionId, VersionRow>,
+    /// Numbers versions in the order they were first recorded (retention walks them oldest first).
+    next_version: u64,
     deliveries: BTreeMap<(VersionId, String), Row>,
     /// Events by sequence number (emission order).
     events: BTreeMap<u64, Event>,
@@ -56,6 +58,7 @@ struct WatchRow {
 }
 
 struct VersionRow {
+    order: u64,
     key: WatchKey,
     last_analyzed_at: String,
     fetched_at_ms: u64,
@@ -75,6 +78,8 @@ struct Row {
     state: State,
     attempts: u32,
     next_attempt_at_ms: u64,
+    /// When it was marked done (deliveries; retention reads it).
+    done_at_ms: Option<u64>,
 }
 
 impl Row {
@@ -83,6 +88,7 @@ impl Row {
             state: State::Pending,
             attempts: 0,
             next_attempt_at_ms: at,
+            done_at_ms: None,
         }
     }
 
@@ -319,14 +325,17 @@ impl Ledger for MemoryLedger {
             if let Some(v) = commit.new_version {
                 // Kept once: a version fetched again keeps its rows (a done delivery stays
                 // done); a sink added since gets its row.
+                let order = m.next_version;
                 m.versions
                     .entry(v.version_id.clone())
                     .or_insert_with(|| VersionRow {
+                        order,
                         key: v.key.clone(),
                         last_analyzed_at: v.last_analyzed_at.clone(),
                         fetched_at_ms: v.fetched_at_ms,
                         result_json: v.result_json,
                     });
+                m.next_version += 1;
                 for sink in m.sinks.clone() {
                     m.deliveries
                         .entry((v.version_id.clone(), sink))
@@ -393,14 +402,16 @@ impl Ledger for MemoryLedger {
         sink: &'a str,
         _location: &'a str,
         events: Vec<Event>,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> LedgerFuture<'a, bool> {
         self.with(move |m| {
             if let Some(r) = m
                 .deliveries
                 .get_mut(&(version_id.clone(), sink.to_string()))
+                && r.state != State::Done
             {
                 r.state = State::Done;
+                r.done_at_ms = Some(now_ms);
             }
             m.insert_events(&events);
             // Only the sinks configured now count (see the trait).
@@ -600,6 +611,96 @@ impl Ledger for MemoryLedger {
                     parked,
                 })
                 .collect())
+        })
+    }
+
+    /// The same rules as the SQLite ledger, over maps; each call forgets at most `limit`
+    /// versions and `limit` events, oldest first.
+    fn prune(&self, before_ms: u64, limit: usize) -> LedgerFuture<'_, Pruned> {
+        self.with(move |m| {
+            let limit = limit.max(1);
+            let mut out = Pruned::default();
+            // Versions: every delivery row done before the cutoff, not the watch's last one.
+            let mut rows_of: HashMap<&VersionId, Vec<&Row>> = HashMap::new();
+            for ((vid, _), r) in &m.deliveries {
+                rows_of.entry(vid).or_default().push(r);
+            }
+            let mut old: Vec<(u64, VersionId)> = m
+                .versions
+                .iter()
+                .filter(|(vid, v)| {
+                    v.fetched_at_ms < before_ms
+                        && m.watches
+                            .get(&v.key)
+                            .is_none_or(|w| w.record.last_version_id.as_ref() != Some(*vid))
+                        && rows_of.get(vid).is_none_or(|rows| {
+                            rows.iter().all(|r| {
+                                r.state == State::Done
+                                    && r.done_at_ms.is_some_and(|d| d < before_ms)
+                            })
+                        })
+                })
+                .map(|(vid, v)| (v.order, vid.clone()))
+                .collect();
+            old.sort();
+            out.more |= old.len() > limit;
+            for (_, vid) in old.into_iter().take(limit) {
+                m.versions.remove(&vid);
+                let before = m.deliveries.len();
+                m.deliveries.retain(|(v, _), _| *v != vid);
+                out.versions += 1;
+                out.deliveries += (before - m.deliveries.len()) as u64;
+            }
+            // Events: sent everywhere, of a type that may go, not of the current cycle.
+            let mut open: std::collections::HashSet<u64> = std::collections::HashSet::new();
+            for ((_, seq), r) in &m.event_deliveries {
+                if r.state != State::Done {
+                    open.insert(*seq);
+                }
+            }
+            let in_current_cycle = |ev: &Event| {
+                let Some(key) = &ev.watch else {
+                    return false;
+                };
+                let Some(w) = m
+                    .watches
+                    .values()
+                    .find(|w| w.record.key.to_string() == *key)
+                else {
+                    return false;
+                };
+                match w
+                    .record
+                    .last_version_id
+                    .as_ref()
+                    .and_then(|vid| m.versions.get(vid))
+                {
+                    None => true,
+                    Some(v) => ev.time_ms >= v.fetched_at_ms,
+                }
+            };
+            let gone: Vec<u64> = m
+                .events
+                .iter()
+                .filter(|(seq, ev)| {
+                    ev.time_ms < before_ms
+                        && !open.contains(seq)
+                        && super::retention::event_type_may_go(ev.kind.as_str())
+                        && !in_current_cycle(ev)
+                })
+                .map(|(seq, _)| *seq)
+                .collect();
+            out.more |= gone.len() > limit;
+            for seq in gone.into_iter().take(limit) {
+                if let Some(ev) = m.events.remove(&seq) {
+                    m.seq_by_id.remove(&ev.id);
+                    out.events += 1;
+                }
+                let before = m.event_deliveries.len();
+                m.event_deliveries.retain(|(_, s), _| *s != seq);
+                out.event_deliveries += (before - m.event_deliveries.len()) as u64;
+            }
+            Ok(out)
         })
     }
 

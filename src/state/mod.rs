@@ -9,6 +9,7 @@
 //! checked by the same tests against each (`contract.rs`).
 
 pub mod memory;
+pub mod retention;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -191,6 +192,29 @@ pub struct Backlog {
     pub parked: u64,
 }
 
+/// What one [`Ledger::prune`] call removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    /// Result versions forgotten (their row and stored result).
+    pub versions: u64,
+    /// Delivery rows removed with them (one per sink).
+    pub deliveries: u64,
+    /// Events forgotten.
+    pub events: u64,
+    /// Event-delivery rows removed with them (one per event sink).
+    pub event_deliveries: u64,
+    /// The walk stopped at its limit: call again for the rest. `false` once a walk reached the
+    /// rows younger than the cutoff; the next call starts a new walk from the oldest rows.
+    pub more: bool,
+}
+
+impl Pruned {
+    /// Rows removed, every table together.
+    pub fn rows(&self) -> u64 {
+        self.versions + self.deliveries + self.events + self.event_deliveries
+    }
+}
+
 /// A ledger shared by the engine, the drainers and the server.
 pub type SharedLedger = std::sync::Arc<dyn Ledger>;
 
@@ -322,6 +346,24 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     /// Open deliveries per sink name, result and event sinks alike (configured sinks are listed
     /// even when empty), ordered by name.
     fn backlog(&self) -> LedgerFuture<'_, Vec<Backlog>>;
+
+    /// Forgets, in one short transaction, what retention no longer needs (`state.retention`; run
+    /// by [`retention::run`] in the background, in batches). Examines at most `limit` versions
+    /// and `limit` events, oldest first, from where the previous call of the same walk stopped:
+    ///
+    /// - a **version** goes, with its delivery rows, when every one of its delivery rows is done
+    ///   (none pending or parked, whichever sink), the last of them was done before `before_ms`,
+    ///   and it is not its watch's last version (that one stays: a watch that sees its current
+    ///   `lastAnalyzedAt` again must recognise it as delivered, not deliver it again);
+    /// - an **event** goes, with its event-delivery rows, when it happened before `before_ms`,
+    ///   every event sink has it (none pending or parked), and its fact cannot come again:
+    ///   events that event-id deduplication still needs are kept, namely `watch.discovered` and
+    ///   `watch.superseded` (found again at every start) and every event of a watch's current
+    ///   cycle (from the fetch of its last version on, or all of them before its first version:
+    ///   a status that goes back and forth, or a repeated delivery, recomputes those ids).
+    ///
+    /// Watches, sink health and facts are never pruned.
+    fn prune(&self, before_ms: u64, limit: usize) -> LedgerFuture<'_, Pruned>;
 
     /// Checks that a real change can be committed now, for readiness: a probe write commits,
     /// and no real write has failed since the last real write committed.

@@ -11,6 +11,7 @@ mod client;
 mod crash;
 mod daemon;
 mod deploy;
+mod faults;
 mod nats;
 mod once;
 mod ops;

@@ -359,12 +359,13 @@ pub async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         let throttled = inner.bucket.as_mut().is_some_and(|b| !b.take(now));
         // A throttled request gets no fault draw, so the quota does not shift the fault stream.
         let fault = if throttled {
-            FaultKind::None
+            FaultKind::None.into()
         } else {
             inner.faults.next(&mut inner.rng)
         };
         (throttled, fault)
     };
+    let (fault, retry_after) = (fault.kind, fault.retry_after);
     if throttled {
         sim.lock().stats.record(kind, 429, Some("quota"));
         return gateway_error(
@@ -379,7 +380,9 @@ pub async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
     if let Some((status, code, message, details)) = fault.gateway() {
         sim.lock().stats.record(kind, status.as_u16(), fault_name);
         let mut resp = gateway_error(&sim, status, code, message, details);
-        if fault == FaultKind::ThrottleRetryAfter {
+        if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        } else if fault == FaultKind::ThrottleRetryAfter {
             let secs = sim.lock().faults.rates.retry_after.0.as_secs().max(1);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

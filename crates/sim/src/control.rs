@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::faults::{FaultKind, MAX_QUEUED};
+use super::faults::{FaultKind, MAX_QUEUED, Queued};
 use super::scenario::{
     AnalysisStatus, AssetSpec, FaultRates, MAX_TEXT_BYTES, Status, check_listing,
 };
@@ -31,6 +31,7 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/api/index-routes", post(index_routes))
         .route("/listing", get(listing_get).post(listing_post))
         .route("/stats", get(stats))
+        .route("/requests", get(requests))
         .route("/stats/reset", post(stats_reset))
         .route("/assets", post(add_asset))
         .route(
@@ -294,8 +295,23 @@ async fn analysis(
 }
 
 async fn stats(State(sim): S) -> Response {
-    let stats = sim.lock().stats.clone();
-    ok(serde_json::to_value(stats).unwrap_or(Value::Null))
+    let v = serde_json::to_value(&sim.lock().stats).unwrap_or(Value::Null);
+    ok(v)
+}
+
+/// When each API request arrived, in milliseconds since the simulator started (oldest first,
+/// the last million at most; reset with the stats): for tests that check a request rate over
+/// every window.
+async fn requests(State(sim): S) -> Response {
+    let start = sim.clock.start();
+    let times: Vec<u64> = sim
+        .lock()
+        .stats
+        .times
+        .iter()
+        .map(|t| u64::try_from(t.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX))
+        .collect();
+    ok(json!({ "times_ms": times }))
 }
 
 async fn stats_reset(State(sim): S) -> Response {
@@ -387,6 +403,9 @@ struct NextBody {
     kind: FaultKind,
     #[serde(default = "one")]
     count: usize,
+    /// A `Retry-After` header sent verbatim with these faults (gateway kinds only).
+    #[serde(default)]
+    retry_after: Option<String>,
 }
 
 fn one() -> usize {
@@ -406,7 +425,19 @@ async fn faults_next(State(sim): S, bytes: Bytes) -> Response {
             format!("at most {MAX_QUEUED} queued faults"),
         );
     }
-    queued.extend(std::iter::repeat_n(b.kind, b.count));
+    if let Some(v) = &b.retry_after
+        && axum::http::HeaderValue::from_str(v).is_err()
+    {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "retry_after must be a valid header value (visible ASCII)".to_string(),
+        );
+    }
+    let q = Queued {
+        kind: b.kind,
+        retry_after: b.retry_after,
+    };
+    queued.extend(std::iter::repeat_n(q, b.count));
     ok(json!({ "queued": queued.len() }))
 }
 

@@ -114,35 +114,53 @@ impl FaultKind {
     }
 }
 
+/// One queued fault: its kind and, for the gateway kinds (throttles, 5xx), a `Retry-After`
+/// header sent verbatim instead of the default (none, or `retry_after` for
+/// `throttle_retry_after`), so a test can send `0`, an HTTP date or garbage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub kind: FaultKind,
+    pub retry_after: Option<String>,
+}
+
+impl From<FaultKind> for Queued {
+    fn from(kind: FaultKind) -> Self {
+        Queued {
+            kind,
+            retry_after: None,
+        }
+    }
+}
+
 /// Chooses faults: queued ones first (deterministic, for tests), then one seeded draw.
 #[derive(Debug)]
 pub struct FaultPlan {
     pub rates: FaultRates,
-    pub queued: VecDeque<FaultKind>,
+    pub queued: VecDeque<Queued>,
 }
 
 /// A bound on `faults/next` counts so a typo cannot eat memory.
 pub const MAX_QUEUED: usize = 100_000;
 
 impl FaultPlan {
-    pub fn next(&mut self, rng: &mut SplitMix64) -> FaultKind {
-        if let Some(k) = self.queued.pop_front() {
-            return k;
+    pub fn next(&mut self, rng: &mut SplitMix64) -> Queued {
+        if let Some(q) = self.queued.pop_front() {
+            return q;
         }
         let table = self.rates.table();
         if table.iter().all(|(_, r)| *r == 0.0) {
             // Draw nothing when no rate is set, so rates=0 never consumes the stream.
-            return FaultKind::None;
+            return FaultKind::None.into();
         }
         let u = rng.next_f64();
         let mut acc = 0.0;
         for ((_, rate), kind) in table.iter().zip(ORDER) {
             acc += rate;
             if u < acc {
-                return kind;
+                return kind.into();
             }
         }
-        FaultKind::None
+        FaultKind::None.into()
     }
 }
 
@@ -234,19 +252,19 @@ mod tests {
         let mut rng = SplitMix64::new(1);
         let mut plan = FaultPlan {
             rates: FaultRates::default(),
-            queued: VecDeque::from([FaultKind::Http504, FaultKind::Reset]),
+            queued: VecDeque::from([FaultKind::Http504.into(), FaultKind::Reset.into()]),
         };
-        assert_eq!(plan.next(&mut rng), FaultKind::Http504);
-        assert_eq!(plan.next(&mut rng), FaultKind::Reset);
+        assert_eq!(plan.next(&mut rng).kind, FaultKind::Http504);
+        assert_eq!(plan.next(&mut rng).kind, FaultKind::Reset);
         let before = rng.clone().next_u64();
-        assert_eq!(plan.next(&mut rng), FaultKind::None);
+        assert_eq!(plan.next(&mut rng).kind, FaultKind::None);
         assert_eq!(
             rng.next_u64(),
             before,
             "zero rates must not consume randomness"
         );
         plan.rates.http_503 = 1.0;
-        assert_eq!(plan.next(&mut rng), FaultKind::Http503);
+        assert_eq!(plan.next(&mut rng).kind, FaultKind::Http503);
     }
 
     #[test]
@@ -262,7 +280,7 @@ mod tests {
         };
         let n = 10_000;
         let hits = (0..n)
-            .filter(|_| plan.next(&mut rng) == FaultKind::Oversized)
+            .filter(|_| plan.next(&mut rng).kind == FaultKind::Oversized)
             .count();
         assert!((2_200..2_800).contains(&hits), "{hits}");
     }

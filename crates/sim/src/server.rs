@@ -50,10 +50,17 @@ pub struct Inner {
     pub listing: Listing,
 }
 
+/// Most request times kept for `GET /__sim/requests` (the oldest are dropped first).
+pub const MAX_REQUEST_TIMES: usize = 1_000_000;
+
 /// Counts of API requests (control routes excluded).
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
     pub total: u64,
+    /// When each request arrived (tokio clock), oldest first, at most [`MAX_REQUEST_TIMES`];
+    /// served by `GET /__sim/requests`, not by `/__sim/stats`.
+    #[serde(skip)]
+    pub times: std::collections::VecDeque<tokio::time::Instant>,
     pub by_route: BTreeMap<String, u64>,
     pub by_status: BTreeMap<String, u64>,
     pub by_fault: BTreeMap<String, u64>,
@@ -64,6 +71,10 @@ pub struct Stats {
 impl Stats {
     pub fn record(&mut self, route: &str, status: u16, fault: Option<&str>) {
         self.total += 1;
+        if self.times.len() >= MAX_REQUEST_TIMES {
+            self.times.pop_front();
+        }
+        self.times.push_back(tokio::time::Instant::now());
         *self.by_route.entry(route.to_owned()).or_default() += 1;
         *self.by_status.entry(status.to_string()).or_default() += 1;
         *self

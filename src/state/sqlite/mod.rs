@@ -23,8 +23,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Backlog, Ledger, LedgerFuture, PendingDelivery, SinkHealth, StateError, StatusRow, StepCommit,
-    WatchRecord,
+    Backlog, Ledger, LedgerFuture, PendingDelivery, Pruned, SinkHealth, StateError, StatusRow,
+    StepCommit, WatchRecord,
 };
 use crate::config::WatchSpec;
 use crate::domain::{VersionId, WatchKey};
@@ -37,7 +37,7 @@ use worker::Msg;
 pub const DB_FILE: &str = "scenewatch.db";
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Turns a SQLite error into the variant a caller can act on: a damaged or foreign file is
 /// `Corrupt` (restore a backup), a value this build cannot read back is `Corrupt` too (someone
@@ -169,6 +169,23 @@ impl SqliteLedger {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Job(worker::job(f, reply), write))
+            .await
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Like [`SqliteLedger::run`] for a writing command, in a transaction of its own.
+    async fn run_alone<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StateError> + Send + 'static,
+    {
+        if self.read_only {
+            return Err(self.read_only_error());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Alone(worker::job(f, reply)))
             .await
             .map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
@@ -352,6 +369,12 @@ impl Ledger for SqliteLedger {
 
     fn backlog(&self) -> LedgerFuture<'_, Vec<Backlog>> {
         Box::pin(self.run(false, Store::backlog))
+    }
+
+    /// One batch in a transaction of its own (see [`Ledger::prune`]); the walk's position is
+    /// kept by the ledger thread between calls.
+    fn prune(&self, before_ms: u64, limit: usize) -> LedgerFuture<'_, Pruned> {
+        Box::pin(self.run_alone(move |s| s.prune(before_ms, limit)))
     }
 
     /// Takes the write lock and writes in a transaction that is rolled back. After a failed

@@ -14,7 +14,7 @@
 //! These checks only read, and they run before `journal_mode=WAL` is set (switching the journal
 //! mode rewrites the file header), so a refused file stays byte for byte as it was.
 //!
-//! # Tables (schema 2)
+//! # Tables (schema 3)
 //!
 //! ```text
 //! meta             key TEXT PK, value TEXT            -- created_by, written_by (crate versions),
@@ -39,8 +39,11 @@
 //! sink_health      sink TEXT PK, failing (0/1), episode
 //! ```
 //!
-//! Times are milliseconds since the Unix epoch. Rows are never deleted: removed watches are
-//! flagged, done deliveries stay (they are what makes a replayed fact recognisable).
+//! Times are milliseconds since the Unix epoch. Watches are never deleted (removed ones are
+//! flagged). Versions with their delivery rows, and events with theirs, are deleted by retention
+//! (`state.retention`, [`crate::state::Ledger::prune`]) once they are done, older than the
+//! retention and no longer what recognises a replayed fact: a watch's last version and the
+//! events of its current cycle stay, and so do `watch.discovered` and `watch.superseded`.
 //!
 //! # Indexes, and the queries that need them
 //!
@@ -55,6 +58,10 @@
 //! - `event_deliveries_open (sink, state, seq) WHERE state <> 'done'`: due events in emission
 //!   order, and their backlog counts.
 //! - `versions_by_watch (watch_id)`: versions of a watch.
+//! - `event_deliveries_by_seq (seq)` (schema 3): retention's check that an event is sent to
+//!   every event sink, and the deletion of its rows.
+//! - retention walks `versions` by rowid and `events` by `seq` (insertion order, so oldest
+//!   first), a bounded batch per transaction.
 //! - the primary keys serve `delivery_succeeded` / `delivery_failed` (by version and sink) and the
 //!   unique `events.id` serves `events_sent` / `events_failed` and INSERT OR IGNORE by id.
 //!
@@ -168,9 +175,15 @@ ALTER TABLE watches ADD COLUMN origin TEXT;
 ALTER TABLE watches ADD COLUMN route TEXT;
 ";
 
+/// Schema 3: retention (`state.retention`) deletes an event's delivery rows by `seq`, and checks
+/// that none is open; the primary key `(sink, seq)` cannot serve that without a scan per event.
+const V3: &str = "
+CREATE INDEX event_deliveries_by_seq ON event_deliveries (seq);
+";
+
 /// Migration `i` takes the schema from version `i` to `i + 1`. Append only: a released entry is
 /// never edited, since databases in the field were built by it.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// What the read-only pre-flight found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::schema::{self, Found};
 use super::{
-    Backlog, DB_FILE, PendingDelivery, SCHEMA_VERSION, SinkHealth, StateError, StatusRow,
+    Backlog, DB_FILE, PendingDelivery, Pruned, SCHEMA_VERSION, SinkHealth, StateError, StatusRow,
     StepCommit, WatchRecord, sql_error,
 };
 use crate::config::WatchSpec;
@@ -64,6 +64,17 @@ pub(crate) struct Store {
     pub(crate) last_write_error: Option<StateError>,
     /// Device and inode of the database file when it was opened.
     pub(crate) file_id: Option<(u64, u64)>,
+    /// Where retention's walk is (see [`Store::prune`]).
+    pub(crate) prune_walk: PruneWalk,
+}
+
+/// The position of one retention walk over `versions` (by rowid) and `events` (by seq).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PruneWalk {
+    versions_after: i64,
+    versions_done: bool,
+    events_after: i64,
+    events_done: bool,
 }
 
 /// Device and inode of a file, if it is there (Unix; elsewhere the check is skipped).
@@ -248,6 +259,7 @@ impl Store {
             read_only: false,
             last_write_error: None,
             file_id,
+            prune_walk: PruneWalk::default(),
         })
     }
 
@@ -311,6 +323,7 @@ impl Store {
             read_only: true,
             last_write_error: None,
             file_id: None,
+            prune_walk: PruneWalk::default(),
         })
     }
 
@@ -852,6 +865,157 @@ impl Store {
         Ok(())
     }
 
+    /// One batch of retention (see [`crate::state::Ledger::prune`]): at most `limit` versions
+    /// and `limit` events looked at, from where the walk stopped. Each walk ends at the first row
+    /// younger than the cutoff (rows are in insertion order, so the rest are younger too, up to
+    /// a clock that went back: those wait for the next walk).
+    pub(crate) fn prune(&mut self, before_ms: u64, limit: usize) -> Result<Pruned, StateError> {
+        let limit = limit.max(1);
+        let mut out = Pruned::default();
+        let mut walk = self.prune_walk;
+        if !walk.versions_done {
+            let (after, done) =
+                self.prune_versions(walk.versions_after, before_ms, limit, &mut out)?;
+            walk.versions_after = after;
+            walk.versions_done = done;
+        }
+        if !walk.events_done {
+            let (after, done) = self.prune_events(walk.events_after, before_ms, limit, &mut out)?;
+            walk.events_after = after;
+            walk.events_done = done;
+        }
+        out.more = !(walk.versions_done && walk.events_done);
+        // A finished walk starts again from the oldest rows next time.
+        self.prune_walk = if out.more { walk } else { PruneWalk::default() };
+        Ok(out)
+    }
+
+    /// Versions after rowid `after`: returns the new position and whether the walk is over.
+    fn prune_versions(
+        &mut self,
+        after: i64,
+        before_ms: u64,
+        limit: usize,
+        out: &mut Pruned,
+    ) -> Result<(i64, bool), StateError> {
+        let w = self.err("prune");
+        let cutoff = ms(before_ms);
+        let rows: Vec<(i64, String, i64, bool, i64)> = self
+            .conn
+            .prepare_cached(PRUNE_VERSIONS)
+            .and_then(|mut st| {
+                st.query_map(
+                    params![after, cutoff, i64::try_from(limit).unwrap_or(i64::MAX)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )?
+                .collect::<Result<_, _>>()
+            })
+            .map_err(&w)?;
+        let end_of_table = rows.len() < limit;
+        let mut at = after;
+        for (rowid, version_id, fetched_at_ms, is_last, unfinished) in rows {
+            if fetched_at_ms >= cutoff {
+                return Ok((at, true));
+            }
+            at = rowid;
+            if is_last || unfinished > 0 {
+                continue;
+            }
+            out.deliveries += self
+                .conn
+                .prepare_cached("DELETE FROM deliveries WHERE version_id = ?1")
+                .and_then(|mut st| st.execute([&version_id]))
+                .map_err(&w)? as u64;
+            out.versions += self
+                .conn
+                .prepare_cached("DELETE FROM versions WHERE rowid = ?1")
+                .and_then(|mut st| st.execute([rowid]))
+                .map_err(&w)? as u64;
+        }
+        Ok((at, end_of_table))
+    }
+
+    /// Events after seq `after`: returns the new position and whether the walk is over.
+    fn prune_events(
+        &mut self,
+        after: i64,
+        before_ms: u64,
+        limit: usize,
+        out: &mut Pruned,
+    ) -> Result<(i64, bool), StateError> {
+        let w = self.err("prune");
+        let cutoff = ms(before_ms);
+        let rows: Vec<(i64, String, Option<String>, i64, i64)> = self
+            .conn
+            .prepare_cached(PRUNE_EVENTS)
+            .and_then(|mut st| {
+                st.query_map(
+                    params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )?
+                .collect::<Result<_, _>>()
+            })
+            .map_err(&w)?;
+        let end_of_table = rows.len() < limit;
+        let mut at = after;
+        for (seq, kind, watch_key, time_ms, open) in rows {
+            if time_ms >= cutoff {
+                return Ok((at, true));
+            }
+            at = seq;
+            if open > 0 || !crate::state::retention::event_type_may_go(&kind) {
+                continue;
+            }
+            if let Some(key) = watch_key.as_deref()
+                && self.in_current_cycle(key, time_ms)?
+            {
+                continue;
+            }
+            out.event_deliveries += self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM event_deliveries INDEXED BY event_deliveries_by_seq
+                     WHERE seq = ?1",
+                )
+                .and_then(|mut st| st.execute([seq]))
+                .map_err(&w)? as u64;
+            out.events += self
+                .conn
+                .prepare_cached("DELETE FROM events WHERE seq = ?1")
+                .and_then(|mut st| st.execute([seq]))
+                .map_err(&w)? as u64;
+        }
+        Ok((at, end_of_table))
+    }
+
+    /// Whether an event of the watch `key` (`w/p/a/i`) at `time_ms` belongs to the watch's
+    /// current cycle: the watch has no version yet, or the event is not older than the fetch of
+    /// its last version. A key the ledger does not hold has no cycle.
+    fn in_current_cycle(&self, key: &str, time_ms: i64) -> Result<bool, StateError> {
+        let parts: Vec<&str> = key.split('/').collect();
+        let [ws, project, asset, index] = parts[..] else {
+            return Ok(false);
+        };
+        let found: Option<Option<i64>> = self
+            .conn
+            .prepare_cached(
+                "SELECT v.fetched_at_ms FROM watches AS w
+                 LEFT JOIN versions AS v ON v.version_id = w.last_version_id
+                 WHERE w.workspace = ?1 AND w.project_id = ?2 AND w.asset_id = ?3
+                   AND w.index_id = ?4",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![ws, project, asset, index], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(self.err("prune"))?;
+        Ok(match found {
+            None => false,
+            Some(None) => true,
+            Some(Some(fetched_at_ms)) => time_ms >= fetched_at_ms,
+        })
+    }
+
     pub(crate) fn record_events(&mut self, events: &[Event]) -> Result<(), StateError> {
         self.insert_events(events)
     }
@@ -1206,6 +1370,30 @@ pub(crate) const DUE_EVENTS: &str = "
     JOIN events AS e ON e.seq = q.seq
     WHERE q.sink = ?1 AND q.state = 'pending' AND q.state <> 'done'
     ORDER BY q.seq
+    LIMIT ?2";
+
+/// Retention's batch of versions, oldest first: whether each is its watch's last version, and
+/// how many of its delivery rows are not done before the cutoff (open, or done since).
+pub(crate) const PRUNE_VERSIONS: &str = "
+    SELECT v.rowid, v.version_id, v.fetched_at_ms,
+           coalesce((SELECT w.last_version_id = v.version_id FROM watches AS w
+                     WHERE w.watch_id = v.watch_id), 0),
+           (SELECT count(*) FROM deliveries AS d
+            WHERE d.version_id = v.version_id
+              AND (d.state <> 'done' OR d.done_at_ms IS NULL OR d.done_at_ms >= ?2))
+    FROM versions AS v
+    WHERE v.rowid > ?1
+    ORDER BY v.rowid
+    LIMIT ?3";
+
+/// Retention's batch of events, oldest first, with how many of their rows are still open.
+pub(crate) const PRUNE_EVENTS: &str = "
+    SELECT e.seq, e.type, e.watch_key, e.time_ms,
+           (SELECT count(*) FROM event_deliveries AS q INDEXED BY event_deliveries_by_seq
+            WHERE q.seq = e.seq AND q.state <> 'done')
+    FROM events AS e
+    WHERE e.seq > ?1
+    ORDER BY e.seq
     LIMIT ?2";
 
 /// Every watch with the open deliveries of its versions.

@@ -82,6 +82,9 @@ where
 pub(crate) enum Msg {
     /// Run a command in the current group; `true` if it writes.
     Job(Box<dyn Work>, bool),
+    /// Run a writing command in a transaction of its own (retention's batches: short, and
+    /// never holding up or sharing the fate of the poll steps queued beside them).
+    Alone(Box<dyn Work>),
     /// Check writability (outside any group).
     Probe(oneshot::Sender<Result<(), StateError>>),
     /// Finish the queued commands, checkpoint, stop.
@@ -134,6 +137,12 @@ fn serve(mut store: Store, mut rx: mpsc::Receiver<Msg>) {
         for msg in batch.drain(..) {
             match msg {
                 Msg::Job(work, write) => group.run(&mut store, work, write),
+                Msg::Alone(work) => {
+                    group.commit(&mut store);
+                    let mut alone = Group::default();
+                    alone.run(&mut store, work, true);
+                    alone.commit(&mut store);
+                }
                 Msg::Probe(reply) => {
                     group.commit(&mut store);
                     let _ = reply.send(store.probe_writable());
