@@ -46,14 +46,22 @@ pub fn init(format: LogFormat, default_filter: &str, progress: Option<ProgressWr
             .with_span_list(false)
             .with_writer(std::io::stdout)
             .try_init(),
-        (_, Some(w)) => builder.with_target(false).with_writer(w).try_init(),
+        (_, Some(w)) => builder
+            .with_target(false)
+            .with_ansi(crate::progress::colour_allowed(
+                std::io::stderr().is_terminal(),
+            ))
+            .with_writer(w)
+            .try_init(),
         (_, None) if under_journald => builder
             .without_time()
             .with_ansi(false)
             .with_writer(std::io::stdout)
             .try_init(),
         (_, None) => builder
-            .with_ansi(std::io::stdout().is_terminal())
+            .with_ansi(crate::progress::colour_allowed(
+                std::io::stdout().is_terminal(),
+            ))
             .with_writer(std::io::stdout)
             .try_init(),
     };

@@ -1,5 +1,6 @@
 //! `scenewatch once`: load the configuration, run [`crate::once::once`] under the progress
-//! display, say why the run ended when it was not a plain success; the report's exit code.
+//! display, print the summary (on stderr), say why the run ended when it was not a plain success;
+//! the report's exit code.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub async fn run(config: &Path, timeout: Option<Duration>, live: Live) -> Outcom
     let result = crate::once::once(config, options, shutdown).await;
     drawing.finish().await;
     let report = result?;
+    // On stderr: stdout carries the JSON log lines (and a stdout sink's results).
+    eprint!("\n{}", crate::progress::summary(&report));
     if let Some(a) = &report.auth_failure {
         eprintln!("error: the API refused the credentials: {a}");
     }

@@ -13,4 +13,5 @@ mod postgres;
 mod s3;
 mod sim;
 mod support;
+mod view;
 mod webhook;
