@@ -176,6 +176,7 @@ pub async fn run(
     let options = OnceOptions {
         timeout: None,
         observer: Some(board),
+        dry_run: false,
     };
     let report = once::once(config, options, shutdown).await?;
     sim_stop.cancel();

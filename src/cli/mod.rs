@@ -44,7 +44,8 @@ pub async fn dispatch(command: Command, live: Live) -> u8 {
             config,
             no_progress: _,
             timeout,
-        } => once::run(&config, timeout, live).await,
+            dry_run,
+        } => once::run(&config, timeout, dry_run, live).await,
         Command::Check { config } => check::run(&config),
         Command::Simulate { listen, scenario } => simulate::run(listen, scenario).await,
         Command::Demo {

@@ -10,17 +10,22 @@ use crate::config::{self, Sources};
 use crate::once::OnceOptions;
 
 /// Polls every configured watch until each is settled (or `timeout` passes).
-pub async fn run(config: &Path, timeout: Option<Duration>, live: Live) -> Outcome {
+/// With `dry_run`, writes nothing and prints (on stdout) what it would have written.
+pub async fn run(config: &Path, timeout: Option<Duration>, dry_run: bool, live: Live) -> Outcome {
     let config = config::load(&Sources::file_and_process_env(config))?;
     let shutdown = crate::signals::shutdown_on_signal();
     let options = OnceOptions {
         timeout,
         observer: Some(live.board()),
+        dry_run,
     };
     let drawing = live.start();
     let result = crate::once::once(config, options, shutdown).await;
     drawing.finish().await;
     let report = result?;
+    if let Some(plan) = &report.dry_run {
+        print!("{plan}");
+    }
     // On stderr: stdout carries the JSON log lines (and a stdout sink's results).
     eprint!("\n{}", crate::progress::summary(&report));
     if let Some(a) = &report.auth_failure {

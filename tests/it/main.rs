@@ -8,6 +8,7 @@ mod daemon;
 mod deploy;
 mod nats;
 mod once;
+mod once_flags;
 mod ops;
 mod postgres;
 mod s3;
