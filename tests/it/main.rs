@@ -6,6 +6,7 @@ mod client;
 mod crash;
 mod daemon;
 mod deploy;
+mod logs;
 mod nats;
 mod once;
 mod once_flags;
