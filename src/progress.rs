@@ -488,6 +488,12 @@ impl Progress {
         &self.display.board
     }
 
+    /// Never draws (something else writes to the same terminal): log lines go through the
+    /// writer as plain lines.
+    pub fn stand_down(&self) {
+        self.display.screen().finished = true;
+    }
+
     /// Redraws every 250 ms until `stop`, then once more, for the last time.
     pub async fn run(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));

@@ -333,3 +333,42 @@ async fn once_keeps_its_view_whole_between_log_lines_and_without_colour_under_no
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_draws_no_view_when_a_stdout_sink_prints_on_the_same_terminal() {
+    let sim = start_sim(&format!(
+        "seed = 4\n[[credentials]]\naccess_key = \"AK\"\nsecret_key = \"{SECRET}\"\n\
+         [[asset]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"10\"\nindex_id = \"20\"\nscenes = 2\nqueue = \"100ms\"\nrun = \"300ms\"\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let extra = format!(
+        "[[sink]]\ntype = \"stdout\"\n{}",
+        watch("10", "20", None, "index")
+    );
+    std::fs::write(&cfg, watcher_config(&sim.url, dir.path(), &extra)).unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let session = tokio::task::spawn_blocking(move || {
+        run_in_pty(
+            &["once", "--config", &cfg],
+            &[("SCENEWATCH__API__SECRET_KEY", SECRET)],
+            80,
+            24,
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&session.bytes);
+    assert_eq!(session.code, Some(0), "{text}");
+    assert!(!text.contains(" polls "), "a view was drawn: {text}");
+    // The result line is whole: one JSON document on its own line.
+    let results: Vec<serde_json::Value> = text
+        .split("\r\n")
+        .filter(|l| l.starts_with("{\"source\""))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert_eq!(results.len(), 1, "{text}");
+    assert!(text.contains("1 watch: 1 watching"), "{text}");
+}
