@@ -2,10 +2,34 @@
 //! `SCENEWATCH_COMMIT` from the environment wins when set and not empty (container builds, whose
 //! context has no `.git`: `docker build --build-arg SCENEWATCH_COMMIT=$(git rev-parse --short=12
 //! HEAD) …`); otherwise `git rev-parse`; "unknown" when neither is there (a source tarball).
+//!
+//! It also tells the integration tests which outside servers they have: for each variable of
+//! [`TEST_SERVERS`] that is set and not empty, a `--cfg` of that name, so that a test needing
+//! a missing server is compiled `#[ignore = "needs …"]` and `cargo test`'s summary counts it
+//! as ignored, with the reason, instead of passing without running (a test cannot ignore
+//! itself at run time on stable Rust). Setting or unsetting one reruns this script and
+//! rebuilds the crate.
 
 use std::process::Command;
 
+/// (environment variable, cfg it turns on): the servers and binaries the tests in `tests/it`
+/// use when they are there (README, "Tests").
+const TEST_SERVERS: &[(&str, &str)] = &[
+    ("SCENEWATCH_TEST_PG", "sw_test_pg"),
+    ("SCENEWATCH_TEST_NATS", "sw_test_nats"),
+    ("SCENEWATCH_TEST_NATS_SERVER", "sw_test_nats_server"),
+    ("SCENEWATCH_TEST_S3", "sw_test_s3"),
+    ("SCENEWATCH_TEST_S3S_FS", "sw_test_s3s_fs"),
+];
+
 fn main() {
+    for (var, cfg) in TEST_SERVERS {
+        println!("cargo::rerun-if-env-changed={var}");
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            println!("cargo::rustc-cfg={cfg}");
+        }
+    }
     println!("cargo:rerun-if-env-changed=SCENEWATCH_COMMIT");
     // Where HEAD really is: `.git` is a file in a worktree, and watching a path that does not
     // exist would make cargo rerun this script (and rebuild the crate) on every build.

@@ -10,8 +10,14 @@ pub const OK: u8 = 0;
 pub const ERROR: u8 = 1;
 /// `once`: at least one watch ended failed, canceled, not_requested, timed_out or rejected.
 pub const NOT_ALL_COMPLETED: u8 = 2;
-/// Command-line usage error (sysexits EX_USAGE).
+/// Command-line usage error (sysexits EX_USAGE): no verb, an unknown flag, a bad value.
 pub const USAGE: u8 = 64;
+/// An operator verb was given a name nothing has (sysexits EX_DATAERR): `reset` a watch key the
+/// ledger does not hold, `retry-parked --sink` a sink neither configured nor in the ledger.
+pub const UNKNOWN_NAME: u8 = 65;
+/// `check --online`: at least one online check failed, the credentials' call or a sink's
+/// healthcheck (sysexits EX_UNAVAILABLE); each is listed with what came back.
+pub const ONLINE_CHECK_FAILED: u8 = 69;
 /// A sink could not write (sysexits EX_IOERR).
 pub const SINK: u8 = 74;
 /// `once --timeout` passed with watches still open (sysexits EX_TEMPFAIL: try again later).
@@ -29,6 +35,12 @@ pub const INTERRUPTED: u8 = 130;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A name on the command line that nothing has (exit 65): the message names it, says what
+/// exists, and suggests the nearest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownName(pub String);
+
 /// The configuration cannot give a verb what it needs (exit 78), found outside
 /// [`crate::config::load`]: `sign` reads the credentials itself, without validating the rest.
 /// Like every configuration message, it never quotes a configured value.
@@ -36,11 +48,13 @@ pub struct UsageError(pub String);
 #[error("{0}")]
 pub struct UnusableConfig(pub String);
 
-/// The exit code an error stands for: a usage mistake is 64, a configuration problem 78, a sink
+/// The exit code an error stands for: a usage mistake is 64, an unknown name 65, a configuration problem 78, a sink
 /// that cannot be set up 74, anything else 1. Decided by the error's type, never its text.
 pub fn code_of(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<UsageError>().is_some() {
         USAGE
+    } else if e.downcast_ref::<UnknownName>().is_some() {
+        UNKNOWN_NAME
     } else if e.downcast_ref::<ConfigErrors>().is_some()
         || e.downcast_ref::<UnusableConfig>().is_some()
     {
@@ -49,5 +63,48 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
         SINK
     } else {
         ERROR
+    }
+}
+
+/// Up to three of `known` nearest to `name` by edit distance, nearest first, when near enough to
+/// be a typo; for "did you mean" hints.
+pub fn nearest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut scored: Vec<(usize, &str)> = known
+        .into_iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .collect();
+    scored.sort();
+    scored.dedup();
+    scored.into_iter().take(3).map(|(_, k)| k).collect()
+}
+
+/// Levenshtein distance, by characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// `did you mean `a` or `b`?` for [`nearest`]'s answer; empty when there is none.
+pub fn did_you_mean(near: &[&str]) -> String {
+    match near {
+        [] => String::new(),
+        [one] => format!(" (did you mean `{one}`?)"),
+        [init @ .., last] => format!(
+            " (did you mean {} or `{last}`?)",
+            init.iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }

@@ -1,6 +1,7 @@
 //! scenewatch: watches NAVER Cloud Media Intelligence scene summaries until they reach a terminal
 //! state and delivers the results to sinks. See ARCHITECTURE.md for the map.
 
+pub mod cause;
 pub mod cli;
 pub mod clock;
 pub mod config;

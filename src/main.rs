@@ -4,14 +4,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
-use scenewatch::cli::{self, Cli, Live, Logs};
+use scenewatch::cli::{self, Live, Logs};
 use scenewatch::exit;
 use scenewatch::telemetry;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(code) => return ExitCode::from(code),
+    };
     let live = match cli.command.logs() {
         Logs::Off => Live::off(),
         Logs::Info => {

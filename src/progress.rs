@@ -73,7 +73,7 @@ impl Board {
             phase: Phase::Pending,
             remote: None,
             polls: 0,
-            started: Instant::now(),
+            started: crate::clock::instant_now(),
             ended_after: None,
             note: None,
         });
@@ -406,7 +406,7 @@ impl Display {
     fn frame_into(&self, screen: &mut Screen, out: &mut String, width: usize, height: usize) {
         let lines = frame(
             &self.board.snapshot(),
-            Instant::now(),
+            crate::clock::instant_now(),
             width,
             height,
             self.colour,
@@ -630,7 +630,7 @@ mod tests {
             phase: Phase::Waiting,
             remote: Some("SUMMARIZING".into()),
             polls: 4,
-            started: Instant::now(),
+            started: crate::clock::instant_now(),
             ended_after: Some(Duration::from_secs(75)),
             note: None,
         }
@@ -647,7 +647,13 @@ mod tests {
             r.polls = 4;
         });
         let rows = board.snapshot();
-        let line = render_row(&rows[0], Instant::now(), Columns::of(&rows), 200, false);
+        let line = render_row(
+            &rows[0],
+            crate::clock::instant_now(),
+            Columns::of(&rows),
+            200,
+            false,
+        );
         assert_eq!(line, "… w/1/2/3  waiting  SUMMARIZING  polls   4    1m15s");
     }
 
@@ -659,16 +665,16 @@ mod tests {
         ));
         let cols = Columns::of([&r]);
         for width in [0, 1, 2, 5, 20, 40, 57, 60, 79, 80, 120, 200] {
-            let line = render_row(&r, Instant::now(), cols, width, false);
+            let line = render_row(&r, crate::clock::instant_now(), cols, width, false);
             assert!(cells(&line) <= width, "{width}: {line:?}");
             // The colour changes no width.
-            let coloured = render_row(&r, Instant::now(), cols, width, true);
+            let coloured = render_row(&r, crate::clock::instant_now(), cols, width, true);
             assert_eq!(strip_sgr(&coloured), line);
         }
-        let at80 = render_row(&r, Instant::now(), cols, 80, false);
+        let at80 = render_row(&r, crate::clock::instant_now(), cols, 80, false);
         assert!(at80.ends_with("  /tmp/…/3001.json"), "{at80}");
         assert_eq!(cells(&at80), 80, "{at80}");
-        let at200 = render_row(&r, Instant::now(), cols, 200, false);
+        let at200 = render_row(&r, crate::clock::instant_now(), cols, 200, false);
         assert!(
             at200.ends_with(
                 "  /tmp/a-rather-long-directory/scenewatch-demo/results/demo/100/2001/3001.json"
@@ -693,7 +699,13 @@ mod tests {
         let mut r = row("w/1/2/3");
         r.remote = Some("QUEUED\x1b[2J".into());
         r.note = Some(Note::Problem("bad\r\nanswer\x1b]0;title\x07".into()));
-        let line = render_row(&r, Instant::now(), Columns::of([&r]), 200, false);
+        let line = render_row(
+            &r,
+            crate::clock::instant_now(),
+            Columns::of([&r]),
+            200,
+            false,
+        );
         assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
         assert!(line.contains("QUEUED\\u{1b}[2J"), "{line}");
         assert!(line.contains("bad\\r\\nanswer"), "{line}");
@@ -708,7 +720,7 @@ mod tests {
         }
         rows[29].ended_after = None;
         rows[29].phase = Phase::Waiting;
-        let lines = frame(&rows, Instant::now(), 80, 10, false);
+        let lines = frame(&rows, crate::clock::instant_now(), 80, 10, false);
         assert_eq!(lines.len(), 9);
         // The open watches (0..5 and 29) are all shown.
         for k in ["w/1/0/9", "w/1/4/9", "w/1/29/9"] {
@@ -718,8 +730,11 @@ mod tests {
             );
         }
         assert_eq!(lines[8], "  … 22 more watches (22 settled, 0 open)");
-        assert_eq!(frame(&rows[..3], Instant::now(), 80, 10, false).len(), 3);
-        assert!(frame(&rows, Instant::now(), 80, 1, false).is_empty());
+        assert_eq!(
+            frame(&rows[..3], crate::clock::instant_now(), 80, 10, false).len(),
+            3
+        );
+        assert!(frame(&rows, crate::clock::instant_now(), 80, 1, false).is_empty());
     }
 
     #[test]

@@ -12,11 +12,13 @@ use crate::telemetry::LogFormat;
 
 /// The exit codes, as `--help` lists them (the constants are in [`crate::exit`]).
 pub const EXIT_CODES: &str = "\
-Exit codes:
-  0   every watch completed and was delivered
-  1   an unexpected error (the message says which)
-  2   at least one watch ended failed, canceled, not_requested, timed_out or rejected
-  64  command-line usage error
+Exit codes (the same meaning for every verb):
+  0   success (once: every watch completed and was delivered; health: ready)
+  1   an unexpected error (the message says which); health: not ready
+  2   once, demo: at least one watch ended failed, canceled, not_requested, timed_out or rejected
+  64  command-line usage error (no verb, an unknown flag, a bad value)
+  65  reset, retry-parked: a watch key or sink name nothing has (the nearest are suggested)
+  69  check --online: the credentials' call or a sink's healthcheck failed
   74  a sink could not write (the message names it)
   75  once --timeout passed with watches still open
   77  the API refused the credentials, or the account's quota is used up
@@ -100,11 +102,22 @@ pub enum Command {
     },
     /// Validate the configuration and report every problem at once (exit 78 when invalid).
     ///
-    /// Example: scenewatch check --config config/example.toml (with SCENEWATCH__API__SECRET_KEY set)
+    /// Each problem names its key and where the value came from: file:line:column, or the
+    /// environment variable. The summary counts watches by shape (index, asset, project).
+    /// --online also signs one read-only call with the API credentials and runs every sink's
+    /// healthcheck (exit 69 when one fails); --print first prints the effective configuration,
+    /// secrets redacted, each value with its origin.
+    /// Example: scenewatch check --config config/example.toml --print (with SCENEWATCH__API__SECRET_KEY set)
     Check {
         /// Configuration file (TOML); SCENEWATCH__SECTION__KEY variables override it.
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Also call the API once with the credentials and run every sink's healthcheck.
+        #[arg(long)]
+        online: bool,
+        /// Print the effective configuration first (secrets redacted, with origins).
+        #[arg(long)]
+        print: bool,
     },
     /// Serve the Media Intelligence simulator (both API generations, faults on demand).
     ///
@@ -135,6 +148,7 @@ pub enum Command {
     ///
     /// Writes the ledger in state_dir; a running daemon picks the change up on its next reload
     /// (systemctl reload scenewatch, or SIGHUP). Without WATCH keys, --all-ended is required.
+    /// A key the ledger does not hold is exit 65 and nothing is reset.
     /// Example: scenewatch reset --config /etc/scenewatch/scenewatch.toml newsroom/1234/5678/1001
     Reset {
         /// Configuration file (only state_dir is read from it).
@@ -154,16 +168,18 @@ pub enum Command {
         /// Configuration file (only state_dir is read from it).
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
-        /// Only this sink (by its configured name).
+        /// Only this sink (by its configured name; one neither configured nor in the ledger is
+        /// exit 65).
         #[arg(long)]
         sink: Option<String>,
     },
     /// Probe a running daemon's readiness endpoint: exit 0 when ready, 1 otherwise.
     ///
     /// For container HEALTHCHECKs without curl. Prints the daemon's reasons when not ready.
-    /// Example: scenewatch health --url http://127.0.0.1:9464/readyz
+    /// Example: scenewatch health --url http://127.0.0.1:9464
     Health {
-        /// The endpoint to probe.
+        /// The endpoint to probe: a full URL, or the daemon's base address (http://HOST:PORT),
+        /// which means its /readyz.
         #[arg(
             long,
             default_value = "http://127.0.0.1:9464/readyz",

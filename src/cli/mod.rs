@@ -34,6 +34,25 @@ use crate::exit;
 /// had to say), or an error for [`fail`] to print and map to a code.
 pub type Outcome = anyhow::Result<u8>;
 
+/// Parses the command line. A usage error (no verb, an unknown flag, a bad value) is printed
+/// with clap's hint and is exit 64 ([`exit::USAGE`]; clap's own default is 2, which here means
+/// "a watch failed"); `--help` and `--version` print and are exit 0.
+pub fn parse<I, T>(args: I) -> Result<Cli, u8>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::Parser as _;
+    Cli::try_parse_from(args).map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            exit::USAGE
+        } else {
+            exit::OK
+        }
+    })
+}
+
 /// Runs one verb to its end; the process exit code. `live` is the progress display `main` set
 /// the logs up around (off for every verb but `once` and the demo).
 pub async fn dispatch(command: Command, live: Live) -> u8 {
@@ -46,7 +65,11 @@ pub async fn dispatch(command: Command, live: Live) -> u8 {
             timeout,
             dry_run,
         } => once::run(&config, timeout, dry_run, live).await,
-        Command::Check { config } => check::run(&config),
+        Command::Check {
+            config,
+            online,
+            print,
+        } => check::run(&config, online, print).await,
         Command::Simulate { listen, scenario } => simulate::run(listen, scenario).await,
         Command::Demo {
             out,
@@ -77,9 +100,9 @@ pub fn fail(e: &anyhow::Error) -> u8 {
     exit::code_of(e)
 }
 
-/// The error and its causes, `: `-separated (what `{:#}` prints).
+/// The error and its causes, `: `-separated, each cause said once (see [`crate::cause::chain`]).
 pub fn chain(e: &anyhow::Error) -> String {
-    format!("{e:#}")
+    crate::cause::chain(e.as_ref())
 }
 
 #[cfg(test)]

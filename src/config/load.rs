@@ -1,19 +1,18 @@
 //! Loading: the sources of a configuration (a file or inline text, an environment, the watch
-//! directory), merged with the `config` crate under `SCENEWATCH__…` variables, then walked key by
-//! key ([`super::walk`]) into the raw shape; `[[watch]]` tables are taken out of each file first
-//! ([`super::split`]). The only IO of configuration besides the secret files: reading these.
+//! directory), merged with the `config` crate, the `SCENEWATCH__…` variables applied on top
+//! ([`super::env`]), then walked key by key ([`super::walk`]) into the raw shape; `[[watch]]`
+//! tables are taken out of each file first ([`super::split`]). Every source is read even when
+//! one fails, and problems are placed by line ([`super::spans`]). The only IO of configuration
+//! besides the secret files: reading these.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use config::{Environment, File, FileFormat, Map, Value, ValueKind};
+use config::{File, FileFormat, Map, Value, ValueKind};
 
 use super::split::{WatchItem, describe_toml_error, split_watches};
 use super::walk::Walker;
-use super::{
-    Config, ConfigErrors, ENV_PREFIX, ENV_SEPARATOR, Origin, Origins, Problem, RawConfig, RawWatch,
-    validate,
-};
+use super::{Config, ConfigErrors, Origin, Origins, Problem, RawConfig, RawWatch, validate};
 
 /// Where configuration comes from: an optional file and an environment.
 #[derive(Debug, Clone, Default)]
@@ -40,62 +39,192 @@ impl Sources {
     }
 }
 
-/// Loads and validates: the single entry point for commands that need a configuration.
+/// Loads and validates: the single entry point for commands that need a configuration. Every
+/// problem comes back at once: the shape problems of every source and the meaning of whatever
+/// was read (a TOML syntax error stops its own file only), each located at `file:line:column`
+/// where the file has it.
 pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
-    let (raw, origins) = load_raw(sources)?;
-    validate(&raw, &origins, sources.credentials_directory.as_deref())
+    let loaded = load_all(sources);
+    let shape = loaded.problems.clone();
+    // A file that could not be read or parsed contributes nothing: checking the meaning of the
+    // rest would report everything it holds as missing.
+    let semantic = if loaded.complete {
+        match validate(
+            &loaded.raw,
+            &loaded.origins,
+            sources.credentials_directory.as_deref(),
+        ) {
+            Ok(c) if shape.is_empty() => return Ok(c),
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        }
+    } else {
+        Vec::new()
+    };
+    let mut all = shape;
+    all.extend(semantic.into_iter().filter(|p| !loaded.shaped_away(&p.key)));
+    Err(loaded.located(all))
 }
 
 /// Stage one: merges the sources and checks the shape of every key.
 pub fn load_raw(sources: &Sources) -> Result<(RawConfig, Origins), ConfigErrors> {
+    let loaded = load_all(sources);
+    if loaded.problems.is_empty() {
+        Ok((loaded.raw, loaded.origins))
+    } else {
+        let problems = loaded.problems.clone();
+        Err(loaded.located(problems))
+    }
+}
+
+/// What stage one found: the raw configuration read so far (defaults where a source or a key
+/// could not be read), the origins, every shape problem, and what is needed to place them.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The raw configuration (complete only when `problems` is empty).
+    pub raw: RawConfig,
+    /// Where each key came from.
+    pub origins: Origins,
+    /// Every shape problem.
+    pub problems: Vec<Problem>,
+    /// Every source was read and parsed (problems, if any, are about keys).
+    pub complete: bool,
+    /// The text of each file read (for locating problems), and the key prefix of its keys
+    /// (`watch[N]` for a watch file).
+    texts: Vec<(PathBuf, String, String)>,
+}
+
+impl Loaded {
+    /// Whether a meaning problem at `key` only repeats a shape problem: the key itself, or a
+    /// key inside a table or item that could not be read, was reported already.
+    fn shaped_away(&self, key: &str) -> bool {
+        self.problems.iter().any(|p| {
+            key == p.key
+                || key
+                    .strip_prefix(p.key.as_str())
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+                || p.key.strip_suffix(".type").is_some_and(|item| {
+                    key.strip_prefix(item)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+                })
+        })
+    }
+
+    /// The problems, in order, with the line and column of each key read from a file.
+    pub fn located(&self, mut problems: Vec<Problem>) -> ConfigErrors {
+        let mut indexes: HashMap<PathBuf, HashMap<String, (usize, usize)>> = HashMap::new();
+        for p in &mut problems {
+            let Origin::File(path) = &p.origin else {
+                continue;
+            };
+            if !indexes.contains_key(path) {
+                let index = self
+                    .texts
+                    .iter()
+                    .filter(|(file, _, _)| file == path)
+                    .map(|(_, text, prefix)| super::spans::key_positions(text, prefix))
+                    .fold(HashMap::new(), |mut all, one| {
+                        all.extend(one);
+                        all
+                    });
+                indexes.insert(path.clone(), index);
+            }
+            if let Some((line, column)) = super::spans::find(&indexes[path], &p.key) {
+                p.origin = Origin::Line(path.clone(), line, column);
+            }
+        }
+        ConfigErrors(problems)
+    }
+
+    /// The line and column of every key of every file read, by file (for `scenewatch config`).
+    pub fn positions(&self) -> HashMap<PathBuf, HashMap<String, (usize, usize)>> {
+        let mut out: HashMap<PathBuf, HashMap<String, (usize, usize)>> = HashMap::new();
+        for (file, text, prefix) in &self.texts {
+            out.entry(file.clone())
+                .or_default()
+                .extend(super::spans::key_positions(text, prefix));
+        }
+        out
+    }
+}
+
+/// Stage one without stopping at the first bad source: every source is read, every key walked.
+pub fn load_all(sources: &Sources) -> Loaded {
+    let mut problems = Vec::new();
+    let mut complete = true;
+    let mut texts = Vec::new();
     let mut builder = config::Config::builder();
     // `[[watch]]` tables are taken out of each file and read directly: with 100,000 watches the
     // `config` crate's value tree (copied while merging, an origin string per value) would cost
-    // hundreds of MiB, and arrays of tables cannot be layered from the environment anyway.
+    // hundreds of MiB.
     let mut file_watches: Vec<(PathBuf, Vec<WatchItem>)> = Vec::new();
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
     if let Some(path) = &sources.file {
         // Read it ourselves so that a missing or unreadable file gets a message naming it.
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![Problem {
-                key: "(file)".into(),
-                origin: Origin::File(path.clone()),
-                message: format!("cannot read the configuration file: {e}"),
-            }])
-        })?;
-        let (rest, watches) = split_watches(&text, path)?;
-        file_watches.push((path.clone(), watches));
-        builder = builder.add_source(NamedToml::new(path.display().to_string(), rest));
+        match std::fs::read_to_string(path) {
+            Ok(text) => files.push((path.clone(), text)),
+            Err(e) => {
+                complete = false;
+                problems.push(Problem {
+                    key: "(file)".into(),
+                    origin: Origin::File(path.clone()),
+                    message: format!("cannot read the configuration file: {e}"),
+                });
+            }
+        }
     }
     if let Some((name, text)) = &sources.inline {
-        let (rest, watches) = split_watches(text, Path::new(name))?;
-        file_watches.push((PathBuf::from(name), watches));
-        builder = builder.add_source(NamedToml::new(name.clone(), rest));
+        files.push((PathBuf::from(name), text.clone()));
     }
-    let env = Environment::with_prefix(ENV_PREFIX)
-        .prefix_separator(ENV_SEPARATOR)
-        .separator(ENV_SEPARATOR)
-        .source(sources.env.clone().map(|m| m.into_iter().collect()));
-    builder = builder.add_source(env);
-    let merged = builder.build().map_err(|e| {
-        let file = sources
-            .file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("(inline)"));
-        // Only our own sources' messages can come back here (see `NamedToml`), never quoting
-        // the file.
-        ConfigErrors(vec![Problem {
-            key: "(file)".into(),
-            origin: Origin::File(file),
-            message: e.to_string(),
-        }])
-    })?;
-    let root = config::Source::collect(&merged).map_err(|e| {
-        ConfigErrors(vec![Problem {
-            key: "(file)".into(),
-            origin: Origin::Default,
-            message: e.to_string(),
-        }])
-    })?;
+    for (path, text) in files {
+        match split_watches(&text, &path) {
+            Ok((rest, watches)) => {
+                file_watches.push((path.clone(), watches));
+                builder = builder.add_source(NamedToml::new(path.display().to_string(), rest));
+            }
+            // A syntax error stops this file (its line and column are in the message); the
+            // environment and the watch directory are still checked.
+            Err(e) => {
+                complete = false;
+                problems.extend(e.0);
+            }
+        }
+        texts.push((path, text, String::new()));
+    }
+    let root = builder
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|merged| config::Source::collect(&merged).map_err(|e| e.to_string()));
+    let mut root = match root {
+        Ok(r) => r,
+        Err(message) => {
+            // Only our own sources' messages can come back here (see `NamedToml`), never
+            // quoting the file.
+            complete = false;
+            problems.push(Problem {
+                key: "(file)".into(),
+                origin: Origin::File(
+                    sources
+                        .file
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("(inline)")),
+                ),
+                message,
+            });
+            Map::new()
+        }
+    };
+    let env = match &sources.env {
+        Some(m) => m.clone(),
+        None => std::env::vars().collect(),
+    };
+    let overrides = super::env::overrides(&env, &mut problems);
+    let (watch_overrides, other): (Vec<_>, Vec<_>) = overrides
+        .into_iter()
+        .partition(|o| o.path.first().is_some_and(|s| s == "watch"));
+    for o in &other {
+        super::env::apply(&mut root, o, &mut problems);
+    }
     let mut walker = Walker::default();
     let mut raw = walker.root(root);
     for (path, tables) in file_watches {
@@ -103,17 +232,26 @@ pub fn load_raw(sources: &Sources) -> Result<(RawConfig, Origins), ConfigErrors>
     }
     if !raw.watch_dir.trim().is_empty() {
         let dir = PathBuf::from(raw.watch_dir.trim());
-        watch_dir(&mut walker, &dir, &mut raw.watches);
+        watch_dir(&mut walker, &dir, &mut raw.watches, &mut texts);
     }
-    if walker.problems.is_empty() {
-        Ok((raw, walker.origins))
-    } else {
-        Err(ConfigErrors(walker.problems))
+    super::env::apply_to_watches(&mut walker, &mut raw.watches, &watch_overrides);
+    problems.append(&mut walker.problems);
+    Loaded {
+        raw,
+        origins: walker.origins,
+        problems,
+        complete,
+        texts,
     }
 }
 
 /// Appends the watches of every `*.toml` file in `dir` (sorted by name), one watch per file.
-fn watch_dir(walker: &mut Walker, dir: &Path, watches: &mut Vec<RawWatch>) {
+fn watch_dir(
+    walker: &mut Walker,
+    dir: &Path,
+    watches: &mut Vec<RawWatch>,
+    texts: &mut Vec<(PathBuf, String, String)>,
+) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -144,6 +282,7 @@ fn watch_dir(walker: &mut Walker, dir: &Path, watches: &mut Vec<RawWatch>) {
                 continue;
             }
         };
+        texts.push((file.clone(), text.clone(), path.clone()));
         let source = NamedToml::new(file.display().to_string(), text);
         match config::Source::collect(&source) {
             Ok(table) => {
@@ -200,7 +339,7 @@ impl config::Source for NamedToml {
     }
 }
 
-fn retag(table: Map<String, Value>, name: &str) -> Map<String, Value> {
+pub(super) fn retag(table: Map<String, Value>, name: &str) -> Map<String, Value> {
     let origin = name.to_string();
     table
         .into_iter()

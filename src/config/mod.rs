@@ -1,20 +1,27 @@
 //! Configuration: the TOML file layered under `SCENEWATCH__…` environment variables, checked in two
-//! stages (shape, then meaning) with every problem reported at once, each naming its key and source.
+//! stages (shape, then meaning) with every problem reported at once, each naming its key and source
+//! (`file:line:column` for a key read from a file, the variable's name for one from the
+//! environment).
 //!
-//! Stage one ([`load_raw`]) merges the sources with the `config` crate and walks the merged tree
-//! key by key, so one unknown key or wrong type does not hide the next. Stage two
-//! ([`validate::validate`]) turns the raw strings into strong types. The only IO here is reading
-//! the config file, the watch directory and the secret files.
+//! Stage one ([`load_all`]) merges the sources with the `config` crate, applies the environment
+//! ([`env`]: `SCENEWATCH__SINK__0__DIR`, lists as `a,b` or JSON) and walks the merged tree key by
+//! key, so one unknown key or wrong type does not hide the next; a TOML syntax error stops its own
+//! file only. Stage two ([`validate::validate`]) turns the raw strings into strong types, on
+//! whatever stage one read (a meaning problem that repeats a shape problem is dropped). The only
+//! IO here is reading the config file, the watch directory and the secret files.
 //!
-//! Layout: `load.rs` the sources and their merging; `split.rs` the large-file splitter (one
-//! `[[watch]]` table at a time); `walk.rs` the key-by-key walk that records origins and shape
-//! problems; `raw.rs` the file's shape; `validate.rs` and `checks.rs` the meaning (each sink
-//! kind's in its own file under `src/sink/`); this file the problems, origins and names they
-//! share.
+//! Layout: `load.rs` the sources, their merging and the one pass; `env.rs` the environment
+//! overrides; `split.rs` the large-file splitter (one `[[watch]]` table at a time); `walk.rs`
+//! the key-by-key walk that records origins and shape problems; `spans.rs` the line and column
+//! of each key (from the TOML parser's spans); `raw.rs` the file's shape; `validate.rs` and
+//! `checks.rs` the meaning (each sink kind's in its own file under `src/sink/`); this file the
+//! problems, origins and names they share.
 
 pub(crate) mod checks;
+mod env;
 mod load;
 mod raw;
+mod spans;
 mod split;
 mod validate;
 mod walk;
@@ -23,7 +30,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use load::{Sources, load, load_raw};
+pub use load::{Loaded, Sources, load, load_all, load_raw};
 pub use raw::{RawApi, RawConfig, RawPoll, RawServer, RawWatch};
 pub use validate::{
     ApiConfig, Config, GenerationChoice, PollConfig, Selector, SelectorKind, WatchSpec, validate,
@@ -39,7 +46,8 @@ pub use crate::sink::s3::{RawS3Sink, S3SinkConfig};
 pub use crate::sink::stdout::{RawStdoutSink, StdoutSinkConfig};
 pub use crate::sink::webhook::{RawWebhookSink, WebhookSinkConfig};
 
-/// Prefix of environment variables: `SCENEWATCH__API__ACCESS_KEY` sets `api.access_key`.
+/// Prefix of environment variables: `SCENEWATCH__API__ACCESS_KEY` sets `api.access_key`,
+/// `SCENEWATCH__SINK__0__DIR` the `dir` of the first `[[sink]]` (see [`env`]).
 pub const ENV_PREFIX: &str = "SCENEWATCH";
 
 /// Separator between the levels of an environment variable name.
@@ -56,6 +64,8 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 pub enum Origin {
     /// A configuration file.
     File(PathBuf),
+    /// A key's place in a configuration file: the file, the line and the column (from 1).
+    Line(PathBuf, usize, usize),
     /// An environment variable (its full name).
     Env(String),
     /// The built-in default.
@@ -66,6 +76,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::File(p) => write!(f, "in {}", p.display()),
+            Origin::Line(p, line, column) => write!(f, "in {}:{line}:{column}", p.display()),
             Origin::Env(v) => write!(f, "from environment variable {v}"),
             Origin::Default => f.write_str("built-in default"),
         }

@@ -117,7 +117,7 @@ pub(super) fn describe_toml_error(e: &toml::de::Error, text: &str, first_line: u
 /// The document as (first line, text) pieces: whole when small, else cut before every line that
 /// is a `[[watch]]` header. Each piece is a valid TOML document of its own exactly when the
 /// whole is (keys after a header belong to that table in both).
-fn chunks(text: &str, chunk_above: usize) -> Vec<(usize, &str)> {
+pub(super) fn chunks(text: &str, chunk_above: usize) -> Vec<(usize, &str)> {
     if text.len() <= chunk_above {
         return vec![(0, text)];
     }

@@ -84,13 +84,37 @@ index_id = "3"
     );
     let text: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
     let has = |needle: &str| text.iter().any(|t| t.contains(needle));
-    assert!(has("colour: unknown key (in test.toml)"), "{text:#?}");
+    assert!(has("colour: unknown key (in test.toml:3:1)"), "{text:#?}");
     assert!(
-        has("api.endpiont: unknown key (did you mean `endpoint`?)"),
+        has("api.endpiont: unknown key (did you mean `endpoint`?) (in test.toml:5:1)"),
         "{text:#?}"
     );
     assert!(has("api.burst: wrong type"), "{text:#?}");
-    // Shape problems stop before meaning; fix those and the rest appears.
+    // The meaning of what did read is checked in the same pass, each key placed by its line.
+    let line_has = |a: &str, b: &str| text.iter().any(|t| t.contains(a) && t.contains(b));
+    assert!(
+        line_has(
+            "api.timeout: \"ten seconds\" is not a duration",
+            "(in test.toml:6:1)"
+        ),
+        "{text:#?}"
+    );
+    assert!(
+        line_has(
+            "watch[0].workspace: \"w/../etc\" contains '/'",
+            "(in test.toml:12:1)"
+        ),
+        "{text:#?}"
+    );
+    assert!(
+        has("poll.max_wait: \"forever\" is not a duration")
+            && has("from environment variable SCENEWATCH__POLL__MAX_WAIT"),
+        "{text:#?}"
+    );
+    // A key with a shape problem is not reported a second time for its meaning.
+    assert!(!has("api.burst: must"), "{text:#?}");
+    assert_eq!(text.len(), ps.len());
+    // Without the shape problems, the same meaning problems.
     let ps = problems(
         r#"
 [api]
@@ -411,7 +435,8 @@ fn big_files_parse_one_watch_at_a_time_with_the_same_result() {
     };
     let e = load(&s).unwrap_err().to_string();
     assert!(e.contains("watch[33].colour: unknown key"), "{e}");
-    assert!(e.contains(&format!("(in {})", file.display())), "{e}");
+    // Placed by line in the large file too (the 34th watch of the file, in its own piece).
+    assert!(e.contains(&format!("(in {}:", file.display())), "{e}");
     // A duplicate key across pieces is still an error.
     let dup = format!("{padded}[api]\ntimeout = \"5s\"\n");
     std::fs::write(&file, dup).unwrap();
@@ -632,4 +657,125 @@ generation = "latest"
     assert!(at("watch[4]").contains("watches project w/5 again"));
     assert!(at("watch[5].generation").contains("\"auto\", \"index\" or \"asset\""));
     assert_eq!(p.len(), 5, "{p:?}");
+}
+
+/// `env` plus the credentials.
+fn with_creds<'a>(env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    CREDS.iter().copied().chain(env.iter().copied()).collect()
+}
+
+#[test]
+fn arrays_of_tables_are_overridden_and_extended_by_index_from_the_environment() {
+    let toml = "[[sink]]\ntype = \"file\"\ndir = \"/from/file\"\n[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
+    let c = load(&inline(
+        toml,
+        &with_creds(&[
+            ("SCENEWATCH__SINK__0__DIR", "/from/env"),
+            ("SCENEWATCH__SINK__1__TYPE", "jsonl"),
+            ("SCENEWATCH__SINK__1__PATH", "/tmp/r.jsonl"),
+            ("SCENEWATCH__WATCH__0__ASSET_ID", "20"),
+            ("SCENEWATCH__WATCH__1__WORKSPACE", "w"),
+            ("SCENEWATCH__WATCH__1__PROJECT_ID", "9"),
+        ]),
+    ))
+    .expect("valid");
+    match &c.sinks[..] {
+        [SinkConfig::File(f), SinkConfig::Jsonl(j)] => {
+            assert_eq!(f.dir, PathBuf::from("/from/env"));
+            assert_eq!(j.path, PathBuf::from("/tmp/r.jsonl"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.watches.len(), 1);
+    assert_eq!(c.watches[0].key.to_string(), "w/1/20/3");
+    assert_eq!(
+        c.selectors.len(),
+        1,
+        "the project watch added from the environment"
+    );
+}
+
+#[test]
+fn problems_in_overridden_tables_name_the_variable() {
+    let toml = "[[sink]]\ntype = \"jsonl\"\npath = \"/tmp/r.jsonl\"\n[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
+    let ps = problems(
+        toml,
+        &with_creds(&[
+            ("SCENEWATCH__SINK__0__MAX_BYTES", "lots"),
+            ("SCENEWATCH__SINK__3__DIR", "/x"),
+            ("SCENEWATCH__WATCH__0__WORKSPACE", "a b"),
+            ("SCENEWATCH__WATCH__0__COLOUR", "blue"),
+            ("SCENEWATCH__SINK__0", "x"),
+        ]),
+    );
+    let text: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
+    let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+    assert!(
+        has("sink[0].max_bytes: wrong type")
+            && has("from environment variable SCENEWATCH__SINK__0__MAX_BYTES"),
+        "{text:#?}"
+    );
+    assert!(
+        has(
+            "sink[3]: there is 1 [[sink]] table (from 0), so the next new one is 1 (from environment variable SCENEWATCH__SINK__3__DIR)"
+        ),
+        "{text:#?}"
+    );
+    assert!(
+        has("watch[0].workspace: \"a b\" contains ' '")
+            && has("(from environment variable SCENEWATCH__WATCH__0__WORKSPACE)"),
+        "{text:#?}"
+    );
+    assert!(
+        has(
+            "watch[0].colour: unknown key (from environment variable SCENEWATCH__WATCH__0__COLOUR)"
+        ),
+        "{text:#?}"
+    );
+    assert!(
+        has("sink[0]: name a key of the table: SCENEWATCH__SINK__0__KEY"),
+        "{text:#?}"
+    );
+    // The keys the file set keep the file as their origin.
+    let c = load(&inline(
+        toml,
+        &with_creds(&[("SCENEWATCH__WATCH__0__INDEX_ID", "4")]),
+    ))
+    .expect("valid");
+    assert_eq!(c.watches[0].key.to_string(), "w/1/2/4");
+}
+
+#[test]
+fn list_keys_take_commas_or_a_json_array_from_the_environment() {
+    for (value, want) in [
+        ("3001, 3002,", vec!["3001", "3002"]),
+        ("[\"3001\",\"30,02\"]", vec!["3001", "30,02"]),
+        ("", vec![]),
+    ] {
+        let c = load(&inline(
+            "",
+            &with_creds(&[("SCENEWATCH__API__PENDING_CODES", value)]),
+        ))
+        .expect("valid");
+        assert_eq!(c.api.pending_codes, want, "{value:?}");
+    }
+}
+
+#[test]
+fn a_syntax_error_stops_its_file_only_and_the_environment_is_still_checked() {
+    let ps = problems(
+        "[api]\naccess_key = \"AK\nsecret_key = \"S\"\n",
+        &[("SCENEWATCH__POLL__CONCURENCY", "8")],
+    );
+    let text: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter().any(|t| t.contains("not valid TOML at line 2")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("poll.concurency: unknown key (did you mean `concurrency`?) (from environment variable SCENEWATCH__POLL__CONCURENCY)")),
+        "{text:#?}"
+    );
+    // Nothing it holds is reported missing: the file was not read.
+    assert!(!text.iter().any(|t| t.contains("missing")), "{text:#?}");
 }

@@ -42,9 +42,8 @@ impl Walker {
                 "watch" => {
                     for (i, item) in self.array("watch", v).into_iter().enumerate() {
                         let path = format!("watch[{i}]");
-                        if let Some(t) = self.table(&path, item) {
-                            out.watches.push(self.fields(&path, t).unwrap_or_default());
-                        }
+                        let w = self.table(&path, item).and_then(|t| self.fields(&path, t));
+                        out.watches.push(w.unwrap_or_default());
                     }
                 }
                 "server" => {
@@ -55,20 +54,24 @@ impl Walker {
                 "sink" => {
                     for (i, item) in self.array("sink", v).into_iter().enumerate() {
                         let path = format!("sink[{i}]");
-                        if let Some(t) = self.table(&path, item)
-                            && let Some(s) = self.sink(&path, t)
-                        {
-                            out.sinks.push(s);
+                        match self.table(&path, item).and_then(|t| self.sink(&path, t)) {
+                            Some(s) => out.sinks.push(s),
+                            // Keeps the numbering of the next ones; the problem is recorded.
+                            None => out.sinks.push(RawSink::Stdout(placeholder(&path))),
                         }
                     }
                 }
                 "event_sink" => {
                     for (i, item) in self.array("event_sink", v).into_iter().enumerate() {
                         let path = format!("event_sink[{i}]");
-                        if let Some(t) = self.table(&path, item)
-                            && let Some(s) = self.event_sink(&path, t)
+                        match self
+                            .table(&path, item)
+                            .and_then(|t| self.event_sink(&path, t))
                         {
-                            out.event_sinks.push(s);
+                            Some(s) => out.event_sinks.push(s),
+                            None => out
+                                .event_sinks
+                                .push(RawEventSink::Stdout(placeholder(&path))),
                         }
                     }
                 }
@@ -265,12 +268,24 @@ impl Walker {
     where
         T: DeserializeOwned + Serialize + Default,
     {
-        let known: Vec<String> = match serde_json::to_value(T::default()) {
-            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
-            _ => Vec::new(),
+        let defaults = match serde_json::to_value(T::default()) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
         };
-        let before = self.problems.len();
-        let t: BTreeMap<String, Value> = t.into_iter().collect();
+        let known: Vec<String> = defaults.keys().cloned().collect();
+        let mut t: BTreeMap<String, Value> = t.into_iter().collect();
+        // A list key set from the environment holds the variable's text: split it.
+        for (k, v) in t.iter_mut() {
+            if defaults.get(k).is_some_and(serde_json::Value::is_array)
+                && let Some(origin) = v
+                    .origin()
+                    .filter(|o| o.starts_with(super::env::ORIGIN_PREFIX))
+                && let ValueKind::String(text) = &v.kind
+            {
+                *v = super::env::list(text, origin);
+            }
+        }
+        let mut bad = Vec::new();
         for (k, v) in &t {
             let key = if path.is_empty() {
                 k.clone()
@@ -288,6 +303,7 @@ impl Walker {
                     origin,
                     message: format!("unknown key{hint}"),
                 });
+                bad.push(k.clone());
                 continue;
             }
             let mut single = Map::new();
@@ -298,10 +314,13 @@ impl Walker {
                     origin,
                     message: describe_type_error(&e),
                 });
+                bad.push(k.clone());
             }
         }
-        if self.problems.len() != before {
-            return None;
+        // The keys that are fine are kept, so that their meaning is checked in the same pass
+        // (the problems recorded above make the whole load fail anyway).
+        for k in bad {
+            t.remove(&k);
         }
         let table: Map<String, Value> = t.into_iter().collect();
         match T::deserialize(Value::new(None, ValueKind::Table(table))) {
@@ -319,6 +338,14 @@ impl Walker {
                 None
             }
         }
+    }
+}
+
+/// Stands in for a sink table that could not be read, so that the next ones keep their
+/// numbers; its own problem is recorded, so it never reaches a run.
+fn placeholder(path: &str) -> crate::config::RawStdoutSink {
+    crate::config::RawStdoutSink {
+        name: Some(format!("({path} not read)")),
     }
 }
 
@@ -367,6 +394,9 @@ fn describe_type_error(e: &config::ConfigError) -> String {
 
 fn origin_of(v: &Value, key: &str) -> Origin {
     match v.origin() {
+        Some(o) if o.starts_with(super::env::ORIGIN_PREFIX) => {
+            Origin::Env(o[super::env::ORIGIN_PREFIX.len()..].to_string())
+        }
         Some("the environment") => Origin::Env(env_var_name(key)),
         Some(file) => Origin::File(PathBuf::from(file)),
         None => Origin::Default,
@@ -381,24 +411,7 @@ fn first_origin_in(t: &Map<String, Value>) -> Origin {
 
 /// The known key nearest to `k` by edit distance, when it is near enough to be a typo.
 fn closest<'a>(k: &str, known: &'a [String]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|n| (edit_distance(k, n), n.as_str()))
-        .filter(|(d, n)| *d <= 2.max(n.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, n)| n)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    crate::exit::nearest(k, known.iter().map(String::as_str))
+        .first()
+        .copied()
 }

@@ -94,6 +94,9 @@ pub async fn run(
         server_stop.clone(),
     )
     .await?;
+    // Live from here: /healthz measures the engine loop's turns from now, so a probe between
+    // readiness and the loop's first turn does not read "stalled".
+    health.last_tick_ms.store(clock.now_ms(), Ordering::Relaxed);
     health.started.store(true, Ordering::Relaxed);
     systemd::ready(&health);
     side_tasks.spawn(systemd::keepalive(health.clone(), stop_side.clone()));

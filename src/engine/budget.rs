@@ -52,7 +52,7 @@ impl RequestBudget {
             state: Mutex::new(BudgetState {
                 rate: max_rate,
                 tokens: burst,
-                refilled_at: Instant::now(),
+                refilled_at: crate::clock::instant_now(),
                 paused_until: None,
                 last_cut: None,
             }),
@@ -64,7 +64,7 @@ impl RequestBudget {
         loop {
             let wait = {
                 let mut s = self.lock();
-                let now = Instant::now();
+                let now = crate::clock::instant_now();
                 match s.paused_until {
                     Some(until) if until > now => until - now,
                     _ => {
@@ -93,7 +93,7 @@ impl RequestBudget {
     /// `CUT_WINDOW`).
     pub fn throttled(&self, retry_after: Option<Duration>) -> bool {
         let mut s = self.lock();
-        let now = Instant::now();
+        let now = crate::clock::instant_now();
         self.refill(&mut s, now);
         let cut = s
             .last_cut
@@ -134,7 +134,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn budget_limits_rate_and_slows_on_throttle() {
         let budget = RequestBudget::new(10.0, 5);
-        let start = Instant::now();
+        let start = crate::clock::instant_now();
         for _ in 0..25 {
             budget.acquire().await;
         }
@@ -151,7 +151,7 @@ mod tests {
         budget.throttled(None);
         budget.throttled(None);
         assert_eq!(budget.current_rate(), 5.0);
-        let t = Instant::now();
+        let t = crate::clock::instant_now();
         budget.acquire().await;
         assert!(
             t.elapsed() >= Duration::from_secs(3),

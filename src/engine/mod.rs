@@ -307,7 +307,16 @@ pub async fn run(
         config.api.requests_per_second,
         config.api.burst,
     ));
-    let index_api_gone = ledger.fact(INDEX_API_FACT).await?.as_deref() == Some("gone");
+    // A remembered observation of the API, not state to protect: if the ledger cannot say (it
+    // failed just now; its own error is logged and shown by readiness), the removal is learned
+    // again from the first gateway 404, as it was the first time.
+    let index_api_gone = match ledger.fact(INDEX_API_FACT).await {
+        Ok(v) => v.as_deref() == Some("gone"),
+        Err(e) => {
+            warn!(error = %e, "Cannot read from the ledger whether the index-level API is gone; assuming it is not until the API says so.");
+            false
+        }
+    };
     let now = clock.now_ms();
     let discovery = Discovery::new(
         config.selectors.clone(),

@@ -170,7 +170,7 @@ async fn next_due<T, Fut>(
 where
     Fut: std::future::Future<Output = Result<Vec<T>, crate::state::StateError>>,
 {
-    let mut last_check = tokio::time::Instant::now();
+    let mut last_check = crate::clock::instant_now();
     loop {
         if o.stop.is_cancelled() {
             // Shutdown: the daemon stops the drainers only after the last polls committed, so
@@ -190,7 +190,7 @@ where
             Ok(rows) if !rows.is_empty() => return Some(rows),
             Ok(_) => {
                 if last_check.elapsed() >= o.healthcheck_every {
-                    last_check = tokio::time::Instant::now();
+                    last_check = crate::clock::instant_now();
                     match healthcheck().await {
                         Ok(()) => episodes.succeeded(o).await,
                         Err(e) => {
@@ -381,6 +381,7 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
                 row.version_id
             ),
             disposition: Disposition::Park,
+            source: None,
         }));
     }
     let result = SummaryResult::from_result_json(&row.result_json).map_err(|e| SinkError {
@@ -388,6 +389,7 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
         name: sink.name().to_string(),
         message: format!("stored version {} cannot be read back: {e}", row.version_id),
         disposition: Disposition::Park,
+        source: None,
     })?;
     let fetched_at = UNIX_EPOCH + Duration::from_millis(row.fetched_at_ms);
     let delivery = Delivery {

@@ -295,6 +295,7 @@ impl Sink for MemSink {
                     name: "mem".into(),
                     message: "the fake sink is down".into(),
                     disposition: Disposition::Retry,
+                    source: None,
                 });
             }
             Ok(Receipt {
@@ -560,7 +561,7 @@ impl Harness {
     /// otherwise. Woken by every call and every update, and lets the engine finish handling
     /// what it was just told before each look (the test and the engine share one thread).
     async fn until(&self, within: Duration, what: &str, cond: impl Fn(&Harness) -> bool) {
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = crate::clock::instant_now() + within;
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
@@ -415,7 +415,7 @@ impl Client {
             &raw.path,
             &answer,
             &self.inner.pending_codes,
-            SystemTime::now(),
+            crate::clock::wall_now(),
         )
         .split()
         {
@@ -638,10 +638,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn now_ms() -> u64 {
     // A clock before 1970 cannot be signed meaningfully; the gateway will answer 401 and say so.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::clock::wall_now_ms()
 }
 
 /// The wire name of the method of one call (API doc §1).

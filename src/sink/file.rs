@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::cause::{Context as _, Fault};
+
 use super::latest::{Stamp, envelope_stamp, supersedes};
 use super::{Delivery, Receipt, Sink, SinkError};
 
@@ -40,6 +42,7 @@ impl FileSink {
             message,
             // Disks fill up and get fixed, directories get their permissions back: retry.
             disposition: super::Disposition::Retry,
+            source: None,
         }
     }
 
@@ -94,13 +97,13 @@ impl Sink for FileSink {
                     }
                     _ => {
                         write_atomic(&latest, &body)?;
-                        Ok::<_, String>((latest, None))
+                        Ok::<_, Fault>((latest, None))
                     }
                 }
             })
             .await
             .map_err(|e| self.error(format!("writer task failed: {e}")))?
-            .map_err(|m| self.error(m))?;
+            .map_err(|f| self.error(f.message).with_source(f.source))?;
             if let Some(current) = kept {
                 tracing::info!(sink = %self.config.name, version = %d.version_id, last_analyzed_at = %d.last_analyzed_at, latest_version = %current.version, latest_last_analyzed_at = %current.last_analyzed_at, "The latest file holds a newer version; left as it is.");
             }
@@ -127,7 +130,7 @@ impl Sink for FileSink {
             tokio::task::spawn_blocking(move || probe_writable(&dir))
                 .await
                 .map_err(|e| self.error(format!("probe task failed: {e}")))?
-                .map_err(|m| self.error(m))
+                .map_err(|f| self.error(f.message).with_source(f.source))
         })
     }
 }
@@ -135,24 +138,25 @@ impl Sink for FileSink {
 /// The version the latest file at `path` holds: `None` when there is none, or when it is not an
 /// envelope (then the next version replaces it). A file that exists but cannot be read fails
 /// the delivery, to be retried: replacing it blindly could put an older version back.
-fn read_stamp(path: &Path) -> Result<Option<Stamp>, String> {
+fn read_stamp(path: &Path) -> Result<Option<Stamp>, Fault> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(envelope_stamp(&bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!(
-            "cannot read {} to compare its version with the new one: {e}",
-            path.display()
-        )),
+        Err(e) => Err(e).fault(|| {
+            format!(
+                "cannot read {} to compare its version with the new one",
+                path.display()
+            )
+        }),
     }
 }
 
 /// Creates `dir` if needed and proves it writable by writing and removing a probe file.
-fn probe_writable(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+fn probe_writable(dir: &Path) -> Result<(), Fault> {
+    std::fs::create_dir_all(dir).fault(|| format!("cannot create directory {}", dir.display()))?;
     let probe = dir.join(format!(".scenewatch-probe-{}", std::process::id()));
     std::fs::write(&probe, b"probe")
-        .map_err(|e| format!("cannot write in directory {}: {e}", dir.display()))?;
+        .fault(|| format!("cannot write in directory {}", dir.display()))?;
     // Leaving the probe behind would be harmless; removing it keeps the directory clean.
     let _ = std::fs::remove_file(&probe);
     Ok(())
@@ -162,12 +166,11 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `body` to `path` so that readers see the old file or the new one, never a mix, and
 /// the new one survives a power cut once this returns.
-pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), String> {
+pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), Fault> {
     let dir = path
         .parent()
-        .ok_or_else(|| format!("{} has no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+        .ok_or_else(|| Fault::from(format!("{} has no parent directory", path.display())))?;
+    std::fs::create_dir_all(dir).fault(|| format!("cannot create directory {}", dir.display()))?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -178,18 +181,18 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), String> {
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).fault(|| format!("cannot create {}", tmp.display()))?;
         f.write_all(body)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+            .fault(|| format!("cannot write {}", tmp.display()))?;
         f.sync_all()
-            .map_err(|e| format!("cannot fsync {}: {e}", tmp.display()))?;
+            .fault(|| format!("cannot fsync {}", tmp.display()))?;
         std::fs::rename(&tmp, path)
             .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
         // The rename is durable only once the directory entry is.
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| format!("cannot fsync directory {}: {e}", dir.display()))
+            .fault(|| format!("cannot fsync directory {}", dir.display()))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -386,6 +389,12 @@ mod tests {
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
         let err = probe_writable(&file.join("results")).unwrap_err();
-        assert!(err.contains("not-a-dir/results"), "{err}");
+        assert!(err.message.contains("not-a-dir/results"), "{err}");
+        // The io::Error stays attached as the cause.
+        let io = err
+            .source
+            .as_deref()
+            .and_then(|c| c.downcast_ref::<std::io::Error>());
+        assert!(io.is_some(), "{err:?}");
     }
 }

@@ -18,6 +18,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::{Delivery, Disposition, EventSink, Receipt, Sink, SinkError};
+use crate::cause::{Context as _, Fault};
 use crate::config::{Origins, Problem};
 use crate::events::Event;
 
@@ -89,7 +90,7 @@ impl JsonlWriter {
     /// `max_bytes`, then fsyncs. On error, the current file is cut back to its last whole line
     /// and the handle dropped; lines written before the error stay (the batch will be retried
     /// whole, and its events carry stable ids).
-    pub fn append(&self, lines: &[Vec<u8>]) -> Result<(), String> {
+    pub fn append(&self, lines: &[Vec<u8>]) -> Result<(), Fault> {
         let mut guard = self.lock();
         let result = self.append_locked(&mut guard, lines);
         if result.is_err() {
@@ -102,7 +103,7 @@ impl JsonlWriter {
         result
     }
 
-    fn append_locked(&self, slot: &mut Option<OpenFile>, lines: &[Vec<u8>]) -> Result<(), String> {
+    fn append_locked(&self, slot: &mut Option<OpenFile>, lines: &[Vec<u8>]) -> Result<(), Fault> {
         for line in lines {
             let len = line.len() as u64 + 1;
             let open = self.ensure_open(slot)?;
@@ -116,30 +117,30 @@ impl JsonlWriter {
             buf.push(b'\n');
             open.file
                 .write_all(&buf)
-                .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
+                .fault(|| format!("cannot write {}", self.path.display()))?;
             open.size += len;
         }
         if let Some(open) = slot.as_ref() {
             open.file
                 .sync_data()
-                .map_err(|e| format!("cannot fsync {}: {e}", self.path.display()))?;
+                .fault(|| format!("cannot fsync {}", self.path.display()))?;
         }
         Ok(())
     }
 
     /// Opens the file for appending if it is not open yet. The directory is not created: a
     /// missing directory is a configuration or mount problem the operator should see.
-    fn ensure_open<'s>(&self, slot: &'s mut Option<OpenFile>) -> Result<&'s mut OpenFile, String> {
+    fn ensure_open<'s>(&self, slot: &'s mut Option<OpenFile>) -> Result<&'s mut OpenFile, Fault> {
         if slot.is_none() {
             let existed = self.path.exists();
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&self.path)
-                .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+                .fault(|| format!("cannot open {}", self.path.display()))?;
             let mut size = file
                 .metadata()
-                .map_err(|e| format!("cannot stat {}: {e}", self.path.display()))?
+                .fault(|| format!("cannot stat {}", self.path.display()))?
                 .len();
             if size > 0 {
                 size = cut_torn_tail(&self.path, &file, size)?;
@@ -152,17 +153,17 @@ impl JsonlWriter {
         }
         // Just filled if it was empty; the error arm is unreachable but cheaper than a panic.
         slot.as_mut()
-            .ok_or_else(|| format!("cannot open {}", self.path.display()))
+            .ok_or_else(|| Fault::from(format!("cannot open {}", self.path.display())))
     }
 
     /// `path.(N-1)` → `path.N` … `path` → `path.1`, dropping what falls off the end, then a new
     /// empty `path` on the next open. The old file is fsync'd first and the directory after, so
     /// a crash leaves every line in exactly one file.
-    fn rotate(&self, slot: &mut Option<OpenFile>) -> Result<(), String> {
+    fn rotate(&self, slot: &mut Option<OpenFile>) -> Result<(), Fault> {
         if let Some(open) = slot.take() {
             open.file
                 .sync_data()
-                .map_err(|e| format!("cannot fsync {}: {e}", self.path.display()))?;
+                .fault(|| format!("cannot fsync {}", self.path.display()))?;
         }
         let keep = self.keep_files;
         // The oldest kept file is pushed off the end; files beyond it are left from a run with a
@@ -176,7 +177,7 @@ impl JsonlWriter {
         }
         if keep == 0 {
             std::fs::remove_file(&self.path)
-                .map_err(|e| format!("cannot remove {}: {e}", self.path.display()))?;
+                .fault(|| format!("cannot remove {}", self.path.display()))?;
         } else {
             for i in (1..keep).rev() {
                 let from = numbered(&self.path, i);
@@ -185,11 +186,9 @@ impl JsonlWriter {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        return Err(format!(
-                            "cannot rename {} to {}: {e}",
-                            from.display(),
-                            to.display()
-                        ));
+                        return Err(e).fault(|| {
+                            format!("cannot rename {} to {}", from.display(), to.display())
+                        });
                     }
                 }
             }
@@ -206,18 +205,18 @@ impl JsonlWriter {
     }
 
     /// Opens (creating) the file, proving the directory exists and is writable.
-    pub fn probe(&self) -> Result<(), String> {
+    pub fn probe(&self) -> Result<(), Fault> {
         let mut guard = self.lock();
         self.ensure_open(&mut guard).map(|_| ())
     }
 }
 
 /// Removes `path`; `Ok(false)` if it did not exist.
-fn remove_if_exists(path: &Path) -> Result<bool, String> {
+fn remove_if_exists(path: &Path) -> Result<bool, Fault> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+        Err(e) => Err(e).fault(|| format!("cannot remove {}", path.display())),
     }
 }
 
@@ -229,14 +228,14 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
 }
 
 /// Fsyncs the directory holding `path`, making creations and renames in it durable.
-fn sync_dir(path: &Path) -> Result<(), String> {
+fn sync_dir(path: &Path) -> Result<(), Fault> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("cannot fsync directory {}: {e}", dir.display()))
+        .fault(|| format!("cannot fsync directory {}", dir.display()))
 }
 
 /// Appends results or events as JSON lines; one type for both, sharing [`JsonlWriter`].
@@ -261,6 +260,7 @@ impl JsonlSink {
             name: self.name.clone(),
             message,
             disposition,
+            source: None,
         }
     }
 
@@ -270,7 +270,10 @@ impl JsonlSink {
             .await
             .map_err(|e| self.error(format!("writer task failed: {e}"), Disposition::Retry))?
             // Disk full, read-only remount, missing directory: all fixable, so retry.
-            .map_err(|m| self.error(m, Disposition::Retry))
+            .map_err(|f| {
+                self.error(f.message, Disposition::Retry)
+                    .with_source(f.source)
+            })
     }
 }
 
@@ -307,7 +310,10 @@ impl JsonlSink {
         tokio::task::spawn_blocking(move || writer.probe())
             .await
             .map_err(|e| self.error(format!("probe task failed: {e}"), Disposition::Retry))?
-            .map_err(|m| self.error(m, Disposition::Retry))
+            .map_err(|f| {
+                self.error(f.message, Disposition::Retry)
+                    .with_source(f.source)
+            })
     }
 }
 
@@ -334,10 +340,9 @@ impl EventSink for JsonlSink {
 /// A process killed in the middle of a write (SIGKILL, power cut) can leave a last line without
 /// its newline. That line was never confirmed, so it will be delivered again; the fragment is cut
 /// off so the retry starts a clean line instead of being glued to it. Returns the new size.
-fn cut_torn_tail(path: &std::path::Path, file: &File, size: u64) -> Result<u64, String> {
+fn cut_torn_tail(path: &std::path::Path, file: &File, size: u64) -> Result<u64, Fault> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut reader =
-        File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut reader = File::open(path).fault(|| format!("cannot read {}", path.display()))?;
     // Look back in chunks for the last newline.
     let mut end = size;
     let mut buf = vec![0u8; 64 * 1024];
@@ -348,7 +353,7 @@ fn cut_torn_tail(path: &std::path::Path, file: &File, size: u64) -> Result<u64, 
         reader
             .seek(SeekFrom::Start(start))
             .and_then(|_| reader.read_exact(&mut buf[..n]))
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .fault(|| format!("cannot read {}", path.display()))?;
         if first && buf[n - 1] == b'\n' {
             return Ok(size); // the common case: the file ends with a whole line
         }
@@ -357,7 +362,7 @@ fn cut_torn_tail(path: &std::path::Path, file: &File, size: u64) -> Result<u64, 
             let keep = start + i as u64 + 1;
             file.set_len(keep)
                 .and_then(|_| file.sync_data())
-                .map_err(|e| format!("cannot cut the torn last line of {}: {e}", path.display()))?;
+                .fault(|| format!("cannot cut the torn last line of {}", path.display()))?;
             tracing::warn!(path = %path.display(), dropped_bytes = size - keep, "Cut a torn last line left by an interrupted write; it will be delivered again.");
             return Ok(keep);
         }
@@ -365,7 +370,7 @@ fn cut_torn_tail(path: &std::path::Path, file: &File, size: u64) -> Result<u64, 
     }
     file.set_len(0)
         .and_then(|_| file.sync_data())
-        .map_err(|e| format!("cannot cut the torn last line of {}: {e}", path.display()))?;
+        .fault(|| format!("cannot cut the torn last line of {}", path.display()))?;
     tracing::warn!(path = %path.display(), dropped_bytes = size, "Cut a torn line left by an interrupted write; it will be delivered again.");
     Ok(0)
 }
@@ -591,7 +596,13 @@ mod tests {
         let path = blocker.join("events.jsonl");
         let w = JsonlWriter::new(path, 4096, 1);
         let err = w.append(&[b"{}".to_vec()]).unwrap_err();
-        assert!(err.contains("not-a-dir/events.jsonl"), "{err}");
+        assert!(err.message.contains("not-a-dir/events.jsonl"), "{err}");
+        // The io::Error stays attached as the cause.
+        let io = err
+            .source
+            .as_deref()
+            .and_then(|c| c.downcast_ref::<std::io::Error>());
+        assert!(io.is_some(), "{err:?}");
     }
 
     #[tokio::test]

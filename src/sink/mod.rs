@@ -40,6 +40,17 @@ pub struct SinkError {
     pub message: String,
     /// What the outbox does with the delivery.
     pub disposition: Disposition,
+    /// The underlying error, where there is one (its text is already in `message`).
+    #[source]
+    pub source: Option<crate::cause::Cause>,
+}
+
+impl SinkError {
+    /// The same error with `source` as its cause.
+    pub fn with_source(mut self, source: Option<crate::cause::Cause>) -> Self {
+        self.source = source;
+        self
+    }
 }
 
 /// What to do with a delivery that failed.
@@ -169,6 +180,7 @@ impl Delivery {
             name: sink_name.to_string(),
             message: format!("cannot encode version {}: {e}", self.version_id),
             disposition: Disposition::Park,
+            source: None,
         })
     }
 

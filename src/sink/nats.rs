@@ -141,6 +141,7 @@ impl NatsSink {
             name: self.name.clone(),
             message,
             disposition,
+            source: None,
         }
     }
 
@@ -575,7 +576,7 @@ mod tests {
             Duration::from_millis(500),
         ))
         .unwrap();
-        let started = std::time::Instant::now();
+        let started = crate::clock::instant_now();
         let err = s
             .send(&[Event::sink_recovered("files", 1, 0)])
             .await

@@ -526,6 +526,7 @@ impl PostgresSink {
             name: config.name.clone(),
             message,
             disposition: Disposition::Disable,
+            source: None,
         };
         let mut target = parse_url(&config.url).map_err(fail)?;
         if let Some(pw) = &config.password {
@@ -566,13 +567,13 @@ impl PostgresSink {
 
     fn error(&self, what: &str, f: Failure) -> SinkError {
         let at = format!("{} (schema {:?})", self.shown, self.schema);
+        let mut source = None;
         let (message, disposition) = match f {
             Failure::Db(e) => {
                 let (disposition, hint) = classify(e.code().map(|c| c.code()));
-                (
-                    format!("{what} on {at}: {}{hint}", describe(&e)),
-                    disposition,
-                )
+                let message = format!("{what} on {at}: {}{hint}", describe(&e));
+                source = crate::cause::of(e);
+                (message, disposition)
             }
             Failure::Pool(PoolError::Backend(e)) => {
                 let (disposition, hint) = classify(e.code().map(|c| c.code()));
@@ -611,6 +612,7 @@ impl PostgresSink {
             name: self.name.clone(),
             message,
             disposition,
+            source,
         }
     }
 
@@ -819,6 +821,7 @@ impl Sink for PostgresSink {
                 name: self.name.clone(),
                 message: format!("version {} cannot be stored: {m}", d.version_id),
                 disposition: Disposition::Park,
+                source: None,
             };
             let cols = SceneColumns::of(d).map_err(park)?;
             let scene_count = i32::try_from(cols.scene.len())
@@ -1284,7 +1287,7 @@ mod tests {
     fn delivery(result: &str) -> Delivery {
         let key = WatchKey::new("ws", "p", "a", "i").unwrap();
         let r = SummaryResult::from_result_json(result).unwrap();
-        Delivery::new(key, Arc::new(r), std::time::SystemTime::now()).unwrap()
+        Delivery::new(key, Arc::new(r), crate::clock::wall_now()).unwrap()
     }
 
     #[test]

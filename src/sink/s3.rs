@@ -86,6 +86,7 @@ impl S3Sink {
             name: config.name.clone(),
             message,
             disposition: Disposition::Disable,
+            source: None,
         };
         let client = ClientOptions::new()
             .with_timeout(config.timeout)
@@ -163,12 +164,13 @@ impl S3Sink {
             name: self.name.clone(),
             message,
             disposition,
+            source: None,
         }
     }
 
     /// Turns a store error into a message that says what to fix. Every store error is worth
     /// retrying: servers come back, buckets get created, keys get fixed and reloaded.
-    fn store_error(&self, what: &str, e: &object_store::Error) -> SinkError {
+    fn store_error(&self, what: &str, e: object_store::Error) -> SinkError {
         // Listing errors come back as `Generic` whatever the status, so the S3 error code in
         // the answer is looked at too.
         let text = e.to_string();
@@ -208,13 +210,15 @@ impl S3Sink {
         } else {
             String::new()
         };
-        self.error(
+        let mut err = self.error(
             format!(
                 "{what} s3://{}/… at {}: {e}{hint}",
                 self.bucket, self.shown_endpoint
             ),
             Disposition::Retry,
-        )
+        );
+        err.source = crate::cause::of(e);
+        err
     }
 
     async fn put(&self, key: &Path, body: PutPayload, d: &Delivery) -> Result<(), SinkError> {
@@ -239,7 +243,7 @@ impl S3Sink {
             .put_opts(key, body, opts)
             .await
             .map(drop)
-            .map_err(|e| self.store_error(&format!("PUT {key} to"), &e))
+            .map_err(|e| self.store_error(&format!("PUT {key} to"), e))
     }
 
     /// What the object at `key` (a `latest.json`) holds: from its metadata when it has them,
@@ -252,7 +256,7 @@ impl S3Sink {
         };
         match self.store.get_opts(key, head).await {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.store_error(&format!("HEAD {key} at"), &e)),
+            Err(e) => return Err(self.store_error(&format!("HEAD {key} at"), e)),
             Ok(r) => {
                 if let Some(stamp) = stamp_of_metadata(&r.attributes) {
                     return Ok(Some(stamp));
@@ -262,11 +266,11 @@ impl S3Sink {
         // Written by a scenewatch before the metadata, or with values unfit for headers.
         let bytes = match self.store.get_opts(key, GetOptions::default()).await {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.store_error(&format!("GET {key} at"), &e)),
+            Err(e) => return Err(self.store_error(&format!("GET {key} at"), e)),
             Ok(r) => r
                 .bytes()
                 .await
-                .map_err(|e| self.store_error(&format!("GET {key} at"), &e))?,
+                .map_err(|e| self.store_error(&format!("GET {key} at"), e))?,
         };
         Ok(envelope_stamp(&bytes))
     }
@@ -363,7 +367,7 @@ impl Sink for S3Sink {
             .await;
             match listing {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(self.store_error("LIST", &e)),
+                Ok(Err(e)) => Err(self.store_error("LIST", e)),
                 Err(_) => Err(self.error(
                     format!(
                         "LIST s3://{}/… at {} timed out",

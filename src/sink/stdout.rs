@@ -33,6 +33,7 @@ impl StdoutSink {
             message,
             // A closed or full pipe may be a reader restarting; the outbox keeps the lines.
             disposition: Disposition::Retry,
+            source: None,
         }
     }
 

@@ -9,7 +9,7 @@
 //! Its configuration is at the end of this file: [`RawWebhookSink`] (the table as written), [`WebhookSinkConfig`]
 //! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
@@ -104,6 +104,7 @@ impl WebhookSink {
             name: config.name.clone(),
             message,
             disposition: Disposition::Disable,
+            source: None,
         };
         let url = reqwest::Url::parse(&config.url)
             .map_err(|e| fail(format!("url is not valid ({e})")))?;
@@ -132,15 +133,13 @@ impl WebhookSink {
             name: self.name.clone(),
             message,
             disposition,
+            source: None,
         }
     }
 
     /// POSTs one signed body and classifies the answer.
     async fn post(&self, id: &str, content_type: &str, body: Vec<u8>) -> Result<(), SinkError> {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
+        let timestamp = crate::clock::wall_now_ms() / 1000;
         let signature = sign_webhook(self.key.expose_secret(), id, timestamp, &body);
         let answer = self
             .http
@@ -155,6 +154,8 @@ impl WebhookSink {
         let response = match answer {
             Ok(r) => r,
             Err(e) => {
+                // Without the URL reqwest would put in (it may have a query holding a token).
+                let e = e.without_url();
                 let what = if e.is_timeout() {
                     "timed out"
                 } else if e.is_connect() {
@@ -162,10 +163,16 @@ impl WebhookSink {
                 } else {
                     "request failed"
                 };
-                return Err(self.error(
-                    format!("POST {} {what}: {}", self.shown_url, error_chain(e)),
+                let mut err = self.error(
+                    format!(
+                        "POST {} {what}: {}",
+                        self.shown_url,
+                        crate::cause::chain(&e)
+                    ),
                     Disposition::Retry,
-                ));
+                );
+                err.source = crate::cause::of(e);
+                return Err(err);
             }
         };
         let status = response.status();
@@ -199,23 +206,6 @@ fn shown(url: &reqwest::Url) -> String {
     } else {
         u.to_string()
     }
-}
-
-/// The error and its sources, without the URL reqwest would put in (it may have a query).
-fn error_chain(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut out = e.to_string();
-    let mut cur = std::error::Error::source(&e);
-    while let Some(err) = cur {
-        let text = err.to_string();
-        // Layers often repeat their inner error's text; say it once.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = err.source();
-    }
-    out
 }
 
 impl Sink for WebhookSink {
@@ -539,10 +529,7 @@ mod tests {
     fn verify(h: &HeaderMap, body: &[u8]) {
         let id = header(h, "webhook-id");
         let ts: u64 = header(h, "webhook-timestamp").parse().unwrap();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = crate::clock::wall_now_ms() / 1000;
         assert!(now.abs_diff(ts) < 300, "{ts} vs {now}");
         let key = webhook_key(SECRET).unwrap();
         assert_eq!(

@@ -55,6 +55,9 @@ pub enum StateError {
         path: PathBuf,
         /// What was found.
         detail: String,
+        /// The underlying error (its text is in `detail`).
+        #[source]
+        source: Option<crate::cause::Cause>,
     },
     /// The file could not be created, opened, read or written (permissions, disk full, a
     /// read-only file system, a lock held by another process).
@@ -66,6 +69,9 @@ pub enum StateError {
         op: &'static str,
         /// The cause, with a hint where there is one.
         detail: String,
+        /// The underlying error (its text is in `detail`).
+        #[source]
+        source: Option<crate::cause::Cause>,
     },
     /// The ledger thread has stopped (after `close`, or it could not continue).
     #[error("the ledger of {} is closed: its writer thread has stopped", path.display())]

@@ -20,6 +20,11 @@
 //! default `5s`), `SCENEWATCH_BENCH_CONCURRENCY` (`poll.concurrency`, default 128).
 //! Results and their reading: docs/benchmarks.md.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these drive the real binary in real time; clippy.toml's clock rule is for the crate"
+)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -69,7 +69,7 @@ index_id = "3"
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
-    assert!(all.contains(&format!("(in {file})")), "{all}");
+    assert!(all.contains(&format!("(in {file}:")), "{all}");
     assert!(all.contains("4 configuration problems"), "{all}");
     assert!(!all.contains("TOP-SECRET-VALUE"), "{all}");
 
@@ -376,4 +376,369 @@ fn man_pages_exist_for_every_command_and_every_reference_resolves() {
     let out = scenewatch().args(["man", "runn"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
     assert!(text(&out).contains("run, "), "{}", text(&out));
+}
+
+/// Usage mistakes are 64 (clap's own 2 would read as "a watch failed"), with clap's hint;
+/// `--help` and `--version` are 0.
+#[test]
+fn usage_errors_exit_64_and_help_and_version_exit_0() {
+    for args in [
+        &[][..],
+        &["--bogus"],
+        &["frobnicate"],
+        &["check", "--no-such-flag"],
+        &["once", "--timeout", "soon"],
+        &["health", "--timeout", "x"],
+        &["health", "--url", "not a url"],
+        &["completions", "tcsh"],
+        &["reset", "--all-ended", "w/1/2/3"],
+    ] {
+        let out = scenewatch().args(args).output().unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {all}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--"),
+            "{args:?} gives no hint on stderr: {all}"
+        );
+    }
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["check", "--help"],
+        &["help"],
+    ] {
+        let out = scenewatch().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        assert!(!out.stdout.is_empty(), "{args:?} printed nothing on stdout");
+    }
+}
+
+/// A state directory whose ledger holds the watch `w/1/80/81`, and a configuration naming it
+/// (with one jsonl sink called `hooks`).
+async fn ledger_with_one_watch(dir: &std::path::Path) -> std::path::PathBuf {
+    use scenewatch::config::{GenerationChoice, WatchSpec};
+    use scenewatch::state::Ledger as _;
+    let state = dir.join("state");
+    let ledger = scenewatch::state::SqliteLedger::open(&state, vec!["hooks".into()], vec![])
+        .await
+        .unwrap();
+    let spec = WatchSpec {
+        key: "w/1/80/81".parse().unwrap(),
+        scene_summary_id: None,
+        generation: GenerationChoice::Auto,
+        max_wait: std::time::Duration::from_secs(60),
+        declared_at: "watch[0]".into(),
+        origin: None,
+    };
+    ledger.sync_watches(&[spec], &[], 0).await.unwrap();
+    ledger.close().await.unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{}\"\n[api]\naccess_key = \"AK\"\nsecret_key = \"SK\"\n[[sink]]\ntype = \"jsonl\"\nname = \"hooks\"\npath = \"{}\"\n",
+            state.display(),
+            dir.join("r.jsonl").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[tokio::test]
+async fn reset_of_a_watch_the_ledger_does_not_hold_is_exit_65_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ledger_with_one_watch(dir.path()).await;
+    let mut cmd = scenewatch();
+    cmd.args(["reset", "--config"])
+        .arg(&cfg)
+        .args(["w/1/80/81", "w/1/80/82"]);
+    let out = run(cmd).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{all}");
+    assert!(
+        all.contains("holds no watch w/1/80/82 (did you mean `w/1/80/81`?)"),
+        "{all}"
+    );
+    assert!(all.contains("nothing was reset"), "{all}");
+    assert!(!all.contains("reset w/1/80/81\n"), "{all}");
+    // A held watch that has not ended is not an error: it says so.
+    let mut cmd = scenewatch();
+    cmd.args(["reset", "--config"]).arg(&cfg).arg("w/1/80/81");
+    let out = run(cmd).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("not reset w/1/80/81: it has not ended"),
+        "{all}"
+    );
+}
+
+#[tokio::test]
+async fn retry_parked_for_a_sink_nobody_has_is_exit_65_listing_the_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ledger_with_one_watch(dir.path()).await;
+    let mut cmd = scenewatch();
+    cmd.args(["retry-parked", "--config"])
+        .arg(&cfg)
+        .args(["--sink", "hook"]);
+    let out = run(cmd).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{all}");
+    assert!(
+        all.contains("no sink named `hook` (did you mean `hooks`?) (known: hooks)"),
+        "{all}"
+    );
+    let mut cmd = scenewatch();
+    cmd.args(["retry-parked", "--config"])
+        .arg(&cfg)
+        .args(["--sink", "hooks"]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("0 parked deliveries"), "{}", text(&out));
+}
+
+/// A one-shot HTTP server on loopback: `/readyz` answers 200, anything else 404; the paths it
+/// was asked for come back from the thread.
+fn readiness_server() -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut paths = Vec::new();
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let path = line.split(' ').nth(1).unwrap_or("").to_string();
+            let (status, body) = if path == "/readyz" {
+                ("200 OK", "ready")
+            } else {
+                ("404 Not Found", "no")
+            };
+            let mut s = stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            paths.push(path);
+        }
+        paths
+    });
+    (base, handle)
+}
+
+#[tokio::test]
+async fn health_accepts_the_base_address_as_well_as_the_full_url() {
+    let (base, server) = readiness_server();
+    for url in [base.clone(), format!("{base}/readyz")] {
+        let mut cmd = scenewatch();
+        cmd.args(["health", "--url", &url]);
+        let out = run(cmd).await;
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{url}: {all}");
+        assert!(
+            all.contains(&format!("healthy: {base}/readyz answered 200")),
+            "{all}"
+        );
+    }
+    assert_eq!(server.join().unwrap(), ["/readyz", "/readyz"]);
+}
+
+const ONLINE_SECRET: &str = "SK-online-check-91";
+
+fn online_config(url: &str, dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{d}/state\"\n[api]\nendpoint = \"{url}\"\naccess_key = \"AK\"\ntimeout = \"3s\"\n[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\n[[sink]]\ntype = \"file\"\nname = \"files\"\ndir = \"{d}/results\"\n{extra}",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `check --online` against the simulator (which checks signatures): one line per item, what
+/// passed and what failed, exit 69 when something failed, never the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_signs_a_call_and_runs_every_healthcheck() {
+    let sim = crate::support::start_sim(&format!(
+        "seed = 5\n[[credentials]]\naccess_key = \"AK\"\nsecret_key = \"{ONLINE_SECRET}\"\n[[asset]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"1\"\nindex_id = \"1\"\nscenes = 2\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // A jsonl sink whose directory is a file: its healthcheck fails.
+    std::fs::write(dir.path().join("a-file"), "x").unwrap();
+    let broken = format!(
+        "[[sink]]\ntype = \"jsonl\"\nname = \"log\"\npath = \"{}/a-file/r.jsonl\"\n",
+        dir.path().display()
+    );
+    let cfg = online_config(&sim.url, dir.path(), &broken);
+    let check = |secret: &str| {
+        let mut cmd = scenewatch();
+        cmd.args(["check", "--online", "--config"])
+            .arg(&cfg)
+            .env("SCENEWATCH__API__SECRET_KEY", secret);
+        cmd
+    };
+    let out = run(check(ONLINE_SECRET)).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{all}");
+    assert!(
+        all.contains(
+            "ok   api credentials (AK): GET the asset list of w/1 (1 item): signed and accepted"
+        ),
+        "{all}"
+    );
+    assert!(all.contains("ok   sink files: healthcheck passed"), "{all}");
+    assert!(all.contains("FAIL sink log: healthcheck failed"), "{all}");
+    assert!(all.contains("online: 2 passed, 1 failed"), "{all}");
+    assert!(
+        all.contains("1 project selector(s)") && all.contains("0 index watch(es)"),
+        "{all}"
+    );
+
+    // A wrong secret: the call is refused, and the secret is not printed.
+    let out = run(check("SK-wrong-secret-00")).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{all}");
+    assert!(
+        all.contains("FAIL api credentials (AK): GET the asset list of w/1 (1 item): the credentials were refused"),
+        "{all}"
+    );
+    assert!(!all.contains("SK-wrong-secret-00"), "{all}");
+
+    // Everything fine: exit 0.
+    let cfg = online_config(&sim.url, dir.path(), "");
+    let mut cmd = scenewatch();
+    cmd.args(["check", "--online", "--config"])
+        .arg(&cfg)
+        .env("SCENEWATCH__API__SECRET_KEY", ONLINE_SECRET);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("online: 2 passed, 0 failed"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `check --print`: every key with its value and origin (file:line:column, env NAME, default),
+/// secrets redacted; `check` alone does not print it.
+#[test]
+fn check_print_shows_the_effective_configuration_with_origins() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[api]\naccess_key = \"AK\"\nsecret_key = \"SK-in-file-31\"\n[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n",
+    )
+    .unwrap();
+    let out = scenewatch()
+        .args(["check", "--print", "--config"])
+        .arg(&cfg)
+        .env("SCENEWATCH__POLL__CONCURRENCY", "9")
+        .env("SCENEWATCH__SINK__0__TYPE", "stdout")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("SK-in-file-31"), "{all}");
+    let line = |k: &str| {
+        all.lines()
+            .find(|l| l.starts_with(&format!("{k} = ")))
+            .unwrap_or_else(|| panic!("no {k} in {all}"))
+            .to_string()
+    };
+    let file = cfg.display().to_string();
+    assert!(line("api.secret_key").contains("(redacted)"), "{all}");
+    assert!(
+        line("api.secret_key").ends_with(&format!("# {file}:3:1")),
+        "{all}"
+    );
+    assert!(
+        line("poll.concurrency").starts_with("poll.concurrency = 9 "),
+        "{all}"
+    );
+    assert!(
+        line("poll.concurrency").ends_with("# env SCENEWATCH__POLL__CONCURRENCY"),
+        "{all}"
+    );
+    assert!(
+        line("sink[0].type").ends_with("# env SCENEWATCH__SINK__0__TYPE"),
+        "{all}"
+    );
+    assert!(
+        line("watch[0].asset_id").ends_with(&format!("# {file}:7:1")),
+        "{all}"
+    );
+    assert!(line("poll.max_wait").ends_with("# default"), "{all}");
+    assert!(
+        all.contains("1 index watch(es), 0 asset watch(es), 0 project selector(s)"),
+        "{all}"
+    );
+    let out = scenewatch()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!text(&out).contains("api.secret_key ="), "{}", text(&out));
+}
+
+/// Shape and meaning problems come out of one run, each at file:line:column; a syntax error in
+/// a watch file does not hide the main file's problems.
+#[test]
+fn check_lists_shape_and_meaning_problems_in_one_run_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let watches = dir.path().join("watches");
+    std::fs::create_dir(&watches).unwrap();
+    std::fs::write(
+        watches.join("a.toml"),
+        "workspace = \"w\nproject_id = \"1\"\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "watch_dir = \"{}\"\n[api]\naccess_key = \"AK\"\nburts = 3\ntimeout = \"soon\"\n[[sink]]\ntype = \"fiel\"\n[[sink]]\ntype = \"jsonl\"\npath = \"\"\n",
+            watches.display()
+        ),
+    )
+    .unwrap();
+    let out = scenewatch()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("SCENEWATCH__API__SECRET_KEY", "SK")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{all}");
+    let file = cfg.display().to_string();
+    for (needle, place) in [
+        (
+            "api.burts: unknown key (did you mean `burst`?)",
+            format!("{file}:4:1"),
+        ),
+        (
+            "api.timeout: \"soon\" is not a duration",
+            format!("{file}:5:1"),
+        ),
+        ("sink[0].type: unknown type \"fiel\"", format!("{file}:7:1")),
+        ("sink[1].path", format!("{file}:10:1")),
+        (
+            "watch[0]: not valid TOML at line 1",
+            watches.join("a.toml").display().to_string(),
+        ),
+    ] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains(needle) && l.contains(&place)),
+            "missing {needle:?} at {place} in:\n{all}"
+        );
+    }
 }

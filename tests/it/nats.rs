@@ -1,10 +1,11 @@
 //! The NATS JetStream event sink against a real nats-server with JetStream: what a consumer
 //! reads, duplicates dropped by `Nats-Msg-Id`, and a server stopped and restarted mid-run.
 //!
-//! `SCENEWATCH_TEST_NATS` is the server URL (`nats://127.0.0.1:4222` in CI); unset, each test
-//! says it was skipped and passes. Tests on the shared server use a stream and subjects of their
-//! own and delete the stream at the end. The restart test starts its own nats-server (the
-//! binary from PATH or /usr/sbin) on a free port and is skipped without it.
+//! `SCENEWATCH_TEST_NATS` is the server URL (`nats://127.0.0.1:4222` in CI); unset, the tests
+//! that need it are compiled ignored (build.rs turns `cfg(sw_test_nats)` on when it is set), so
+//! `cargo test` counts and names them. Tests on the shared server use a stream and subjects of
+//! their own and delete the stream at the end. The restart test starts its own nats-server (the
+//! binary `SCENEWATCH_TEST_NATS_SERVER` names; ignored without it) on a free port.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,16 +18,15 @@ use scenewatch::events::Event;
 use scenewatch::sink::nats::{NatsSink, subject_for};
 use scenewatch::sink::{Disposition, EventSink};
 
+/// The server's URL. Without `SCENEWATCH_TEST_NATS` these tests are compiled ignored, so
+/// reaching here without it means the test was asked for by name: a failure saying so.
 fn server(test: &str) -> Option<String> {
     match std::env::var("SCENEWATCH_TEST_NATS") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            println!(
-                "skipped: SCENEWATCH_TEST_NATS is not set ({test} needs the nats:// URL of a \
-                 server with JetStream; .ci/run sets nats://127.0.0.1:4222)"
-            );
-            None
-        }
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => panic!(
+            "{test} needs SCENEWATCH_TEST_NATS (the nats:// URL of a server with JetStream; \
+             .ci/run sets nats://127.0.0.1:4222)"
+        ),
     }
 }
 
@@ -101,6 +101,10 @@ fn header<'m>(m: &'m jetstream::message::StreamMessage, name: &str) -> &'m str {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(sw_test_nats),
+    ignore = "needs SCENEWATCH_TEST_NATS (a NATS server with JetStream); .ci/run sets it"
+)]
 async fn nats_events_arrive_as_documented() {
     let Some(url) = server("nats_events_arrive_as_documented") else {
         return;
@@ -131,6 +135,10 @@ async fn nats_events_arrive_as_documented() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(sw_test_nats),
+    ignore = "needs SCENEWATCH_TEST_NATS (a NATS server with JetStream); .ci/run sets it"
+)]
 async fn nats_same_events_twice_are_stored_once() {
     let Some(url) = server("nats_same_events_twice_are_stored_once") else {
         return;
@@ -150,6 +158,10 @@ async fn nats_same_events_twice_are_stored_once() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(sw_test_nats),
+    ignore = "needs SCENEWATCH_TEST_NATS (a NATS server with JetStream); .ci/run sets it"
+)]
 async fn nats_missing_stream_without_create_is_retried_with_a_hint() {
     let Some(url) = server("nats_missing_stream_without_create_is_retried_with_a_hint") else {
         return;
@@ -164,7 +176,12 @@ async fn nats_missing_stream_without_create_is_retried_with_a_hint() {
     assert!(sink.healthcheck().await.is_err());
 }
 
+/// The nats-server binary `SCENEWATCH_TEST_NATS_SERVER` names, or (when the test was asked for
+/// by name without it) one on PATH or in /usr/sbin.
 fn nats_server_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SCENEWATCH_TEST_NATS_SERVER").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)
@@ -208,13 +225,16 @@ async fn start_nats(bin: &Path, store: &Path, port: u16) -> NatsServer {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(sw_test_nats_server),
+    ignore = "needs SCENEWATCH_TEST_NATS_SERVER (the path of a nats-server binary); .ci/run sets it"
+)]
 async fn nats_server_stopped_mid_run_and_restarted_loses_nothing() {
     let Some(bin) = nats_server_binary() else {
-        println!(
-            "skipped: no nats-server binary on PATH or in /usr/sbin \
-             (nats_server_stopped_mid_run_and_restarted_loses_nothing; apt-get install nats-server)"
+        panic!(
+            "needs SCENEWATCH_TEST_NATS_SERVER (the path of a nats-server binary; none on PATH \
+             or in /usr/sbin either; apt-get install nats-server)"
         );
-        return;
     };
     let store = tempfile::tempdir().unwrap();
     let port = {

@@ -147,13 +147,21 @@ async fn live_ready_metrics_and_draining() {
         .await
         .unwrap();
     assert!(set.status().is_success(), "{:?}", set.text().await);
-    client
-        .post(format!("{}/__sim/faults/next", sim.url))
-        .json(&serde_json::json!({"kind": "slow", "count": 50}))
-        .send()
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let control = crate::support::SimControl::new(&sim.url);
+    control.next_faults("slow", 50).await;
+    // Until a slow answer is being held back: a poll is in flight.
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while control.stats().await["by_fault"]["slow"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no poll reached the slow answers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     d.signal("TERM");
     let draining = wait_for(Duration::from_secs(5), || {
         get(port, "/readyz").is_some_and(|(c, b)| c == 503 && b.contains("draining"))
@@ -199,15 +207,15 @@ fn check_openmetrics(text: &str) {
             assert!(n >= 10, "only {n} metric families parsed");
         }
         Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
-            eprintln!(
-                "skipped: the OpenMetrics parse check needs Python's prometheus_client (pip install prometheus-client; .ci/run installs it)"
+            crate::support::skip(
+                "the OpenMetrics parse check needs Python's prometheus_client (pip install prometheus-client; .ci/run installs it)",
             );
         }
         Ok(out) => panic!(
             "the metrics do not parse as OpenMetrics:\n{}\n{text}",
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => eprintln!("skipped: the OpenMetrics parse check needs python3 ({e})"),
+        Err(e) => crate::support::skip(&format!("the OpenMetrics parse check needs python3 ({e})")),
     }
 }
 
@@ -297,7 +305,7 @@ async fn a_full_disk_makes_the_daemon_not_ready_until_the_ledger_is_writable() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs for the full-disk ledger test (needs root)");
+        crate::support::skip("cannot mount a tmpfs for the full-disk ledger test (needs root)");
         return;
     }
     struct Unmount(std::path::PathBuf);

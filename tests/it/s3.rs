@@ -4,9 +4,10 @@
 //!
 //! `SCENEWATCH_TEST_S3` is the endpoint URL (path-style), `SCENEWATCH_TEST_S3_ACCESS_KEY` /
 //! `SCENEWATCH_TEST_S3_SECRET_KEY` its credentials, `SCENEWATCH_TEST_S3_BUCKET` an existing
-//! bucket (default `scenewatch-test`). Unset, each test says it was skipped and passes. The
-//! restart test starts its own `s3s-fs` (found on PATH or in ~/.cargo/bin) and is skipped
-//! without it.
+//! bucket (default `scenewatch-test`). Unset, the tests that need it are compiled ignored
+//! (build.rs turns `cfg(sw_test_s3)` on when it is set), so `cargo test` counts and names them.
+//! The restart test starts its own `s3s-fs` (the binary `SCENEWATCH_TEST_S3S_FS` names; ignored
+//! without it).
 
 use std::path::{Path as FsPath, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,12 +34,15 @@ struct Server {
 }
 
 fn server(test: &str) -> Option<Server> {
-    let Ok(endpoint) = std::env::var("SCENEWATCH_TEST_S3") else {
-        println!(
-            "skipped: SCENEWATCH_TEST_S3 is not set ({test} needs an S3 endpoint URL; .ci/run \
-             starts s3s-fs and sets it)"
+    // Without it these tests are compiled ignored: reaching here means one was asked for by
+    // name, a failure saying what is missing.
+    let Some(endpoint) = std::env::var("SCENEWATCH_TEST_S3")
+        .ok()
+        .filter(|e| !e.is_empty())
+    else {
+        panic!(
+            "{test} needs SCENEWATCH_TEST_S3 (an S3 endpoint URL; .ci/run starts s3s-fs and sets it)"
         );
-        return None;
     };
     let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_string());
     Some(Server {
@@ -154,6 +158,10 @@ async fn assert_envelope(store: &AmazonS3, key: &str, d: &Delivery) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(sw_test_s3),
+    ignore = "needs SCENEWATCH_TEST_S3 (an S3 endpoint that checks signatures); .ci/run sets it"
+)]
 async fn s3_delivered_versions_are_readable_as_documented() {
     let Some(s) = server("s3_delivered_versions_are_readable_as_documented") else {
         return;
@@ -192,6 +200,10 @@ async fn s3_delivered_versions_are_readable_as_documented() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(sw_test_s3),
+    ignore = "needs SCENEWATCH_TEST_S3 (an S3 endpoint that checks signatures); .ci/run sets it"
+)]
 async fn s3_an_older_version_delivered_late_leaves_latest_json_alone() {
     let Some(s) = server("s3_an_older_version_delivered_late_leaves_latest_json_alone") else {
         return;
@@ -257,6 +269,10 @@ async fn s3_an_older_version_delivered_late_leaves_latest_json_alone() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(sw_test_s3),
+    ignore = "needs SCENEWATCH_TEST_S3 (an S3 endpoint that checks signatures); .ci/run sets it"
+)]
 async fn s3_same_version_twice_leaves_one_copy() {
     let Some(s) = server("s3_same_version_twice_leaves_one_copy") else {
         return;
@@ -280,6 +296,10 @@ async fn s3_same_version_twice_leaves_one_copy() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(sw_test_s3),
+    ignore = "needs SCENEWATCH_TEST_S3 (an S3 endpoint that checks signatures); .ci/run sets it"
+)]
 async fn s3_wrong_secret_is_refused_retried_and_never_printed() {
     let Some(s) = server("s3_wrong_secret_is_refused_retried_and_never_printed") else {
         return;
@@ -314,8 +334,12 @@ async fn s3_wrong_secret_is_refused_retried_and_never_printed() {
     assert!(msg.contains("does not exist"), "{msg}");
 }
 
-/// An s3s-fs binary: on PATH or where `cargo install` puts it.
+/// The s3s-fs binary `SCENEWATCH_TEST_S3S_FS` names, or (when the test was asked for by name
+/// without it) one on PATH or where `cargo install` puts it.
 fn s3s_fs_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SCENEWATCH_TEST_S3S_FS").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)
@@ -362,14 +386,16 @@ async fn start_s3s_fs(bin: &FsPath, root: &FsPath, port: u16, s: &Server) -> S3s
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(sw_test_s3s_fs),
+    ignore = "needs SCENEWATCH_TEST_S3S_FS (the path of an s3s-fs binary); .ci/run sets it"
+)]
 async fn s3_server_stopped_mid_run_and_restarted_loses_nothing() {
     let Some(bin) = s3s_fs_binary() else {
-        println!(
-            "skipped: no s3s-fs binary on PATH or in ~/.cargo/bin \
-             (s3_server_stopped_mid_run_and_restarted_loses_nothing; cargo install --locked \
-             s3s-fs@0.14.1 --features binary)"
+        panic!(
+            "needs SCENEWATCH_TEST_S3S_FS (the path of an s3s-fs binary; none on PATH or in \
+             ~/.cargo/bin either; cargo install --locked s3s-fs@0.14.1 --features binary)"
         );
-        return;
     };
     let root = tempfile::tempdir().unwrap();
     // s3s-fs serves each directory under its root as a bucket.

@@ -9,7 +9,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use serde::Serialize;
-use tokio::time::Instant;
 
 use super::auth;
 use super::clock::kst_string;
@@ -356,7 +355,7 @@ pub async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
     let (throttled, fault) = {
         let mut inner = sim.lock();
         let inner = &mut *inner;
-        let now = Instant::now();
+        let now = crate::clock::instant_now();
         let throttled = inner.bucket.as_mut().is_some_and(|b| !b.take(now));
         // A throttled request gets no fault draw, so the quota does not shift the fault stream.
         let fault = if throttled {
@@ -536,7 +535,7 @@ fn serve(sim: &Sim, route: &Route<'_>, query: Option<&str>, body: &[u8]) -> Answ
         let Some(asset) = store.assets.get_mut(i) else {
             return not_found(sim);
         };
-        asset.settle(Instant::now(), &sim.clock);
+        asset.settle(crate::clock::instant_now(), &sim.clock);
         asset.served += 1;
         if let Some(s) = route.summary_id
             && s != asset.summary_id
@@ -559,7 +558,7 @@ fn serve(sim: &Sim, route: &Route<'_>, query: Option<&str>, body: &[u8]) -> Answ
             Op::Request => {
                 let ids = requested.unwrap_or_default();
                 let id = new_id.unwrap_or_default();
-                return match asset.request(Instant::now(), ids, id) {
+                return match asset.request(crate::clock::instant_now(), ids, id) {
                     Ok(id) => {
                         let id_value = match (sim.api.scene_summary_id_as_number, id.parse::<u64>())
                         {

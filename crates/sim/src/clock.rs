@@ -1,5 +1,12 @@
 //! Time for the simulator: the tokio clock drives the state machine (so paused-time tests work),
 //! the wall clock drives the signature window and the KST-looking `lastAnalyzedAt` strings.
+//! The one module of the simulator that reads clocks (the workspace's clippy.toml forbids
+//! `SystemTime::now` and `Instant::now` elsewhere).
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "this module is where the simulator reads clocks (see clippy.toml)"
+)]
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,6 +63,11 @@ impl Clock {
     pub fn skew_ms(&self) -> i64 {
         self.skew_ms.load(Ordering::Relaxed)
     }
+}
+
+/// The current tokio instant (paused time applies).
+pub fn instant_now() -> Instant {
+    Instant::now()
 }
 
 /// Wall clock in Unix milliseconds; a clock before 1970 reads as 0 rather than panicking.

@@ -117,7 +117,7 @@ fn with_asset(
     let Some(asset) = found.and_then(|i| inner.store.assets.get_mut(i)) else {
         return err(StatusCode::NOT_FOUND, "no such asset or index".into());
     };
-    let now = Instant::now();
+    let now = crate::clock::instant_now();
     asset.settle(now, &sim.clock);
     match f(asset, now) {
         Ok(()) => ok(asset.to_json(&sim.clock, latest)),
@@ -128,7 +128,7 @@ fn with_asset(
 async fn state(State(sim): S) -> Response {
     let api = sim.api_json();
     let mut inner = sim.lock();
-    let now = Instant::now();
+    let now = crate::clock::instant_now();
     let store = &mut inner.store;
     for a in &mut store.assets {
         a.settle(now, &sim.clock);
@@ -248,7 +248,7 @@ async fn reindex(State(sim): S, Path(p): Path<AssetPath>, bytes: Bytes) -> Respo
         (&p.workspace, &p.project_id, &p.asset_id),
         r,
         sim.seed,
-        Instant::now(),
+        crate::clock::instant_now(),
         &sim.clock,
     );
     match added {
@@ -312,7 +312,10 @@ async fn add_asset(State(sim): S, bytes: Bytes) -> Response {
         return err(StatusCode::BAD_REQUEST, format!("{}: {m}", spec.label()));
     }
     let mut inner = sim.lock();
-    match inner.store.add(&spec, sim.seed, Instant::now(), &sim.clock) {
+    match inner
+        .store
+        .add(&spec, sim.seed, crate::clock::instant_now(), &sim.clock)
+    {
         Ok(i) => match inner.store.assets.get(i) {
             Some(a) => ok(a.to_json(&sim.clock, inner.store.is_latest(i))),
             None => err(StatusCode::INTERNAL_SERVER_ERROR, "asset vanished".into()),

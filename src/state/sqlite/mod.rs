@@ -43,11 +43,11 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// `Corrupt` (restore a backup), a value this build cannot read back is `Corrupt` too (someone
 /// edited the file, or a newer build wrote it without bumping the schema), everything else is
 /// `Io` with a hint for the common causes.
-pub(crate) fn sql_error(path: &Path, op: &'static str, e: &rusqlite::Error) -> StateError {
+pub(crate) fn sql_error(path: &Path, op: &'static str, e: rusqlite::Error) -> StateError {
     use rusqlite::Error as E;
     use rusqlite::ErrorCode;
     let path = path.to_path_buf();
-    match e {
+    match &e {
         E::FromSqlConversionFailure(..)
         | E::IntegralValueOutOfRange(..)
         | E::InvalidColumnType(..)
@@ -55,6 +55,7 @@ pub(crate) fn sql_error(path: &Path, op: &'static str, e: &rusqlite::Error) -> S
             return StateError::Corrupt {
                 path,
                 detail: format!("a stored value cannot be read back: {e}"),
+                source: crate::cause::of(e),
             };
         }
         _ => {}
@@ -64,6 +65,7 @@ pub(crate) fn sql_error(path: &Path, op: &'static str, e: &rusqlite::Error) -> S
             return StateError::Corrupt {
                 path,
                 detail: e.to_string(),
+                source: crate::cause::of(e),
             };
         }
         Some(ErrorCode::DiskFull) => {
@@ -85,7 +87,12 @@ pub(crate) fn sql_error(path: &Path, op: &'static str, e: &rusqlite::Error) -> S
     } else {
         format!("{e} ({hint})")
     };
-    StateError::Io { path, op, detail }
+    StateError::Io {
+        path,
+        op,
+        detail,
+        source: crate::cause::of(e),
+    }
 }
 
 /// The SQLite ledger's handle. Cheap to clone: a channel sender to the thread that owns the database.
@@ -178,6 +185,7 @@ impl SqliteLedger {
             path: self.path.to_path_buf(),
             op: "write",
             detail: "this ledger was opened read-only (for status)".into(),
+            source: None,
         }
     }
 

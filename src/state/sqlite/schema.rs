@@ -187,7 +187,7 @@ pub fn preflight(conn: &Connection, path: &Path) -> Result<Found, StateError> {
     // SQLITE_NOTADB, which `sql_error` turns into the "not a scenewatch state database" refusal.
     let read = |sql: &str| -> Result<i64, StateError> {
         conn.query_row(sql, [], |r| r.get::<_, i64>(0))
-            .map_err(|e| sql_error(path, "read", &e))
+            .map_err(|e| sql_error(path, "read", e))
     };
     let app_id = read("PRAGMA application_id")?;
     let version = read("PRAGMA user_version")?;
@@ -202,11 +202,13 @@ pub fn preflight(conn: &Connection, path: &Path) -> Result<Found, StateError> {
                 "it is a SQLite database of another application (application_id {app_id}, \
                  {tables} schema objects)"
             ),
+            source: None,
         });
     }
     let found = u32::try_from(version).map_err(|_| StateError::Corrupt {
         path: path.to_path_buf(),
         detail: format!("its schema version {version} is not a valid version"),
+        source: None,
     })?;
     if found > SCHEMA_VERSION {
         return Err(StateError::NewerSchema {
@@ -224,12 +226,12 @@ pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StateError> {
     let mut problems = Vec::new();
     let mut stmt = conn
         .prepare("PRAGMA quick_check(5)")
-        .map_err(|e| sql_error(path, "check", &e))?;
+        .map_err(|e| sql_error(path, "check", e))?;
     let rows = stmt
         .query_map([], |r| r.get::<_, String>(0))
-        .map_err(|e| sql_error(path, "check", &e))?;
+        .map_err(|e| sql_error(path, "check", e))?;
     for row in rows {
-        let line = row.map_err(|e| sql_error(path, "check", &e))?;
+        let line = row.map_err(|e| sql_error(path, "check", e))?;
         if line != "ok" {
             problems.push(line);
         }
@@ -240,6 +242,7 @@ pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StateError> {
         Err(StateError::Corrupt {
             path: path.to_path_buf(),
             detail: format!("integrity check failed: {}", problems.join("; ")),
+            source: None,
         })
     }
 }
@@ -247,7 +250,7 @@ pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StateError> {
 /// Brings the schema from `from` to [`SCHEMA_VERSION`] in one transaction. `from` comes from the
 /// pre-flight; it is read again under the write lock in case another process migrated meanwhile.
 pub fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> {
-    let fail = |e: rusqlite::Error| sql_error(path, "migrate", &e);
+    let fail = |e: rusqlite::Error| sql_error(path, "migrate", e);
     conn.execute_batch("BEGIN IMMEDIATE").map_err(fail)?;
     let result = (|| -> Result<(), StateError> {
         let version: i64 = conn

@@ -183,20 +183,21 @@ impl Store {
             path: path.clone(),
             op: "create the directory of",
             detail: e.to_string(),
+            source: crate::cause::of(e),
         })?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn =
-            Connection::open_with_flags(&path, flags).map_err(|e| sql_error(&path, "open", &e))?;
+            Connection::open_with_flags(&path, flags).map_err(|e| sql_error(&path, "open", e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| sql_error(&path, "open", &e))?;
+            .map_err(|e| sql_error(&path, "open", e))?;
         let found = schema::preflight(&conn, &path)?;
         // SQLite silently opens a write-protected file read-only; say so now rather than at the
         // first poll step.
         if conn
             .is_readonly(rusqlite::MAIN_DB)
-            .map_err(|e| sql_error(&path, "open", &e))?
+            .map_err(|e| sql_error(&path, "open", e))?
         {
             return Err(StateError::Io {
                 path,
@@ -204,6 +205,7 @@ impl Store {
                 detail: "the file is read-only (make the file and its directory writable by the \
                          user scenewatch runs as)"
                     .into(),
+                source: None,
             });
         }
         if found != Found::Fresh {
@@ -211,7 +213,7 @@ impl Store {
         }
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| sql_error(&path, "open", &e))?;
+            .map_err(|e| sql_error(&path, "open", e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StateError::Io {
                 path,
@@ -220,6 +222,7 @@ impl Store {
                     "the file system does not support write-ahead logging (journal mode \
                      stayed `{mode}`); put state_dir on a local file system"
                 ),
+                source: None,
             });
         }
         // FULL: the WAL is fsync'd at every commit, so a power cut cannot lose a transaction
@@ -230,12 +233,12 @@ impl Store {
              PRAGMA cache_size = -{CACHE_KIB};
              PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};"
         ))
-        .map_err(|e| sql_error(&path, "open", &e))?;
+        .map_err(|e| sql_error(&path, "open", e))?;
         schema::migrate(&conn, &path)?;
         conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS sync_seen (watch_id INTEGER PRIMARY KEY)",
         )
-        .map_err(|e| sql_error(&path, "open", &e))?;
+        .map_err(|e| sql_error(&path, "open", e))?;
         let file_id = file_id(&path);
         Ok(Store {
             conn,
@@ -258,6 +261,7 @@ impl Store {
                     path,
                     op: "open",
                     detail: "no such file: scenewatch has not run with this state_dir yet".into(),
+                    source: None,
                 });
             }
             Err(e) => {
@@ -265,14 +269,15 @@ impl Store {
                     path,
                     op: "open",
                     detail: e.to_string(),
+                    source: None,
                 });
             }
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn =
-            Connection::open_with_flags(&path, flags).map_err(|e| sql_error(&path, "open", &e))?;
+            Connection::open_with_flags(&path, flags).map_err(|e| sql_error(&path, "open", e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| sql_error(&path, "open", &e))?;
+            .map_err(|e| sql_error(&path, "open", e))?;
         match schema::preflight(&conn, &path)? {
             Found::Ledger(SCHEMA_VERSION) => {}
             Found::Fresh => {
@@ -280,6 +285,7 @@ impl Store {
                     path,
                     op: "read",
                     detail: "the file holds no ledger yet (the daemon creates it on start)".into(),
+                    source: None,
                 });
             }
             Found::Ledger(v) => {
@@ -290,12 +296,13 @@ impl Store {
                         "it has schema {v} of an older scenewatch; start the daemon once to \
                          migrate it to schema {SCHEMA_VERSION}"
                     ),
+                    source: None,
                 });
             }
         }
         // Belt and braces: even a bug here cannot write through this connection.
         conn.execute_batch("PRAGMA query_only = 1")
-            .map_err(|e| sql_error(&path, "open", &e))?;
+            .map_err(|e| sql_error(&path, "open", e))?;
         Ok(Store {
             conn,
             path,
@@ -308,7 +315,7 @@ impl Store {
     }
 
     fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> StateError + '_ {
-        move |e| sql_error(&self.path, op, &e)
+        move |e| sql_error(&self.path, op, e)
     }
 
     /// Runs SQL without results (transaction control).
@@ -390,6 +397,7 @@ impl Store {
                  the next start; stop the daemon, restore the file (or keep the new one) and \
                  start it again"
             ),
+            source: None,
         })
     }
 
@@ -401,7 +409,7 @@ impl Store {
         let path = self.path;
         self.conn
             .close()
-            .map_err(|(_, e)| sql_error(&path, "close", &e))
+            .map_err(|(_, e)| sql_error(&path, "close", e))
     }
 
     /// Id of a watch row, if present.
@@ -753,12 +761,14 @@ impl Store {
                     "version {} is for watch {}, which the ledger does not hold",
                     v.version_id, v.key
                 ),
+                source: None,
             })?;
             let ids = match &v.analyzed_scene_ids {
                 Some(ids) => Some(serde_json::to_string(ids).map_err(|e| StateError::Io {
                     path: self.path.clone(),
                     op: "record a version in",
                     detail: e.to_string(),
+                    source: crate::cause::of(e),
                 })?),
                 None => None,
             };
@@ -988,6 +998,7 @@ impl Store {
                 return Err(StateError::Corrupt {
                     path: self.path.clone(),
                     detail: format!("stored event {} cannot be decoded", undecodable[0].1),
+                    source: None,
                 });
             }
             let mut park = self

@@ -100,7 +100,7 @@ async fn count(ledger: &SqliteLedger, sql: &'static str) -> i64 {
         .with_store(move |s| {
             s.conn
                 .query_row(sql, [], |r| r.get::<_, i64>(0))
-                .map_err(|e| sql_error(&s.path, "read", &e))
+                .map_err(|e| sql_error(&s.path, "read", e))
         })
         .await;
     match r {
@@ -186,7 +186,7 @@ async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state() {
                     [],
                     |r| r.get::<_, String>(0),
                 )
-                .map_err(|e| sql_error(&s.path, "read", &e))
+                .map_err(|e| sql_error(&s.path, "read", e))
         })
         .await
         .unwrap();
@@ -533,6 +533,10 @@ async fn disk_full_is_loud_and_loses_nothing_already_recorded() {
     assert!(matches!(err, StateError::Io { op: "write", .. }), "{err:?}");
     assert!(msg.contains("full"), "{msg}");
     assert!(msg.contains(DB_FILE), "{msg}");
+    // SQLite's own error stays attached, with its code, for code that acts on it.
+    let code =
+        crate::cause::find::<rusqlite::Error>(&err).and_then(rusqlite::Error::sqlite_error_code);
+    assert_eq!(code, Some(rusqlite::ErrorCode::DiskFull), "{err:?}");
     // Readiness remembers the failure until a write commits again. (The probe itself could pass
     // here: `max_page_count` does not limit the WAL, a real full disk would.)
     let remembered = ledger
@@ -626,16 +630,16 @@ async fn due_queries_use_the_open_row_indexes() {
                 let mut st = s
                     .conn
                     .prepare(&explain)
-                    .map_err(|e| sql_error(&s.path, "read", &e))?;
+                    .map_err(|e| sql_error(&s.path, "read", e))?;
                 let params: Vec<i64> = vec![0; n];
                 let rows = st
                     .query_map(rusqlite::params_from_iter(params), |r| {
                         r.get::<_, String>(3)
                     })
-                    .map_err(|e| sql_error(&s.path, "read", &e))?;
+                    .map_err(|e| sql_error(&s.path, "read", e))?;
                 let mut plan = Vec::new();
                 for r in rows {
-                    plan.push(r.map_err(|e| sql_error(&s.path, "read", &e))?);
+                    plan.push(r.map_err(|e| sql_error(&s.path, "read", e))?);
                 }
                 out.push(plan.join(" | "));
             }

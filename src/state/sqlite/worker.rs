@@ -112,6 +112,7 @@ where
             path: path.clone(),
             op: "start the thread of",
             detail: e.to_string(),
+            source: crate::cause::of(e),
         })?;
     ready_rx.await.map_err(|_| StateError::Closed { path })??;
     Ok(tx)

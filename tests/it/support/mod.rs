@@ -201,3 +201,77 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The simulator's control routes (docs/simulator.md), for tests that steer it or wait on it.
+pub struct SimControl {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl SimControl {
+    /// The control client of the simulator at `url`.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `GET /__sim/stats`: API requests answered, by route, status and fault.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/__sim/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// How many API requests the simulator has answered (control routes not counted).
+    pub async fn requests(&self) -> u64 {
+        self.stats().await["total"].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until the simulator has answered `more` API requests beyond those answered when
+    /// called: proof that the watcher kept polling (rechecks ran), where a fixed sleep would
+    /// only hope so. False if `within` passes first.
+    pub async fn wait_for_more_requests(&self, more: u64, within: std::time::Duration) -> bool {
+        let target = self.requests().await + more;
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            if self.requests().await >= target {
+                return true;
+            }
+            if tokio::time::Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `POST /__sim/faults/next`: the next `count` API requests get fault `kind`.
+    pub async fn next_faults(&self, kind: &str, count: u32) {
+        let answer = self
+            .http
+            .post(format!("{}/__sim/faults/next", self.url))
+            .json(&serde_json::json!({"kind": kind, "count": count}))
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    }
+}
+
+/// A check that cannot run here for want of a tool found only at run time (python3 and its
+/// prometheus_client, mount rights, a TLS certificate on the test server): says so on stderr
+/// and returns, so the test passes without that check. Under `SCENEWATCH_TEST_STRICT=1`
+/// (`.ci/run` sets it, and provides all of them) it fails instead. Missing servers are not
+/// this: their tests are compiled ignored (build.rs).
+pub fn skip(reason: &str) {
+    if std::env::var_os("SCENEWATCH_TEST_STRICT").is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{reason}; SCENEWATCH_TEST_STRICT is set, so this is a failure, not a skip");
+    }
+    eprintln!("skipped: {reason}");
+}
