@@ -119,24 +119,13 @@ impl DemoRun {
             self.report.outcomes.len(),
             self.simulator
         );
-        let mut written = 0;
-        for o in &self.report.outcomes {
-            let secs = o.elapsed.as_secs_f32();
-            match (o.state.phase, o.locations.first()) {
-                (Phase::Watching, Some(loc)) => {
-                    written += 1;
-                    let _ = writeln!(s, "  ✔ {}  completed in {secs:.1}s → {loc}", o.spec.key);
-                }
-                (phase, _) => {
-                    let why = o
-                        .sink_error
-                        .clone()
-                        .or_else(|| o.state.remote.as_ref().map(|r| r.as_str().to_string()))
-                        .unwrap_or_default();
-                    let _ = writeln!(s, "  ✘ {}  {phase} after {secs:.1}s ({why})", o.spec.key);
-                }
-            }
-        }
+        s.push_str(&crate::progress::summary(&self.report));
+        let written = self
+            .report
+            .outcomes
+            .iter()
+            .filter(|o| o.state.phase == Phase::Watching && !o.locations.is_empty())
+            .count();
         let _ = writeln!(
             s,
             "\n{written} result(s) written under {} (latest version per index, plus every version in {{index_id}}/).",
@@ -187,6 +176,7 @@ pub async fn run(
     let options = OnceOptions {
         timeout: None,
         observer: Some(board),
+        dry_run: false,
     };
     let report = once::once(config, options, shutdown).await?;
     sim_stop.cancel();

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod domain;
+pub mod dry_run;
 pub mod engine;
 pub mod events;
 pub mod exit;

@@ -12,10 +12,11 @@ use tracing::warn;
 
 use crate::clock::Clock;
 use crate::config::{Config, WatchSpec};
+use crate::dry_run::{DryRunEventSink, DryRunSink, Plan};
 use crate::engine::{self, Mode, Observer, Setup};
 use crate::exit;
 use crate::health::Health;
-use crate::sink::{self, EventSink, Sink, SinkError};
+use crate::sink::{self, EventSink, EventSinkConfig, Sink, SinkConfig, SinkError};
 use crate::state::{MemoryLedger, SharedLedger};
 use crate::watch::WatchState;
 
@@ -26,6 +27,9 @@ pub struct OnceOptions {
     pub timeout: Option<Duration>,
     /// Told about every poll and delivery (the progress display).
     pub observer: Option<Arc<dyn Observer>>,
+    /// `--dry-run`: poll and fetch, write nothing; the report's `dry_run` says what would have
+    /// been written.
+    pub dry_run: bool,
 }
 
 /// How one watch ended.
@@ -58,6 +62,8 @@ pub struct OnceReport {
     pub unresolved: Vec<String>,
     /// Set when the run was interrupted.
     pub interrupted: bool,
+    /// `--dry-run`: what would have been written, to print.
+    pub dry_run: Option<String>,
 }
 
 impl OnceReport {
@@ -107,6 +113,48 @@ pub async fn event_sinks(config: &Config) -> Result<Vec<Arc<dyn EventSink>>, Sin
     Ok(out)
 }
 
+/// The result sinks and the event sinks of a run.
+type Sinks = (Vec<Arc<dyn Sink>>, Vec<Arc<dyn EventSink>>);
+
+/// The stand-ins of `--dry-run` for every configured sink and event sink: built as configured
+/// (no IO), never called, no healthcheck (the file sink's writes a probe).
+fn dry_run_sinks(config: &Config, plan: &Arc<Plan>) -> Result<Sinks, SinkError> {
+    let mut out: Vec<Arc<dyn Sink>> = Vec::new();
+    for c in &config.sinks {
+        let kind = match c {
+            SinkConfig::File(_) => "file",
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Jsonl(_) => "jsonl",
+            SinkConfig::Webhook(_) => "webhook",
+            SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::S3(_) => "s3",
+        };
+        out.push(Arc::new(DryRunSink::new(
+            sink::build(c)?,
+            kind,
+            plan.clone(),
+        )));
+    }
+    let events = config
+        .event_sinks
+        .iter()
+        .map(|c| {
+            let kind = match c {
+                EventSinkConfig::Stdout(_) => "stdout",
+                EventSinkConfig::Jsonl(_) => "jsonl",
+                EventSinkConfig::Webhook(_) => "webhook",
+                EventSinkConfig::Nats(_) => "nats",
+            };
+            Arc::new(DryRunEventSink::new(
+                c.name().to_string(),
+                kind,
+                plan.clone(),
+            )) as Arc<dyn EventSink>
+        })
+        .collect();
+    Ok((out, events))
+}
+
 /// Polls every configured watch until each is settled, then returns the report. `shutdown`
 /// interrupts the run (the report then says so).
 pub async fn once(
@@ -117,8 +165,11 @@ pub async fn once(
     for w in &config.warnings {
         warn!("{w}");
     }
-    let sinks = sinks(&config).await?;
-    let event_sinks = event_sinks(&config).await?;
+    let plan = options.dry_run.then(|| Arc::new(Plan::default()));
+    let (sinks, event_sinks) = match &plan {
+        Some(plan) => dry_run_sinks(&config, plan)?,
+        None => (sinks(&config).await?, event_sinks(&config).await?),
+    };
     let memory = MemoryLedger::new(
         sinks.iter().map(|s| s.name().to_string()).collect(),
         event_sinks.iter().map(|s| s.name().to_string()).collect(),
@@ -172,5 +223,6 @@ pub async fn once(
         timed_out: finished.timed_out,
         interrupted: finished.interrupted,
         unresolved: finished.unresolved,
+        dry_run: plan.map(|p| p.render()),
     })
 }

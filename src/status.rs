@@ -99,12 +99,18 @@ pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
 /// rewrite the screen) are shown escaped, and a long value is cut.
 fn printable(s: &str) -> String {
     const MAX: usize = 40;
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX {
-            out.push('…');
-            break;
-        }
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", escape_controls(&s[..cut])),
+        None => escape_controls(s),
+    }
+}
+
+/// `s` with every control character (ESC, CR, newline, …) shown as its Rust escape (`\u{1b}`,
+/// `\r`, `\n`), so that text from the API or a sink cannot move the cursor or rewrite a
+/// terminal: `status` and the progress view of `once` and the demo show API text through it.
+pub fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
         if c.is_control() {
             out.extend(c.escape_default());
         } else {

@@ -80,8 +80,10 @@ pub enum Command {
     },
     /// Poll every configured watch until each completes or ends, write the results, exit.
     ///
-    /// Shows one live line per watch on a terminal, plain log lines otherwise.
-    /// Example: scenewatch once --config /etc/scenewatch/scenewatch.toml
+    /// Shows one live line per watch on a terminal, plain log lines otherwise, and a summary at
+    /// the end (on stderr). --timeout bounds the run (exit 75 with watches still open, e.g. an
+    /// endpoint that does not answer); --dry-run writes nothing and prints what it would write.
+    /// Example: scenewatch once --config /etc/scenewatch/scenewatch.toml --timeout 10m --dry-run
     #[command(after_help = EXIT_CODES)]
     Once {
         /// Configuration file (TOML); SCENEWATCH__SECTION__KEY variables override it.
@@ -93,6 +95,10 @@ pub enum Command {
         /// Give up after this long (e.g. 10m), with exit code 75 if watches are still open.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// Poll and fetch, but write nothing (no sink, no event sink, no file): print where each
+        /// result version would have gone, and how many events each event sink would have got.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Validate the configuration and report every problem at once (exit 78 when invalid).
     ///

@@ -39,6 +39,15 @@ impl Live {
         self.progress.as_ref().map(Progress::log_writer)
     }
 
+    /// No display after all, when `yes` (a `stdout` sink would print results into it); the
+    /// log writer then writes plain lines.
+    pub fn stand_down_if(mut self, yes: bool) -> Self {
+        if yes && let Some(p) = self.progress.take() {
+            p.stand_down();
+        }
+        self
+    }
+
     /// The board the engine reports to.
     pub fn board(&self) -> Arc<Board> {
         self.board.clone()

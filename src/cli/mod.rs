@@ -63,7 +63,8 @@ pub async fn dispatch(command: Command, live: Live) -> u8 {
             config,
             no_progress: _,
             timeout,
-        } => once::run(&config, timeout, live).await,
+            dry_run,
+        } => once::run(&config, timeout, dry_run, live).await,
         Command::Check {
             config,
             online,

@@ -113,6 +113,17 @@ impl Sink for FileSink {
         })
     }
 
+    fn targets(&self, d: &Delivery) -> Vec<String> {
+        let mut out = vec![format!(
+            "{} (unless it holds a newer version)",
+            self.latest_path(d).display()
+        )];
+        if self.config.keep_versions {
+            out.push(self.version_path(d).display().to_string());
+        }
+        out
+    }
+
     fn healthcheck(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             let dir = self.config.dir.clone();

@@ -282,6 +282,13 @@ impl Sink for JsonlSink {
         &self.name
     }
 
+    fn targets(&self, _d: &Delivery) -> Vec<String> {
+        vec![format!(
+            "{} (one line appended)",
+            self.writer.path().display()
+        )]
+    }
+
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
             let line = d.body("jsonl", &self.name, true)?;

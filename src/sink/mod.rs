@@ -82,6 +82,12 @@ pub trait Sink: Send + Sync {
     fn healthcheck(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Where [`Sink::deliver`] would put `delivery` (each file, object, row or request), worked
+    /// out without reading or writing anything: what `once --dry-run` prints.
+    fn targets(&self, delivery: &Delivery) -> Vec<String> {
+        let _ = delivery;
+        vec![format!("sink `{}`", self.name())]
+    }
 }
 
 /// Builds the sink a configuration names.

@@ -799,6 +799,21 @@ impl Sink for PostgresSink {
         &self.name
     }
 
+    fn targets(&self, d: &Delivery) -> Vec<String> {
+        vec![
+            format!(
+                "{}#{}.index_versions/{}",
+                self.shown, self.schema, d.version_id
+            ),
+            format!(
+                "{}#{}.scenes ({} rows)",
+                self.shown,
+                self.schema,
+                d.result.scenes.len()
+            ),
+        ]
+    }
+
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
             let park = |m: String| SinkError {

@@ -322,6 +322,17 @@ impl Sink for S3Sink {
         &self.name
     }
 
+    fn targets(&self, d: &Delivery) -> Vec<String> {
+        vec![
+            format!("s3://{}/{}", self.bucket, self.version_key(d)),
+            format!(
+                "s3://{}/{} (unless it holds a newer version)",
+                self.bucket,
+                self.latest_key(d)
+            ),
+        ]
+    }
+
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
             let body = d.body("s3", &self.name, true)?;

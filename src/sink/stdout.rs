@@ -72,6 +72,10 @@ impl Sink for StdoutSink {
         &self.name
     }
 
+    fn targets(&self, _d: &Delivery) -> Vec<String> {
+        vec!["standard output (one line)".into()]
+    }
+
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
             let line = d.body("stdout", &self.name, true)?;

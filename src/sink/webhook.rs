@@ -213,6 +213,10 @@ impl Sink for WebhookSink {
         &self.name
     }
 
+    fn targets(&self, _d: &Delivery) -> Vec<String> {
+        vec![format!("POST {}", self.shown_url)]
+    }
+
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
             let body = d.body("webhook", &self.name, true)?;
