@@ -15,6 +15,11 @@
 //! (re-analyses per day, default 10000), `SCENEWATCH_BENCH_RETENTION` (default `7d`, so the
 //! month shows the plateau; `off` never prunes, for comparison). Figures: docs/benchmarks.md.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark measures real time; clippy.toml's clock rule is for the crate"
+)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

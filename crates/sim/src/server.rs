@@ -74,7 +74,7 @@ impl Stats {
         if self.times.len() >= MAX_REQUEST_TIMES {
             self.times.pop_front();
         }
-        self.times.push_back(tokio::time::Instant::now());
+        self.times.push_back(crate::clock::instant_now());
         *self.by_route.entry(route.to_owned()).or_default() += 1;
         *self.by_status.entry(status.to_string()).or_default() += 1;
         *self
