@@ -32,6 +32,9 @@ pub struct Metrics {
     parked: Family<Labels, Gauge>,
     sink_failing: Family<Labels, Gauge>,
     budget_rate: Gauge<f64, AtomicU64>,
+    recheck_interval: Gauge<f64, AtomicU64>,
+    poll_lateness: Family<Labels, Histogram>,
+    polls_per_completion: Histogram,
     budget_cuts: Counter,
     throttled: Counter,
     auth_paused: Gauge,
@@ -76,6 +79,11 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// 10 ms to about 3 h: a poll launched on time, or held by a budget far too small.
+fn lateness_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 21))
 }
 
 fn latency_histogram() -> Histogram {
@@ -164,6 +172,30 @@ impl Metrics {
             "Current request budget in requests per second (lowered by throttling)",
             budget_rate.clone(),
         );
+        let recheck_interval = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "recheck_interval_effective_seconds",
+            "The interval delivered watches are rechecked at: poll.recheck_interval, or longer when the request budget left after waiting jobs, first polls and fetches cannot carry that many rechecks",
+            recheck_interval.clone(),
+        );
+        let poll_lateness = Family::<Labels, Histogram>::new_with_constructor(
+            lateness_histogram as fn() -> Histogram,
+        );
+        // Every class starts at 0, so each has a series from the first scrape.
+        for class in ["waiting", "first", "recheck"] {
+            let _ = poll_lateness.get_or_create(&vec![("class", class.into())]);
+        }
+        registry.register(
+            "poll_lateness_seconds",
+            "How late each poll was launched against its due time, by class (waiting, first, recheck)",
+            poll_lateness.clone(),
+        );
+        let polls_per_completion = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "polls_per_completion",
+            "Answers a watch took from its first poll to its first completed version",
+            polls_per_completion.clone(),
+        );
         let budget_cuts = Counter::default();
         registry.register(
             "request_budget_cuts",
@@ -237,6 +269,9 @@ impl Metrics {
             parked,
             sink_failing,
             budget_rate,
+            recheck_interval,
+            poll_lateness,
+            polls_per_completion,
             budget_cuts,
             throttled,
             auth_paused,
@@ -321,6 +356,23 @@ impl Metrics {
     /// The request budget's current rate.
     pub fn set_budget_rate(&self, rate: f64) {
         self.budget_rate.set(rate);
+    }
+
+    /// The interval delivered watches are rechecked at now.
+    pub fn set_recheck_interval(&self, interval: std::time::Duration) {
+        self.recheck_interval.set(interval.as_secs_f64());
+    }
+
+    /// A poll of `class` was launched `late` after its due time.
+    pub fn poll_lateness(&self, class: &'static str, late: std::time::Duration) {
+        self.poll_lateness
+            .get_or_create(&vec![("class", class.into())])
+            .observe(late.as_secs_f64());
+    }
+
+    /// A job completed after `polls` polls.
+    pub fn polls_per_completion(&self, polls: u64) {
+        self.polls_per_completion.observe(polls as f64);
     }
 
     /// Throttling halved the budget to `rate`.

@@ -79,6 +79,37 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32, seed: u64) -> Dur
         .min(max)
 }
 
+/// The longest recheck interval [`fitted_recheck`] stretches to: a budget so small that even
+/// this is too short is reported, not followed to absurd intervals.
+pub const MAX_FITTED_RECHECK: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The recheck interval the budget can carry: `configured`, or longer when rechecking
+/// `watching` delivered watches every `configured`, at `calls_each` requests per recheck (a
+/// status call, and a result call when the status cannot tell the version), would need more
+/// than `left_per_sec` requests a second (what the budget leaves after waiting jobs and first
+/// polls). Stretched so that the rechecks fit in `left_per_sec`, spread over the interval;
+/// never shorter than `configured`, never longer than [`MAX_FITTED_RECHECK`].
+pub fn fitted_recheck(
+    configured: Duration,
+    watching: u64,
+    calls_each: f64,
+    left_per_sec: f64,
+) -> Duration {
+    let calls = watching as f64 * calls_each.clamp(1.0, 4.0);
+    if watching == 0 || configured.is_zero() || !calls.is_finite() {
+        return configured;
+    }
+    let needed = calls / configured.as_secs_f64();
+    if !left_per_sec.is_finite() || needed <= left_per_sec {
+        return configured;
+    }
+    if left_per_sec <= 0.0 {
+        return MAX_FITTED_RECHECK.max(configured);
+    }
+    let secs = (calls / left_per_sec).min(MAX_FITTED_RECHECK.as_secs_f64());
+    Duration::from_secs_f64(secs).max(configured)
+}
+
 /// A seed for the jitter of one watch's next delay: stable for the same watch and poll count.
 pub fn jitter_seed(key: &WatchKey, polls: u64) -> u64 {
     fnv1a(&key.parts().map(str::as_bytes)) ^ polls.wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -109,6 +140,34 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rechecks_are_stretched_to_what_the_budget_leaves_and_no_further() {
+        let hour = Duration::from_secs(3600);
+        // 100,000 watches hourly need 27.8/s; 8/s left: every 12,500 s.
+        assert_eq!(
+            fitted_recheck(hour, 100_000, 1.0, 8.0),
+            Duration::from_secs(12_500)
+        );
+        // Two calls a recheck (status and result): twice as long.
+        assert_eq!(
+            fitted_recheck(hour, 100_000, 2.0, 8.0),
+            Duration::from_secs(25_000)
+        );
+        // Demand within what is left: the configured interval.
+        assert_eq!(fitted_recheck(hour, 1_000, 1.0, 8.0), hour);
+        assert_eq!(fitted_recheck(hour, 0, 1.0, 0.0), hour);
+        // Absurd inputs stay within bounds, without panicking.
+        assert_eq!(fitted_recheck(hour, 100_000, 1.0, 0.0), MAX_FITTED_RECHECK);
+        assert_eq!(
+            fitted_recheck(hour, u64::MAX, 1.0, 1e-300),
+            MAX_FITTED_RECHECK
+        );
+        assert_eq!(fitted_recheck(hour, 10, 1.0, f64::NAN), hour);
+        assert_eq!(fitted_recheck(hour, 10, f64::NAN, 1.0), hour);
+        assert_eq!(fitted_recheck(hour, 10, 1.0, -1.0), MAX_FITTED_RECHECK);
+        assert_eq!(fitted_recheck(Duration::ZERO, 10, 1.0, 1.0), Duration::ZERO);
+    }
 
     fn key(i: u32) -> WatchKey {
         WatchKey::new("w", "p", format!("a{i}"), "i").unwrap()

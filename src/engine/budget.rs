@@ -135,6 +135,14 @@ impl BudgetState {
     }
 }
 
+/// How long until the bucket holds a whole token, rounded up to whole milliseconds: tokio's
+/// timers have millisecond ticks, and a sleep shorter than what is left of the current tick
+/// ends without the clock moving, so a waiter would ask again, and again, at the same instant.
+fn until_token(tokens: f64, rate: f64) -> Duration {
+    let secs = ((1.0 - tokens) / rate).clamp(0.0, 3600.0);
+    Duration::from_millis((secs * 1000.0).ceil().max(1.0) as u64)
+}
+
 /// Takes a waiter out of the queue if its future is dropped before it was served.
 struct Waiting<'a> {
     budget: &'a RequestBudget,
@@ -221,7 +229,7 @@ impl RequestBudget {
                         s.paused_until = None;
                         self.refill(&mut s, now);
                         if s.tokens < 1.0 {
-                            Some(Duration::from_secs_f64((1.0 - s.tokens) / s.rate))
+                            Some(until_token(s.tokens, s.rate))
                         } else if s.next() == Some(ticket) {
                             s.tokens -= 1.0;
                             let classes_waiting = s.waiting();

@@ -186,6 +186,97 @@ pub(crate) enum Notice {
     GaveUp { key: WatchKey, error: String },
 }
 
+/// What the budget leaves for rechecks, measured, and the recheck interval that fits in it.
+#[derive(Debug, Default)]
+struct RecheckFit {
+    /// Requests a second granted to waiting jobs and first polls, smoothed over about 30 s.
+    higher_rate: f64,
+    /// Requests a second granted to rechecks and to result fetches, likewise: a recheck whose
+    /// status cannot tell the version costs a fetch too.
+    recheck_rate: f64,
+    fetch_rate: f64,
+    last: Option<([u64; 4], tokio::time::Instant)>,
+    /// The interval in use (zero until the first update).
+    fitted: Duration,
+}
+
+/// Of what the budget leaves for rechecks, the share planned for: headroom for bursts of the
+/// higher classes.
+const RECHECK_HEADROOM: f64 = 0.9;
+
+impl RecheckFit {
+    /// Measures, refits, says so when the interval is stretched or back, and returns it.
+    fn update(
+        &mut self,
+        configured: Duration,
+        watching: u64,
+        rate: f64,
+        granted: [u64; 4],
+        now: tokio::time::Instant,
+    ) -> Duration {
+        if let Some((before, at)) = self.last {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            if secs > 0.0 {
+                let per_sec =
+                    |c: Class| granted[c as usize].saturating_sub(before[c as usize]) as f64 / secs;
+                let weight = (secs / 30.0).min(1.0);
+                let higher = per_sec(Class::Waiting) + per_sec(Class::First);
+                self.higher_rate += (higher - self.higher_rate) * weight;
+                self.recheck_rate += (per_sec(Class::Recheck) - self.recheck_rate) * weight;
+                self.fetch_rate += (per_sec(Class::Fetch) - self.fetch_rate) * weight;
+            }
+        }
+        self.last = Some((granted, now));
+        let floor = rate / f64::from(budget::SHARE_EVERY);
+        let left = (rate - self.higher_rate).max(floor) * RECHECK_HEADROOM;
+        // Fetches are counted against rechecks: after the first completions, most are theirs.
+        let calls_each = if self.recheck_rate > 0.0 {
+            (self.recheck_rate + self.fetch_rate) / self.recheck_rate
+        } else {
+            1.0
+        };
+        let fitted = crate::policy::fitted_recheck(configured, watching, calls_each, left);
+        let current = if self.fitted.is_zero() {
+            configured
+        } else {
+            self.fitted
+        };
+        // Moves of less than a tenth are not worth rescheduling for (nor a log line).
+        let moved = fitted.as_secs_f64() > current.as_secs_f64() * 1.1
+            || fitted.as_secs_f64() < current.as_secs_f64() / 1.1
+            || (fitted == configured && current != configured);
+        if !moved && !self.fitted.is_zero() {
+            return self.fitted;
+        }
+        if fitted > configured && current == configured {
+            warn!(
+                watching,
+                needed_per_second = format!("{:.2}", watching as f64 * calls_each / configured.as_secs_f64()),
+                left_per_second = format!("{:.2}", left / RECHECK_HEADROOM),
+                recheck_interval = %humantime::format_duration(configured),
+                effective_recheck_interval = %humantime::format_duration(round_s(fitted)),
+                "Rechecking {watching} delivered watches every {} needs {:.2} requests a second, but the request budget leaves {:.2} after waiting jobs and first polls: rechecking every {} instead. Raise api.requests_per_second if the account's quota allows, or set poll.recheck_interval to at least that.",
+                humantime::format_duration(configured),
+                watching as f64 * calls_each / configured.as_secs_f64(),
+                left / RECHECK_HEADROOM,
+                humantime::format_duration(round_s(fitted)),
+            );
+        } else if fitted == configured && current != configured {
+            info!(
+                recheck_interval = %humantime::format_duration(configured),
+                "The request budget carries the configured recheck interval again."
+            );
+        }
+        self.fitted = fitted;
+        fitted
+    }
+}
+
+/// Whole seconds, for messages.
+fn round_s(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
 /// The budget class of a watch's next poll (see `budget`).
 fn class_of(e: &Entry) -> Class {
     match e.record.state.phase {
@@ -346,6 +437,7 @@ pub async fn run(
             observer,
             index_api_gone: Arc::new(std::sync::atomic::AtomicBool::new(index_api_gone)),
             every_failure: matches!(mode, Mode::Once { .. }),
+            fitted_recheck_ms: Arc::default(),
         }),
         client,
         api,
@@ -355,6 +447,7 @@ pub async fn run(
         index: HashMap::new(),
         queues: Default::default(),
         launch_share: Share::default(),
+        recheck_fit: RecheckFit::default(),
         pause: ClientPause::default(),
         put_off: Vec::new(),
         last_refusal: None,
@@ -402,6 +495,7 @@ struct Engine {
     /// launched best class first, with the recheck share (see `budget`).
     queues: [BinaryHeap<Reverse<(u64, usize)>>; 4],
     launch_share: Share,
+    recheck_fit: RecheckFit,
     pause: ClientPause,
     /// Watches put off by the pause; polled again as soon as it ends.
     put_off: Vec<usize>,
@@ -1038,10 +1132,13 @@ impl Engine {
     fn launch(&mut self, tasks: &mut JoinSet<poll::Outcome>, i: usize, probe: bool) {
         let e = &mut self.entries[i];
         e.in_flight = true;
-        e.due_ms = None;
+        let class = class_of(e);
+        if let Some(due) = e.due_ms.take() {
+            let late = Duration::from_millis(self.ctx.clock.now_ms().saturating_sub(due));
+            self.ctx.health.metrics.poll_lateness(class.as_str(), late);
+        }
         let first_of_run = !e.polled;
         e.polled = true;
-        let class = class_of(e);
         tasks.spawn(poll::poll(
             self.ctx.clone(),
             self.client.clone(),
@@ -1083,6 +1180,16 @@ impl Engine {
         };
         e.in_flight = false;
         let mut record = o.record;
+        // A job's first completion (a re-run of a delivered watch counts from its start).
+        if e.record.state.phase == Phase::Waiting
+            && record.state.phase == Phase::Completed
+            && e.delivered.is_none()
+        {
+            self.ctx
+                .health
+                .metrics
+                .polls_per_completion(record.state.polls);
+        }
         if let Some(reason) = o.refusal {
             match self.pause.refused(i, reason, probe, now) {
                 Refusal::Started => {
@@ -1217,16 +1324,29 @@ impl Engine {
         }
     }
 
-    fn refresh_phases(&self) {
-        self.ctx
-            .health
-            .metrics
-            .set_budget_rate(self.ctx.budget.current_rate());
+    fn refresh_phases(&mut self) {
+        let rate = self.ctx.budget.current_rate();
+        self.ctx.health.metrics.set_budget_rate(rate);
         let mut counts = HashMap::new();
         for e in self.entries.iter().filter(|e| !e.removed) {
             *counts.entry(e.record.state.phase).or_insert(0u64) += 1;
         }
+        let watching = counts.get(&Phase::Watching).copied().unwrap_or(0);
         self.ctx.health.set_phases(counts);
+        let fitted = self.recheck_fit.update(
+            self.config.poll.recheck_interval,
+            watching,
+            rate,
+            self.ctx.budget.granted(),
+            self.ctx.clock.instant(),
+        );
+        let ms = if fitted > self.config.poll.recheck_interval {
+            u64::try_from(fitted.as_millis()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        self.ctx.fitted_recheck_ms.store(ms, Ordering::Relaxed);
+        self.ctx.health.metrics.set_recheck_interval(fitted);
     }
 
     /// Applies a new configuration: the watch list (added, removed, kept with their state and

@@ -42,6 +42,9 @@ pub(crate) struct PollCtx {
     /// Log every failed poll at info level (`once`: few watches, someone watching), not only
     /// a watch that keeps failing.
     pub every_failure: bool,
+    /// The recheck interval the budget can carry, in ms, when longer than `policy`'s (0: the
+    /// configured one); set by the engine every second (see `policy::fitted_recheck`).
+    pub fitted_recheck_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a poll task reports back.
@@ -69,7 +72,12 @@ impl PollCtx {
         Limits {
             max_wait: spec.max_wait,
             not_requested_grace: self.grace,
-            policy: self.policy,
+            policy: Policy {
+                recheck: self.policy.recheck.max(Duration::from_millis(
+                    self.fitted_recheck_ms.load(Ordering::Relaxed),
+                )),
+                ..self.policy
+            },
         }
     }
 }

@@ -1076,6 +1076,61 @@ async fn over_budget_a_waiting_job_goes_before_rechecks_which_keep_a_share() {
     );
 }
 
+/// When rechecks ask for more than the budget leaves, their interval is stretched to fit (a
+/// gauge says to what) and they settle on it: overdue rechecks do not pile up.
+#[tokio::test(start_paused = true)]
+async fn rechecks_beyond_the_budget_are_stretched_to_fit_and_stay_on_time() {
+    let assets: Vec<String> = (0..100).map(|i| format!("d{i}")).collect();
+    let names: Vec<&str> = assets.iter().map(String::as_str).collect();
+    let cfg = config(
+        "AK",
+        "requests_per_second = 2.0\nburst = 2",
+        "initial_interval = \"1s\"\nmax_interval = \"4s\"\nrecheck_interval = \"10s\"",
+        &names,
+    );
+    // 100 delivered watches rechecked every 10 s would need 10 requests a second: five times
+    // the budget.
+    let mut h = Harness::start(cfg, daemon(), |_| Reply::Done("2026-04-17T10:00:00")).await;
+    h.until(Duration::from_secs(1200), "1,000 s of rechecks", |h| {
+        h.now() >= 1000 * S
+    })
+    .await;
+    let metrics = h.health.metrics.render();
+    h.stop().await;
+    let effective: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("scenewatch_recheck_interval_effective_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gauge in {metrics}"));
+    // Each recheck here is two calls (the status cannot tell the version, so the result is
+    // fetched too): what the budget leaves (all of it, nothing else waits) with 10 % headroom
+    // carries each watch's recheck every 100 × 2 / (2 × 0.9) ≈ 111 s.
+    assert!((95.0..=130.0).contains(&effective), "{effective}");
+    let calls = h.calls();
+    // Within the budget in every 10 s window once settled.
+    let at: Vec<u64> = calls
+        .iter()
+        .map(|c| c.at)
+        .filter(|&t| t >= 300 * S)
+        .collect();
+    for (i, &start) in at.iter().enumerate() {
+        let n = at[i..].iter().take_while(|&&t| t < start + 10 * S).count() as u64;
+        assert!(n <= 2 + 20, "{n} calls in 10 s from {start}");
+    }
+    // Each watch is rechecked about every `effective` seconds, not ever later: no backlog.
+    let fitted = (effective * 1000.0) as u64;
+    for a in &names {
+        let polls: Vec<u64> = h.polls(a).into_iter().filter(|&t| t >= 400 * S).collect();
+        assert!(polls.len() >= 5, "{a}: {polls:?}");
+        for g in gaps(&polls) {
+            assert!(
+                g <= fitted * 3 / 2,
+                "{a}: a gap of {g} ms against {fitted}: {polls:?}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Refused credentials and the quota
 
