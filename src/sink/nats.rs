@@ -155,9 +155,28 @@ impl NatsSink {
             .connection_timeout(self.timeout)
             .request_timeout(Some(self.timeout));
         if let Some(path) = &self.credentials_file {
-            opts = opts.credentials_file(path).await.map_err(|e| {
+            // Read as every secret file is (at most 64 KiB: a wrong path to a log or a device
+            // is refused, not read to the end), then parsed by the client.
+            let read = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || crate::config::checks::read_secret_file(&path))
+                    .await
+            };
+            let creds = match read {
+                Ok(Ok(text)) => text,
+                Ok(Err(e)) => {
+                    return Err(self
+                        .retry(format!(
+                            "cannot read credentials_file {}: {e}",
+                            path.display()
+                        ))
+                        .with_source(crate::cause::of(e)));
+                }
+                Err(e) => return Err(self.retry(format!("credentials reader failed: {e}"))),
+            };
+            opts = opts.credentials(&creds).map_err(|e| {
                 self.retry(format!(
-                    "cannot read credentials_file {}: {e}",
+                    "cannot use credentials_file {}: {e}",
                     path.display()
                 ))
             })?;
@@ -564,6 +583,41 @@ mod tests {
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert!(dbg.contains("127.0.0.1:4222"), "{dbg}");
+    }
+
+    #[tokio::test]
+    async fn a_credentials_file_that_is_not_one_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("creds");
+        std::fs::write(&big, vec![b'x'; 200 * 1024]).unwrap();
+        let mut c = config(&["nats://127.0.0.1:1"], Duration::from_millis(500));
+        c.credentials_file = Some(big);
+        let s = NatsSink::new(&c).unwrap();
+        let err = s
+            .send(&[Event::sink_recovered("files", 1, 0)])
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("cannot read credentials_file"),
+            "{err}"
+        );
+        assert!(err.message.contains("larger than 64 KiB"), "{err}");
+        assert_eq!(err.disposition, Disposition::Retry);
+        assert!(
+            crate::cause::find::<std::io::Error>(&err).is_some(),
+            "{err:?}"
+        );
+        // A garbled one is refused by the client's parser, naming the file.
+        let bad = dir.path().join("bad.creds");
+        std::fs::write(&bad, "not a credentials file").unwrap();
+        c.credentials_file = Some(bad);
+        let err = NatsSink::new(&c)
+            .unwrap()
+            .send(&[Event::sink_recovered("files", 1, 0)])
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("bad.creds"), "{err}");
+        assert!(!err.message.contains("not a credentials file"), "{err}");
     }
 
     #[tokio::test]
