@@ -1,5 +1,6 @@
-//! The log lines as the journal and log shippers read them: the sd-daemon priority prefixes
-//! under journald (per level), and one schema across verbs (a field name has one JSON type in
+//! The log lines as the journal and log shippers read them: under journald, records on its
+//! native socket with priorities and fields of their own, or (without the socket) the sd-daemon
+//! priority prefixes on the stream (per level); and one schema across verbs (a field name has one JSON type in
 //! every line of `once` and of the daemon).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,6 +80,7 @@ async fn once_into(
     cfg: &Path,
     out: &Path,
     journal_stream: impl Fn(&std::fs::Metadata) -> String,
+    journal_socket: &Path,
 ) -> i32 {
     let file = std::fs::File::create(out).unwrap();
     let stream = journal_stream(&file.metadata().unwrap());
@@ -91,6 +93,7 @@ async fn once_into(
     cmd.env("SCENEWATCH__API__SECRET_KEY", SECRET)
         .env("RUST_LOG", "scenewatch=debug")
         .env("JOURNAL_STREAM", stream)
+        .env("SCENEWATCH_JOURNAL_SOCKET", journal_socket)
         .args(["once", "--timeout", "20s", "--config"])
         .arg(cfg)
         .stdin(Stdio::null())
@@ -114,7 +117,15 @@ async fn under_journald_every_line_carries_the_priority_of_its_level() {
     std::fs::write(&cfg, watcher_config(&sim.url, dir.path(), &extra)).unwrap();
     let out = dir.path().join("journal.out");
     // The journal's stream is stdout itself, as systemd sets it.
-    let code = once_into(&cfg, &out, |m| format!("{}:{}", m.dev(), m.ino())).await;
+    // No native socket to be had (the fallback): the priority prefixes on stdout.
+    let no_socket = dir.path().join("no-journal.sock");
+    let code = once_into(
+        &cfg,
+        &out,
+        |m| format!("{}:{}", m.dev(), m.ino()),
+        &no_socket,
+    )
+    .await;
     let text = std::fs::read_to_string(&out).unwrap();
     // The refused webhook makes it 74; what matters here is the lines.
     assert_eq!(code, 74, "{text}");
@@ -142,7 +153,13 @@ async fn under_journald_every_line_carries_the_priority_of_its_level() {
     }
 
     // A JOURNAL_STREAM inherited from elsewhere (another device and inode): no prefixes.
-    let code = once_into(&cfg, &out, |m| format!("{}:{}", m.dev(), m.ino() + 1)).await;
+    let code = once_into(
+        &cfg,
+        &out,
+        |m| format!("{}:{}", m.dev(), m.ino() + 1),
+        &no_socket,
+    )
+    .await;
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(code, 74, "{text}");
     assert!(text.lines().count() > 5, "{text}");
@@ -150,6 +167,105 @@ async fn under_journald_every_line_carries_the_priority_of_its_level() {
         assert!(line.starts_with('{'), "{line}");
     }
     assert!(!text.contains(SECRET));
+}
+
+/// The fields of one native-protocol datagram, as journald reads them (`KEY=value` lines, or
+/// `KEY`, a 64-bit little-endian length and the bytes).
+fn journal_fields(mut d: &[u8]) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    while !d.is_empty() {
+        let end = d
+            .iter()
+            .position(|&b| b == b'\n' || b == b'=')
+            .expect("a field name ends");
+        let name = String::from_utf8(d[..end].to_vec()).unwrap();
+        if d[end] == b'=' {
+            let nl = d[end..].iter().position(|&b| b == b'\n').unwrap() + end;
+            fields.insert(name, String::from_utf8(d[end + 1..nl].to_vec()).unwrap());
+            d = &d[nl + 1..];
+        } else {
+            let len = u64::from_le_bytes(d[end + 1..end + 9].try_into().unwrap()) as usize;
+            fields.insert(
+                name,
+                String::from_utf8(d[end + 9..end + 9 + len].to_vec()).unwrap(),
+            );
+            d = &d[end + 10 + len..];
+        }
+    }
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_journald_records_go_to_its_socket_with_priorities_and_fields() {
+    let sim = start_sim(&scenario()).await;
+    let hook = refusing_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let extra = format!(
+        "[[sink]]\ntype = \"webhook\"\nurl = \"{hook}\"\nsecret = \"whsec_aGVsbG8td29ybGQtMTIzNDU2Nzg5MA==\"\n{}",
+        watches()
+    );
+    std::fs::write(&cfg, watcher_config(&sim.url, dir.path(), &extra)).unwrap();
+    // A stand-in for journald's socket, read as journald reads it.
+    let socket = dir.path().join("journal.sock");
+    let journal = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut records = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut quiet = 0;
+        while quiet < 25 {
+            match journal.recv(&mut buf) {
+                Ok(n) => {
+                    quiet = 0;
+                    records.push(buf[..n].to_vec());
+                }
+                Err(_) => quiet += 1,
+            }
+        }
+        records
+    });
+    let out = dir.path().join("journal.out");
+    let code = once_into(&cfg, &out, |m| format!("{}:{}", m.dev(), m.ino()), &socket).await;
+    assert_eq!(code, 74);
+    let records: Vec<BTreeMap<String, String>> = reader
+        .join()
+        .unwrap()
+        .iter()
+        .map(|d| journal_fields(d))
+        .collect();
+    assert!(records.len() > 5, "{records:#?}");
+    // Nothing went to the stream as well.
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "");
+    let mut priorities = BTreeSet::new();
+    for r in &records {
+        assert_eq!(
+            r.get("SYSLOG_IDENTIFIER").map(String::as_str),
+            Some("scenewatch"),
+            "{r:?}"
+        );
+        assert!(r.contains_key("MESSAGE"), "{r:?}");
+        assert!(
+            !r.contains_key("TIMESTAMP") && !r.contains_key("LEVEL"),
+            "{r:?}"
+        );
+        priorities.insert(r["PRIORITY"].clone());
+        assert!(!r.values().any(|v| v.contains(SECRET)), "{r:?}");
+    }
+    for p in ["3", "4", "6", "7"] {
+        assert!(priorities.contains(p), "no PRIORITY={p}: {priorities:?}");
+    }
+    // The fields are journal fields of their own: `journalctl EVENT_TYPE=… WATCH=…` finds them.
+    assert!(
+        records.iter().any(|r| {
+            r.get("EVENT_TYPE").map(String::as_str) == Some("com.scenewatch.summary.completed")
+                && r.get("WATCH").is_some_and(|w| w.starts_with("w/1/"))
+                && r.get("PRIORITY").map(String::as_str) == Some("6")
+        }),
+        "{records:#?}"
+    );
 }
 
 /// The JSON type of a value, by name.
@@ -197,7 +313,7 @@ async fn once_and_the_daemon_log_one_schema_with_one_type_per_field() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, watcher_config(&sim.url, dir.path(), &watches())).unwrap();
     let out = dir.path().join("once.out");
-    let code = once_into(&cfg, &out, |_| "0:0".into()).await;
+    let code = once_into(&cfg, &out, |_| "0:0".into(), &dir.path().join("no.sock")).await;
     let once = std::fs::read_to_string(&out).unwrap();
     assert_eq!(code, 2, "{once}");
     assert!(collect(&mut types, "once", &once) > 10, "{once}");
