@@ -357,8 +357,12 @@ async fn a_full_disk_makes_the_daemon_not_ready_until_the_ledger_is_writable() {
     let log = d.log_text();
     assert!(not_ready, "{log}");
     assert!(ready_again, "{log}");
+    // Loud: an error line naming the database and the full disk, from whichever write met it
+    // first (a poll's commit, or the outbox recording what it sent).
     assert!(
-        log.contains("Cannot commit a poll to the ledger"),
+        log.lines().any(|l| l.contains("\"level\":\"ERROR\"")
+            && l.contains("scenewatch.db")
+            && l.contains("disk is full")),
         "the ledger error is loud: {log}"
     );
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
