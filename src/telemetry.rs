@@ -114,12 +114,23 @@ pub fn stdout_is_journal() -> bool {
         .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
+/// The journal's priority of a tracing level (`<3>` error, `<4>` warning, `<6>` info, `<7>`
+/// debug and trace): the digit the native protocol's `PRIORITY` and the stream's prefix carry.
+fn priority(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "3",
+        Level::WARN => "4",
+        Level::INFO => "6",
+        _ => "7",
+    }
+}
+
 /// The sd-daemon priority prefix (`sd-daemon(3)`) of a tracing level.
 pub fn journal_prefix(level: &Level) -> &'static [u8] {
-    match *level {
-        Level::ERROR => b"<3>",
-        Level::WARN => b"<4>",
-        Level::INFO => b"<6>",
+    match priority(level) {
+        "3" => b"<3>",
+        "4" => b"<4>",
+        "6" => b"<6>",
         _ => b"<7>",
     }
 }
@@ -186,16 +197,6 @@ impl NativeJournal {
                 .send_to(&d, &self.path)
                 .is_ok_and(|n| n == d.len())
         })
-    }
-}
-
-/// The journal's priority digit of a tracing level (as the `<N>` prefixes).
-fn priority(level: &Level) -> &'static str {
-    match *level {
-        Level::ERROR => "3",
-        Level::WARN => "4",
-        Level::INFO => "6",
-        _ => "7",
     }
 }
 

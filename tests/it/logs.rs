@@ -104,8 +104,9 @@ async fn once_into(
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_journald_every_line_carries_the_priority_of_its_level() {
+/// The simulator, a configuration in a new directory with the watches and a webhook sink that
+/// refuses everything (so `once` logs at every level, an error included).
+async fn with_a_refusing_webhook() -> (crate::support::Sim, tempfile::TempDir, std::path::PathBuf) {
     let sim = start_sim(&scenario()).await;
     let hook = refusing_receiver().await;
     let dir = tempfile::tempdir().unwrap();
@@ -115,6 +116,12 @@ async fn under_journald_every_line_carries_the_priority_of_its_level() {
         watches()
     );
     std::fs::write(&cfg, watcher_config(&sim.url, dir.path(), &extra)).unwrap();
+    (sim, dir, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_journald_every_line_carries_the_priority_of_its_level() {
+    let (_sim, dir, cfg) = with_a_refusing_webhook().await;
     let out = dir.path().join("journal.out");
     // The journal's stream is stdout itself, as systemd sets it.
     // No native socket to be had (the fallback): the priority prefixes on stdout.
@@ -197,15 +204,7 @@ fn journal_fields(mut d: &[u8]) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_journald_records_go_to_its_socket_with_priorities_and_fields() {
-    let sim = start_sim(&scenario()).await;
-    let hook = refusing_receiver().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    let extra = format!(
-        "[[sink]]\ntype = \"webhook\"\nurl = \"{hook}\"\nsecret = \"whsec_aGVsbG8td29ybGQtMTIzNDU2Nzg5MA==\"\n{}",
-        watches()
-    );
-    std::fs::write(&cfg, watcher_config(&sim.url, dir.path(), &extra)).unwrap();
+    let (_sim, dir, cfg) = with_a_refusing_webhook().await;
     // A stand-in for journald's socket, read as journald reads it.
     let socket = dir.path().join("journal.sock");
     let journal = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
