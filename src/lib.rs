@@ -12,6 +12,7 @@ pub mod dry_run;
 pub mod engine;
 pub mod events;
 pub mod exit;
+pub mod forecast;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;

@@ -347,6 +347,12 @@ fn next_poll(
         Action::Deliver { .. } | Action::Recheck => p.recheck,
         Action::FetchResult | Action::PauseClient(_) | Action::Stop => return None,
     };
+    Some(within_deadline(state, now, limits, delay))
+}
+
+/// `now + delay`, but never past the deadline of a watch that is still waiting, so the deadline
+/// check runs on time.
+fn within_deadline(state: &WatchState, now: Duration, limits: Limits, delay: Duration) -> Duration {
     let mut at = now.saturating_add(delay);
     if matches!(state.phase, Phase::Pending | Phase::Waiting)
         && let Some(started) = state.started_at
@@ -354,7 +360,19 @@ fn next_poll(
         let deadline = started.saturating_add(limits.max_wait);
         at = at.min(deadline.max(now + Duration::from_millis(1)));
     }
-    Some(at)
+    at
+}
+
+/// The adaptive policy's timing for a step that polls again: the next poll `forecast` after
+/// `now` (see [`crate::forecast`]), bounded by `initial_interval` and `max_interval` and by the
+/// deadline. Any other step is returned as it is.
+pub fn adapt(mut step: Step, now: Duration, limits: Limits, forecast: Duration) -> Step {
+    if matches!(step.action, Action::PollAgain { .. }) {
+        let p = &limits.policy;
+        let delay = forecast.clamp(p.initial, p.max);
+        step.next_poll = Some(within_deadline(&step.state, now, limits, delay));
+    }
+    step
 }
 
 /// The state and action an answer calls for (timing aside).

@@ -33,7 +33,8 @@ use std::path::PathBuf;
 pub use load::{Loaded, Sources, load, load_all, load_raw};
 pub use raw::{RawApi, RawConfig, RawPoll, RawServer, RawWatch};
 pub use validate::{
-    ApiConfig, Config, GenerationChoice, PollConfig, Selector, SelectorKind, WatchSpec, validate,
+    ApiConfig, Config, GenerationChoice, PollConfig, PollPolicy, Selector, SelectorKind, WatchSpec,
+    validate,
 };
 // Each sink kind's table, raw and validated, lives beside its sink; named here too so that
 // `config::…` stays the one place to find every part of the configuration.

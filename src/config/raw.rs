@@ -123,6 +123,8 @@ pub struct RawPoll {
     pub concurrency: u32,
     /// How often a watched project's asset list is read again.
     pub discovery_interval: String,
+    /// `adaptive` (next polls from the project's history) or `backoff`.
+    pub policy: String,
 }
 
 impl Default for RawPoll {
@@ -135,6 +137,7 @@ impl Default for RawPoll {
             not_requested_grace: "1h".into(),
             concurrency: 32,
             discovery_interval: "5m".into(),
+            policy: "adaptive".into(),
         }
     }
 }

@@ -103,6 +103,29 @@ pub struct PollConfig {
     pub concurrency: usize,
     /// How often a watched project's asset list is read again.
     pub discovery_interval: Duration,
+    /// How waiting jobs' next polls are timed.
+    pub policy: PollPolicy,
+}
+
+/// `poll.policy`: how the next poll of a waiting job is timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PollPolicy {
+    /// From the distribution of the project's past queue and run times, where there is enough
+    /// history (see `crate::forecast`); the backoff series otherwise.
+    #[default]
+    Adaptive,
+    /// The exponential backoff series alone.
+    Backoff,
+}
+
+impl PollPolicy {
+    /// The configuration's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollPolicy::Adaptive => "adaptive",
+            PollPolicy::Backoff => "backoff",
+        }
+    }
 }
 
 /// One watch, validated.
@@ -337,6 +360,20 @@ pub fn validate(
         "poll.discovery_interval",
         &r.discovery_interval,
     );
+    let poll_policy = match r.policy.trim() {
+        "adaptive" => PollPolicy::Adaptive,
+        "backoff" => PollPolicy::Backoff,
+        other => {
+            p.push(origins.problem(
+                "poll.policy",
+                format!(
+                    "must be \"adaptive\" or \"backoff\", not {:?}",
+                    crate::status::escape_controls(other)
+                ),
+            ));
+            PollPolicy::default()
+        }
+    };
     if let (Some(i), Some(m)) = (initial, max_interval)
         && i > m
     {
@@ -576,6 +613,7 @@ pub fn validate(
                 not_requested_grace: grace.unwrap_or_default(),
                 concurrency: r.concurrency as usize,
                 discovery_interval: discovery.unwrap_or_default(),
+                policy: poll_policy,
             },
             watches,
             selectors,

@@ -12,6 +12,7 @@
 mod budget;
 mod discovery;
 pub mod facts;
+mod history;
 mod outbox;
 pub mod pause;
 mod poll;
@@ -28,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use budget::Share;
-pub use budget::{Class, RequestBudget};
+pub use budget::{Class, RequestBudget, SHARE_EVERY, Share};
 
 use crate::clock::Clock;
 use crate::config::{Config, GenerationChoice, Selector, WatchSpec};
@@ -46,6 +46,9 @@ use pause::{ClientPause, Probe, Refusal};
 
 /// The deployment fact recorded once the index-level API answered "URL not found.".
 pub const INDEX_API_FACT: &str = "index_api";
+
+/// How often the poll history is saved to the ledger (when it changed).
+const HISTORY_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 /// How the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +306,8 @@ struct Entry {
     settled_at_ms: Option<u64>,
     /// Polled since the process started (see `poll`: the deadline of a first poll).
     polled: bool,
+    /// Its recent polls' timing, for the poll history.
+    timing: crate::forecast::Timing,
 }
 
 impl Entry {
@@ -438,6 +443,8 @@ pub async fn run(
             index_api_gone: Arc::new(std::sync::atomic::AtomicBool::new(index_api_gone)),
             every_failure: matches!(mode, Mode::Once { .. }),
             fitted_recheck_ms: Arc::default(),
+            history: Arc::new(std::sync::Mutex::new(history::load(ledger.as_ref()).await)),
+            adaptive: config.poll.policy == crate::config::PollPolicy::Adaptive,
         }),
         client,
         api,
@@ -552,6 +559,7 @@ impl Engine {
                         sink_error: None,
                         settled_at_ms: None,
                         polled: false,
+                        timing: crate::forecast::Timing::default(),
                     });
                     let i = self.entries.len() - 1;
                     self.index.insert(key, i);
@@ -636,6 +644,8 @@ impl Engine {
         let mut discovering: JoinSet<(discovery::Call, Discovered)> = JoinSet::new();
         let mut commands_open = true;
         let mut phase_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut history_tick = tokio::time::interval(HISTORY_SAVE_EVERY);
+        history_tick.reset();
         let timeout = match self.mode {
             Mode::Once {
                 timeout: Some(t), ..
@@ -684,6 +694,9 @@ impl Engine {
                     None => commands_open = false,
                 },
                 _ = phase_tick.tick() => self.refresh_phases(),
+                _ = history_tick.tick() => {
+                    history::save(self.ctx.ledger.as_ref(), &self.ctx.history).await;
+                }
                 _ = tokio::time::sleep(next) => {}
             }
         }
@@ -711,6 +724,7 @@ impl Engine {
             self.notice(n);
         }
         self.refresh_phases();
+        history::save(self.ctx.ledger.as_ref(), &self.ctx.history).await;
         (self.finished(timed_out), drain_started)
     }
 
@@ -793,6 +807,7 @@ impl Engine {
                     sink_error: None,
                     settled_at_ms: None,
                     polled: false,
+                    timing: crate::forecast::Timing::default(),
                 });
                 let i = self.entries.len() - 1;
                 self.index.insert(key, i);
@@ -1148,6 +1163,7 @@ impl Engine {
             probe,
             first_of_run,
             class,
+            e.timing,
         ));
     }
 
@@ -1179,6 +1195,9 @@ impl Engine {
             return;
         };
         e.in_flight = false;
+        if let Some(t) = o.timing {
+            e.timing = t;
+        }
         let mut record = o.record;
         // A job's first completion (a re-run of a delivered watch counts from its start).
         if e.record.state.phase == Phase::Waiting
@@ -1405,6 +1424,7 @@ impl Engine {
             let ctx = poll::PollCtx {
                 grace: new.poll.not_requested_grace,
                 policy: crate::policy::Policy::from_config(&new.poll),
+                adaptive: new.poll.policy == crate::config::PollPolicy::Adaptive,
                 ..self.ctx.as_ref().clone()
             };
             self.ctx = Arc::new(ctx);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tracing::error;
+use tracing::{debug, error};
 
 use super::budget::Class;
 use super::facts::{self, Fetched};
@@ -16,6 +16,7 @@ use crate::config::GenerationChoice;
 use crate::config::WatchSpec;
 use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
+use crate::forecast::{History, Observed, Polled, Timing};
 use crate::health::Health;
 use crate::ncp::{Api, ApiError, ErrorOrigin, Generation, SummaryResult, SummaryStatus, Verdict};
 use crate::policy::{Policy, jitter_seed};
@@ -45,6 +46,11 @@ pub(crate) struct PollCtx {
     /// The recheck interval the budget can carry, in ms, when longer than `policy`'s (0: the
     /// configured one); set by the engine every second (see `policy::fitted_recheck`).
     pub fitted_recheck_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Queue and run times learned from this deployment's jobs (kept in the ledger as a fact
+    /// and saved by the engine once a minute).
+    pub history: Arc<std::sync::Mutex<History>>,
+    /// `poll.policy = "adaptive"`: waiting jobs' next polls come from `history`.
+    pub adaptive: bool,
 }
 
 /// What a poll task reports back.
@@ -65,6 +71,8 @@ pub(crate) struct Outcome {
     pub index_api_gone: bool,
     /// It found the watch's index replaced by this one, and the watch follows the latest.
     pub successor: Option<String>,
+    /// The watch's timing after a step (`None`: unchanged).
+    pub timing: Option<Timing>,
 }
 
 impl PollCtx {
@@ -122,6 +130,7 @@ pub(crate) async fn poll(
     probe: bool,
     first_of_run: bool,
     class: Class,
+    timing: Timing,
 ) -> Outcome {
     let mut now_ms = ctx.clock.now_ms();
     // Its place among the requests waiting for budget: its class, then when it was due.
@@ -138,6 +147,7 @@ pub(crate) async fn poll(
         probe,
         index_api_gone: false,
         successor: None,
+        timing: None,
     };
     // The deadline is checked before asking, except on a watch's first poll since the process
     // started: a clock that jumped forward across a restart (or a long stop) must not end every
@@ -203,8 +213,10 @@ pub(crate) async fn poll(
                     let error = failed.error().cloned();
                     let step =
                         watch::step(&before.state, now, limits, Answer::Status(&failed), seed);
-                    return finish(&ctx, &spec, before, step, error, None, now_ms, probe, index)
-                        .await;
+                    return finish(
+                        &ctx, &spec, before, step, error, None, now_ms, probe, index, timing,
+                    )
+                    .await;
                 }
             }
         }
@@ -275,7 +287,7 @@ pub(crate) async fn poll(
         _ => step,
     };
     finish(
-        &ctx, &spec, before, step, error, fetched, now_ms, probe, index,
+        &ctx, &spec, before, step, error, fetched, now_ms, probe, index, timing,
     )
     .await
 }
@@ -476,6 +488,7 @@ async fn index_api_gone(
         probe,
         index_api_gone: true,
         successor: None,
+        timing: None,
     }
 }
 
@@ -551,6 +564,7 @@ async fn superseded(
         probe,
         index_api_gone: false,
         successor: follows.then(|| new_index.to_string()),
+        timing: None,
     }
 }
 
@@ -569,9 +583,11 @@ async fn finish(
     now_ms: u64,
     probe: bool,
     index: usize,
+    timing: Timing,
 ) -> Outcome {
     let now = Duration::from_millis(now_ms);
     let key = spec.key.clone();
+    let (step, timing) = learn_and_time(ctx, spec, &before, step, now_ms, timing);
     let mut record = before.clone();
     record.state = step.state;
     if record.state.remote != before.state.remote || record.state.phase != before.state.phase {
@@ -666,7 +682,65 @@ async fn finish(
         probe,
         index_api_gone: false,
         successor: None,
+        timing: Some(timing),
     }
+}
+
+/// The history's part in a step: a queue or run time it observed is learned (the queue from
+/// the poll that first saw `WAIT_SUMMARIZE` to the one that saw it end; the run likewise, when
+/// its start was seen, not when the watch's first poll found it already summarizing); and,
+/// under the adaptive policy, a step that polls again is timed from the project's forecast.
+fn learn_and_time(
+    ctx: &PollCtx,
+    spec: &WatchSpec,
+    before: &WatchRecord,
+    step: Step,
+    now_ms: u64,
+    timing: Timing,
+) -> (Step, Timing) {
+    let is = step.state.remote.clone();
+    let polled = Polled {
+        workspace: spec.key.workspace(),
+        project: spec.key.project_id(),
+        was: before.state.remote.as_ref(),
+        was_seen_ms: before.last_change_at_ms,
+        is: is.as_ref(),
+        started_ms: before.state.started_at.map(ms_of),
+        now_ms,
+        polls_again: matches!(step.action, Action::PollAgain { .. }),
+    };
+    let learned = match ctx.history.lock() {
+        Ok(mut h) => h.learn(polled, timing),
+        Err(poisoned) => poisoned.into_inner().learn(polled, timing),
+    };
+    if let Some((stage, took, Observed::Discarded)) = learned.observed {
+        debug!(
+            watch = %spec.key,
+            stage = stage.as_str(),
+            observed = %humantime::format_duration(took),
+            "Poll history: an observed {} time longer than 30 days was not learned from (a clock jump?).",
+            stage.as_str()
+        );
+    }
+    let (Some(f), true, Some(status)) = (learned.forecast, ctx.adaptive, is.as_ref()) else {
+        return (step, learned.timing);
+    };
+    let limits = ctx.limits(spec);
+    let step = watch::adapt(step, Duration::from_millis(now_ms), limits, f.delay);
+    debug!(
+        watch = %spec.key,
+        status = status.as_str(),
+        next_poll_in = %humantime::format_duration(Duration::from_millis(
+            step.next_poll.map_or(0, |t| ms_of(t).saturating_sub(now_ms))
+        )),
+        expected_in = %f.remaining.map_or_else(
+            || "overdue".to_owned(),
+            |r| humantime::format_duration(Duration::from_secs(r.as_secs())).to_string()
+        ),
+        jobs = f.samples,
+        "Adaptive poll timing from the project's history."
+    );
+    (step, learned.timing)
 }
 
 /// Ends a watch that the API refuses while it accepts the others (see `pause`): `rejected`,
