@@ -1,12 +1,45 @@
-//! `scenewatch status`: the ledger's rows rendered as a table or as JSON. Pure: rows and the
-//! current time in, text out.
+//! `scenewatch status`: the ledger's rows rendered as a table or as JSON. Pure: rows, the poll
+//! history and the current time in, text out.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
+use crate::forecast::History;
+use crate::ncp::RemoteStatus;
 use crate::state::StatusRow;
+use crate::watch::Phase;
 
-/// Renders `rows` as an aligned table (or a JSON array when `json`), times relative to `now_ms`.
-pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
+/// When a waiting job is expected to finish, from its project's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    /// At about this time (ms since the epoch): the median of its remaining time.
+    At(u64),
+    /// Longer in its status than almost every job of its project before.
+    Overdue,
+}
+
+fn expected(r: &StatusRow, history: &History, now_ms: u64) -> Option<Expected> {
+    if r.phase != Phase::Waiting || r.removed {
+        return None;
+    }
+    let status = RemoteStatus::from_wire(r.remote_status.as_deref()?);
+    let in_status = Duration::from_millis(now_ms.saturating_sub(r.last_change_at_ms?));
+    let f = history.forecast(
+        r.key.workspace(),
+        r.key.project_id(),
+        &status,
+        in_status,
+        in_status,
+    )?;
+    Some(match f.remaining {
+        Some(left) => Expected::At(now_ms.saturating_add(left.as_millis() as u64)),
+        None => Expected::Overdue,
+    })
+}
+
+/// Renders `rows` as an aligned table (or a JSON array when `json`), times relative to `now_ms`;
+/// a waiting job's expected finish comes from `history` (see [`crate::forecast`]).
+pub fn render(rows: &[StatusRow], history: &History, now_ms: u64, json: bool) -> String {
     if json {
         let items: Vec<serde_json::Value> = rows
             .iter()
@@ -22,6 +55,11 @@ pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
                     "polls": r.polls,
                     "lastChangeAt": r.last_change_at_ms.map(rfc3339),
                     "nextPollAt": r.next_poll_at_ms.map(rfc3339),
+                    "expectedFinishAt": match expected(r, history, now_ms) {
+                        Some(Expected::At(t)) => Some(rfc3339(t)),
+                        _ => None,
+                    },
+                    "overdue": expected(r, history, now_ms) == Some(Expected::Overdue),
                     "pendingDeliveries": r.pending_deliveries,
                     "parkedDeliveries": r.parked_deliveries,
                     "removed": r.removed,
@@ -40,9 +78,10 @@ pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
         "POLLS",
         "LAST CHANGE",
         "NEXT POLL",
+        "EXPECTED",
         "PENDING",
     ];
-    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    let mut table: Vec<[String; 8]> = vec![header.map(String::from)];
     for r in rows {
         let mut watch = r.key.to_string();
         if r.removed {
@@ -67,10 +106,15 @@ pub fn render(rows: &[StatusRow], now_ms: u64, json: bool) -> String {
                 Some(t) if !r.removed && !r.phase.is_terminal() => relative(t, now_ms),
                 _ => "-".into(),
             },
+            match expected(r, history, now_ms) {
+                Some(Expected::At(t)) => relative(t, now_ms),
+                Some(Expected::Overdue) => "overdue".into(),
+                None => "-".into(),
+            },
             pending,
         ]);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for row in &table {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -152,7 +196,7 @@ fn relative(t: u64, now: u64) -> String {
 mod tests {
     use super::*;
     use crate::domain::WatchKey;
-    use crate::watch::Phase;
+    use crate::forecast::Stage;
 
     fn row(asset: &str, phase: Phase) -> StatusRow {
         StatusRow {
@@ -172,31 +216,66 @@ mod tests {
     #[test]
     fn table_and_json() {
         let rows = vec![row("10", Phase::Waiting), row("11", Phase::Failed)];
-        let t = render(&rows, 1_000_000, false);
+        let none = History::default();
+        let t = render(&rows, &none, 1_000_000, false);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
-            "WATCH     PHASE    REMOTE       POLLS  LAST CHANGE  NEXT POLL  PENDING"
+            "WATCH     PHASE    REMOTE       POLLS  LAST CHANGE  NEXT POLL  EXPECTED  PENDING"
         );
         assert_eq!(
             lines[1],
-            "w/1/10/3  waiting  SUMMARIZING  7      1m30s ago    in 30s     2"
+            "w/1/10/3  waiting  SUMMARIZING  7      1m30s ago    in 30s     -         2"
         );
         assert_eq!(
             lines[2],
-            "w/1/11/3  failed   SUMMARIZING  7      1m30s ago    -          2"
+            "w/1/11/3  failed   SUMMARIZING  7      1m30s ago    -          -         2"
         );
-        let j: serde_json::Value = serde_json::from_str(&render(&rows, 1_000_000, true)).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&rows, &none, 1_000_000, true)).unwrap();
         assert_eq!(j[0]["phase"], "waiting");
         assert_eq!(j[0]["nextPollAt"], "1970-01-01T00:17:10.000Z");
+        assert_eq!(j[0]["expectedFinishAt"], serde_json::Value::Null);
         assert_eq!(j[1]["pendingDeliveries"], 2);
+    }
+
+    #[test]
+    fn a_waiting_job_shows_when_its_projects_history_expects_it_to_finish() {
+        // Runs of project 1 take ten minutes; this one has run for a minute and a half.
+        let mut history = History::default();
+        for _ in 0..20 {
+            history.observe("w", "1", Stage::Run, Duration::from_secs(600));
+        }
+        let rows = vec![row("10", Phase::Waiting), row("11", Phase::Failed)];
+        let t = render(&rows, &history, 1_000_000, false);
+        let lines: Vec<&str> = t.lines().collect();
+        let waiting = lines[1].split("in 30s").nth(1).unwrap().trim().to_string();
+        assert!(
+            waiting.starts_with("in 8m") || waiting.starts_with("in 9m"),
+            "{t}"
+        );
+        assert_eq!(lines[2].split_whitespace().nth(7), Some("-"), "{t}");
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&rows, &history, 1_000_000, true)).unwrap();
+        let at = crate::time::parse_rfc3339_ms(j[0]["expectedFinishAt"].as_str().unwrap()).unwrap();
+        let left = at - 1_000_000;
+        assert!((450_000..560_000).contains(&left), "{left} ms from now");
+        assert_eq!(j[1]["expectedFinishAt"], serde_json::Value::Null);
+        // Three times longer than any run before: overdue.
+        let mut old = row("12", Phase::Waiting);
+        old.last_change_at_ms = Some(10_000_000 - 1_800_000);
+        let t = render(&[old.clone()], &history, 10_000_000, false);
+        assert!(t.lines().nth(1).unwrap().contains("overdue"), "{t}");
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&[old], &history, 10_000_000, true)).unwrap();
+        assert_eq!(j[0]["overdue"], true);
     }
 
     #[test]
     fn api_text_cannot_drive_the_terminal() {
         let mut r = row("1", Phase::Waiting);
         r.remote_status = Some("\u{1b}[2J\u{1b}]0;pwned\u{7}SUMMARIZING".into());
-        let text = render(&[r], 0, false);
+        let text = render(&[r], &History::default(), 0, false);
         assert!(
             !text.contains('\u{1b}') && !text.contains('\u{7}'),
             "{text:?}"

@@ -1134,6 +1134,120 @@ async fn rechecks_beyond_the_budget_are_stretched_to_fit_and_stay_on_time() {
 // ---------------------------------------------------------------------------------------------
 // Refused credentials and the quota
 
+/// Ten jobs of project 1 queue for a minute and run for ten; then, added by a reload at
+/// `LATER`, one more job of the same kind. Returns the harness once the new job was fetched.
+async fn a_job_of_a_kind_seen_before(policy: &str) -> Harness {
+    const LATER: u64 = 1_500 * S;
+    let poll = format!("initial_interval = \"10s\"\nmax_interval = \"30m\"\npolicy = \"{policy}\"");
+    let past: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+    let mut names: Vec<&str> = past.iter().map(String::as_str).collect();
+    let h = Harness::start(config("AK", "", &poll, &names), daemon(), |c| {
+        let from = if c.asset == "n" { LATER } else { 0 };
+        if c.at < from + 60 * S {
+            waiting()
+        } else if c.at < from + 660 * S {
+            summarizing()
+        } else {
+            Reply::Done("v1")
+        }
+    })
+    .await;
+    h.until(Duration::from_secs(1_400), "the ten jobs delivered", |h| {
+        past.iter()
+            .all(|a| matches!(h.phase(a), Some(Phase::Completed | Phase::Watching)))
+    })
+    .await;
+    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(LATER - h.now()))
+        .await;
+    names.push("n");
+    h.apply(config("AK", "", &poll, &names)).await;
+    h.until(Duration::from_secs(1_200), "the new job fetched", |h| {
+        matches!(h.phase("n"), Some(Phase::Completed | Phase::Watching))
+    })
+    .await;
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_policy_times_a_job_from_its_projects_history_and_saves_the_history() {
+    let mut h = a_job_of_a_kind_seen_before("adaptive").await;
+    h.stop().await;
+    let polls = h.polls("n");
+    let later = 1_500 * S;
+    let done = *polls
+        .iter()
+        .find(|&&t| t >= later + 660 * S)
+        .expect("saw it done");
+    // The history says a job of this project queues for a minute and runs for ten: no poll
+    // asks while completion is unlikely (the backoff series would ask a dozen times) ...
+    let idle: Vec<u64> = polls
+        .iter()
+        .copied()
+        .filter(|&t| t > later + 120 * S && t < later + 540 * S)
+        .collect();
+    assert!(
+        idle.is_empty(),
+        "polls while completion is unlikely: {polls:?}"
+    );
+    // ... and the completion is still seen soon (the policy's 4.5 % of the job's age, about
+    // half a minute here).
+    let late = done - (later + 660 * S);
+    assert!(late <= 60 * S, "seen {late} ms late: {polls:?}");
+    let backoff = {
+        let mut b = a_job_of_a_kind_seen_before("backoff").await;
+        b.stop().await;
+        b.polls("n").len()
+    };
+    assert!(
+        polls.len() < backoff,
+        "adaptive {} polls, backoff {backoff}",
+        polls.len()
+    );
+    // What it learned is in the ledger, for the next start and for `status`.
+    let saved = h
+        .ledger
+        .fact(crate::forecast::HISTORY_FACT)
+        .await
+        .unwrap()
+        .expect("the history is saved");
+    let history = crate::forecast::History::from_json(&saved).unwrap();
+    let f = history
+        .forecast(
+            "w",
+            "1",
+            &RemoteStatus::Summarizing,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .expect("project 1 has a forecast");
+    let expected = f.remaining.unwrap().as_secs();
+    assert!(
+        (500..700).contains(&expected),
+        "a run takes about 600 s: {f:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_backoff_policy_the_history_is_learned_but_not_used() {
+    let mut h = a_job_of_a_kind_seen_before("backoff").await;
+    h.stop().await;
+    let polls = h.polls("n");
+    let running = *polls.iter().find(|&&t| t >= 1_560 * S).expect("saw it run");
+    let after_start = polls.iter().find(|&&t| t > running).copied().unwrap();
+    let (lo, hi) = term_bounds(10 * S, 1_800 * S, 0);
+    assert!(
+        (lo..=hi).contains(&(after_start - running)),
+        "the series starts over at the status change: {polls:?}"
+    );
+    assert!(
+        h.ledger
+            .fact(crate::forecast::HISTORY_FACT)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_401_pauses_every_watch_and_probes_after_30s_doubling_per_refused_probe() {
     let cfg = config("AK", "", "initial_interval = \"1s\"", &["a", "b", "c"]);
