@@ -1157,7 +1157,7 @@ async fn a_job_of_a_kind_seen_before(policy: &str) -> Harness {
             .all(|a| matches!(h.phase(a), Some(Phase::Completed | Phase::Watching)))
     })
     .await;
-    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(LATER - h.now()))
+    tokio::time::sleep_until(crate::clock::instant_now() + Duration::from_millis(LATER - h.now()))
         .await;
     names.push("n");
     h.apply(config("AK", "", &poll, &names)).await;
