@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod ncp;
+pub mod pg;
 pub mod once;
 pub mod policy;
 pub mod progress;
