@@ -114,7 +114,6 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-
 /// The advisory lock key of a schema's migrations: stable across processes and builds, so two
 /// daemons (or two sinks) migrating the same schema take turns.
 pub fn migration_lock_key(schema: &str) -> i64 {
@@ -125,7 +124,6 @@ pub fn migration_lock_key(schema: &str) -> i64 {
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
-
 
 /// The error text of the driver: the server's message with detail and hint when there is one.
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
@@ -156,9 +154,11 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-
 /// The connector for every mode (`disable` never uses it, but the pool takes one type).
-pub(crate) fn tls_connector(mode: TlsMode, ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
+pub(crate) fn tls_connector(
+    mode: TlsMode,
+    ca_file: Option<&Path>,
+) -> Result<MakeRustlsConnect, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let roots = match (mode, ca_file) {
         (TlsMode::Disable, _) => None,
@@ -284,7 +284,6 @@ impl ServerCertVerifier for Verifier {
             .supported_schemes()
     }
 }
-
 
 /// An advisory lock key for `purpose` on `schema` (stable across processes and builds).
 pub(crate) fn lock_key(purpose: &str, schema: &str) -> i64 {

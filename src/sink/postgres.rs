@@ -782,14 +782,7 @@ pub(crate) fn validate(
     c: &RawPostgresSink,
 ) -> Option<PostgresSinkConfig> {
     let before = p.len();
-    let checked = crate::pg::check_url(
-        origins,
-        p,
-        base,
-        &c.url,
-        &c.password_file,
-        &c.password_env,
-    );
+    let checked = crate::pg::check_url(origins, p, base, &c.url, &c.password_file, &c.password_env);
     let schema = crate::pg::check_schema(origins, p, &format!("{base}.schema"), &c.schema);
     if c.pool_size == 0 {
         p.push(origins.problem(&format!("{base}.pool_size"), "must be at least 1"));
@@ -815,6 +808,8 @@ mod tests {
     use super::*;
     use crate::domain::WatchKey;
     use crate::ncp::SummaryResult;
+    use std::sync::Arc;
+    use tokio_postgres::config::SslMode;
 
     #[test]
     fn sslmode_is_taken_out_of_the_url_and_mapped() {

@@ -9,6 +9,7 @@
 //! checked by the same tests against each (`contract.rs`).
 
 pub mod memory;
+pub mod postgres;
 pub mod retention;
 pub mod sqlite;
 
@@ -26,6 +27,7 @@ use crate::events::Event;
 use crate::watch::{Phase, WatchState};
 
 pub use memory::MemoryLedger;
+pub use postgres::{PostgresLedger, PostgresTarget};
 pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteLedger};
 
 /// A ledger operation failed. Every message names the ledger (the database file).
@@ -74,11 +76,40 @@ pub enum StateError {
         #[source]
         source: Option<crate::cause::Cause>,
     },
-    /// The ledger thread has stopped (after `close`, or it could not continue).
-    #[error("the ledger of {} is closed: its writer thread has stopped", path.display())]
+    /// The ledger is closed (after `close`; SQLite: or its writer thread could not continue).
+    #[error("the ledger {} is closed", path.display())]
     Closed {
-        /// The database file.
+        /// The database file, or the PostgreSQL ledger as [`Ledger::describe`] names it.
         path: PathBuf,
+    },
+    /// The PostgreSQL ledger's schema was written by a newer scenewatch.
+    #[error(
+        "the PostgreSQL ledger {at} was written by a newer scenewatch (schema {found}, this one \
+         knows {supported}): run that version, or configure another state.schema; nothing was \
+         changed"
+    )]
+    NewerPgSchema {
+        /// `postgres://user@host:port/db (schema "name")`, never with a password.
+        at: String,
+        /// Its schema version.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// A PostgreSQL ledger operation failed: the server could not be reached, refused the
+    /// login, a statement failed, the schema holds something else, or a stored value cannot be
+    /// read back. The message never holds the password.
+    #[error("cannot {op} the PostgreSQL ledger {at}: {detail}")]
+    Postgres {
+        /// `postgres://user@host:port/db (schema "name")`, never with a password.
+        at: String,
+        /// The operation, as a verb phrase (`connect to`, `write`, `migrate`, …).
+        op: &'static str,
+        /// The server's message (with its hint) or the cause.
+        detail: String,
+        /// The underlying error (its text is in `detail`).
+        #[source]
+        source: Option<crate::cause::Cause>,
     },
 }
 

@@ -1,0 +1,222 @@
+//! What is particular to the PostgreSQL ledger (the shared contract is in `contract.rs`):
+//! secrets kept out of messages, shards, migrations under a lock, newer and foreign schemas
+//! refused, the daemon's exclusive lock, the read-only view. Tests that need the server are
+//! compiled ignored without `SCENEWATCH_TEST_PG`.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use super::testing::Schema;
+use super::*;
+
+fn spec(index: &str) -> WatchSpec {
+    WatchSpec {
+        key: WatchKey::new("ws", "p1", "a1", index).unwrap(),
+        scene_summary_id: None,
+        generation: crate::config::GenerationChoice::Index,
+        max_wait: Duration::from_secs(3600),
+        declared_at: format!("watch {index} in test"),
+        origin: None,
+    }
+}
+
+#[test]
+fn shards_are_stable_and_in_range() {
+    let k = WatchKey::new("ws", "p1", "a1", "i1").unwrap();
+    assert_eq!(shard_of(&k), shard_of(&k.clone()));
+    // Stored in every watch row: a change here would move watches between shards.
+    assert_eq!(
+        shard_of(&k),
+        40,
+        "SHA-256 of ws/p1/a1/i1, first four bytes, modulo 256"
+    );
+    let spread: std::collections::HashSet<i32> = (0..2000)
+        .map(|n| shard_of(&WatchKey::new("ws", "p1", "a1", format!("i{n}")).unwrap()))
+        .collect();
+    assert!(spread.iter().all(|s| (0..SHARDS as i32).contains(s)));
+    assert!(
+        spread.len() > 200,
+        "keys spread over the shards: {}",
+        spread.len()
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_named_without_the_password() {
+    let target = PostgresTarget {
+        url: "postgres://scenewatch@127.0.0.1:1/ledger?sslmode=disable".into(),
+        password: Some(SecretString::from("hunter2-do-not-show".to_string())),
+        schema: "scenewatch".into(),
+        ca_file: None,
+    };
+    let e = PostgresLedger::open(&target, vec![], vec![])
+        .await
+        .unwrap_err();
+    let text = format!("{e} / {e:?} / {:#}", anyhow::Error::new(e.clone()));
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("postgres://scenewatch@127.0.0.1:1/ledger") && text.contains("scenewatch"),
+        "names the server and schema: {text}"
+    );
+    assert!(
+        matches!(
+            e,
+            StateError::Postgres {
+                op: "connect to",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!format!("{target:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn replicas_starting_together_migrate_once_and_rows_carry_their_shard() {
+    let db = Schema::fresh("migrate_once").await;
+    let (a, b) = tokio::join!(
+        PostgresLedger::open(&db.target, vec!["files".into()], vec![]),
+        PostgresLedger::open(&db.target, vec!["files".into()], vec![]),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let versions: Vec<i32> = a
+        .run("read", false, async |i, c| {
+            let rows = c
+                .query(
+                    &i.sql("SELECT version FROM {s}.ledger_schema ORDER BY version"),
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1], "each migration applied once");
+    a.sync_watches(&[spec("i1"), spec("i2")], &[], 1)
+        .await
+        .unwrap();
+    let shards: Vec<(String, i32)> = b
+        .run("read", false, async |i, c| {
+            let rows = c
+                .query(
+                    &i.sql("SELECT index_id, shard FROM {s}.watches ORDER BY index_id"),
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
+        .unwrap();
+    let want: Vec<(String, i32)> = ["i1", "i2"]
+        .iter()
+        .map(|i| (i.to_string(), shard_of(&spec(i).key)))
+        .collect();
+    assert_eq!(shards, want);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    db.drop_it().await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn a_newer_schema_and_a_foreign_schema_are_refused_untouched() {
+    let db = Schema::fresh("newer_schema").await;
+    let l = PostgresLedger::open(&db.target, vec![], vec![])
+        .await
+        .unwrap();
+    l.close().await.unwrap();
+    db.exec(&format!(
+        "INSERT INTO {}.ledger_schema (version, applied_by) VALUES (99, 'the future')",
+        db.target.schema
+    ))
+    .await;
+    for e in [
+        PostgresLedger::open(&db.target, vec![], vec![])
+            .await
+            .unwrap_err(),
+        PostgresLedger::open_read_only(&db.target)
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                e,
+                StateError::NewerPgSchema {
+                    found: 99,
+                    supported: SCHEMA_VERSION,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("schema 99"), "{e}");
+    }
+    db.drop_it().await;
+
+    let db = Schema::fresh("foreign_schema").await;
+    db.exec(&format!(
+        "CREATE SCHEMA {s}; CREATE TABLE {s}.watches (x int)",
+        s = db.target.schema
+    ))
+    .await;
+    let e = PostgresLedger::open(&db.target, vec![], vec![])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not made by the scenewatch ledger") && e.contains("state.schema"),
+        "{e}"
+    );
+    db.drop_it().await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn one_daemon_holds_the_ledger_and_status_reads_it_alongside() {
+    let db = Schema::fresh("exclusive").await;
+    let e = PostgresLedger::open_read_only(&db.target)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds no ledger yet"), "{e}");
+
+    let first = PostgresLedger::open(&db.target, vec![], vec![])
+        .await
+        .unwrap();
+    first.claim_exclusive().await.unwrap();
+    first.sync_watches(&[spec("i1")], &[], 1).await.unwrap();
+    let second = PostgresLedger::open(&db.target, vec![], vec![])
+        .await
+        .unwrap();
+    assert!(second.held_by_a_daemon().await.unwrap());
+    let e = second.claim_exclusive().await.unwrap_err().to_string();
+    assert!(
+        e.contains("another scenewatch daemon is running on this ledger"),
+        "{e}"
+    );
+    // An operator verb and status work meanwhile.
+    assert!(second.reset_watches(vec![], 2).await.unwrap().is_empty());
+    let view = PostgresLedger::open_read_only(&db.target).await.unwrap();
+    assert_eq!(view.status().await.unwrap().len(), 1);
+    let e = view.set_fact("x", "y").await.unwrap_err().to_string();
+    assert!(e.contains("read-only"), "{e}");
+    assert!(view.probe_writable().await.is_err());
+
+    first.close().await.unwrap();
+    second.claim_exclusive().await.unwrap();
+    assert!(second.probe_writable().await.is_ok());
+    second.close().await.unwrap();
+    view.close().await.unwrap();
+    db.drop_it().await;
+}
