@@ -5,13 +5,14 @@ use std::path::Path;
 
 use super::Outcome;
 use crate::exit;
-use crate::state::{Ledger as _, SqliteLedger};
 
 /// Prints the ledger of the configuration at `config`.
 pub async fn run(config: &Path, json: bool) -> Outcome {
-    let state_dir = super::ledger::state_dir(config)?;
-    let ledger = SqliteLedger::open_read_only(&state_dir).await?;
-    let rows = ledger.status().await?;
+    let (state_dir, backend) = super::ledger::location(config)?;
+    let ledger = crate::state::open_read_only(&backend, &state_dir).await?;
+    let rows = ledger.status().await;
+    let _ = ledger.close().await;
+    let rows = rows?;
     let now = crate::clock::wall_now_ms();
     print!("{}", crate::status::render(&rows, now, json));
     Ok(exit::OK)

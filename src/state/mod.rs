@@ -249,6 +249,66 @@ impl Pruned {
 /// A ledger shared by the engine, the drainers and the server.
 pub type SharedLedger = std::sync::Arc<dyn Ledger>;
 
+/// Where the ledger is (`state.backend`).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// `{state_dir}/scenewatch.db` (the default).
+    Sqlite,
+    /// A schema of a PostgreSQL database.
+    Postgres(PostgresTarget),
+}
+
+/// Who opens the ledger, for [`open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFor {
+    /// The daemon: it alone polls and delivers from this ledger (PostgreSQL: a session lock
+    /// refuses a second daemon; SQLite: the daemon locks `state_dir` itself).
+    Daemon,
+    /// An operator verb (`reset`, `retry-parked`): safe beside a running daemon.
+    Operator,
+}
+
+/// Opens the configured ledger for writing: the one place the backend is chosen (a backend
+/// behind a cargo feature is one `#[cfg]` arm here). `sinks` / `event_sinks` are the configured
+/// sink names.
+pub async fn open(
+    backend: &Backend,
+    state_dir: &std::path::Path,
+    sinks: Vec<String>,
+    event_sinks: Vec<String>,
+    who: OpenFor,
+) -> Result<SharedLedger, StateError> {
+    Ok(match backend {
+        Backend::Sqlite => {
+            std::sync::Arc::new(SqliteLedger::open(state_dir, sinks, event_sinks).await?)
+        }
+        Backend::Postgres(target) => {
+            let l = PostgresLedger::open(target, sinks, event_sinks).await?;
+            if who == OpenFor::Daemon
+                && let Err(e) = l.claim_exclusive().await
+            {
+                let _ = l.close().await;
+                return Err(e);
+            }
+            std::sync::Arc::new(l)
+        }
+    })
+}
+
+/// Opens the configured ledger read-only, for `status` (see
+/// [`SqliteLedger::open_read_only`] and [`PostgresLedger::open_read_only`]).
+pub async fn open_read_only(
+    backend: &Backend,
+    state_dir: &std::path::Path,
+) -> Result<SharedLedger, StateError> {
+    Ok(match backend {
+        Backend::Sqlite => std::sync::Arc::new(SqliteLedger::open_read_only(state_dir).await?),
+        Backend::Postgres(target) => {
+            std::sync::Arc::new(PostgresLedger::open_read_only(target).await?)
+        }
+    })
+}
+
 /// What a ledger call returns.
 pub type LedgerFuture<'a, T> = BoxFuture<'a, Result<T, StateError>>;
 
