@@ -173,6 +173,11 @@ pub enum Command {
         #[arg(long)]
         sink: Option<String>,
     },
+    /// Work on the ledger itself: `ledger migrate` copies a SQLite ledger into PostgreSQL.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Probe a running daemon's readiness endpoint: exit 0 when ready, 1 otherwise.
     ///
     /// For container HEALTHCHECKs without curl. Prints the daemon's reasons when not ready.
@@ -261,10 +266,45 @@ impl Command {
             | Command::Check { .. }
             | Command::Reset { .. }
             | Command::RetryParked { .. }
+            | Command::Ledger { .. }
             | Command::Health { .. }
             | Command::Completions { .. }
             | Command::Man { .. }
             | Command::Sign { .. } => Logs::Off,
         }
     }
+}
+
+/// `scenewatch ledger …`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Copy the SQLite ledger ({state_dir}/scenewatch.db) into an empty PostgreSQL ledger.
+    ///
+    /// Stop the daemon first (a running one is refused: it holds the state directory's lock).
+    /// Every watch, version, delivery, event, event delivery, sink health and fact is copied in
+    /// one transaction; done deliveries stay done, so the daemon started on PostgreSQL delivers
+    /// nothing again, and open ones stay open. The target schema is created and migrated if
+    /// needed and must hold no ledger rows yet (a non-empty one is refused; there is no
+    /// --force). The SQLite file is only read: keep it as a backup. The target is --to-config's
+    /// [state] (backend = "postgres"), or --to with --schema, or else --config's own [state]
+    /// when it says backend = "postgres". Prints what was copied.
+    /// Example: scenewatch ledger migrate --config /etc/scenewatch/scenewatch.toml --to-config /etc/scenewatch/postgres.toml
+    Migrate {
+        /// Configuration whose state_dir holds the SQLite ledger (only state_dir and [state]
+        /// are read).
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// A configuration file whose [state] names the PostgreSQL ledger (url, password_file or
+        /// password_env, schema): the way to give a password.
+        #[arg(long, conflicts_with_all = ["to", "schema"])]
+        to_config: Option<PathBuf>,
+        /// The PostgreSQL URL (postgres://user@host:port/db?sslmode=…). A password in it is
+        /// visible to other users of the machine: prefer --to-config, or PGPASSWORD-free trust or
+        /// peer authentication.
+        #[arg(long)]
+        to: Option<String>,
+        /// The schema, with --to (default scenewatch).
+        #[arg(long, requires = "to")]
+        schema: Option<String>,
+    },
 }

@@ -213,7 +213,7 @@ async fn apply_reloads(
 /// on one ledger would each poll and deliver every watch. The lock is on the directory, not on a
 /// file in it, so deleting a file cannot let a second daemon in beside the first. The OS drops
 /// the lock when the process ends, however it ends.
-fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+pub(crate) fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
     let dir = std::fs::File::open(state_dir)

@@ -17,6 +17,7 @@
 //! nowhere else: messages name `postgres://user@host:port/db (schema "…")`, and `Debug` is
 //! written by hand.
 
+pub mod migrate;
 pub mod schema;
 mod store;
 
