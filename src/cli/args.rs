@@ -56,9 +56,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: follow every configured watch for as long as it runs.
     ///
-    /// Polls with backoff, keeps a durable ledger in state_dir, delivers every result version to
-    /// every sink and every event to every event sink, rechecks delivered watches for newer
-    /// versions. SIGHUP reloads the configuration and the watch directory; SIGTERM or SIGINT
+    /// Polls with backoff, keeps a durable ledger (in state_dir, or in PostgreSQL with [state]
+    /// backend = "postgres"), delivers every result version to every sink and every event to
+    /// every event sink, rechecks delivered watches for newer versions. SIGHUP reloads the configuration and the watch directory; SIGTERM or SIGINT
     /// stops gracefully within shutdown_timeout (a second signal exits at once).
     /// Example: scenewatch run --config /etc/scenewatch/scenewatch.toml
     Run {
@@ -67,11 +67,12 @@ pub enum Command {
         config: PathBuf,
     },
     /// Print the ledger: one row per watch (phase, remote status, polls, last change, next poll,
-    /// pending deliveries). Reads the state database; works while the daemon runs.
+    /// pending deliveries). Reads the ledger (SQLite or PostgreSQL) read-only; works while the
+    /// daemon runs.
     ///
     /// Example: scenewatch status --config /etc/scenewatch/scenewatch.toml --json
     Status {
-        /// Configuration file (only state_dir is read from it).
+        /// Configuration file (only state_dir and [state] are read from it).
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// One JSON array instead of a table.
@@ -151,7 +152,7 @@ pub enum Command {
     /// A key the ledger does not hold is exit 65 and nothing is reset.
     /// Example: scenewatch reset --config /etc/scenewatch/scenewatch.toml newsroom/1234/5678/1001
     Reset {
-        /// Configuration file (only state_dir is read from it).
+        /// Configuration file (only state_dir and [state] are read from it).
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Reset every watch that ended.
@@ -165,7 +166,7 @@ pub enum Command {
     /// Fix the receiver first. Works while the daemon runs: its sinks pick the rows up within
     /// seconds. Example: scenewatch retry-parked --config /etc/scenewatch/scenewatch.toml --sink webhook
     RetryParked {
-        /// Configuration file (only state_dir is read from it).
+        /// Configuration file (only state_dir and [state] are read from it).
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Only this sink (by its configured name; one neither configured nor in the ledger is

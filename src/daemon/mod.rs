@@ -1,7 +1,7 @@
 //! `scenewatch run`: the long-running watcher. Wiring and lifecycle around the engine: lock the
-//! state directory, open the SQLite ledger, resume every watch at its persisted time, serve
-//! health and metrics, talk to systemd, reload on SIGHUP or a watch-directory change, and drain
-//! on shutdown within `shutdown_timeout`. The polling itself is [`crate::engine`].
+//! state directory, open the ledger (SQLite or PostgreSQL, `state::open`), resume every watch
+//! at its persisted time, serve health and metrics, talk to systemd, reload on SIGHUP or a
+//! watch-directory change, and drain on shutdown within `shutdown_timeout`. The polling itself is [`crate::engine`].
 
 mod systemd;
 

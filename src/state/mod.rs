@@ -1,9 +1,11 @@
 //! The ledger and outbox behind one trait: per-watch state, fetched result versions, one delivery
 //! row per version and sink, and queued events. The engine knows only [`Ledger`]; it is
-//! implemented in memory (`memory.rs`, for `scenewatch once` and the demo) and in SQLite
-//! (`sqlite/`, the daemon's durable ledger in `{state_dir}/scenewatch.db`), and shaped so that a
-//! PostgreSQL implementation can follow: every call is one transaction, the poll step's whole
-//! outcome is one [`Ledger::commit_step`], and deliveries and events are claimed by sink.
+//! implemented in memory (`memory.rs`, for `scenewatch once` and the demo), in SQLite
+//! (`sqlite/`, the daemon's default durable ledger in `{state_dir}/scenewatch.db`) and in
+//! PostgreSQL (`postgres/`, `[state] backend = "postgres"`): every call is one transaction, the
+//! poll step's whole outcome is one [`Ledger::commit_step`], and deliveries and events are
+//! claimed by sink. [`open`] and [`open_read_only`] choose the durable one from the
+//! configuration.
 //!
 //! The contract every implementation keeps is written down in the trait's documentation and
 //! checked by the same tests against each (`contract.rs`).
