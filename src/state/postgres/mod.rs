@@ -142,6 +142,8 @@ pub(crate) struct Inner {
     last_write_error: std::sync::Mutex<Option<StateError>>,
     /// Where retention's walk is.
     prune_walk: tokio::sync::Mutex<store::PruneWalk>,
+    /// [`PostgresLedger::claim_exclusive`] was called (and not undone by `close`).
+    claimed: AtomicBool,
     /// The connection holding the daemon's exclusive lock on the ledger, while it holds it.
     owner: tokio::sync::Mutex<Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)>>,
     /// What the owner lock's connection is: the pool's settings.
@@ -239,6 +241,7 @@ impl PostgresLedger {
                 closed: AtomicBool::new(false),
                 last_write_error: std::sync::Mutex::new(None),
                 prune_walk: tokio::sync::Mutex::new(store::PruneWalk::default()),
+                claimed: AtomicBool::new(false),
                 owner: tokio::sync::Mutex::new(None),
                 connect: (t.pg, tls),
             }),
@@ -283,7 +286,38 @@ impl PostgresLedger {
             });
         }
         *owner = Some((client, task));
+        i.claimed.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// For readiness: the daemon's lock is still held. If its connection ended (a restarted
+    /// server, a network cut, an administrator's `pg_terminate_backend`), the lock is taken
+    /// again; if another daemon took it meanwhile, this one is not ready, saying so.
+    async fn check_claim(&self) -> Result<(), StateError> {
+        let i = &self.inner;
+        if !i.claimed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        {
+            let mut owner = i.owner.lock().await;
+            // A round trip, not only `is_closed`: a connection the server ended is noticed
+            // by the client only when it next reads from it.
+            if let Some((client, _)) = &*owner
+                && client.batch_execute("SELECT 1").await.is_ok()
+            {
+                return Ok(());
+            }
+            if let Some((_, task)) = owner.take() {
+                task.abort();
+            }
+        }
+        match self.claim_exclusive().await {
+            Ok(()) => {
+                tracing::warn!(ledger = %i.at, "The connection holding the PostgreSQL ledger's lock had ended; took the lock again.");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether a daemon holds the ledger now ([`PostgresLedger::claim_exclusive`]).
@@ -802,10 +836,12 @@ impl Ledger for PostgresLedger {
         })
     }
 
-    /// Commits a real tiny write; after a failed real write it still reports that failure
-    /// until a real write commits, as the SQLite ledger does.
+    /// Checks the daemon's lock (see `check_claim`), then commits a real tiny write; after a
+    /// failed real write it still reports that failure until a real write commits, as the
+    /// SQLite ledger does.
     fn probe_writable(&self) -> LedgerFuture<'_, ()> {
         Box::pin(async move {
+            self.check_claim().await?;
             let before = self
                 .inner
                 .last_write_error
@@ -845,6 +881,7 @@ impl Ledger for PostgresLedger {
     fn close(&self) -> LedgerFuture<'_, ()> {
         Box::pin(async move {
             self.inner.closed.store(true, Ordering::Release);
+            self.inner.claimed.store(false, Ordering::Release);
             self.inner.pool.close();
             if let Some((client, task)) = self.inner.owner.lock().await.take() {
                 drop(client);

@@ -213,10 +213,143 @@ async fn one_daemon_holds_the_ledger_and_status_reads_it_alongside() {
     assert!(e.contains("read-only"), "{e}");
     assert!(view.probe_writable().await.is_err());
 
-    first.close().await.unwrap();
+    // The lock's connection cut (a restarted server, an administrator): readiness takes the
+    // lock again; if another daemon took it first, readiness says so.
+    terminate_lock_holder(&db).await;
+    assert!(
+        first.probe_writable().await.is_ok(),
+        "the lock was taken again"
+    );
+    assert!(second.claim_exclusive().await.is_err());
+    terminate_lock_holder(&db).await;
     second.claim_exclusive().await.unwrap();
-    assert!(second.probe_writable().await.is_ok());
+    let e = first.probe_writable().await.unwrap_err().to_string();
+    assert!(
+        e.contains("another scenewatch daemon is running on this ledger"),
+        "{e}"
+    );
+
     second.close().await.unwrap();
+    first.claim_exclusive().await.unwrap();
+    assert!(first.probe_writable().await.is_ok());
+    first.close().await.unwrap();
     view.close().await.unwrap();
+    db.drop_it().await;
+}
+
+/// Ends the server session holding the ledger's owner lock, and waits until it is gone.
+async fn terminate_lock_holder(db: &Schema) {
+    let key = lock_key("scenewatch ledger owner", &db.target.schema);
+    let bits = key as u64;
+    db.exec(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted
+           AND classid = {} AND objid = {} AND objsubid = 1",
+        bits >> 32,
+        bits & 0xffff_ffff
+    ))
+    .await;
+    for _ in 0..100 {
+        let (client, conn) = tokio_postgres::connect(
+            &super::testing::server_url("terminate_lock_holder"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        let task = tokio::spawn(conn);
+        let n: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                       AND classid = {} AND objid = {} AND objsubid = 1",
+                    bits >> 32,
+                    bits & 0xffff_ffff
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        drop(client);
+        let _ = task.await;
+        if n == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the lock holder's session did not end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn ten_thousand_watches_sync_in_order_and_a_thousand_concurrent_steps_all_commit() {
+    let db = Schema::fresh("bulk_sync").await;
+    let l = PostgresLedger::open(&db.target, vec!["files".into()], vec!["log".into()])
+        .await
+        .unwrap();
+    let specs: Vec<WatchSpec> = (0..10_000).map(|n| spec(&format!("i{n}"))).collect();
+    let started = crate::clock::instant_now();
+    let records = l.sync_watches(&specs, &[], 1).await.unwrap();
+    let first_sync = started.elapsed();
+    assert_eq!(records.len(), 10_000);
+    assert!(
+        records.iter().zip(&specs).all(|(r, s)| r.key == s.key),
+        "in specs order"
+    );
+    let started = crate::clock::instant_now();
+    let again = l.sync_watches(&specs, &[], 2).await.unwrap();
+    let resync = started.elapsed();
+    assert_eq!(again, records, "an unchanged reload changes nothing");
+
+    // 1,000 poll steps, 16 at a time, each with a new version and an event.
+    let started = crate::clock::instant_now();
+    let steps = futures_util::stream::iter(records.into_iter().take(1_000).map(|mut r| {
+        let l = l.clone();
+        async move {
+            let at = "2026-01-01T00:00:00Z";
+            let vid = VersionId::of(&r.key, at);
+            r.state.phase = crate::watch::Phase::Completed;
+            r.last_version_id = Some(vid.clone());
+            let ev = Event::waiting(&r.key, "SUMMARIZING", "", 5);
+            l.commit_step(StepCommit {
+                new_version: Some(crate::state::NewVersion {
+                    version_id: vid,
+                    key: r.key.clone(),
+                    last_analyzed_at: at.into(),
+                    fetched_at_ms: 10,
+                    scene_count: 1,
+                    analyzed_scene_ids: None,
+                    result_json: "{}".into(),
+                }),
+                record: r,
+                events: vec![ev],
+            })
+            .await
+        }
+    }));
+    use futures_util::StreamExt as _;
+    let results: Vec<_> = steps.buffer_unordered(16).collect().await;
+    let step_time = started.elapsed();
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    let backlog = l.backlog().await.unwrap();
+    assert_eq!(
+        backlog
+            .iter()
+            .map(|b| (b.sink.as_str(), b.pending))
+            .collect::<Vec<_>>(),
+        vec![("files", 1_000), ("log", 1_000)]
+    );
+    eprintln!(
+        "PostgreSQL ledger: sync of 10,000 new watches {first_sync:?}, unchanged resync \
+         {resync:?}, 1,000 poll steps (16 concurrent) {step_time:?}"
+    );
+    l.close().await.unwrap();
     db.drop_it().await;
 }
