@@ -762,9 +762,9 @@ impl Ledger for PostgresLedger {
         now_ms: u64,
         limit: usize,
     ) -> LedgerFuture<'a, Vec<Event>> {
-        // A write in the rare case of an undecodable event (it is parked), so not read-only.
-        let write = !self.inner.read_only;
-        Box::pin(self.run("read", write, async move |i, c| {
+        // A read for readiness and the read-only check: it writes only to park an undecodable
+        // event, which the read-only view refuses on its own (see `store::due_events`).
+        Box::pin(self.run("read", false, async move |i, c| {
             store::due_events(i, c, sink, now_ms, limit).await
         }))
     }

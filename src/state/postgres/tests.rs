@@ -353,3 +353,66 @@ async fn ten_thousand_watches_sync_in_order_and_a_thousand_concurrent_steps_all_
     l.close().await.unwrap();
     db.drop_it().await;
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn a_step_the_server_refuses_in_part_records_none_of_it() {
+    let db = Schema::fresh("atomic_step").await;
+    let l = PostgresLedger::open(&db.target, vec!["files".into()], vec!["log".into()])
+        .await
+        .unwrap();
+    let before = l.sync_watches(&[spec("i1")], &[], 1).await.unwrap();
+    let key = spec("i1").key;
+    let event = Event::waiting(&key, "SUMMARIZING", "", 5);
+    // The server refuses this one event (the last write of the step).
+    db.exec(&format!(
+        "ALTER TABLE {}.events ADD CONSTRAINT refuse_one CHECK (id <> '{}')",
+        db.target.schema, event.id
+    ))
+    .await;
+    let mut record = before[0].clone();
+    record.state.phase = crate::watch::Phase::Completed;
+    record.state.polls = 9;
+    let vid = VersionId::of(&key, "2026-01-01T00:00:00Z");
+    record.last_version_id = Some(vid.clone());
+    let e = l
+        .commit_step(StepCommit {
+            record,
+            events: vec![event],
+            new_version: Some(crate::state::NewVersion {
+                version_id: vid,
+                key: key.clone(),
+                last_analyzed_at: "2026-01-01T00:00:00Z".into(),
+                fetched_at_ms: 10,
+                scene_count: 1,
+                analyzed_scene_ids: None,
+                result_json: "{}".into(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("refuse_one"), "{e}");
+    assert!(
+        l.due_deliveries("files", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(l.due_events("log", u64::MAX, 10).await.unwrap().is_empty());
+    let status = l.status().await.unwrap();
+    assert_eq!(
+        (status[0].phase, status[0].polls),
+        (before[0].state.phase, 0)
+    );
+    assert!(
+        l.probe_writable().await.is_err(),
+        "readiness reports the failed write until a write commits"
+    );
+    l.set_fact("x", "y").await.unwrap();
+    assert!(l.probe_writable().await.is_ok());
+    l.close().await.unwrap();
+    db.drop_it().await;
+}
