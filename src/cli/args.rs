@@ -105,8 +105,8 @@ pub enum Command {
     ///
     /// Each problem names its key and where the value came from: file:line:column, or the
     /// environment variable. The summary counts watches by shape (index, asset, project).
-    /// --online also signs one read-only call with the API credentials and runs every sink's
-    /// healthcheck (exit 69 when one fails); --print first prints the effective configuration,
+    /// --online also signs one read-only call with the API credentials, connects to a
+    /// PostgreSQL ledger (read-only) and runs every sink's healthcheck (exit 69 when one fails); --print first prints the effective configuration,
     /// secrets redacted, each value with its origin.
     /// Example: scenewatch check --config config/example.toml --print (with SCENEWATCH__API__SECRET_KEY set)
     Check {

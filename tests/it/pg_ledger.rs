@@ -413,3 +413,82 @@ async fn a_migrated_sqlite_ledger_goes_on_in_postgres_delivering_nothing_twice()
     drop(_d);
     exec(&pg, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
 }
+
+/// A `[state]` for the PostgreSQL ledger with its password in a file under `dir`.
+fn state_with_password_file(dir: &Path, url: &str, schema: &str) -> String {
+    let pw = dir.join("ledger-password");
+    std::fs::write(&pw, "pg-ledger-pw-never-shown\n").unwrap();
+    format!(
+        "backend = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\npassword_file = \"{}\"",
+        pw.display()
+    )
+}
+
+async fn check_online(cfg: &Path) -> (Option<i32>, String) {
+    let mut cmd = scenewatch();
+    cmd.args(["check", "--online", "--config"])
+        .arg(cfg)
+        .env("SCENEWATCH__API__SECRET_KEY", SECRET);
+    let out = run(cmd).await;
+    (out.status.code(), text(&out))
+}
+
+/// `check --online` connects to the PostgreSQL ledger: an unreachable server is a FAIL line
+/// naming it, never the password (exit 69).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_names_an_unreachable_ledger_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scenewatch.toml");
+    let state = state_with_password_file(
+        dir.path(),
+        "postgres://sw@127.0.0.1:1/ledger?sslmode=disable",
+        "scenewatch",
+    );
+    std::fs::write(
+        &cfg,
+        config("http://127.0.0.1:1", dir.path(), free_port(), &state, 1),
+    )
+    .unwrap();
+    let (code, all) = check_online(&cfg).await;
+    assert_eq!(code, Some(69), "{all}");
+    assert!(
+        all.contains(
+            "FAIL ledger (postgres): cannot connect to the PostgreSQL ledger \
+             postgres://sw@127.0.0.1:1/ledger (schema \"scenewatch\")"
+        ),
+        "{all}"
+    );
+    assert!(!all.contains("pg-ledger-pw-never-shown"), "{all}");
+}
+
+/// `check --online` with the test server: connected, and what the schema holds (nothing is
+/// created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn check_online_says_what_the_ledger_schema_holds() {
+    let pg = server("check_online_says_what_the_ledger_schema_holds");
+    let schema = fresh_schema("check");
+    exec(&pg, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scenewatch.toml");
+    let state = state_with_password_file(dir.path(), &pg, &schema);
+    std::fs::write(
+        &cfg,
+        config("http://127.0.0.1:1", dir.path(), free_port(), &state, 1),
+    )
+    .unwrap();
+    let (_, all) = check_online(&cfg).await;
+    assert!(
+        all.contains("ok   ledger (postgres): connected to") && all.contains("holds no ledger yet"),
+        "{all}"
+    );
+    assert!(!all.contains("pg-ledger-pw-never-shown"), "{all}");
+    let (_, all) = check_online(&cfg).await;
+    assert!(
+        all.contains("holds no ledger yet"),
+        "check created nothing: {all}"
+    );
+}

@@ -186,6 +186,47 @@ impl PostgresLedger {
         Ok(l)
     }
 
+    /// For `check --online`: connects read-only and says what the schema holds (no ledger yet,
+    /// or its schema version), creating and changing nothing; a newer schema is an error.
+    pub async fn probe(target: &PostgresTarget) -> Result<String, StateError> {
+        let l = Self::build(target, true, Vec::new(), Vec::new())?;
+        let found = l
+            .run("read", false, async |i, c| {
+                let table = format!("{}.{}", i.q, schema::VERSION_TABLE);
+                let there: bool = c
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                    .await?
+                    .get(0);
+                if there {
+                    Ok(Some(i.version_in(&*c).await?))
+                } else {
+                    Ok(None)
+                }
+            })
+            .await;
+        let _ = l.close().await;
+        match found? {
+            None => Ok(format!(
+                "connected to {}; it holds no ledger yet (the daemon creates it on start)",
+                l.inner.at
+            )),
+            Some(v) if v > SCHEMA_VERSION => Err(StateError::NewerPgSchema {
+                at: l.inner.at.clone(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(v) => Ok(format!(
+                "connected to {}; ledger schema version {v}{}",
+                l.inner.at,
+                if v < SCHEMA_VERSION {
+                    format!(" (the daemon migrates it to {SCHEMA_VERSION} on start)")
+                } else {
+                    String::new()
+                }
+            )),
+        }
+    }
+
     fn build(
         target: &PostgresTarget,
         read_only: bool,
