@@ -9,6 +9,7 @@ use secrecy::SecretString;
 
 use super::testing::Schema;
 use super::*;
+use crate::state::Ledger;
 
 fn spec(index: &str) -> WatchSpec {
     WatchSpec {
@@ -414,5 +415,135 @@ async fn a_step_the_server_refuses_in_part_records_none_of_it() {
     l.set_fact("x", "y").await.unwrap();
     assert!(l.probe_writable().await.is_ok());
     l.close().await.unwrap();
+    db.drop_it().await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn a_sqlite_ledger_copies_row_for_row_and_the_copy_goes_on() {
+    use crate::state::{NewVersion, SqliteLedger};
+    let sinks = || vec!["files".to_string(), "hook".to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteLedger::open(dir.path(), sinks(), vec!["log".into()])
+        .await
+        .unwrap();
+    let mut found = spec("i2");
+    found.origin = Some("project:ws/p1".into());
+    sqlite
+        .sync_watches(&[spec("i1")], &["project:ws/p1".into()], 1)
+        .await
+        .unwrap();
+    sqlite.add_watch(&found, 2).await.unwrap();
+    let key = spec("i1").key;
+    let mut versions = Vec::new();
+    for (n, at) in ["v1", "v2"].iter().enumerate() {
+        let vid = VersionId::of(&key, at);
+        let mut r = sqlite
+            .sync_watches(&[spec("i1")], &["project:ws/p1".into()], 3)
+            .await
+            .unwrap()[0]
+            .clone();
+        r.state.phase = crate::watch::Phase::Completed;
+        r.last_version_id = Some(vid.clone());
+        sqlite
+            .commit_step(StepCommit {
+                record: r,
+                events: vec![Event::waiting(&key, "SUMMARIZING", at, 10 + n as u64)],
+                new_version: Some(NewVersion {
+                    version_id: vid.clone(),
+                    key: key.clone(),
+                    last_analyzed_at: at.to_string(),
+                    fetched_at_ms: 100 + n as u64,
+                    scene_count: 2,
+                    analyzed_scene_ids: Some(vec!["1".into()]),
+                    result_json: format!(r#"{{"v": "{at}", "x": 1.50 }}"#),
+                }),
+            })
+            .await
+            .unwrap();
+        versions.push(vid);
+    }
+    sqlite
+        .delivery_succeeded(&versions[0], "files", "/out/v1", vec![], 200)
+        .await
+        .unwrap();
+    sqlite
+        .delivery_failed(&versions[0], "hook", "HTTP 400", 300, true)
+        .await
+        .unwrap();
+    let sent = sqlite.due_events("log", u64::MAX, 1).await.unwrap();
+    sqlite
+        .events_sent("log", &[sent[0].id.clone()])
+        .await
+        .unwrap();
+    sqlite
+        .set_sink_health(
+            "hook",
+            SinkHealth {
+                failing: true,
+                episode: 4,
+            },
+        )
+        .await
+        .unwrap();
+    sqlite.set_fact("index_api", "gone").await.unwrap();
+
+    let db = Schema::fresh("copy").await;
+    let pg = PostgresLedger::open(&db.target, sinks(), vec!["log".into()])
+        .await
+        .unwrap();
+    let copied = migrate::copy(dir.path(), &pg).await.unwrap().unwrap();
+    assert_eq!(
+        copied,
+        migrate::Copied {
+            watches: 2,
+            versions: 2,
+            deliveries: 4,
+            events: 2,
+            event_deliveries: 2,
+            sink_health: 1,
+            facts: 1,
+        }
+    );
+    // What every caller sees is the same.
+    let both: [&dyn Ledger; 2] = [&sqlite, &pg];
+    let mut seen = Vec::new();
+    for l in both {
+        let mut due = Vec::new();
+        for s in ["files", "hook"] {
+            due.push(l.due_deliveries(s, u64::MAX, 10).await.unwrap());
+        }
+        seen.push((
+            l.status().await.unwrap(),
+            l.backlog().await.unwrap(),
+            due,
+            l.due_events("log", u64::MAX, 10).await.unwrap(),
+            l.discovered().await.unwrap(),
+            l.sink_health("hook").await.unwrap(),
+            l.fact("index_api").await.unwrap(),
+        ));
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[1].2[0].len(), 1, "v2 still due to files");
+    assert_eq!(
+        seen[1].2[0][0].result_json, r#"{"v": "v2", "x": 1.50 }"#,
+        "byte for byte"
+    );
+    // A second copy is refused, and the copy goes on: new rows get new ids.
+    assert!(matches!(
+        migrate::copy(dir.path(), &pg).await.unwrap(),
+        Err(migrate::Refusal::NotEmpty(_))
+    ));
+    pg.add_watch(&spec("i3"), 5).await.unwrap();
+    pg.record_events(vec![Event::sink_recovered("hook", 4, 500)])
+        .await
+        .unwrap();
+    assert_eq!(pg.due_events("log", u64::MAX, 10).await.unwrap().len(), 2);
+    assert_eq!(pg.status().await.unwrap().len(), 3);
+    sqlite.close().await.unwrap();
+    pg.close().await.unwrap();
     db.drop_it().await;
 }
