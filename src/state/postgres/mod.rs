@@ -7,7 +7,11 @@
 //! commit together or not at all, and a caller is answered only after the `COMMIT` (the server's
 //! `synchronous_commit` decides how durable that is; its default waits for the WAL flush).
 //! Concurrent calls run side by side on the pool; where two could race (two sinks finishing
-//! one version), the first statement locks the row they share.
+//! one version), the first statement locks the row they share. Events are numbered when
+//! inserted and sent in that order, so causal order is kept (everything a watch emits, and
+//! anything recorded after another call returned, comes after it); two steps of different
+//! watches committing at the same instant may reach an event sink in the order they commit,
+//! where SQLite, with one writer, never interleaves them.
 //!
 //! The schema and its migrations are in `schema.rs`, the SQL of each operation in `store.rs`.
 //! The one entry point is [`PostgresLedger`] (and its configuration, [`PostgresTarget`]), so
