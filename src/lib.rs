@@ -19,6 +19,7 @@ pub mod health;
 pub mod metrics;
 pub mod ncp;
 pub mod once;
+pub mod pg;
 pub mod policy;
 pub mod progress;
 pub mod server;

@@ -56,9 +56,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: follow every configured watch for as long as it runs.
     ///
-    /// Polls with backoff, keeps a durable ledger in state_dir, delivers every result version to
-    /// every sink and every event to every event sink, rechecks delivered watches for newer
-    /// versions. SIGHUP reloads the configuration and the watch directory; SIGTERM or SIGINT
+    /// Polls with backoff, keeps a durable ledger (in state_dir, or in PostgreSQL with [state]
+    /// backend = "postgres"), delivers every result version to every sink and every event to
+    /// every event sink, rechecks delivered watches for newer versions. SIGHUP reloads the configuration and the watch directory; SIGTERM or SIGINT
     /// stops gracefully within shutdown_timeout (a second signal exits at once).
     /// Example: scenewatch run --config /etc/scenewatch/scenewatch.toml
     Run {
@@ -67,11 +67,12 @@ pub enum Command {
         config: PathBuf,
     },
     /// Print the ledger: one row per watch (phase, remote status, polls, last change, next poll,
-    /// pending deliveries). Reads the state database; works while the daemon runs.
+    /// pending deliveries). Reads the ledger (SQLite or PostgreSQL) read-only; works while the
+    /// daemon runs.
     ///
     /// Example: scenewatch status --config /etc/scenewatch/scenewatch.toml --json
     Status {
-        /// Configuration file (only state_dir is read from it).
+        /// Configuration file (only state_dir and [state] are read from it).
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// One JSON array instead of a table.
@@ -104,8 +105,8 @@ pub enum Command {
     ///
     /// Each problem names its key and where the value came from: file:line:column, or the
     /// environment variable. The summary counts watches by shape (index, asset, project).
-    /// --online also signs one read-only call with the API credentials and runs every sink's
-    /// healthcheck (exit 69 when one fails); --print first prints the effective configuration,
+    /// --online also signs one read-only call with the API credentials, connects to a
+    /// PostgreSQL ledger (read-only) and runs every sink's healthcheck (exit 69 when one fails); --print first prints the effective configuration,
     /// secrets redacted, each value with its origin.
     /// Example: scenewatch check --config config/example.toml --print (with SCENEWATCH__API__SECRET_KEY set)
     Check {
@@ -151,7 +152,7 @@ pub enum Command {
     /// A key the ledger does not hold is exit 65 and nothing is reset.
     /// Example: scenewatch reset --config /etc/scenewatch/scenewatch.toml newsroom/1234/5678/1001
     Reset {
-        /// Configuration file (only state_dir is read from it).
+        /// Configuration file (only state_dir and [state] are read from it).
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Reset every watch that ended.
@@ -165,13 +166,18 @@ pub enum Command {
     /// Fix the receiver first. Works while the daemon runs: its sinks pick the rows up within
     /// seconds. Example: scenewatch retry-parked --config /etc/scenewatch/scenewatch.toml --sink webhook
     RetryParked {
-        /// Configuration file (only state_dir is read from it).
+        /// Configuration file (only state_dir and [state] are read from it).
         #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Only this sink (by its configured name; one neither configured nor in the ledger is
         /// exit 65).
         #[arg(long)]
         sink: Option<String>,
+    },
+    /// Work on the ledger itself: `ledger migrate` copies a SQLite ledger into PostgreSQL.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
     },
     /// Probe a running daemon's readiness endpoint: exit 0 when ready, 1 otherwise.
     ///
@@ -261,10 +267,45 @@ impl Command {
             | Command::Check { .. }
             | Command::Reset { .. }
             | Command::RetryParked { .. }
+            | Command::Ledger { .. }
             | Command::Health { .. }
             | Command::Completions { .. }
             | Command::Man { .. }
             | Command::Sign { .. } => Logs::Off,
         }
     }
+}
+
+/// `scenewatch ledger …`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Copy the SQLite ledger ({state_dir}/scenewatch.db) into an empty PostgreSQL ledger.
+    ///
+    /// Stop the daemon first (a running one is refused: it holds the state directory's lock).
+    /// Every watch, version, delivery, event, event delivery, sink health and fact is copied in
+    /// one transaction; done deliveries stay done, so the daemon started on PostgreSQL delivers
+    /// nothing again, and open ones stay open. The target schema is created and migrated if
+    /// needed and must hold no ledger rows yet (a non-empty one is refused; there is no
+    /// --force). The SQLite file is only read: keep it as a backup. The target is --to-config's
+    /// [state] (backend = "postgres"), or --to with --schema, or else --config's own [state]
+    /// when it says backend = "postgres". Prints what was copied.
+    /// Example: scenewatch ledger migrate --config /etc/scenewatch/scenewatch.toml --to-config /etc/scenewatch/postgres.toml
+    Migrate {
+        /// Configuration whose state_dir holds the SQLite ledger (only state_dir and [state]
+        /// are read).
+        #[arg(long, short, env = "SCENEWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// A configuration file whose [state] names the PostgreSQL ledger (url, password_file or
+        /// password_env, schema): the way to give a password.
+        #[arg(long, conflicts_with_all = ["to", "schema"])]
+        to_config: Option<PathBuf>,
+        /// The PostgreSQL URL (postgres://user@host:port/db?sslmode=…). A password in it is
+        /// visible to other users of the machine: prefer --to-config, or PGPASSWORD-free trust or
+        /// peer authentication.
+        #[arg(long)]
+        to: Option<String>,
+        /// The schema, with --to (default scenewatch).
+        #[arg(long, requires = "to")]
+        schema: Option<String>,
+    },
 }

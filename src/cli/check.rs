@@ -1,7 +1,8 @@
 //! `scenewatch check`: load and validate the configuration, print its warnings and a summary
 //! (watches counted by shape); every problem at once, placed by `file:line:column` (exit 78)
-//! otherwise. `--online` then signs one harmless call with the API credentials and runs every
-//! sink's healthcheck, one line per item (exit 69 when one fails). `--print` first prints the
+//! otherwise. `--online` then signs one harmless call with the API credentials, connects to a
+//! PostgreSQL ledger (read-only), and runs every sink's healthcheck, one line per item (exit 69
+//! when one fails). `--print` first prints the
 //! effective configuration, secrets redacted, each value with its origin.
 
 use std::collections::HashMap;
@@ -81,9 +82,24 @@ pub struct Checked {
 }
 
 /// Signs one read-only call with the credentials (one item of the asset list of the first
-/// project a watch names) and runs every sink's and event sink's healthcheck.
+/// project a watch names), connects to a PostgreSQL ledger (read-only), and runs every sink's
+/// and event sink's healthcheck.
 pub async fn online_checks(c: &Config) -> Vec<Checked> {
     let mut out = vec![credentials(c).await];
+    if let crate::state::Backend::Postgres(target) = &c.ledger {
+        out.push(match crate::state::PostgresLedger::probe(target).await {
+            Ok(detail) => Checked {
+                item: "ledger (postgres)".into(),
+                passed: true,
+                detail,
+            },
+            Err(e) => Checked {
+                item: "ledger (postgres)".into(),
+                passed: false,
+                detail: e.to_string(),
+            },
+        });
+    }
     for s in &c.sinks {
         let item = format!("sink {}", s.name());
         // A webhook is only reached by a delivery (a test request would be one), stdout always

@@ -50,7 +50,8 @@ pub fn run(command: Option<&str>, dir: Option<&Path>) -> Outcome {
     }
 }
 
-/// Every man page as (file name, roff): scenewatch.1, then scenewatch-COMMAND.1 per command.
+/// Every man page as (file name, roff): scenewatch.1, then scenewatch-COMMAND.1 per command
+/// (and scenewatch-COMMAND-SUB.1 per subcommand, e.g. scenewatch-ledger-migrate.1).
 /// clap_mangen names scenewatch-COMMAND(1) in the main page's SUBCOMMANDS section; each page
 /// also ends in a SEE ALSO section naming only pages of this set, so every reference is real.
 pub fn pages() -> Vec<(String, String)> {
@@ -96,6 +97,13 @@ pub fn pages() -> Vec<(String, String)> {
         let mut see_also = vec!["scenewatch".to_string()];
         see_also.extend(all.iter().filter(|t| **t != me).cloned());
         pages.push(page(c.clone(), see_also));
+        // A verb with verbs of its own (`ledger migrate`): a page each, naming their parent.
+        for sub in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages.push(page(
+                sub.clone(),
+                vec![me.clone(), "scenewatch".to_string()],
+            ));
+        }
     }
     pages
 }

@@ -17,6 +17,7 @@ pub mod health;
 pub mod ledger;
 pub mod live;
 pub mod man;
+pub mod migrate;
 pub mod once;
 pub mod reset;
 pub mod retry_parked;
@@ -81,6 +82,23 @@ pub async fn dispatch(command: Command, live: Live) -> u8 {
             watches,
         } => reset::run(&config, all_ended, &watches).await,
         Command::RetryParked { config, sink } => retry_parked::run(&config, sink).await,
+        Command::Ledger {
+            command:
+                args::LedgerCommand::Migrate {
+                    config,
+                    to_config,
+                    to,
+                    schema,
+                },
+        } => {
+            migrate::run(
+                &config,
+                to_config.as_deref(),
+                to.as_deref(),
+                schema.as_deref(),
+            )
+            .await
+        }
         Command::Health { url, timeout } => health::run(&url, timeout).await,
         Command::Completions { shell } => completions::run(shell),
         Command::Man { command, dir } => man::run(command.as_deref(), dir.as_deref()),

@@ -5,7 +5,6 @@ use std::path::Path;
 use super::Outcome;
 use crate::domain::WatchKey;
 use crate::exit::{self, UnknownName, UsageError};
-use crate::state::Ledger as _;
 
 /// Resets the named watches, or with `all_ended` every watch that ended.
 pub async fn run(config: &Path, all_ended: bool, watches: &[String]) -> Outcome {
@@ -29,7 +28,7 @@ pub async fn run(config: &Path, all_ended: bool, watches: &[String]) -> Outcome 
         }
     }
     let ledger = super::ledger::open(config).await?;
-    let result = reset(&ledger, keys.clone()).await;
+    let result = reset(&*ledger, keys.clone()).await;
     let _ = ledger.close().await;
     let done = result?;
     for k in &done {
@@ -49,7 +48,7 @@ pub async fn run(config: &Path, all_ended: bool, watches: &[String]) -> Outcome 
 /// (a typo, another configuration's ledger) is an error naming it, with the nearest keys it
 /// does hold, and nothing is reset.
 async fn reset(
-    ledger: &crate::state::SqliteLedger,
+    ledger: &dyn crate::state::Ledger,
     keys: Vec<WatchKey>,
 ) -> anyhow::Result<Vec<WatchKey>> {
     if !keys.is_empty() {

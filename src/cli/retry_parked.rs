@@ -5,13 +5,13 @@ use std::path::Path;
 use super::Outcome;
 use crate::config::{self, Sources};
 use crate::exit::{self, UnknownName};
-use crate::state::{Ledger as _, SqliteLedger};
+use crate::state::Ledger;
 
 /// Unparks every parked row, or only those of `sink`; a sink name that is neither configured
 /// nor in the ledger is an error (exit 65) naming it and the sinks there are.
 pub async fn run(config: &Path, sink: Option<String>) -> Outcome {
     let ledger = super::ledger::open(config).await?;
-    let result = unpark(&ledger, config, sink.clone()).await;
+    let result = unpark(&*ledger, config, sink.clone()).await;
     let _ = ledger.close().await;
     let n = result?;
     println!(
@@ -21,7 +21,7 @@ pub async fn run(config: &Path, sink: Option<String>) -> Outcome {
     Ok(exit::OK)
 }
 
-async fn unpark(ledger: &SqliteLedger, config: &Path, sink: Option<String>) -> anyhow::Result<u64> {
+async fn unpark(ledger: &dyn Ledger, config: &Path, sink: Option<String>) -> anyhow::Result<u64> {
     if let Some(name) = &sink {
         // The sinks the ledger has open rows for (a removed sink's too), and the configured
         // ones when the whole configuration loads (it may not here: secrets of the daemon's

@@ -184,12 +184,30 @@ impl Default for RawServer {
 pub struct RawState {
     /// How long done deliveries and sent events are kept.
     pub retention: String,
+    /// Where the ledger is: `sqlite` (`{state_dir}/scenewatch.db`) or `postgres`.
+    pub backend: String,
+    /// `backend = "postgres"`: `postgres://user@host:port/database?sslmode=…`.
+    pub url: String,
+    /// A file holding the PostgreSQL password.
+    pub password_file: String,
+    /// The name of an environment variable holding the PostgreSQL password.
+    pub password_env: String,
+    /// The PostgreSQL schema of the ledger's tables.
+    pub schema: String,
+    /// PEM file of CA certificates for TLS to PostgreSQL (default: the system's roots).
+    pub ca_file: String,
 }
 
 impl Default for RawState {
     fn default() -> Self {
         Self {
             retention: "30d".into(),
+            backend: "sqlite".into(),
+            url: String::new(),
+            password_file: String::new(),
+            password_env: String::new(),
+            schema: "scenewatch".into(),
+            ca_file: String::new(),
         }
     }
 }

@@ -854,3 +854,90 @@ fn a_secret_file_that_never_ends_is_refused_not_read_forever() {
         "{text:#?}"
     );
 }
+
+#[test]
+fn state_backend_defaults_to_sqlite_and_postgres_keys_are_checked_by_name() {
+    let watch =
+        "[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
+    let c = load(&inline(watch, CREDS)).expect("valid");
+    assert!(matches!(c.ledger, crate::state::Backend::Sqlite));
+
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pgpass");
+    std::fs::write(&pw, "s3cret-ledger-pw\n").unwrap();
+    let toml = format!(
+        "[state]\nbackend = \"postgres\"\nurl = \"postgres://sw@db.example:5432/media?sslmode=require\"\npassword_file = \"{}\"\nschema = \"team_a\"\n{watch}",
+        pw.display()
+    );
+    let c = load(&inline(&toml, CREDS)).expect("valid");
+    let crate::state::Backend::Postgres(t) = &c.ledger else {
+        panic!("{:?}", c.ledger)
+    };
+    assert_eq!(t.url, "postgres://sw@db.example:5432/media?sslmode=require");
+    assert_eq!(t.schema, "team_a");
+    use secrecy::ExposeSecret as _;
+    assert_eq!(
+        t.password.as_ref().map(|p| p.expose_secret().to_string()),
+        Some("s3cret-ledger-pw".into())
+    );
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "Debug hides the password"
+    );
+
+    // In the URL: taken out of it, and never shown.
+    let mut env = CREDS.to_vec();
+    env.push(("SCENEWATCH__STATE__BACKEND", "postgres"));
+    env.push((
+        "SCENEWATCH__STATE__URL",
+        "postgres://sw:in-url-pw@db.example/media",
+    ));
+    let c = load(&inline(watch, &env)).expect("valid");
+    let crate::state::Backend::Postgres(t) = &c.ledger else {
+        panic!("{:?}", c.ledger)
+    };
+    assert_eq!(t.url, "postgres://sw@db.example/media");
+    assert_eq!(t.schema, "scenewatch", "the default schema");
+    assert!(!format!("{c:?}").contains("in-url-pw"));
+
+    let text = |ps: Vec<Problem>| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    for (state, want) in [
+        (
+            "backend = \"mysql\"",
+            "state.backend: \"mysql\" is not a ledger backend",
+        ),
+        ("backend = \"postgres\"", "state.url: missing"),
+        (
+            "backend = \"postgres\"\nurl = \"mysql://db/x\"",
+            "state.url: scheme \"mysql\" is not supported",
+        ),
+        (
+            "backend = \"postgres\"\nurl = \"postgres://db/x\"\nschema = \"Team-A\"",
+            "state.schema: \"Team-A\" is not a plain identifier",
+        ),
+        (
+            "backend = \"postgres\"\nurl = \"postgres://db/x\"\npassword_env = \"SW_SURELY_UNSET_PG_PW\"",
+            "state.password_env: environment variable SW_SURELY_UNSET_PG_PW is not set",
+        ),
+        (
+            "url = \"postgres://db/x\"",
+            "state.url: is for backend = \"postgres\", but state.backend is \"sqlite\"",
+        ),
+    ] {
+        let t = text(problems(&format!("[state]\n{state}\n{watch}"), CREDS));
+        assert!(t.iter().any(|l| l.contains(want)), "{state}: {t:#?}");
+    }
+    let t = text(problems(
+        &format!(
+            "[state]\nbackend = \"postgres\"\nurl = \"postgres://u:leaky-pw@db/x\"\npassword_file = \"{}\"\n{watch}",
+            pw.display()
+        ),
+        CREDS,
+    ));
+    assert!(
+        t.iter()
+            .any(|l| l.contains("state.url: has a password and password_file")),
+        "{t:#?}"
+    );
+    assert!(!t.iter().any(|l| l.contains("leaky-pw")), "{t:#?}");
+}

@@ -47,6 +47,8 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// `state.retention`: how long done deliveries and sent events are kept in the ledger.
     pub retention: Duration,
+    /// `state.backend` and its settings: where the ledger is.
+    pub ledger: crate::state::Backend,
     /// Things worth saying that do not stop a run.
     pub warnings: Vec<String>,
 }
@@ -571,6 +573,7 @@ pub fn validate(
         }
     };
     let retention = check_retention(origins, &mut p, &raw.state.retention);
+    let ledger = check_state(origins, &mut p, &raw.state);
     let watch_dir = (!raw.watch_dir.trim().is_empty()).then(|| PathBuf::from(raw.watch_dir.trim()));
     if watches.is_empty() && selectors.is_empty() && p.is_empty() {
         warnings.push("no [[watch]] entries: there is nothing to poll".into());
@@ -625,6 +628,8 @@ pub fn validate(
             sink_healthcheck_interval: sink_healthcheck_interval.unwrap_or_default(),
             listen,
             retention: retention.unwrap_or(MIN_RETENTION),
+            // A problem would have been recorded above; the default is never used.
+            ledger: ledger.unwrap_or(crate::state::Backend::Sqlite),
             warnings,
         }),
         _ => Err(ConfigErrors(p)),
@@ -649,6 +654,72 @@ fn check_retention(origins: &Origins, p: &mut Vec<Problem>, value: &str) -> Opti
         return None;
     }
     Some(d)
+}
+
+/// `[state]`'s ledger keys: `backend` (`sqlite`, the default, or `postgres`), and for
+/// `postgres` its `url` (required), password (`password_file` / `password_env`, or in the URL),
+/// `schema` and `ca_file`; PostgreSQL keys set with `backend = "sqlite"` are refused, so a typo in
+/// `backend` does not silently keep the ledger in SQLite. Also used by the operator verbs, which
+/// read no more of the configuration than they need.
+pub(crate) fn check_state(
+    origins: &Origins,
+    p: &mut Vec<Problem>,
+    s: &super::raw::RawState,
+) -> Option<crate::state::Backend> {
+    match s.backend.trim() {
+        "sqlite" => {
+            let set: Vec<&str> = [
+                ("url", s.url.as_str()),
+                ("password_file", s.password_file.as_str()),
+                ("password_env", s.password_env.as_str()),
+                ("ca_file", s.ca_file.as_str()),
+            ]
+            .into_iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .map(|(k, _)| k)
+            .collect();
+            if let Some(first) = set.first() {
+                p.push(origins.problem(
+                    &format!("state.{first}"),
+                    format!(
+                        "is for backend = \"postgres\", but state.backend is \"sqlite\"; set \
+                         state.backend = \"postgres\" or remove {}",
+                        set.join(", ")
+                    ),
+                ));
+                return None;
+            }
+            Some(crate::state::Backend::Sqlite)
+        }
+        "postgres" => {
+            let checked = crate::pg::check_url(
+                origins,
+                p,
+                "state",
+                &s.url,
+                &s.password_file,
+                &s.password_env,
+            );
+            let schema = crate::pg::check_schema(origins, p, "state.schema", &s.schema);
+            let (url, password) = checked?;
+            Some(crate::state::Backend::Postgres(
+                crate::state::PostgresTarget {
+                    url,
+                    password,
+                    schema: schema?,
+                    ca_file: (!s.ca_file.trim().is_empty())
+                        .then(|| PathBuf::from(s.ca_file.trim())),
+                },
+            ))
+        }
+        other => {
+            p.push(origins.problem(
+                "state.backend",
+                format!("{other:?} is not a ledger backend; use \"sqlite\" (the default) or \"postgres\""),
+            ));
+            None
+        }
+    }
 }
 
 fn check_endpoint(

@@ -1,7 +1,7 @@
 //! `scenewatch run`: the long-running watcher. Wiring and lifecycle around the engine: lock the
-//! state directory, open the SQLite ledger, resume every watch at its persisted time, serve
-//! health and metrics, talk to systemd, reload on SIGHUP or a watch-directory change, and drain
-//! on shutdown within `shutdown_timeout`. The polling itself is [`crate::engine`].
+//! state directory, open the ledger (SQLite or PostgreSQL, `state::open`), resume every watch
+//! at its persisted time, serve health and metrics, talk to systemd, reload on SIGHUP or a
+//! watch-directory change, and drain on shutdown within `shutdown_timeout`. The polling itself is [`crate::engine`].
 
 mod systemd;
 
@@ -21,7 +21,7 @@ use crate::config::{self, Config, Sources};
 use crate::engine::{self, Command, Mode, Setup};
 use crate::health::Health;
 use crate::sink::{self, EventSink, Sink};
-use crate::state::{SharedLedger, SqliteLedger};
+use crate::state::SharedLedger;
 
 /// Ask the daemon to re-read its configuration and watch directory (what SIGHUP does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,20 +52,21 @@ pub async fn run(
     let _lock = lock_state_dir(&config.state_dir)?;
     let result_sinks = build_sinks(&config).await?;
     let event_sinks = build_event_sinks(&config).await?;
-    let ledger: SharedLedger = Arc::new(
-        SqliteLedger::open(
-            &config.state_dir,
-            result_sinks.iter().map(|s| s.name().to_string()).collect(),
-            event_sinks.iter().map(|s| s.name().to_string()).collect(),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the state database in {}",
-                config.state_dir.display()
-            )
-        })?,
-    );
+    let ledger: SharedLedger = crate::state::open(
+        &config.ledger,
+        &config.state_dir,
+        result_sinks.iter().map(|s| s.name().to_string()).collect(),
+        event_sinks.iter().map(|s| s.name().to_string()).collect(),
+        crate::state::OpenFor::Daemon,
+    )
+    .await
+    .with_context(|| match &config.ledger {
+        crate::state::Backend::Sqlite => format!(
+            "cannot open the state database in {}",
+            config.state_dir.display()
+        ),
+        crate::state::Backend::Postgres(_) => "cannot open the PostgreSQL ledger".to_string(),
+    })?;
     let origins: Vec<String> = config.selectors.iter().map(|s| s.origin()).collect();
     let records = ledger
         .sync_watches(&config.watches, &origins, clock.now_ms())
@@ -114,6 +115,7 @@ pub async fn run(
         sinks = result_sinks.len(),
         event_sinks = event_sinks.len(),
         state_dir = %config.state_dir.display(),
+        ledger = %ledger.describe(),
         "Daemon started."
     );
     on_start(Running {
@@ -211,7 +213,7 @@ async fn apply_reloads(
 /// on one ledger would each poll and deliver every watch. The lock is on the directory, not on a
 /// file in it, so deleting a file cannot let a second daemon in beside the first. The OS drops
 /// the lock when the process ends, however it ends.
-fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+pub(crate) fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
     let dir = std::fs::File::open(state_dir)

@@ -16,9 +16,7 @@
 //! (validated) and `validate`, which the one validation pass calls for each table of this kind.
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -26,21 +24,14 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use futures_util::future::BoxFuture;
-use reqwest::Url;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tokio_postgres::config::SslMode;
-use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub use crate::pg::{Target, TlsMode, migration_lock_key, parse_url};
+use crate::pg::{describe, quote_ident, tls_connector};
 
 use super::{Delivery, Disposition, Receipt, Sink, SinkError};
-use crate::config::checks::{duration, secret_from};
+use crate::config::checks::duration;
 use crate::config::{Origins, Problem};
 
 /// The schema version this build writes. Bump it with a new entry in [`MIGRATIONS`].
@@ -116,97 +107,6 @@ SELECT DISTINCT ON (workspace, project_id, asset_id, index_id)
           fetched_at DESC;
 "#,
 ];
-
-/// How the connection is protected, from the URL's `sslmode` (libpq's meanings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS if the server offers it, plain otherwise; the certificate is checked only against
-    /// `ca_file` when one is given (libpq's default).
-    Prefer,
-    /// TLS or no connection; the certificate is checked only against `ca_file` when given.
-    Require,
-    /// TLS, with a certificate chaining to `ca_file` or the system's roots; any host name.
-    VerifyCa,
-    /// TLS, with a certificate chaining to `ca_file` or the system's roots, for the host name.
-    VerifyFull,
-}
-
-impl TlsMode {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "disable" => Self::Disable,
-            "prefer" => Self::Prefer,
-            "require" => Self::Require,
-            "verify-ca" => Self::VerifyCa,
-            "verify-full" => Self::VerifyFull,
-            _ => return None,
-        })
-    }
-}
-
-/// What a connection URL says, split into what the driver takes and what this sink handles.
-#[derive(Debug)]
-pub struct Target {
-    /// Driver settings, without password; `sslmode` is already mapped.
-    pub pg: tokio_postgres::Config,
-    /// The TLS mode asked for (default `prefer`, as libpq).
-    pub tls: TlsMode,
-    /// `postgres://user@host:port/db`, for messages and receipts.
-    pub shown: String,
-}
-
-/// Parses a `postgres://` URL. The driver knows only `disable`/`prefer`/`require`, so `sslmode`
-/// is taken out and handled here; everything else is the driver's. Errors never echo the URL's
-/// password (validated configs have none in the URL anyway).
-pub fn parse_url(url: &str) -> Result<Target, String> {
-    let mut u = Url::parse(url).map_err(|e| format!("url is not valid ({e})"))?;
-    let _ = u.set_password(None);
-    let mut tls = TlsMode::Prefer;
-    let mut rest = Vec::new();
-    for (k, v) in u.query_pairs() {
-        match k.as_ref() {
-            "sslmode" => {
-                tls = TlsMode::parse(&v).ok_or_else(|| {
-                    format!(
-                        "sslmode={v:?} is not supported; use disable, prefer, require, verify-ca or verify-full"
-                    )
-                })?
-            }
-            "sslrootcert" | "sslcert" | "sslkey" => {
-                return Err(format!(
-                    "{k} in the URL is not supported; set ca_file for the CA certificates (client certificates are not supported)"
-                ));
-            }
-            _ => rest.push((k.into_owned(), v.into_owned())),
-        }
-    }
-    if rest.is_empty() {
-        u.set_query(None);
-    } else {
-        u.query_pairs_mut().clear().extend_pairs(rest);
-    }
-    let mut pg = tokio_postgres::Config::from_str(u.as_str())
-        .map_err(|e| format!("url is not valid for PostgreSQL ({e})"))?;
-    pg.ssl_mode(match tls {
-        TlsMode::Disable => SslMode::Disable,
-        TlsMode::Prefer => SslMode::Prefer,
-        TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
-    });
-    if pg.get_application_name().is_none() {
-        // Lets a DBA see who holds the connections in pg_stat_activity.
-        pg.application_name("scenewatch");
-    }
-    let mut shown = u.clone();
-    shown.set_query(None);
-    shown.set_fragment(None);
-    Ok(Target {
-        pg,
-        tls,
-        shown: shown.to_string(),
-    })
-}
 
 /// Writes result versions to PostgreSQL.
 pub struct PostgresSink {
@@ -412,20 +312,6 @@ async fn backfill_analyzed_time(
     Ok(())
 }
 
-/// The advisory lock key of a schema's migrations: stable across processes and builds, so two
-/// daemons (or two sinks) migrating the same schema take turns.
-pub fn migration_lock_key(schema: &str) -> i64 {
-    let digest = Sha256::digest(format!("scenewatch schema migration:{schema}").as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(b)
-}
-
-/// `"name"`, with quotes doubled; the config allows only `[a-z0-9_]`, this is belt and braces.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// What to do about a failed statement, and what to tell the operator, from its SQLSTATE.
 /// Transient and fixable problems all retry: the backlog waits in the ledger while an operator
 /// fixes a password or a grant, and nothing is parked for a database problem. Only what the
@@ -471,35 +357,6 @@ pub fn classify(sqlstate: Option<&str>) -> (Disposition, &'static str) {
         // 08 connection, 40 serialization/deadlock, 53 resources, 57 shutdown or statement
         // timeout, 58 system errors, and anything unexpected: worth another try.
         _ => (Disposition::Retry, ""),
-    }
-}
-
-/// The error text of the driver: the server's message with detail and hint when there is one.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut m = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-            if let Some(d) = db.detail() {
-                m.push_str(&format!(" ({d})"));
-            }
-            if let Some(h) = db.hint() {
-                m.push_str(&format!(" (hint: {h})"));
-            }
-            m
-        }
-        None => {
-            // The driver's Display, with its cause chain (refused, reset, timed out).
-            let mut m = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(s) = src {
-                let t = s.to_string();
-                if !m.contains(&t) {
-                    m.push_str(&format!(": {t}"));
-                }
-                src = s.source();
-            }
-            m
-        }
     }
 }
 
@@ -855,134 +712,6 @@ impl Sink for PostgresSink {
     }
 }
 
-/// The connector for every mode (`disable` never uses it, but the pool takes one type).
-fn tls_connector(mode: TlsMode, ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let roots = match (mode, ca_file) {
-        (TlsMode::Disable, _) => None,
-        (_, Some(path)) => Some(roots_from_file(path)?),
-        (TlsMode::VerifyCa | TlsMode::VerifyFull, None) => Some(system_roots()?),
-        (TlsMode::Prefer | TlsMode::Require, None) => None,
-    };
-    let chain = match roots {
-        Some(r) => Some(
-            WebPkiServerVerifier::builder_with_provider(Arc::new(r), provider.clone())
-                .build()
-                .map_err(|e| format!("cannot use the CA certificates: {e}"))?,
-        ),
-        None => None,
-    };
-    let verifier = Verifier {
-        chain,
-        check_name: mode == TlsMode::VerifyFull,
-        provider: provider.clone(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot configure TLS: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
-}
-
-fn roots_from_file(path: &Path) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "ca_file {} holds no PEM certificate",
-            path.display()
-        ));
-    }
-    Ok(roots)
-}
-
-fn system_roots() -> Result<RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
-    if roots.is_empty() {
-        return Err(
-            "the system has no CA certificates (install ca-certificates or set ca_file)".into(),
-        );
-    }
-    Ok(roots)
-}
-
-/// Checks the server's certificate as the TLS mode says. Handshake signatures are always
-/// verified (so the session key belongs to the presented certificate); the chain only when
-/// there are roots to check against; the host name only for `verify-full`.
-#[derive(Debug)]
-struct Verifier {
-    chain: Option<Arc<WebPkiServerVerifier>>,
-    check_name: bool,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Verifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(chain) = &self.chain else {
-            // `prefer`/`require` without ca_file: encryption without authentication, as libpq.
-            return Ok(ServerCertVerified::assertion());
-        };
-        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 // Configuration: the table as written (with its defaults, equal to config/default.toml) and as
 // validated, and the validation that turns one into the other (problems pushed into the pass's
 // one list, with the key path and origin).
@@ -1053,78 +782,8 @@ pub(crate) fn validate(
     c: &RawPostgresSink,
 ) -> Option<PostgresSinkConfig> {
     let before = p.len();
-    let url_key = format!("{base}.url");
-    let mut password_in_url = None;
-    let mut clean_url = String::new();
-    match Url::parse(c.url.trim()) {
-        Ok(mut u) if matches!(u.scheme(), "postgres" | "postgresql") => {
-            if let Some(pw) = u.password() {
-                password_in_url = Some(pw.to_string());
-                // Keep the password out of everything that may be logged.
-                let _ = u.set_password(None);
-            }
-            if u.host_str().is_none_or(str::is_empty) {
-                p.push(origins.problem(&url_key, "has no host"));
-            }
-            for (k, v) in u.query_pairs() {
-                if k == "sslmode"
-                    && !matches!(
-                        v.as_ref(),
-                        "disable" | "prefer" | "require" | "verify-ca" | "verify-full"
-                    )
-                {
-                    p.push(origins.problem(
-                        &url_key,
-                        format!("sslmode={v:?} is not one of disable, prefer, require, verify-ca, verify-full"),
-                    ));
-                }
-            }
-            clean_url = u.to_string();
-        }
-        Ok(u) => p.push(origins.problem(
-            &url_key,
-            format!("scheme {:?} is not supported; use postgres://", u.scheme()),
-        )),
-        Err(e) => p.push(origins.problem(
-            &url_key,
-            if c.url.trim().is_empty() {
-                "missing".to_string()
-            } else {
-                format!("not a URL ({e})")
-            },
-        )),
-    }
-    let secret = secret_from(
-        origins,
-        p,
-        base,
-        ("password_file", &c.password_file),
-        ("password_env", &c.password_env),
-    );
-    let password = match (secret, password_in_url) {
-        (Ok(Some(_)), Some(_)) => {
-            p.push(origins.problem(
-                &url_key,
-                "has a password and password_file or password_env is set too; keep one",
-            ));
-            None
-        }
-        (Ok(s), u) => s.or(u),
-        (Err(()), _) => None,
-    };
-    let schema = c.schema.trim();
-    if schema.is_empty()
-        || schema.len() > 63
-        || !schema
-            .chars()
-            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
-        || schema.starts_with(|ch: char| ch.is_ascii_digit())
-    {
-        p.push(origins.problem(
-            &format!("{base}.schema"),
-            format!("{schema:?} is not a plain identifier: lowercase letters, digits and '_', at most 63, not starting with a digit"),
-        ));
-    }
+    let checked = crate::pg::check_url(origins, p, base, &c.url, &c.password_file, &c.password_env);
+    let schema = crate::pg::check_schema(origins, p, &format!("{base}.schema"), &c.schema);
     if c.pool_size == 0 {
         p.push(origins.problem(&format!("{base}.pool_size"), "must be at least 1"));
     }
@@ -1132,11 +791,12 @@ pub(crate) fn validate(
     if p.len() != before {
         return None;
     }
+    let (url, password) = checked?;
     Some(PostgresSinkConfig {
         name: c.name.clone().unwrap_or_else(|| "postgres".into()),
-        url: clean_url,
-        password: password.map(SecretString::from),
-        schema: schema.to_string(),
+        url,
+        password,
+        schema: schema?,
         pool_size: c.pool_size as usize,
         timeout: timeout?,
         ca_file: (!c.ca_file.trim().is_empty()).then(|| PathBuf::from(c.ca_file.trim())),
@@ -1148,6 +808,8 @@ mod tests {
     use super::*;
     use crate::domain::WatchKey;
     use crate::ncp::SummaryResult;
+    use std::sync::Arc;
+    use tokio_postgres::config::SslMode;
 
     #[test]
     fn sslmode_is_taken_out_of_the_url_and_mapped() {

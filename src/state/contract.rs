@@ -1,5 +1,6 @@
-//! The ledger contract, tested once and run against every implementation (memory and SQLite; a
-//! PostgreSQL one gets the same list). Only trait methods are used, so what is checked is what
+//! The ledger contract, tested once and run against every implementation (memory, SQLite and
+//! PostgreSQL: the last only with `SCENEWATCH_TEST_PG`, each test in a fresh schema it drops;
+//! without it they are compiled ignored, naming the variable). Only trait methods are used, so what is checked is what
 //! the engine can rely on. Implementation-specific tests (schema, damaged files, group commit)
 //! live beside their implementation.
 
@@ -125,6 +126,28 @@ macro_rules! contract {
                     .unwrap();
                     super::$name(&l).await;
                     let _ = crate::state::Ledger::close(&l).await;
+                }
+            )*
+        }
+        mod postgres_ledger {
+            $(
+                #[tokio::test]
+                #[cfg_attr(
+                    not(sw_test_pg),
+                    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+                )]
+                async fn $name() {
+                    let db = crate::state::postgres::testing::Schema::fresh(stringify!($name)).await;
+                    let l = crate::state::PostgresLedger::open(
+                        &db.target,
+                        super::sinks(),
+                        super::event_sinks(),
+                    )
+                    .await
+                    .unwrap();
+                    super::$name(&l).await;
+                    let _ = crate::state::Ledger::close(&l).await;
+                    db.drop_it().await;
                 }
             )*
         }

@@ -1,14 +1,17 @@
 //! The ledger and outbox behind one trait: per-watch state, fetched result versions, one delivery
 //! row per version and sink, and queued events. The engine knows only [`Ledger`]; it is
-//! implemented in memory (`memory.rs`, for `scenewatch once` and the demo) and in SQLite
-//! (`sqlite/`, the daemon's durable ledger in `{state_dir}/scenewatch.db`), and shaped so that a
-//! PostgreSQL implementation can follow: every call is one transaction, the poll step's whole
-//! outcome is one [`Ledger::commit_step`], and deliveries and events are claimed by sink.
+//! implemented in memory (`memory.rs`, for `scenewatch once` and the demo), in SQLite
+//! (`sqlite/`, the daemon's default durable ledger in `{state_dir}/scenewatch.db`) and in
+//! PostgreSQL (`postgres/`, `[state] backend = "postgres"`): every call is one transaction, the
+//! poll step's whole outcome is one [`Ledger::commit_step`], and deliveries and events are
+//! claimed by sink. [`open`] and [`open_read_only`] choose the durable one from the
+//! configuration.
 //!
 //! The contract every implementation keeps is written down in the trait's documentation and
 //! checked by the same tests against each (`contract.rs`).
 
 pub mod memory;
+pub mod postgres;
 pub mod retention;
 pub mod sqlite;
 
@@ -26,6 +29,7 @@ use crate::events::Event;
 use crate::watch::{Phase, WatchState};
 
 pub use memory::MemoryLedger;
+pub use postgres::{PostgresLedger, PostgresTarget};
 pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteLedger};
 
 /// A ledger operation failed. Every message names the ledger (the database file).
@@ -74,11 +78,40 @@ pub enum StateError {
         #[source]
         source: Option<crate::cause::Cause>,
     },
-    /// The ledger thread has stopped (after `close`, or it could not continue).
-    #[error("the ledger of {} is closed: its writer thread has stopped", path.display())]
+    /// The ledger is closed (after `close`; SQLite: or its writer thread could not continue).
+    #[error("the ledger {} is closed", path.display())]
     Closed {
-        /// The database file.
+        /// The database file, or the PostgreSQL ledger as [`Ledger::describe`] names it.
         path: PathBuf,
+    },
+    /// The PostgreSQL ledger's schema was written by a newer scenewatch.
+    #[error(
+        "the PostgreSQL ledger {at} was written by a newer scenewatch (schema {found}, this one \
+         knows {supported}): run that version, or configure another state.schema; nothing was \
+         changed"
+    )]
+    NewerPgSchema {
+        /// `postgres://user@host:port/db (schema "name")`, never with a password.
+        at: String,
+        /// Its schema version.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// A PostgreSQL ledger operation failed: the server could not be reached, refused the
+    /// login, a statement failed, the schema holds something else, or a stored value cannot be
+    /// read back. The message never holds the password.
+    #[error("cannot {op} the PostgreSQL ledger {at}: {detail}")]
+    Postgres {
+        /// `postgres://user@host:port/db (schema "name")`, never with a password.
+        at: String,
+        /// The operation, as a verb phrase (`connect to`, `write`, `migrate`, …).
+        op: &'static str,
+        /// The server's message (with its hint) or the cause.
+        detail: String,
+        /// The underlying error (its text is in `detail`).
+        #[source]
+        source: Option<crate::cause::Cause>,
     },
 }
 
@@ -217,6 +250,66 @@ impl Pruned {
 
 /// A ledger shared by the engine, the drainers and the server.
 pub type SharedLedger = std::sync::Arc<dyn Ledger>;
+
+/// Where the ledger is (`state.backend`).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// `{state_dir}/scenewatch.db` (the default).
+    Sqlite,
+    /// A schema of a PostgreSQL database.
+    Postgres(PostgresTarget),
+}
+
+/// Who opens the ledger, for [`open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFor {
+    /// The daemon: it alone polls and delivers from this ledger (PostgreSQL: a session lock
+    /// refuses a second daemon; SQLite: the daemon locks `state_dir` itself).
+    Daemon,
+    /// An operator verb (`reset`, `retry-parked`): safe beside a running daemon.
+    Operator,
+}
+
+/// Opens the configured ledger for writing: the one place the backend is chosen (a backend
+/// behind a cargo feature is one `#[cfg]` arm here). `sinks` / `event_sinks` are the configured
+/// sink names.
+pub async fn open(
+    backend: &Backend,
+    state_dir: &std::path::Path,
+    sinks: Vec<String>,
+    event_sinks: Vec<String>,
+    who: OpenFor,
+) -> Result<SharedLedger, StateError> {
+    Ok(match backend {
+        Backend::Sqlite => {
+            std::sync::Arc::new(SqliteLedger::open(state_dir, sinks, event_sinks).await?)
+        }
+        Backend::Postgres(target) => {
+            let l = PostgresLedger::open(target, sinks, event_sinks).await?;
+            if who == OpenFor::Daemon
+                && let Err(e) = l.claim_exclusive().await
+            {
+                let _ = l.close().await;
+                return Err(e);
+            }
+            std::sync::Arc::new(l)
+        }
+    })
+}
+
+/// Opens the configured ledger read-only, for `status` (see
+/// [`SqliteLedger::open_read_only`] and [`PostgresLedger::open_read_only`]).
+pub async fn open_read_only(
+    backend: &Backend,
+    state_dir: &std::path::Path,
+) -> Result<SharedLedger, StateError> {
+    Ok(match backend {
+        Backend::Sqlite => std::sync::Arc::new(SqliteLedger::open_read_only(state_dir).await?),
+        Backend::Postgres(target) => {
+            std::sync::Arc::new(PostgresLedger::open_read_only(target).await?)
+        }
+    })
+}
 
 /// What a ledger call returns.
 pub type LedgerFuture<'a, T> = BoxFuture<'a, Result<T, StateError>>;

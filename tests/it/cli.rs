@@ -220,8 +220,12 @@ fn help_explains_each_verb_with_an_example() {
         "sign",
         "completions",
         "man",
+        "ledger migrate",
     ] {
-        let out = scenewatch().args([verb, "--help"]).output().unwrap();
+        let out = scenewatch()
+            .args(verb.split(' ').chain(["--help"]))
+            .output()
+            .unwrap();
         let all = text(&out);
         assert_eq!(out.status.code(), Some(0), "{verb}: {all}");
         assert!(
@@ -327,7 +331,9 @@ fn man_pages_exist_for_every_command_and_every_reference_resolves() {
             "no page for {c}: {pages:?}"
         );
     }
-    assert_eq!(pages.len(), commands.len() + 1, "{pages:?}");
+    // The main page, one per command, and one per subcommand (`ledger migrate`).
+    assert!(pages.contains("scenewatch-ledger-migrate.1"), "{pages:?}");
+    assert_eq!(pages.len(), commands.len() + 2, "{pages:?}");
 
     // Every NAME(1) a page refers to is one of the pages written.
     for name in &pages {

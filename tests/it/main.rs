@@ -18,6 +18,7 @@ mod once;
 mod once_flags;
 mod ops;
 mod parity;
+mod pg_ledger;
 mod postgres;
 mod s3;
 mod sim;
