@@ -781,4 +781,38 @@ mod tests {
         let g = &h.groups[&("w".to_owned(), "p".to_owned())];
         assert_eq!(g.run.len(), DECAY_AT);
     }
+
+    proptest::proptest! {
+        /// Any history (durations from nothing to a year, garbage JSON) and any elapsed time give
+        /// a forecast within bounds, or none, without panicking.
+        #[test]
+        fn any_history_forecasts_within_bounds(
+            samples in proptest::collection::vec((0u64..400 * 86_400_000, proptest::bool::ANY), 0..60),
+            in_status_ms in 0u64..u64::MAX / 2,
+            age_ms in 0u64..u64::MAX / 2,
+            junk in ".{0,64}",
+        ) {
+            let mut h = History::default();
+            for (ms, run) in &samples {
+                let stage = if *run { Stage::Run } else { Stage::Queue };
+                h.observe("w", "p", stage, Duration::from_millis(*ms));
+            }
+            for status in [RemoteStatus::WaitSummarize, RemoteStatus::Summarizing] {
+                let f = h.forecast(
+                    "w",
+                    "p",
+                    &status,
+                    Duration::from_millis(in_status_ms),
+                    Duration::from_millis(age_ms),
+                );
+                if let Some(f) = f {
+                    proptest::prop_assert!(f.delay <= MAX_SAMPLE);
+                    proptest::prop_assert!(f.remaining.is_none_or(|r| r <= MAX_SAMPLE));
+                }
+            }
+            let back = History::from_json(&h.to_json()).unwrap();
+            proptest::prop_assert_eq!(back.groups(), h.groups());
+            let _ = History::from_json(&junk);
+        }
+    }
 }
