@@ -290,6 +290,45 @@ fn class_of(e: &Entry) -> Class {
 }
 
 /// One watch as the engine holds it.
+/// Watches per phase, kept incrementally (see `Engine::counts`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct PhaseCounts([u64; Phase::ALL.len()]);
+
+impl PhaseCounts {
+    /// An entry counted under `was` (`None`: not counted) is now counted under `now`.
+    fn moved(&mut self, was: Option<Phase>, now: Option<Phase>) {
+        if was == now {
+            return;
+        }
+        if let Some(p) = was {
+            self.0[p as usize] = self.0[p as usize].saturating_sub(1);
+        }
+        if let Some(p) = now {
+            self.0[p as usize] += 1;
+        }
+    }
+
+    fn of(entries: &[Entry]) -> PhaseCounts {
+        let mut c = PhaseCounts::default();
+        for e in entries {
+            c.moved(None, e.counted());
+        }
+        c
+    }
+
+    fn get(&self, p: Phase) -> u64 {
+        self.0[p as usize]
+    }
+
+    fn to_map(&self) -> HashMap<Phase, u64> {
+        Phase::ALL
+            .into_iter()
+            .filter(|p| self.get(*p) > 0)
+            .map(|p| (p, self.get(p)))
+            .collect()
+    }
+}
+
 struct Entry {
     spec: Arc<WatchSpec>,
     record: WatchRecord,
@@ -311,6 +350,11 @@ struct Entry {
 }
 
 impl Entry {
+    /// The phase it is counted under (`None` once removed).
+    fn counted(&self) -> Option<Phase> {
+        (!self.removed).then_some(self.record.state.phase)
+    }
+
     /// Notes when it became settled, the first time it is.
     fn note_settled(&mut self, now_ms: u64) {
         if self.settled_at_ms.is_none() && self.settled() {
@@ -455,6 +499,7 @@ pub async fn run(
         queues: Default::default(),
         launch_share: Share::default(),
         recheck_fit: RecheckFit::default(),
+        counts: PhaseCounts::default(),
         pause: ClientPause::default(),
         put_off: Vec::new(),
         last_refusal: None,
@@ -503,6 +548,9 @@ struct Engine {
     queues: [BinaryHeap<Reverse<(u64, usize)>>; 4],
     launch_share: Share,
     recheck_fit: RecheckFit,
+    /// Watches per phase (removed ones not counted), kept up to date at every change of an
+    /// entry's record or removal, so the per-second refresh does not scan every watch.
+    counts: PhaseCounts,
     pause: ClientPause,
     /// Watches put off by the pause; polled again as soon as it ends.
     put_off: Vec<usize>,
@@ -542,9 +590,11 @@ impl Engine {
             let i = match self.index.get(&key) {
                 Some(&i) => {
                     let e = &mut self.entries[i];
+                    let was = e.counted();
                     e.spec = Arc::new(spec);
                     e.record = record;
                     e.removed = false;
+                    self.counts.moved(was, e.counted());
                     i
                 }
                 None => {
@@ -562,6 +612,7 @@ impl Engine {
                         timing: crate::forecast::Timing::default(),
                     });
                     let i = self.entries.len() - 1;
+                    self.counts.moved(None, self.entries[i].counted());
                     self.index.insert(key, i);
                     i
                 }
@@ -589,8 +640,10 @@ impl Engine {
                 && let Some(&i) = self.index.get(&row.key)
             {
                 let e = &mut self.entries[i];
+                let was = e.counted();
                 e.delivered = e.record.last_version_id.clone();
                 apply_delivered(e);
+                self.counts.moved(was, e.counted());
             }
         }
     }
@@ -789,10 +842,12 @@ impl Engine {
         match self.index.get(&key) {
             Some(&i) => {
                 let e = &mut self.entries[i];
+                let was = e.counted();
                 e.spec = Arc::new(spec);
                 e.record = record;
                 e.removed = false;
                 e.due_ms = None;
+                self.counts.moved(was, e.counted());
                 i
             }
             None => {
@@ -810,6 +865,7 @@ impl Engine {
                     timing: crate::forecast::Timing::default(),
                 });
                 let i = self.entries.len() - 1;
+                self.counts.moved(None, self.entries[i].counted());
                 self.index.insert(key, i);
                 i
             }
@@ -985,6 +1041,7 @@ impl Engine {
                 && e.spec.origin.as_deref() == Some(origin.as_str())
                 && gone.contains(&asset_of(&e.record.key))
             {
+                self.counts.moved(e.counted(), None);
                 e.removed = true;
                 e.due_ms = None;
                 keys.push(e.record.key.clone());
@@ -1232,13 +1289,17 @@ impl Engine {
                     let spec = self.entries[i].spec.clone();
                     record =
                         poll::reject_alone(&self.ctx, &spec, record, o.error.as_ref(), now).await;
+                    let was = self.entries[i].counted();
                     self.entries[i].record = record;
+                    self.counts.moved(was, self.entries[i].counted());
                     self.entries[i].note_settled(now);
                     return;
                 }
             }
             let e = &mut self.entries[i];
+            let was = e.counted();
             e.record = record;
+            self.counts.moved(was, e.counted());
             self.put_off.push(i);
             return;
         }
@@ -1247,8 +1308,10 @@ impl Engine {
             self.ended_pause();
         }
         let e = &mut self.entries[i];
+        let was = e.counted();
         e.record = record;
         apply_delivered(e);
+        self.counts.moved(was, e.counted());
         e.note_settled(now);
         let once = self.once();
         let e = &self.entries[i];
@@ -1328,8 +1391,10 @@ impl Engine {
                 let e = &mut self.entries[i];
                 e.locations.push(location);
                 if complete {
+                    let was = e.counted();
                     e.delivered = Some(version);
                     apply_delivered(e);
+                    self.counts.moved(was, e.counted());
                 }
                 e.note_settled(now);
             }
@@ -1346,12 +1411,15 @@ impl Engine {
     fn refresh_phases(&mut self) {
         let rate = self.ctx.budget.current_rate();
         self.ctx.health.metrics.set_budget_rate(rate);
-        let mut counts = HashMap::new();
-        for e in self.entries.iter().filter(|e| !e.removed) {
-            *counts.entry(e.record.state.phase).or_insert(0u64) += 1;
-        }
-        let watching = counts.get(&Phase::Watching).copied().unwrap_or(0);
-        self.ctx.health.set_phases(counts);
+        // Every change of an entry keeps the counts (see `PhaseCounts::moved`); debug builds,
+        // which every test runs, check them against a full count.
+        debug_assert_eq!(
+            self.counts,
+            PhaseCounts::of(&self.entries),
+            "phase counts drifted"
+        );
+        let watching = self.counts.get(Phase::Watching);
+        self.ctx.health.set_phases(self.counts.to_map());
         let fitted = self.recheck_fit.update(
             self.config.poll.recheck_interval,
             watching,
@@ -1438,6 +1506,7 @@ impl Engine {
                 Some(o) => kept_origins.contains(o),
             };
             if !e.removed && !stays {
+                self.counts.moved(e.counted(), None);
                 e.removed = true;
                 e.due_ms = None;
                 removed += 1;
@@ -1463,7 +1532,9 @@ impl Engine {
                 && let Some(r) = ledger_records.get(&w.key)
                 && !r.state.phase.is_terminal()
             {
+                let was = e.counted();
                 e.record = (*r).clone();
+                self.counts.moved(was, e.counted());
                 reset.push(i);
             }
         }
