@@ -67,8 +67,9 @@ pub enum Command {
         config: PathBuf,
     },
     /// Print the ledger: one row per watch (phase, remote status, polls, last change, next poll,
-    /// pending deliveries). Reads the ledger (SQLite or PostgreSQL) read-only; works while the
-    /// daemon runs.
+    /// when a waiting job is expected to finish from its project's history, pending
+    /// deliveries). Reads the ledger (SQLite or PostgreSQL) read-only; works while the daemon
+    /// runs.
     ///
     /// Example: scenewatch status --config /etc/scenewatch/scenewatch.toml --json
     Status {
