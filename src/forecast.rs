@@ -354,6 +354,9 @@ pub struct Polled<'a> {
     pub now_ms: u64,
     /// The step polls again (the job is still waiting).
     pub polls_again: bool,
+    /// The API answered (a failed call saw no status: it neither ends a stage nor counts as
+    /// the poll before a change).
+    pub answered: bool,
 }
 
 /// What [`History::learn`] did.
@@ -373,6 +376,13 @@ impl History {
     /// forecast of its remaining time. Used by the engine for every poll step, and by the
     /// polling benchmark, so the two cannot drift apart.
     pub fn learn(&mut self, p: Polled<'_>, timing: Timing) -> Learned {
+        if !p.answered {
+            return Learned {
+                timing,
+                observed: None,
+                forecast: None,
+            };
+        }
         let changed = p.was != p.is;
         let began = timing.change_est_ms.or(p.was_seen_ms);
         let boundary = change_time(timing.last_poll_ms, p.now_ms);
@@ -780,6 +790,62 @@ mod tests {
         let h = History::from_json(odd).unwrap();
         let g = &h.groups[&("w".to_owned(), "p".to_owned())];
         assert_eq!(g.run.len(), DECAY_AT);
+    }
+
+    #[test]
+    fn a_stage_is_measured_between_the_middles_of_the_gaps_that_saw_it_begin_and_end() {
+        let mut h = History::default();
+        let (wait, run, done) = (
+            RemoteStatus::WaitSummarize,
+            RemoteStatus::Summarizing,
+            RemoteStatus::Completed,
+        );
+        // `seen`: when the status before the poll was first seen (the ledger's last change).
+        let poll = |h: &mut History, t: Timing, (was, seen), is, now_ms, answered| {
+            h.learn(
+                Polled {
+                    workspace: "w",
+                    project: "p",
+                    was,
+                    was_seen_ms: seen,
+                    is,
+                    started_ms: Some(0),
+                    now_ms,
+                    polls_again: true,
+                    answered,
+                },
+                t,
+            )
+        };
+        // Queued at 0; polls at 100 s (queued) and 300 s (running): the run began at about 200 s.
+        let t = poll(
+            &mut h,
+            Timing::default(),
+            (None, None),
+            Some(&wait),
+            0,
+            true,
+        )
+        .timing;
+        let queued = (Some(&wait), Some(0));
+        let t = poll(&mut h, t, queued, Some(&wait), 100_000, true).timing;
+        let l = poll(&mut h, t, queued, Some(&run), 300_000, true);
+        assert_eq!(l.timing.change_est_ms, Some(200_000));
+        assert_eq!(
+            l.observed.map(|o| (o.0, o.1)),
+            Some((Stage::Queue, secs(200.0)))
+        );
+        // A failed poll at 900 s saw nothing: the timing stays, nothing is learned.
+        let running = (Some(&run), Some(300_000));
+        let failed = poll(&mut h, l.timing, running, Some(&run), 900_000, false);
+        assert_eq!(failed.timing, l.timing);
+        assert_eq!(failed.observed, None);
+        // Seen done at 1,000 s after a poll at 300 s: it ended at about 650 s, a 450 s run.
+        let l = poll(&mut h, failed.timing, running, Some(&done), 1_000_000, true);
+        assert_eq!(
+            l.observed.map(|o| (o.0, o.1)),
+            Some((Stage::Run, secs(450.0)))
+        );
     }
 
     proptest::proptest! {

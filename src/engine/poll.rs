@@ -587,7 +587,7 @@ async fn finish(
 ) -> Outcome {
     let now = Duration::from_millis(now_ms);
     let key = spec.key.clone();
-    let (step, timing) = learn_and_time(ctx, spec, &before, step, now_ms, timing);
+    let (step, timing) = learn_and_time(ctx, spec, &before, step, now_ms, timing, error.is_none());
     let mut record = before.clone();
     record.state = step.state;
     if record.state.remote != before.state.remote || record.state.phase != before.state.phase {
@@ -697,6 +697,7 @@ fn learn_and_time(
     step: Step,
     now_ms: u64,
     timing: Timing,
+    answered: bool,
 ) -> (Step, Timing) {
     let is = step.state.remote.clone();
     let polled = Polled {
@@ -708,6 +709,7 @@ fn learn_and_time(
         started_ms: before.state.started_at.map(ms_of),
         now_ms,
         polls_again: matches!(step.action, Action::PollAgain { .. }),
+        answered,
     };
     let learned = match ctx.history.lock() {
         Ok(mut h) => h.learn(polled, timing),

@@ -319,6 +319,7 @@ fn poll(kind: Kind, job: &mut Job, t: u64, limits: Limits, history: &mut History
             started_ms: job.state.started_at.map(|s| s.as_millis() as u64),
             now_ms: t,
             polls_again: matches!(step.action, Action::PollAgain { .. }),
+            answered: true,
         },
         job.timing,
     );
