@@ -126,7 +126,9 @@ fn dry_run_sinks(config: &Config, plan: &Arc<Plan>) -> Result<Sinks, SinkError> 
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Jsonl(_) => "jsonl",
             SinkConfig::Webhook(_) => "webhook",
+            #[cfg(feature = "postgres")]
             SinkConfig::Postgres(_) => "postgres",
+            #[cfg(feature = "s3")]
             SinkConfig::S3(_) => "s3",
         };
         out.push(Arc::new(DryRunSink::new(
@@ -143,6 +145,7 @@ fn dry_run_sinks(config: &Config, plan: &Arc<Plan>) -> Result<Sinks, SinkError> 
                 EventSinkConfig::Stdout(_) => "stdout",
                 EventSinkConfig::Jsonl(_) => "jsonl",
                 EventSinkConfig::Webhook(_) => "webhook",
+                #[cfg(feature = "nats")]
                 EventSinkConfig::Nats(_) => "nats",
             };
             Arc::new(DryRunEventSink::new(

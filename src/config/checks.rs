@@ -62,7 +62,9 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
 }
 
 /// A secret from exactly one of a file or an environment variable (the field names are given
-/// for messages); `Ok(None)` when neither is set. Never echoes the secret.
+/// for messages); `Ok(None)` when neither is set. Never echoes the secret. Used by the sinks
+/// behind cargo features only (PostgreSQL, S3, NATS).
+#[cfg(any(feature = "postgres", feature = "s3", feature = "nats"))]
 pub(crate) fn secret_from(
     origins: &Origins,
     p: &mut Vec<Problem>,

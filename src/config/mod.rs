@@ -42,8 +42,11 @@ pub use validate::{
 pub use crate::sink::config::{EventSinkConfig, RawEventSink, RawSink, SinkConfig};
 pub use crate::sink::file::{FileSinkConfig, RawFileSink};
 pub use crate::sink::jsonl::{JsonlSinkConfig, RawJsonlSink};
+#[cfg(feature = "nats")]
 pub use crate::sink::nats::{NatsEventSinkConfig, RawNatsEventSink};
+#[cfg(feature = "postgres")]
 pub use crate::sink::postgres::{PostgresSinkConfig, RawPostgresSink};
+#[cfg(feature = "s3")]
 pub use crate::sink::s3::{RawS3Sink, S3SinkConfig};
 pub use crate::sink::stdout::{RawStdoutSink, StdoutSinkConfig};
 pub use crate::sink::webhook::{RawWebhookSink, WebhookSinkConfig};

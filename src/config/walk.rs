@@ -207,6 +207,32 @@ impl Walker {
         });
     }
 
+    /// A sink of a kind whose cargo feature this build leaves out: a problem at its `type`
+    /// naming the sink (its `name`, or the name it would default to) and the feature.
+    #[cfg(not(all(feature = "postgres", feature = "s3", feature = "nats")))]
+    fn compiled_out(
+        &mut self,
+        key: String,
+        origin: Origin,
+        t: &Map<String, Value>,
+        list: &str,
+        kind: &str,
+    ) {
+        let name = t
+            .get("name")
+            .and_then(|v| v.clone().into_string().ok())
+            .unwrap_or_else(|| crate::sink::config::default_name(list, kind));
+        let feature = crate::sink::config::FEATURE_SINKS
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .map_or(kind, |(_, feature, _)| *feature);
+        self.problems.push(Problem {
+            key,
+            origin,
+            message: crate::sink::config::compiled_out(list, kind, &name, feature),
+        });
+    }
+
     fn sink(&mut self, path: &str, mut t: Map<String, Value>) -> Option<RawSink> {
         let (name, key, origin) = self.sink_type(path, &mut t, RawSink::TYPES)?;
         match name.as_str() {
@@ -214,8 +240,20 @@ impl Walker {
             "stdout" => self.fields(path, t).map(RawSink::Stdout),
             "jsonl" => self.fields(path, t).map(RawSink::Jsonl),
             "webhook" => self.fields(path, t).map(RawSink::Webhook),
+            #[cfg(feature = "postgres")]
             "postgres" => self.fields(path, t).map(RawSink::Postgres),
+            #[cfg(feature = "s3")]
             "s3" => self.fields(path, t).map(RawSink::S3),
+            #[cfg(not(feature = "postgres"))]
+            "postgres" => {
+                self.compiled_out(key, origin, &t, "sink", "postgres");
+                None
+            }
+            #[cfg(not(feature = "s3"))]
+            "s3" => {
+                self.compiled_out(key, origin, &t, "sink", "s3");
+                None
+            }
             other => {
                 self.unknown_type(key, origin, other, RawSink::TYPES);
                 None
@@ -229,7 +267,13 @@ impl Walker {
             "stdout" => self.fields(path, t).map(RawEventSink::Stdout),
             "jsonl" => self.fields(path, t).map(RawEventSink::Jsonl),
             "webhook" => self.fields(path, t).map(RawEventSink::Webhook),
+            #[cfg(feature = "nats")]
             "nats" => self.fields(path, t).map(RawEventSink::Nats),
+            #[cfg(not(feature = "nats"))]
+            "nats" => {
+                self.compiled_out(key, origin, &t, "event_sink", "nats");
+                None
+            }
             other => {
                 self.unknown_type(key, origin, other, RawEventSink::TYPES);
                 None

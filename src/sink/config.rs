@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::file::{self, FileSinkConfig, RawFileSink};
 use super::jsonl::{self, JsonlSinkConfig, RawJsonlSink};
+#[cfg(feature = "nats")]
 use super::nats::{self, NatsEventSinkConfig, RawNatsEventSink};
+#[cfg(feature = "postgres")]
 use super::postgres::{self, PostgresSinkConfig, RawPostgresSink};
+#[cfg(feature = "s3")]
 use super::s3::{self, RawS3Sink, S3SinkConfig};
 use super::stdout::{self, RawStdoutSink, StdoutSinkConfig};
 use super::webhook::{self, RawWebhookSink, WebhookSinkConfig};
@@ -30,13 +33,16 @@ pub enum RawSink {
     /// A signed POST per version.
     Webhook(RawWebhookSink),
     /// Rows in PostgreSQL: one per version, one per scene.
+    #[cfg(feature = "postgres")]
     Postgres(RawPostgresSink),
     /// Objects in S3-compatible storage: one per version plus `latest.json`.
+    #[cfg(feature = "s3")]
     S3(RawS3Sink),
 }
 
 impl RawSink {
-    /// The `type` names the walker accepts, for error messages.
+    /// The `type` names the walker knows, for error messages: every kind, also those whose
+    /// cargo feature this build leaves out (the walker refuses those with [`compiled_out`]).
     pub const TYPES: &'static [&'static str] =
         &["file", "stdout", "jsonl", "webhook", "postgres", "s3"];
 }
@@ -52,12 +58,48 @@ pub enum RawEventSink {
     /// A signed POST per event.
     Webhook(RawWebhookSink),
     /// A JetStream publish per event.
+    #[cfg(feature = "nats")]
     Nats(RawNatsEventSink),
 }
 
 impl RawEventSink {
-    /// The `type` names the walker accepts, for error messages.
+    /// The `type` names the walker knows, for error messages (as [`RawSink::TYPES`]).
     pub const TYPES: &'static [&'static str] = &["stdout", "jsonl", "webhook", "nats"];
+}
+
+/// The sink kinds that are cargo features of their own, as `(type, cargo feature, list)`
+/// where the list is `sink` or `event_sink`; Cargo.toml's `[features]` has the same names.
+pub const FEATURE_SINKS: &[(&str, &str, &str)] = &[
+    ("postgres", "postgres", "sink"),
+    ("s3", "s3", "sink"),
+    ("nats", "nats", "event_sink"),
+];
+
+/// The name a sink of type `kind` in `list` gets when the configuration gives none: the type
+/// for a `[[sink]]`, `{type}-events` for an `[[event_sink]]` (as each kind's `validate` does).
+pub fn default_name(list: &str, kind: &str) -> String {
+    if list == "event_sink" {
+        format!("{kind}-events")
+    } else {
+        kind.to_string()
+    }
+}
+
+/// What `check` and `run` say of a `[[sink]]` or `[[event_sink]]` (`list`) of type `kind`,
+/// named `name`, whose cargo feature `feature` this build was compiled without: the sink, the
+/// feature, and how to get a build that has it. The configuration is refused rather than run
+/// without a sink it names.
+pub fn compiled_out(list: &str, kind: &str, name: &str, feature: &str) -> String {
+    let what = if list == "event_sink" {
+        "event sink"
+    } else {
+        "sink"
+    };
+    format!(
+        "the {kind} {what} {name:?} is not in this build: scenewatch was compiled without the \
+         cargo feature {feature:?}; rebuild with `--features {feature}` (the default features \
+         include every sink), see the README, \"Cargo features\""
+    )
 }
 
 /// A result sink, validated.
@@ -72,8 +114,10 @@ pub enum SinkConfig {
     /// Signed POSTs.
     Webhook(WebhookSinkConfig),
     /// PostgreSQL rows.
+    #[cfg(feature = "postgres")]
     Postgres(PostgresSinkConfig),
     /// S3-compatible objects.
+    #[cfg(feature = "s3")]
     S3(S3SinkConfig),
 }
 
@@ -85,7 +129,9 @@ impl SinkConfig {
             SinkConfig::Stdout(s) => &s.name,
             SinkConfig::Jsonl(j) => &j.name,
             SinkConfig::Webhook(w) => &w.name,
+            #[cfg(feature = "postgres")]
             SinkConfig::Postgres(p) => &p.name,
+            #[cfg(feature = "s3")]
             SinkConfig::S3(o) => &o.name,
         }
     }
@@ -101,6 +147,7 @@ pub enum EventSinkConfig {
     /// Signed POSTs of CloudEvents.
     Webhook(WebhookSinkConfig),
     /// JetStream publishes.
+    #[cfg(feature = "nats")]
     Nats(NatsEventSinkConfig),
 }
 
@@ -111,6 +158,7 @@ impl EventSinkConfig {
             EventSinkConfig::Stdout(s) => &s.name,
             EventSinkConfig::Jsonl(j) => &j.name,
             EventSinkConfig::Webhook(w) => &w.name,
+            #[cfg(feature = "nats")]
             EventSinkConfig::Nats(n) => &n.name,
         }
     }
@@ -139,9 +187,11 @@ pub(crate) fn validate(
             }
             RawSink::Webhook(w) => webhook::validate(origins, p, warnings, &base, w, "webhook")
                 .map(SinkConfig::Webhook),
+            #[cfg(feature = "postgres")]
             RawSink::Postgres(c) => {
                 postgres::validate(origins, p, &base, c).map(SinkConfig::Postgres)
             }
+            #[cfg(feature = "s3")]
             RawSink::S3(c) => s3::validate(origins, p, &base, c).map(SinkConfig::S3),
         };
         if let Some(sink) = sink {
@@ -172,6 +222,7 @@ pub(crate) fn validate(
                 webhook::validate(origins, p, warnings, &base, w, "webhook-events")
                     .map(EventSinkConfig::Webhook)
             }
+            #[cfg(feature = "nats")]
             RawEventSink::Nats(n) => {
                 nats::validate(origins, p, &base, n).map(EventSinkConfig::Nats)
             }
@@ -239,6 +290,87 @@ mod tests {
         );
         let names: Vec<_> = c.event_sinks.iter().map(EventSinkConfig::name).collect();
         assert_eq!(names, ["stdout-events", "jsonl-events"]);
+    }
+
+    /// The problems `load` finds in `toml`, as `check` prints them.
+    #[cfg(not(all(feature = "postgres", feature = "s3", feature = "nats")))]
+    fn problems(toml: &str) -> Vec<String> {
+        match load(&sources(toml)) {
+            Ok(c) => panic!("expected problems, got {c:?}"),
+            Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_message_for_a_compiled_out_sink_names_it_its_type_and_the_feature() {
+        let m = compiled_out("sink", "postgres", "archive", "postgres");
+        assert_eq!(
+            m,
+            "the postgres sink \"archive\" is not in this build: scenewatch was compiled \
+             without the cargo feature \"postgres\"; rebuild with `--features postgres` (the \
+             default features include every sink), see the README, \"Cargo features\""
+        );
+        let m = compiled_out(
+            "event_sink",
+            "nats",
+            &default_name("event_sink", "nats"),
+            "nats",
+        );
+        assert!(
+            m.starts_with("the nats event sink \"nats-events\" is not in this build"),
+            "{m}"
+        );
+        // Each feature sink's default name is what its own validation gives it.
+        assert_eq!(default_name("sink", "s3"), "s3");
+        assert_eq!(
+            FEATURE_SINKS.iter().map(|f| f.0).collect::<Vec<_>>(),
+            ["postgres", "s3", "nats"]
+        );
+    }
+
+    #[test]
+    #[cfg(not(feature = "postgres"))]
+    fn a_postgres_sink_without_the_postgres_feature_is_refused_naming_it_and_the_feature() {
+        let p = problems(
+            "[[sink]]\ntype = \"file\"\ndir = \"/r\"\n[[sink]]\nname = \"archive\"\ntype = \"postgres\"\n\
+             url = \"postgres://app:pg-pass-77@db/media\"\n",
+        );
+        assert_eq!(
+            p,
+            [format!(
+                "sink[1].type: {} (in test.toml:6:1)",
+                compiled_out("sink", "postgres", "archive", "postgres")
+            )]
+        );
+        assert!(!p[0].contains("pg-pass-77"), "{p:?}");
+    }
+
+    #[test]
+    #[cfg(not(feature = "s3"))]
+    fn an_s3_sink_without_the_s3_feature_is_refused_with_its_default_name() {
+        let p = problems("[[sink]]\ntype = \"s3\"\nbucket = \"b\"\n");
+        assert_eq!(
+            p,
+            [format!(
+                "sink[0].type: {} (in test.toml:2:1)",
+                compiled_out("sink", "s3", "s3", "s3")
+            )]
+        );
+    }
+
+    #[test]
+    #[cfg(not(feature = "nats"))]
+    fn a_nats_event_sink_without_the_nats_feature_is_refused_naming_it_and_the_feature() {
+        let p = problems(
+            "[[event_sink]]\ntype = \"nats\"\nname = \"bus\"\nurl = \"nats://127.0.0.1:4222\"\n",
+        );
+        assert_eq!(
+            p,
+            [format!(
+                "event_sink[0].type: {} (in test.toml:2:1)",
+                compiled_out("event_sink", "nats", "bus", "nats")
+            )]
+        );
     }
 
     #[test]

@@ -11,8 +11,11 @@ pub mod config;
 pub mod file;
 pub mod jsonl;
 pub mod latest;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "s3")]
 pub mod s3;
 pub mod stdout;
 pub mod webhook;
@@ -97,7 +100,9 @@ pub fn build(config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
         SinkConfig::Stdout(s) => Ok(Arc::new(stdout::StdoutSink::new(s))),
         SinkConfig::Jsonl(j) => Ok(Arc::new(jsonl::JsonlSink::new(j))),
         SinkConfig::Webhook(w) => Ok(Arc::new(webhook::WebhookSink::new(w)?)),
+        #[cfg(feature = "postgres")]
         SinkConfig::Postgres(c) => Ok(Arc::new(postgres::PostgresSink::new(c)?)),
+        #[cfg(feature = "s3")]
         SinkConfig::S3(c) => Ok(Arc::new(s3::S3Sink::new(c)?)),
     }
 }
@@ -128,6 +133,7 @@ pub fn build_event_sink(config: &EventSinkConfig) -> Result<Arc<dyn EventSink>, 
         EventSinkConfig::Stdout(s) => Ok(Arc::new(stdout::StdoutSink::new(s))),
         EventSinkConfig::Jsonl(j) => Ok(Arc::new(jsonl::JsonlSink::new(j))),
         EventSinkConfig::Webhook(w) => Ok(Arc::new(webhook::WebhookSink::new(w)?)),
+        #[cfg(feature = "nats")]
         EventSinkConfig::Nats(c) => Ok(Arc::new(nats::NatsSink::new(c)?)),
     }
 }

@@ -14,7 +14,8 @@
 //! `sw_bench_<pid>` is created and dropped); `s3` and `nats` when `SCENEWATCH_TEST_S3` and
 //! `SCENEWATCH_TEST_NATS` are set (see `s3` and `nats` below for what they measure). To add one,
 //! write a `fn x(dir) -> Prepared` next to `postgres` below and list it in `SINKS`; it can skip
-//! itself when its server is not configured.
+//! itself when its server is not configured. The PostgreSQL, S3 and NATS sinks are cargo
+//! features: a build without one reports it skipped.
 //!
 //! Run: `cargo bench --bench sinks`. Knobs: `SCENEWATCH_BENCH_SCENES` (default 20000).
 //! Results and their reading: docs/benchmarks.md, "Sinks".
@@ -30,7 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
-use scenewatch::config::{FileSinkConfig, JsonlSinkConfig, PostgresSinkConfig};
+#[cfg(feature = "postgres")]
+use scenewatch::config::PostgresSinkConfig;
+use scenewatch::config::{FileSinkConfig, JsonlSinkConfig};
 use scenewatch::domain::WatchKey;
 use scenewatch::ncp::SummaryResult;
 use scenewatch::sink::{Delivery, Sink};
@@ -80,6 +83,12 @@ fn jsonl(dir: &Path) -> Prepared {
     }
 }
 
+#[cfg(not(feature = "postgres"))]
+fn postgres(_: &Path) -> Prepared {
+    Prepared::Skip("built without the `postgres` feature".into())
+}
+
+#[cfg(feature = "postgres")]
 fn postgres(_: &Path) -> Prepared {
     let url = match std::env::var("SCENEWATCH_TEST_PG") {
         Ok(u) if !u.trim().is_empty() => u,
@@ -188,7 +197,13 @@ fn webhook(_: &Path) -> Prepared {
     }
 }
 
+#[cfg(not(feature = "s3"))]
+fn s3(_: &Path) -> Prepared {
+    Prepared::Skip("built without the `s3` feature".into())
+}
+
 /// `s3` when `SCENEWATCH_TEST_S3` is set (the tests' variables; objects go under `bench-<pid>/`).
+#[cfg(feature = "s3")]
 fn s3(_: &Path) -> Prepared {
     let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let endpoint = var("SCENEWATCH_TEST_S3", "");
@@ -216,10 +231,16 @@ fn s3(_: &Path) -> Prepared {
     }
 }
 
+#[cfg(not(feature = "nats"))]
+fn nats(_: &Path) -> Prepared {
+    Prepared::Skip("built without the `nats` feature".into())
+}
+
 /// `nats` when `SCENEWATCH_TEST_NATS` is set. NATS takes events, not results, so "delivering"
 /// sends as many events as the result has scenes (an event backlog of that size), each awaited
 /// to its PubAck; "again" sends them once more, all acknowledged as duplicates. The stream
 /// `SWBENCH_<pid>` is deleted afterwards.
+#[cfg(feature = "nats")]
 fn nats(_: &Path) -> Prepared {
     use scenewatch::events::Event;
     use scenewatch::sink::nats::NatsSink;

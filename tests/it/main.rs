@@ -13,13 +13,17 @@ mod daemon;
 mod deploy;
 mod faults;
 mod logs;
+#[cfg(feature = "nats")]
 mod nats;
 mod once;
 mod once_flags;
 mod ops;
 mod parity;
+#[cfg(feature = "postgres")]
 mod pg_ledger;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "s3")]
 mod s3;
 mod sim;
 mod support;
