@@ -19,6 +19,7 @@ pub mod health;
 pub mod metrics;
 pub mod ncp;
 pub mod once;
+#[cfg(feature = "postgres")]
 pub mod pg;
 pub mod policy;
 pub mod progress;

@@ -86,6 +86,7 @@ pub struct Checked {
 /// and event sink's healthcheck.
 pub async fn online_checks(c: &Config) -> Vec<Checked> {
     let mut out = vec![credentials(c).await];
+    #[cfg(feature = "postgres")]
     if let crate::state::Backend::Postgres(target) = &c.ledger {
         out.push(match crate::state::PostgresLedger::probe(target).await {
             Ok(detail) => Checked {

@@ -17,6 +17,7 @@ pub mod health;
 pub mod ledger;
 pub mod live;
 pub mod man;
+#[cfg(feature = "postgres")]
 pub mod migrate;
 pub mod once;
 pub mod reset;
@@ -91,13 +92,27 @@ pub async fn dispatch(command: Command, live: Live) -> u8 {
                     schema,
                 },
         } => {
-            migrate::run(
-                &config,
-                to_config.as_deref(),
-                to.as_deref(),
-                schema.as_deref(),
-            )
-            .await
+            #[cfg(feature = "postgres")]
+            {
+                migrate::run(
+                    &config,
+                    to_config.as_deref(),
+                    to.as_deref(),
+                    schema.as_deref(),
+                )
+                .await
+            }
+            #[cfg(not(feature = "postgres"))]
+            {
+                let _ = (config, to_config, to, schema);
+                Err(exit::UsageError(
+                    "ledger migrate copies into a PostgreSQL ledger, which is not in this build: \
+                     scenewatch was compiled without the cargo feature \"postgres\"; rebuild \
+                     with --features postgres (the default features include it)"
+                        .into(),
+                )
+                .into())
+            }
         }
         Command::Health { url, timeout } => health::run(&url, timeout).await,
         Command::Completions { shell } => completions::run(shell),

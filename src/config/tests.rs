@@ -859,6 +859,24 @@ fn a_secret_file_that_never_ends_is_refused_not_read_forever() {
     );
 }
 
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn without_the_postgres_feature_a_postgres_ledger_is_refused_naming_the_feature() {
+    let toml = "[state]\nbackend = \"postgres\"\nurl = \"postgres://sw:pw@db/x\"\n[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n";
+    let t: Vec<String> = problems(toml, CREDS)
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        t.iter().any(|l| l.contains("state.backend")
+            && l.contains("cargo feature \"postgres\"")
+            && l.contains("--features postgres")),
+        "{t:#?}"
+    );
+    assert!(t.iter().all(|l| !l.contains("pw@")), "{t:#?}");
+}
+
+#[cfg(feature = "postgres")]
 #[test]
 fn state_backend_defaults_to_sqlite_and_postgres_keys_are_checked_by_name() {
     let watch =

@@ -691,6 +691,17 @@ pub(crate) fn check_state(
             }
             Some(crate::state::Backend::Sqlite)
         }
+        #[cfg(not(feature = "postgres"))]
+        "postgres" => {
+            p.push(origins.problem(
+                "state.backend",
+                "the PostgreSQL ledger is not in this build: scenewatch was compiled without the \
+                 cargo feature \"postgres\"; rebuild with --features postgres (the default \
+                 features include it), or use backend = \"sqlite\"",
+            ));
+            None
+        }
+        #[cfg(feature = "postgres")]
         "postgres" => {
             let checked = crate::pg::check_url(
                 origins,

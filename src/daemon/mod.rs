@@ -65,6 +65,7 @@ pub async fn run(
             "cannot open the state database in {}",
             config.state_dir.display()
         ),
+        #[cfg(feature = "postgres")]
         crate::state::Backend::Postgres(_) => "cannot open the PostgreSQL ledger".to_string(),
     })?;
     let origins: Vec<String> = config.selectors.iter().map(|s| s.origin()).collect();

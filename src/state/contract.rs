@@ -129,6 +129,7 @@ macro_rules! contract {
                 }
             )*
         }
+        #[cfg(feature = "postgres")]
         mod postgres_ledger {
             $(
                 #[tokio::test]

@@ -11,6 +11,7 @@
 //! checked by the same tests against each (`contract.rs`).
 
 pub mod memory;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod retention;
 pub mod sqlite;
@@ -29,6 +30,7 @@ use crate::events::Event;
 use crate::watch::{Phase, WatchState};
 
 pub use memory::MemoryLedger;
+#[cfg(feature = "postgres")]
 pub use postgres::{PostgresLedger, PostgresTarget};
 pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteLedger};
 
@@ -256,7 +258,8 @@ pub type SharedLedger = std::sync::Arc<dyn Ledger>;
 pub enum Backend {
     /// `{state_dir}/scenewatch.db` (the default).
     Sqlite,
-    /// A schema of a PostgreSQL database.
+    /// A schema of a PostgreSQL database (cargo feature `postgres`).
+    #[cfg(feature = "postgres")]
     Postgres(PostgresTarget),
 }
 
@@ -280,10 +283,13 @@ pub async fn open(
     event_sinks: Vec<String>,
     who: OpenFor,
 ) -> Result<SharedLedger, StateError> {
+    #[cfg(not(feature = "postgres"))]
+    let _ = who;
     Ok(match backend {
         Backend::Sqlite => {
             std::sync::Arc::new(SqliteLedger::open(state_dir, sinks, event_sinks).await?)
         }
+        #[cfg(feature = "postgres")]
         Backend::Postgres(target) => {
             let l = PostgresLedger::open(target, sinks, event_sinks).await?;
             if who == OpenFor::Daemon
@@ -305,6 +311,7 @@ pub async fn open_read_only(
 ) -> Result<SharedLedger, StateError> {
     Ok(match backend {
         Backend::Sqlite => std::sync::Arc::new(SqliteLedger::open_read_only(state_dir).await?),
+        #[cfg(feature = "postgres")]
         Backend::Postgres(target) => {
             std::sync::Arc::new(PostgresLedger::open_read_only(target).await?)
         }
