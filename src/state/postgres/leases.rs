@@ -94,6 +94,19 @@ impl PostgresLedger {
             .unwrap_or_default()
     }
 
+    /// The current records of the (not removed) watches in `shards`, as the ledger holds them:
+    /// for a replica to load the watches of shards it has just claimed (their last owner may
+    /// have polled them since this replica last saw them).
+    pub async fn records_in_shards(
+        &self,
+        shards: &[i32],
+    ) -> Result<Vec<crate::state::WatchRecord>, StateError> {
+        self.run("read", false, async move |i, c| {
+            super::store::records_in_shards(i, c, shards).await
+        })
+        .await
+    }
+
     /// Heartbeats, renews, releases beyond and claims up to its fair share (see the module
     /// documentation). On an error the leases it held are kept in its view; they expire on the
     /// server if no later tick renews them, and every write is checked against the server.

@@ -284,6 +284,27 @@ pub(super) async fn remove_watches(
     Ok(())
 }
 
+/// The records (not removed) of the watches in `shards`, in insertion order: what a replica
+/// loads for shards it has just claimed.
+pub(super) async fn records_in_shards(
+    i: &Inner,
+    c: &mut Object,
+    shards: &[i32],
+) -> Result<Vec<WatchRecord>, Fail> {
+    let st = c
+        .prepare_cached(&i.sql(&format!(
+            "SELECT {WATCH_COLUMNS} FROM {{s}}.watches
+             WHERE NOT removed AND shard = ANY($1::int4[])
+             ORDER BY watch_id"
+        )))
+        .await?;
+    c.query(&st, &[&shards])
+        .await?
+        .iter()
+        .map(watch_record)
+        .collect()
+}
+
 pub(super) async fn discovered(
     i: &Inner,
     c: &mut Object,

@@ -791,6 +791,22 @@ async fn a_replica_that_closes_hands_its_shards_over_at_once() {
         o[0].len() == 128 && o[1].len() == 128
     })
     .await;
+    // Each replica loads exactly the watches of its shards.
+    let specs: Vec<WatchSpec> = (0..60).map(|n| spec(&format!("i{n}"))).collect();
+    a.sync_watches(&specs, &[], 1).await.unwrap();
+    let mut loaded = 0;
+    for r in [&a, &b] {
+        let owned = r.owned_shards();
+        let got = r.records_in_shards(&owned).await.unwrap();
+        assert!(got.iter().all(|w| owned.contains(&shard_of(&w.key))));
+        let want = specs
+            .iter()
+            .filter(|s| owned.contains(&shard_of(&s.key)))
+            .count();
+        assert_eq!(got.len(), want);
+        loaded += got.len();
+    }
+    assert_eq!(loaded, 60, "every watch in one replica's shards");
     let b_had = b.owned_shards();
     let epochs_before = epoch_of(&a, b_had[0]).await;
     b.close().await.unwrap();
