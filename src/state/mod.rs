@@ -115,6 +115,19 @@ pub enum StateError {
         #[source]
         source: Option<crate::cause::Cause>,
     },
+    /// A replica's write to a watch of a shard it no longer holds (its lease expired or was
+    /// taken over: the process was paused, cut off, or too slow to renew). Nothing was written;
+    /// the shard's new owner polls and delivers the watch.
+    #[error(
+        "cannot write to the PostgreSQL ledger {at}: this replica no longer owns shard {shard} \
+         (lease lost): the write was refused"
+    )]
+    LeaseLost {
+        /// `postgres://user@host:port/db (schema "name")`, never with a password.
+        at: String,
+        /// The watch's shard.
+        shard: i32,
+    },
 }
 
 /// The durable state of one watch.

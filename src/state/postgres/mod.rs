@@ -21,9 +21,12 @@
 //! nowhere else: messages name `postgres://user@host:port/db (schema "…")`, and `Debug` is
 //! written by hand.
 
+mod leases;
 pub mod migrate;
 pub mod schema;
 mod store;
+
+pub use leases::LeaseTick;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -150,6 +153,9 @@ pub(crate) struct Inner {
     claimed: AtomicBool,
     /// The connection holding the daemon's exclusive lock on the ledger, while it holds it.
     owner: tokio::sync::Mutex<Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)>>,
+    /// Set by [`PostgresLedger::join`]: this handle is a replica holding shard leases, and its
+    /// poll-step and outbox writes are fenced (see `leases.rs`).
+    replica: std::sync::RwLock<Option<leases::Replica>>,
     /// What the owner lock's connection is: the pool's settings.
     connect: (
         tokio_postgres::Config,
@@ -288,6 +294,7 @@ impl PostgresLedger {
                 prune_walk: tokio::sync::Mutex::new(store::PruneWalk::default()),
                 claimed: AtomicBool::new(false),
                 owner: tokio::sync::Mutex::new(None),
+                replica: std::sync::RwLock::new(None),
                 connect: (t.pg, tls),
             }),
         })
@@ -921,10 +928,16 @@ impl Ledger for PostgresLedger {
         })
     }
 
-    /// Closes the pool and gives up the daemon's lock; later calls fail with
+    /// Gives up a replica's shard leases at once (see [`PostgresLedger::release_leases`]),
+    /// closes the pool and gives up the daemon's lock; later calls fail with
     /// [`StateError::Closed`]. Calls already running finish.
     fn close(&self) -> LedgerFuture<'_, ()> {
         Box::pin(async move {
+            if !self.inner.closed.load(Ordering::Acquire)
+                && let Err(e) = self.release_leases().await
+            {
+                tracing::warn!(ledger = %self.inner.at, error = %e, "Could not give up the shard leases on close; the other replicas take them when they expire.");
+            }
             self.inner.closed.store(true, Ordering::Release);
             self.inner.claimed.store(false, Ordering::Release);
             self.inner.pool.close();

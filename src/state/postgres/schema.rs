@@ -35,14 +35,22 @@
 //! sink_health      sink text PK, failing boolean, episode bigint
 //! ```
 //!
-//! # Ready for shard leases
+//! # Shards
 //!
 //! Every watch row carries `shard`, [`super::shard_of`] its key (SHA-256 of `w/p/a/i`, modulo
 //! [`super::SHARDS`] = 256), computed at insert and never changed, with an index
-//! `watches_by_shard`. Replicas that own shards (a later schema) add a members table and a
-//! leases table `(shard, owner, epoch, expires_at)` and filter the poll and outbox queries by
-//! `shard`; every table here stays as it is, so that is an additive migration, not a breaking
-//! one. Versions and deliveries reach their shard through `watch_id`.
+//! `watches_by_shard`. Versions and deliveries reach their shard through `watch_id`.
+//!
+//! # Shard leases (schema 2)
+//!
+//! ```text
+//! members          replica text PK, heartbeat_at, started_at      -- one row per live replica
+//! shard_leases     shard int PK (0..255, all 256 rows made by the migration), owner (NULL:
+//!                  nobody), epoch bigint (+1 on every claim), expires_at timestamptz
+//! ```
+//!
+//! Times are the server's (`now()`), so replicas' clocks do not matter. See
+//! `leases.rs` for how they are claimed, renewed, released and checked (fencing).
 //!
 //! # Indexes
 //!
@@ -144,14 +152,35 @@ CREATE TABLE {s}.sink_health (
 );
 ";
 
+/// Schema 2: replicas and their shard leases (see "Shard leases" above). One row per shard,
+/// made here, so claiming is always an `UPDATE ... FOR UPDATE SKIP LOCKED` of existing rows;
+/// a shard nobody has held yet has no owner, epoch 0 and an expiry in the past.
+const V2: &str = "
+CREATE TABLE {s}.members (
+    replica      text PRIMARY KEY,
+    heartbeat_at timestamptz NOT NULL,
+    started_at   timestamptz NOT NULL
+);
+
+CREATE TABLE {s}.shard_leases (
+    shard      integer PRIMARY KEY CHECK (shard >= 0 AND shard < 256),
+    owner      text,
+    epoch      bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity'
+);
+INSERT INTO {s}.shard_leases (shard) SELECT generate_series(0, 255);
+CREATE INDEX shard_leases_by_owner ON {s}.shard_leases (owner);
+";
+
 /// Migration `i` takes the schema from version `i` to `i + 1`. Append only: a released entry is
 /// never edited, since ledgers in the field were built by it.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The table of applied migrations, inside the ledger's schema.
 pub const VERSION_TABLE: &str = "ledger_schema";
 
-/// The tables of the ledger, for `ledger migrate`'s emptiness check and the tests.
+/// The tables of the ledger, for `ledger migrate`'s emptiness check and the tests (the lease
+/// tables of schema 2 are coordination, not ledger content, and are not listed).
 pub const TABLES: &[&str] = &[
     "watches",
     "versions",

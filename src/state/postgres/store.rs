@@ -10,6 +10,7 @@ use deadpool_postgres::{GenericClient, Object};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::leases::{EVENT_SHARD, fence};
 use super::{Fail, Inner, shard_of};
 use crate::config::WatchSpec;
 use crate::domain::{VersionId, WatchKey};
@@ -283,6 +284,27 @@ pub(super) async fn remove_watches(
     Ok(())
 }
 
+/// The records (not removed) of the watches in `shards`, in insertion order: what a replica
+/// loads for shards it has just claimed.
+pub(super) async fn records_in_shards(
+    i: &Inner,
+    c: &mut Object,
+    shards: &[i32],
+) -> Result<Vec<WatchRecord>, Fail> {
+    let st = c
+        .prepare_cached(&i.sql(&format!(
+            "SELECT {WATCH_COLUMNS} FROM {{s}}.watches
+             WHERE NOT removed AND shard = ANY($1::int4[])
+             ORDER BY watch_id"
+        )))
+        .await?;
+    c.query(&st, &[&shards])
+        .await?
+        .iter()
+        .map(watch_record)
+        .collect()
+}
+
 pub(super) async fn discovered(
     i: &Inner,
     c: &mut Object,
@@ -381,6 +403,8 @@ pub(super) async fn commit_step(i: &Inner, c: &mut Object, s: &StepCommit) -> Re
     let k = &r.key;
     let upsert = c.prepare_cached(&i.sql(UPSERT_STEP)).await?;
     let tx = c.transaction().await?;
+    // Before anything is written: a replica that lost the shard writes nothing.
+    fence(i, &tx, shard_of(k)).await?;
     let params: [&(dyn ToSql + Sync); 19] = [
         &k.workspace(),
         &k.project_id(),
@@ -517,7 +541,7 @@ pub(super) async fn insert_events(
 }
 
 /// Due deliveries of one sink; as in SQLite, versions of one watch reach one sink in the order
-/// they were fetched.
+/// they were fetched. A replica (`$4`, NULL otherwise) sees only those of the shards it holds.
 const DUE_DELIVERIES: &str = "
     SELECT d.version_id, w.workspace, w.project_id, w.asset_id, w.index_id,
            v.last_analyzed_at, v.fetched_at_ms, v.result_json, d.attempts
@@ -526,6 +550,9 @@ const DUE_DELIVERIES: &str = "
     JOIN {s}.watches AS w ON w.watch_id = v.watch_id
     WHERE d.sink = $1 AND d.state = 'pending' AND d.state <> 'done'
       AND d.next_attempt_at_ms <= $2
+      AND ($4::text IS NULL OR EXISTS (
+          SELECT 1 FROM {s}.shard_leases AS l
+          WHERE l.shard = w.shard AND l.owner = $4 AND l.expires_at > now()))
       AND NOT EXISTS (
           SELECT 1 FROM {s}.versions AS ov
           JOIN {s}.deliveries AS od ON od.version_id = ov.version_id AND od.sink = d.sink
@@ -544,7 +571,8 @@ pub(super) async fn due_deliveries(
 ) -> Result<Vec<PendingDelivery>, Fail> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let st = c.prepare_cached(&i.sql(DUE_DELIVERIES)).await?;
-    c.query(&st, &[&sink, &ms(now_ms), &limit])
+    let owner = i.fencing_owner();
+    c.query(&st, &[&sink, &ms(now_ms), &limit, &owner])
         .await?
         .iter()
         .map(|row| {
@@ -571,6 +599,7 @@ pub(super) async fn delivery_succeeded(
 ) -> Result<bool, Fail> {
     let (sinks, _) = i.sinks();
     let tx = c.transaction().await?;
+    fence_version(i, &tx, version_id).await?;
     // Two sinks finishing one version at once: the version row is locked first, so the second
     // sees the first one's row done and the last one releases the result and flips the phase.
     let lock = tx
@@ -634,7 +663,9 @@ pub(super) async fn delivery_failed(
     next_attempt_at_ms: u64,
     park: bool,
 ) -> Result<(), Fail> {
-    let st = c
+    let tx = c.transaction().await?;
+    fence_version(i, &tx, version_id).await?;
+    let st = tx
         .prepare_cached(&i.sql(
             "UPDATE {s}.deliveries
              SET attempts = attempts + 1, last_error = $3, next_attempt_at_ms = $4,
@@ -642,11 +673,46 @@ pub(super) async fn delivery_failed(
              WHERE version_id = $1 AND sink = $2 AND state <> 'done'",
         ))
         .await?;
-    c.execute(
+    tx.execute(
         &st,
         &[&version_id, &sink, &error, &ms(next_attempt_at_ms), &park],
     )
     .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The fencing check for the watch of a stored version (none when it is not stored: the
+/// update that follows then changes nothing either).
+async fn fence_version(i: &Inner, c: &impl GenericClient, version_id: &str) -> Result<(), Fail> {
+    if i.fencing_owner().is_none() {
+        return Ok(());
+    }
+    let st = c
+        .prepare_cached(&i.sql(
+            "SELECT w.shard FROM {s}.versions AS v JOIN {s}.watches AS w ON w.watch_id = v.watch_id
+             WHERE v.version_id = $1",
+        ))
+        .await?;
+    if let Some(row) = c.query_opt(&st, &[&version_id]).await? {
+        fence(i, c, row.try_get(0)?).await?;
+    }
+    Ok(())
+}
+
+/// The fencing check for the watches of stored events, by id.
+async fn fence_events(i: &Inner, c: &impl GenericClient, ids: &[String]) -> Result<(), Fail> {
+    if i.fencing_owner().is_none() {
+        return Ok(());
+    }
+    let st = c
+        .prepare_cached(&i.sql(&format!(
+            "SELECT DISTINCT {EVENT_SHARD} FROM {{s}}.events AS e WHERE e.id = ANY($1::text[])"
+        )))
+        .await?;
+    for row in c.query(&st, &[&ids]).await? {
+        fence(i, c, row.try_get(0)?).await?;
+    }
     Ok(())
 }
 
@@ -659,16 +725,20 @@ pub(super) async fn due_events(
 ) -> Result<Vec<Event>, Fail> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let st = c
-        .prepare_cached(&i.sql(
+        .prepare_cached(&i.sql(&format!(
             "SELECT q.seq, q.next_attempt_at_ms, e.id, e.body
-             FROM {s}.event_deliveries AS q
-             JOIN {s}.events AS e ON e.seq = q.seq
+             FROM {{s}}.event_deliveries AS q
+             JOIN {{s}}.events AS e ON e.seq = q.seq
              WHERE q.sink = $1 AND q.state = 'pending' AND q.state <> 'done'
+               AND ($3::text IS NULL OR EXISTS (
+                   SELECT 1 FROM {{s}}.shard_leases AS l
+                   WHERE l.shard = {EVENT_SHARD} AND l.owner = $3 AND l.expires_at > now()))
              ORDER BY q.seq
              LIMIT $2",
-        ))
+        )))
         .await?;
-    let rows = c.query(&st, &[&sink, &limit]).await?;
+    let owner = i.fencing_owner();
+    let rows = c.query(&st, &[&sink, &limit, &owner]).await?;
     let mut out = Vec::new();
     let mut undecodable: Vec<(i64, String)> = Vec::new();
     for row in &rows {
@@ -720,7 +790,9 @@ pub(super) async fn events_sent(
     sink: &str,
     ids: &[String],
 ) -> Result<(), Fail> {
-    let st = c
+    let tx = c.transaction().await?;
+    fence_events(i, &tx, ids).await?;
+    let st = tx
         .prepare_cached(&i.sql(
             "UPDATE {s}.event_deliveries AS q SET state = 'done', last_error = NULL
              FROM {s}.events AS e
@@ -728,7 +800,8 @@ pub(super) async fn events_sent(
                AND q.state <> 'done'",
         ))
         .await?;
-    c.execute(&st, &[&sink, &ids]).await?;
+    tx.execute(&st, &[&sink, &ids]).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -741,7 +814,9 @@ pub(super) async fn events_failed(
     next_attempt_at_ms: u64,
     park: bool,
 ) -> Result<(), Fail> {
-    let st = c
+    let tx = c.transaction().await?;
+    fence_events(i, &tx, ids).await?;
+    let st = tx
         .prepare_cached(&i.sql(
             "UPDATE {s}.event_deliveries AS q
              SET attempts = q.attempts + 1, last_error = $3, next_attempt_at_ms = $4,
@@ -751,8 +826,9 @@ pub(super) async fn events_failed(
                AND q.state <> 'done'",
         ))
         .await?;
-    c.execute(&st, &[&sink, &ids, &error, &ms(next_attempt_at_ms), &park])
+    tx.execute(&st, &[&sink, &ids, &error, &ms(next_attempt_at_ms), &park])
         .await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -97,7 +97,7 @@ async fn replicas_starting_together_migrate_once_and_rows_carry_their_shard() {
         })
         .await
         .unwrap();
-    assert_eq!(versions, vec![1], "each migration applied once");
+    assert_eq!(versions, vec![1, 2], "each migration applied once");
     a.sync_watches(&[spec("i1"), spec("i2")], &[], 1)
         .await
         .unwrap();
@@ -545,5 +545,331 @@ async fn a_sqlite_ledger_copies_row_for_row_and_the_copy_goes_on() {
     assert_eq!(pg.status().await.unwrap().len(), 3);
     sqlite.close().await.unwrap();
     pg.close().await.unwrap();
+    db.drop_it().await;
+}
+
+/// Ticks `replicas` in turn until `done` holds of their owned shards, for at most `within`.
+async fn tick_until(
+    replicas: &[&PostgresLedger],
+    within: Duration,
+    done: impl Fn(&[Vec<i32>]) -> bool,
+) -> Vec<LeaseTick> {
+    let deadline = crate::clock::instant_now() + within;
+    let mut ticks = Vec::new();
+    loop {
+        for r in replicas {
+            ticks.push(r.lease_tick().await.unwrap());
+        }
+        let owned: Vec<Vec<i32>> = replicas.iter().map(|r| r.owned_shards()).collect();
+        if done(&owned) {
+            return ticks;
+        }
+        assert!(
+            crate::clock::instant_now() < deadline,
+            "shards did not settle within {within:?}: {:?}",
+            owned.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn epoch_of(l: &PostgresLedger, shard: i32) -> i64 {
+    l.run("read", false, async |i, c| {
+        Ok(c.query_one(
+            &i.sql("SELECT epoch FROM {s}.shard_leases WHERE shard = $1"),
+            &[&shard],
+        )
+        .await?
+        .get(0))
+    })
+    .await
+    .unwrap()
+}
+
+/// A step of `record` with a new version, so that it queues a delivery to `files`.
+fn step_with_version(record: &WatchRecord, polls: u64, at: &str) -> StepCommit {
+    let mut record = record.clone();
+    let key = record.key.clone();
+    record.state.polls = polls;
+    record.state.phase = crate::watch::Phase::Completed;
+    let vid = VersionId::of(&key, at);
+    record.last_version_id = Some(vid.clone());
+    StepCommit {
+        events: vec![Event::waiting(&key, "SUMMARIZING", at, polls)],
+        new_version: Some(crate::state::NewVersion {
+            version_id: vid,
+            key,
+            last_analyzed_at: at.into(),
+            fetched_at_ms: polls,
+            scene_count: 1,
+            analyzed_scene_ids: None,
+            result_json: "{}".into(),
+        }),
+        record,
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn two_replicas_split_the_shards_and_one_that_stops_renewing_is_taken_over_and_fenced() {
+    let db = Schema::fresh("leases_takeover").await;
+    let open = || PostgresLedger::open(&db.target, vec!["files".into()], vec!["log".into()]);
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    let lease = Duration::from_secs(2);
+    a.join("replica-a", lease);
+    b.join("replica-b", lease);
+    // Before its first tick a replica holds nothing and may write nothing.
+    let records = a.sync_watches(&[spec("i1")], &[], 1).await.unwrap();
+    let shard = shard_of(&records[0].key);
+    let e = a
+        .commit_step(step_with_version(&records[0], 1, "2026-01-01T00:00:00Z"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StateError::LeaseLost { shard: s, .. } if s == shard),
+        "{e:?}"
+    );
+
+    // The first replica takes everything; the second joins and they settle at 128 each.
+    a.lease_tick().await.unwrap();
+    assert_eq!(a.owned_shards().len(), 256);
+    tick_until(&[&a, &b], Duration::from_secs(10), |o| {
+        o[0].len() == 128 && o[1].len() == 128
+    })
+    .await;
+    let (oa, ob) = (a.owned_shards(), b.owned_shards());
+    let all: std::collections::BTreeSet<i32> = oa.iter().chain(&ob).copied().collect();
+    assert_eq!(all.len(), 256, "disjoint and every shard held");
+
+    // The watch's owner commits; the other is refused and sees none of its outbox.
+    let (owner, other) = if oa.contains(&shard) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    owner
+        .commit_step(step_with_version(&records[0], 1, "2026-01-01T00:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(
+        owner
+            .due_deliveries("files", u64::MAX, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        other
+            .due_deliveries("files", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        owner.due_events("log", u64::MAX, 10).await.unwrap().len(),
+        1
+    );
+    assert!(
+        other
+            .due_events("log", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = other
+        .commit_step(step_with_version(&records[0], 5, "2026-01-02T00:00:00Z"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::LeaseLost { .. }), "{e:?}");
+    let before = epoch_of(owner, shard).await;
+
+    // The owner stops renewing (paused, cut off): once its lease is past, the other takes
+    // every shard over, each at a higher epoch.
+    let ticks = tick_until(&[other], Duration::from_secs(15), |o| o[0].len() == 256).await;
+    let taken: u64 = ticks.iter().map(|t| t.taken_over).sum();
+    assert!(
+        taken >= 128,
+        "took over the silent replica's shards: {taken}"
+    );
+    assert!(epoch_of(owner, shard).await > before);
+
+    // The old owner's writes are refused and change nothing.
+    let e = owner
+        .commit_step(step_with_version(&records[0], 9, "2026-01-03T00:00:00Z"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StateError::LeaseLost { shard: s, .. } if s == shard),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains(&format!(
+            "this replica no longer owns shard {shard} (lease lost)"
+        )),
+        "{e}"
+    );
+    let pending = other.due_deliveries("files", u64::MAX, 10).await.unwrap();
+    assert_eq!(pending.len(), 1, "the new owner drains the outbox");
+    let e = owner
+        .delivery_succeeded(&pending[0].version_id, "files", "x", vec![], 20)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::LeaseLost { .. }), "{e:?}");
+    let e = owner
+        .delivery_failed(&pending[0].version_id, "files", "boom", 30, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::LeaseLost { .. }), "{e:?}");
+    let ids: Vec<String> = other
+        .due_events("log", u64::MAX, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert!(matches!(
+        owner.events_sent("log", &ids).await.unwrap_err(),
+        StateError::LeaseLost { .. }
+    ));
+    let status = other.status().await.unwrap();
+    assert_eq!(status[0].polls, 1, "the refused step wrote nothing");
+    let still = other.due_deliveries("files", u64::MAX, 10).await.unwrap();
+    assert_eq!(
+        (still.len(), still[0].attempts),
+        (1, 0),
+        "nor the refused marks"
+    );
+    assert_eq!(
+        other.due_events("log", u64::MAX, 10).await.unwrap().len(),
+        1
+    );
+    // The new owner goes on.
+    other
+        .delivery_succeeded(&pending[0].version_id, "files", "x", vec![], 20)
+        .await
+        .unwrap();
+    other.events_sent("log", &ids).await.unwrap();
+    assert!(
+        other
+            .due_deliveries("files", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The silent one comes back: it ticks, learns what it lost, and they settle again.
+    let t = owner.lease_tick().await.unwrap();
+    assert!(t.lost.contains(&shard) && t.renewed == 0, "{t:?}");
+    tick_until(&[&a, &b], Duration::from_secs(10), |o| {
+        o[0].len() == 128 && o[1].len() == 128
+    })
+    .await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    db.drop_it().await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn a_replica_that_closes_hands_its_shards_over_at_once() {
+    let db = Schema::fresh("leases_release").await;
+    let open = || PostgresLedger::open(&db.target, vec![], vec![]);
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    // A lease far longer than the test: only the release can free the shards in time.
+    let lease = Duration::from_secs(600);
+    a.join("replica-a", lease);
+    b.join("replica-b", lease);
+    tick_until(&[&a, &b], Duration::from_secs(10), |o| {
+        o[0].len() == 128 && o[1].len() == 128
+    })
+    .await;
+    // Each replica loads exactly the watches of its shards.
+    let specs: Vec<WatchSpec> = (0..60).map(|n| spec(&format!("i{n}"))).collect();
+    a.sync_watches(&specs, &[], 1).await.unwrap();
+    let mut loaded = 0;
+    for r in [&a, &b] {
+        let owned = r.owned_shards();
+        let got = r.records_in_shards(&owned).await.unwrap();
+        assert!(got.iter().all(|w| owned.contains(&shard_of(&w.key))));
+        let want = specs
+            .iter()
+            .filter(|s| owned.contains(&shard_of(&s.key)))
+            .count();
+        assert_eq!(got.len(), want);
+        loaded += got.len();
+    }
+    assert_eq!(loaded, 60, "every watch in one replica's shards");
+    let b_had = b.owned_shards();
+    let epochs_before = epoch_of(&a, b_had[0]).await;
+    b.close().await.unwrap();
+    let t = a.lease_tick().await.unwrap();
+    assert_eq!(t.owned.len(), 256, "one tick after the release: {t:?}");
+    // Handed over, not taken over: nothing expired.
+    assert_eq!((t.gained, t.taken_over, t.members), (b_had.clone(), 0, 1));
+    assert_eq!(epoch_of(&a, b_had[0]).await, epochs_before + 1);
+    a.close().await.unwrap();
+    db.drop_it().await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(sw_test_pg),
+    ignore = "needs SCENEWATCH_TEST_PG (a PostgreSQL URL); .ci/run sets it"
+)]
+async fn a_lease_that_expired_refuses_writes_until_claimed_again_at_a_new_epoch() {
+    let db = Schema::fresh("leases_expired").await;
+    let l = PostgresLedger::open(&db.target, vec![], vec![])
+        .await
+        .unwrap();
+    l.join("replica-a", Duration::from_secs(1));
+    let records = l.sync_watches(&[spec("i1")], &[], 1).await.unwrap();
+    let shard = shard_of(&records[0].key);
+    l.lease_tick().await.unwrap();
+    let first = epoch_of(&l, shard).await;
+    let mut step = StepCommit {
+        record: records[0].clone(),
+        events: vec![],
+        new_version: None,
+    };
+    l.commit_step(step.clone()).await.unwrap();
+    // Paused past its lease (nobody else took the shard): its next write is still refused.
+    let deadline = crate::clock::instant_now() + Duration::from_secs(10);
+    loop {
+        step.record.state.polls += 1;
+        match l.commit_step(step.clone()).await {
+            Ok(()) => {}
+            Err(StateError::LeaseLost { shard: s, .. }) if s == shard => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            crate::clock::instant_now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let polls = l.status().await.unwrap()[0].polls;
+    assert_eq!(
+        polls,
+        step.record.state.polls - 1,
+        "the refused step wrote nothing"
+    );
+    // Its next tick cannot renew an expired lease: it claims the shard again, a new epoch.
+    let t = l.lease_tick().await.unwrap();
+    assert_eq!(
+        (t.renewed, t.owned.len(), t.taken_over),
+        (0, 256, 0),
+        "{t:?}"
+    );
+    assert_eq!(epoch_of(&l, shard).await, first + 1);
+    l.commit_step(step).await.unwrap();
+    l.close().await.unwrap();
     db.drop_it().await;
 }
