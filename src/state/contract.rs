@@ -172,7 +172,104 @@ contract!(
     discovered_watches_keep_their_origin_and_go_with_their_selector,
     versions_of_a_watch_reach_a_sink_in_order,
     retention_forgets_only_what_is_done_old_and_cannot_come_again,
+    timing_only_steps_are_seen_by_reads_and_a_later_full_step_wins,
 );
+
+/// `i1` polled again and again while it stays as it was: only its timing moves.
+fn timing_step(record: &WatchRecord, polls: u64) -> StepCommit {
+    let mut r = record.clone();
+    r.state.polls = polls;
+    r.state.attempt = u32::try_from(polls % 7).unwrap_or(0);
+    r.state.consecutive_errors = u32::try_from(polls % 3).unwrap_or(0);
+    r.state.last_error = (!polls.is_multiple_of(3)).then(|| format!("HTTP 503 at poll {polls}"));
+    r.next_poll_at_ms = Some(1_700_000_000_000 + polls * 1_000);
+    StepCommit {
+        record: r,
+        events: vec![],
+        new_version: None,
+    }
+}
+
+async fn timing_only_steps_are_seen_by_reads_and_a_later_full_step_wins(l: &dyn Ledger) {
+    l.sync_watches(&[spec("i1"), spec("i2")], &[], 0)
+        .await
+        .unwrap();
+    let waiting = waiting_record("i1");
+    let first = StepCommit {
+        record: waiting.clone(),
+        events: vec![waiting_event("i1", "SUMMARIZING", 5)],
+        new_version: None,
+    };
+    assert!(
+        first
+            .timing_only(&l.sync_watches(&[spec("i1")], &[], 1).await.unwrap()[0])
+            .is_none(),
+        "pending to waiting is a transition"
+    );
+    l.commit_step(first).await.unwrap();
+    let mut last = None;
+    for polls in 8..=60 {
+        let step = timing_step(&waiting, polls);
+        assert!(step.timing_only(&waiting).is_some());
+        last = Some(step.record.clone());
+        l.commit_step(step).await.unwrap();
+    }
+    let last = last.unwrap();
+    // Every read of watch rows sees the latest timing.
+    let row = l
+        .status()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.key == key("i1"))
+        .unwrap();
+    assert_eq!(row.polls, 60);
+    assert_eq!(row.next_poll_at_ms, last.next_poll_at_ms);
+    assert_eq!(row.last_error, last.state.last_error);
+    assert_eq!(row.phase, Phase::Waiting);
+    let back = l.sync_watches(&[spec("i1")], &[], 2).await.unwrap();
+    assert_eq!(back[0], last, "every field as the last step left it");
+
+    // More timing, then a transition carrying other timing values: the transition wins, and
+    // nothing queued before it comes back over it.
+    for polls in 61..=70 {
+        l.commit_step(timing_step(&waiting, polls)).await.unwrap();
+    }
+    let mut done = completed_step("i1", "v1", vec![]);
+    done.record.state.polls = 71;
+    done.record.state.attempt = 0;
+    done.record.state.consecutive_errors = 0;
+    done.record.state.last_error = None;
+    done.record.next_poll_at_ms = None;
+    l.commit_step(done.clone()).await.unwrap();
+    let row = l
+        .status()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.key == key("i1"))
+        .unwrap();
+    assert_eq!(row.phase, Phase::Completed);
+    assert_eq!(row.polls, 71);
+    assert_eq!(row.next_poll_at_ms, None);
+    assert_eq!(row.pending_deliveries, 2);
+    let back = l.sync_watches(&[spec("i1")], &[], 3).await.unwrap();
+    assert_eq!(back[0], done.record);
+
+    // Timing of a watch after its transition, beside another watch's transition.
+    let mut recheck = timing_step(&done.record, 72);
+    recheck.record.next_poll_at_ms = Some(9_000);
+    l.commit_step(recheck.clone()).await.unwrap();
+    l.commit_step(completed_step("i2", "v1", vec![]))
+        .await
+        .unwrap();
+    let back = l
+        .sync_watches(&[spec("i1"), spec("i2")], &[], 4)
+        .await
+        .unwrap();
+    assert_eq!(back[0], recheck.record);
+    assert_eq!(back[1].state.phase, Phase::Completed);
+}
 
 async fn new_watches_are_pending_and_steps_round_trip(l: &dyn Ledger) {
     let records = l

@@ -159,6 +159,68 @@ pub struct StepCommit {
     pub new_version: Option<NewVersion>,
 }
 
+/// The part of a watch's record that a poll which changes nothing else moves on: how many
+/// answers, the error streak and its message, the backoff step, and when to poll next. A step
+/// whose only change is this is *timing-only* (see [`StepCommit::timing_only`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchTiming {
+    /// `state.polls`.
+    pub polls: u64,
+    /// `state.consecutive_errors`.
+    pub consecutive_errors: u32,
+    /// `state.attempt`.
+    pub attempt: u32,
+    /// `state.last_error`.
+    pub last_error: Option<String>,
+    /// `next_poll_at_ms`.
+    pub next_poll_at_ms: Option<u64>,
+}
+
+impl WatchTiming {
+    /// The timing fields of `record`.
+    pub fn of(record: &WatchRecord) -> WatchTiming {
+        WatchTiming {
+            polls: record.state.polls,
+            consecutive_errors: record.state.consecutive_errors,
+            attempt: record.state.attempt,
+            last_error: record.state.last_error.clone(),
+            next_poll_at_ms: record.next_poll_at_ms,
+        }
+    }
+
+    /// Sets the timing fields of `record` to these.
+    pub fn apply(&self, record: &mut WatchRecord) {
+        record.state.polls = self.polls;
+        record.state.consecutive_errors = self.consecutive_errors;
+        record.state.attempt = self.attempt;
+        record.state.last_error.clone_from(&self.last_error);
+        record.next_poll_at_ms = self.next_poll_at_ms;
+    }
+}
+
+impl StepCommit {
+    /// This step's timing, if that is all it changes of `stored` (the record the ledger holds
+    /// for the watch): no event, no new version, and every other field of the record (phase,
+    /// remote status, route, start and deadline times, versions, last change) equal to the
+    /// stored one. The one place that decides what a timing-only step is.
+    ///
+    /// The ledger decides it against the row it holds, not the engine against the record it
+    /// started from: whatever changed the row meanwhile (a delivery flipping `completed` to
+    /// `watching`, an operator's reset, a step whose commit was rolled back) makes the step a
+    /// full commit, so writing only the timing columns always leaves the row exactly as the full
+    /// upsert would. Any field added to [`WatchRecord`] or [`WatchState`] counts as a change
+    /// until it is added to [`WatchTiming`].
+    pub fn timing_only(&self, stored: &WatchRecord) -> Option<WatchTiming> {
+        if !self.events.is_empty() || self.new_version.is_some() || stored.key != self.record.key {
+            return None;
+        }
+        let timing = WatchTiming::of(&self.record);
+        let mut moved = stored.clone();
+        timing.apply(&mut moved);
+        (moved == self.record).then_some(timing)
+    }
+}
+
 /// A fetched result version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewVersion {
@@ -335,8 +397,9 @@ pub async fn open_read_only(
 pub type LedgerFuture<'a, T> = BoxFuture<'a, Result<T, StateError>>;
 
 /// The ledger and outbox. Every method is one atomic change (or one consistent read); an `Ok`
-/// means the change is as durable as the implementation promises (SQLite: fsync'd; memory: for
-/// the life of the process).
+/// means the change is as durable as the implementation promises (SQLite: fsync'd, except
+/// timing-only poll steps, which are written in batches, see [`Ledger::commit_step`]; memory:
+/// for the life of the process).
 pub trait Ledger: Send + Sync + fmt::Debug {
     /// What to call it in messages: the database file, or "the in-memory ledger".
     fn describe(&self) -> String;
@@ -377,6 +440,19 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     /// In one transaction: the watch row, the version row and one delivery row per result sink
     /// (if `new_version`), and the events (kept once per id; only new ones are queued, one row
     /// per event sink). Either all of it is recorded or none.
+    ///
+    /// A *timing-only* step ([`StepCommit::timing_only`] against the row the ledger holds: a
+    /// poll that found the watch as it was, "still pending, same status") may be kept in memory
+    /// and written with others in a later batch: the SQLite ledger writes such steps at most
+    /// [`sqlite::FLUSH_EVERY`] after the first of a batch, before any call that reads or rewrites
+    /// watch rows (`status`, `sync_watches`, `add_watch`, `discovered`, `reset_watches`,
+    /// `remove_watches`) and at `close`, in one transaction; a later full commit of the same
+    /// watch supersedes its queued timing. Every other step is durable when this returns. So a
+    /// crash loses at most the last batch of timing updates: those watches are polled again as
+    /// if those polls had not happened (their counts and next poll times are the earlier ones),
+    /// and no transition, version, event or delivery is lost. Within the process every read sees
+    /// the queued timing. The memory and PostgreSQL ledgers commit timing-only steps at once,
+    /// like any other.
     fn commit_step(&self, commit: StepCommit) -> LedgerFuture<'_, ()>;
 
     /// Due pending deliveries of one sink (`next_attempt_at_ms <= now_ms`), earliest due first

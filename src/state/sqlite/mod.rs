@@ -4,7 +4,9 @@
 //! closures over a channel and await a oneshot reply, so SQLite never blocks the runtime. Commands
 //! that arrive together are committed in one transaction (group commit), each inside its own
 //! savepoint so one failing command does not take the others down; every caller is answered only
-//! after the `COMMIT` that made its data durable (`synchronous=FULL`).
+//! after the `COMMIT` that made its data durable (`synchronous=FULL`), except a poll step that
+//! changes only the watch's timing: that one is answered at once and written with the others
+//! queued within [`FLUSH_EVERY`] (see `worker.rs` and [`Ledger::commit_step`]).
 //!
 //! The schema, its migrations and the open-time checks are in `schema.rs`; the SQL of each
 //! operation is in `store.rs`.
@@ -31,6 +33,7 @@ use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 
 use store::Store;
+pub use worker::FLUSH_EVERY;
 use worker::Msg;
 
 /// The database file inside `state_dir`.
@@ -157,8 +160,28 @@ impl SqliteLedger {
     }
 
     /// Runs `f` on the ledger thread, inside the current group transaction, and returns its
-    /// result once that transaction is committed.
+    /// result once that transaction is committed. For commands that neither read nor rewrite
+    /// the watches' rows (the outbox, sink health, facts); see [`SqliteLedger::run_watches`].
     async fn run<T, F>(&self, write: bool, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StateError> + Send + 'static,
+    {
+        self.send_job(write, false, f).await
+    }
+
+    /// Like [`SqliteLedger::run`], for a command that reads or rewrites watch rows: the queued
+    /// timing-only steps are written first, in the same transaction, so it sees them and
+    /// nothing queued earlier overwrites what it writes.
+    async fn run_watches<T, F>(&self, write: bool, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StateError> + Send + 'static,
+    {
+        self.send_job(write, true, f).await
+    }
+
+    async fn send_job<T, F>(&self, write: bool, watches: bool, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T, StateError> + Send + 'static,
@@ -168,7 +191,11 @@ impl SqliteLedger {
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Job(worker::job(f, reply), write))
+            .send(Msg::Job {
+                work: worker::job(f, reply),
+                write,
+                watches,
+            })
             .await
             .map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
@@ -213,7 +240,7 @@ impl SqliteLedger {
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T, StateError> + Send + 'static,
     {
-        self.run(false, f).await
+        self.run_watches(false, f).await
     }
 }
 
@@ -238,32 +265,44 @@ impl Ledger for SqliteLedger {
     ) -> LedgerFuture<'a, Vec<WatchRecord>> {
         let specs: Vec<store::SpecRow> = specs.iter().map(store::SpecRow::from).collect();
         let origins = origins.to_vec();
-        Box::pin(self.run(true, move |s| s.sync_watches(&specs, &origins, now_ms)))
+        Box::pin(self.run_watches(true, move |s| s.sync_watches(&specs, &origins, now_ms)))
     }
 
     fn add_watch<'a>(&'a self, spec: &'a WatchSpec, now_ms: u64) -> LedgerFuture<'a, WatchRecord> {
         let spec = store::SpecRow::from(spec);
-        Box::pin(self.run(true, move |s| s.add_watch(&spec, now_ms)))
+        Box::pin(self.run_watches(true, move |s| s.add_watch(&spec, now_ms)))
     }
 
     fn remove_watches(&self, keys: Vec<WatchKey>, now_ms: u64) -> LedgerFuture<'_, ()> {
-        Box::pin(self.run(true, move |s| s.remove_watches(&keys, now_ms)))
+        Box::pin(self.run_watches(true, move |s| s.remove_watches(&keys, now_ms)))
     }
 
     fn discovered(&self) -> LedgerFuture<'_, Vec<(String, WatchRecord)>> {
-        Box::pin(self.run(false, Store::discovered))
+        Box::pin(self.run_watches(false, Store::discovered))
     }
 
     fn reset_watches(&self, keys: Vec<WatchKey>, now_ms: u64) -> LedgerFuture<'_, Vec<WatchKey>> {
-        Box::pin(self.run(true, move |s| s.reset_watches(&keys, now_ms)))
+        Box::pin(self.run_watches(true, move |s| s.reset_watches(&keys, now_ms)))
     }
 
     fn unpark(&self, sink: Option<String>, now_ms: u64) -> LedgerFuture<'_, u64> {
         Box::pin(self.run(true, move |s| s.unpark(sink.as_deref(), now_ms)))
     }
 
+    /// A timing-only step (see [`StepCommit::timing_only`]) is answered once queued on the
+    /// ledger thread and written within [`FLUSH_EVERY`]; any other step once committed.
     fn commit_step(&self, commit: StepCommit) -> LedgerFuture<'_, ()> {
-        Box::pin(self.run(true, move |s| s.commit_step(&commit)))
+        Box::pin(async move {
+            if self.read_only {
+                return Err(self.read_only_error());
+            }
+            let (reply, rx) = oneshot::channel();
+            self.tx
+                .send(Msg::Step(Box::new(commit), reply))
+                .await
+                .map_err(|_| self.closed())?;
+            rx.await.map_err(|_| self.closed())?
+        })
     }
 
     fn due_deliveries<'a>(
@@ -364,7 +403,7 @@ impl Ledger for SqliteLedger {
     }
 
     fn status(&self) -> LedgerFuture<'_, Vec<StatusRow>> {
-        Box::pin(self.run(false, Store::status))
+        Box::pin(self.run_watches(false, Store::status))
     }
 
     fn backlog(&self) -> LedgerFuture<'_, Vec<Backlog>> {
@@ -394,8 +433,8 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    /// Stops the writer thread after the commands queued before this one and checkpoints the
-    /// WAL into the database file. Commands sent later by any clone fail with
+    /// Stops the writer thread after the commands queued before this one, writes the queued
+    /// timing-only steps and checkpoints the WAL into the database file. Commands sent later by any clone fail with
     /// [`StateError::Closed`].
     fn close(&self) -> LedgerFuture<'_, ()> {
         Box::pin(async move {

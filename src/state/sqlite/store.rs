@@ -17,6 +17,7 @@ use crate::config::WatchSpec;
 use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::ncp::RemoteStatus;
+use crate::state::WatchTiming;
 use crate::watch::{Phase, Route, WatchState};
 
 /// How long a statement waits for a lock held by another connection (a `status` reader
@@ -26,6 +27,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Page cache of the writer, in KiB (negative `cache_size` means KiB): the watch table of
 /// 100,000 watches and the open-delivery indexes stay in memory.
 const CACHE_KIB: i64 = 32 * 1024;
+
+/// Prepared statements kept per connection: more than the ledger has (about 50), so each is
+/// prepared once (rusqlite keeps 16 by default, and evicting one means parsing it again).
+const STATEMENT_CACHE: usize = 128;
 
 /// The WAL is truncated back to this size after a checkpoint, so one large sync does not leave a
 /// large file behind.
@@ -203,6 +208,7 @@ impl Store {
             Connection::open_with_flags(&path, flags).map_err(|e| sql_error(&path, "open", e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| sql_error(&path, "open", e))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let found = schema::preflight(&conn, &path)?;
         // SQLite silently opens a write-protected file read-only; say so now rather than at the
         // first poll step.
@@ -290,6 +296,7 @@ impl Store {
             Connection::open_with_flags(&path, flags).map_err(|e| sql_error(&path, "open", e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| sql_error(&path, "open", e))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         match schema::preflight(&conn, &path)? {
             Found::Ledger(SCHEMA_VERSION) => {}
             Found::Fresh => {
@@ -331,20 +338,30 @@ impl Store {
         move |e| sql_error(&self.path, op, e)
     }
 
-    /// Runs SQL without results (transaction control).
+    /// Runs SQL without results (set-up, tests).
     pub(crate) fn exec(&self, op: &'static str, sql: &str) -> Result<(), StateError> {
         self.conn.execute_batch(sql).map_err(self.err(op))
+    }
+
+    /// Runs one transaction-control statement (`BEGIN`, `SAVEPOINT job`, `COMMIT`, …), prepared
+    /// once and kept: the ledger thread runs several per command.
+    pub(crate) fn tx(&self, op: &'static str, sql: &str) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map(|_| ())
+            .map_err(self.err(op))
     }
 
     /// Begins a group transaction. The writer takes the write lock up front (`IMMEDIATE`), so a
     /// lock conflict shows at `BEGIN`, where `busy_timeout` applies, and not mid-transaction.
     pub(crate) fn begin(&self) -> Result<(), StateError> {
         if self.read_only {
-            self.exec("read", "BEGIN")
+            self.tx("read", "BEGIN")
         } else {
             // Nothing is written into a file that is not at the ledger's path any more.
             self.check_identity()?;
-            self.exec("write", "BEGIN IMMEDIATE")
+            self.tx("write", "BEGIN IMMEDIATE")
         }
     }
 
@@ -373,7 +390,7 @@ impl Store {
         // full disk, where every step's commit fails.
         let settled = match wrote {
             Err(e) => Err(e),
-            Ok(_) => self.exec("write", "COMMIT"),
+            Ok(_) => self.tx("write", "COMMIT"),
         };
         match settled {
             // A tiny probe can fit where a poll's step does not (space a checkpoint freed in
@@ -712,6 +729,48 @@ impl Store {
                 .map_err(&w)? as u64;
         }
         Ok(n)
+    }
+
+    /// The record the ledger holds for `key` (what a step is compared with, see
+    /// [`StepCommit::timing_only`]).
+    pub(crate) fn stored_record(&self, key: &WatchKey) -> Result<Option<WatchRecord>, StateError> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {WATCH_COLUMNS} FROM watches
+                 WHERE workspace = ?1 AND project_id = ?2 AND asset_id = ?3 AND index_id = ?4"
+            ))
+            .and_then(|mut st| st.query_row(key.parts(), watch_record).optional())
+            .map_err(self.err("read"))
+    }
+
+    /// Writes queued timing-only steps: only the timing columns of each watch's row.
+    pub(crate) fn write_timing(&self, batch: &[(WatchKey, WatchTiming)]) -> Result<(), StateError> {
+        let w = self.err("write");
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "UPDATE watches
+                 SET polls = ?5, consecutive_errors = ?6, attempt = ?7, last_error = ?8,
+                     next_poll_at_ms = ?9
+                 WHERE workspace = ?1 AND project_id = ?2 AND asset_id = ?3 AND index_id = ?4",
+            )
+            .map_err(&w)?;
+        for (k, t) in batch {
+            let [ws, p, a, i] = k.parts();
+            st.execute(params![
+                ws,
+                p,
+                a,
+                i,
+                ms(t.polls),
+                t.consecutive_errors,
+                t.attempt,
+                t.last_error,
+                t.next_poll_at_ms.map(ms),
+            ])
+            .map_err(&w)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn commit_step(&mut self, c: &StepCommit) -> Result<(), StateError> {

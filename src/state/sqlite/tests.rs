@@ -813,3 +813,79 @@ async fn a_schema_1_ledger_is_migrated_and_keeps_its_watches() {
     let again = ledger.sync_watches(&[spec("i1")], &[], 2).await.unwrap();
     assert_eq!(again[0], r);
 }
+
+/// `i1`'s record after a poll that found it as `record` left it: only its timing moves.
+fn timing_step(record: &WatchRecord, polls: u64) -> StepCommit {
+    let mut r = record.clone();
+    r.state.polls = polls;
+    r.state.attempt = 1;
+    r.next_poll_at_ms = Some(1_700_000_000_000 + polls * 1_000);
+    StepCommit {
+        record: r,
+        events: vec![],
+        new_version: None,
+    }
+}
+
+/// Waits (up to 10 s) until a reader on another connection sees `polls` for `i1`.
+async fn reader_sees_polls(reader: &SqliteLedger, polls: u64) {
+    let until = crate::clock::instant_now() + Duration::from_secs(10);
+    loop {
+        let rows = reader.status().await.unwrap();
+        if rows.iter().any(|r| r.key == key("i1") && r.polls == polls) {
+            return;
+        }
+        assert!(
+            crate::clock::instant_now() < until,
+            "the queued timing was not written within 10 s: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls that change nothing are not committed one by one: 200 of them append far fewer WAL
+/// frames than 200 fsync'd commits would (each writes at least the watch's page), a reader on
+/// another connection (as `scenewatch status` beside the daemon) sees the latest once the
+/// batch is written, with no read on the writer to force it, and a restart keeps it.
+#[tokio::test]
+async fn timing_only_steps_are_written_in_batches_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
+    let waiting = waiting_record("i1");
+    ledger
+        .commit_step(StepCommit {
+            record: waiting.clone(),
+            events: vec![],
+            new_version: None,
+        })
+        .await
+        .unwrap();
+    let page = u64::try_from(count(&ledger, "PRAGMA page_size").await).unwrap();
+    let wal = dir.path().join(format!("{DB_FILE}-wal"));
+    let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let before = wal_len();
+    let mut last = waiting.clone();
+    for polls in 8..208 {
+        let step = timing_step(&waiting, polls);
+        last = step.record.clone();
+        ledger.commit_step(step).await.unwrap();
+    }
+    let reader = SqliteLedger::open_read_only(dir.path()).await.unwrap();
+    reader_sees_polls(&reader, 207).await;
+    reader.close().await.unwrap();
+    let frames = (wal_len() - before) / (page + 24);
+    assert!(
+        frames < 50,
+        "200 timing-only steps appended {frames} WAL frames: committed one by one?"
+    );
+    ledger.close().await.unwrap();
+
+    let ledger = open(dir.path()).await;
+    let back = ledger.sync_watches(&[spec("i1")], &[], 1).await.unwrap();
+    assert_eq!(
+        back[0], last,
+        "the latest timing, and everything else as committed"
+    );
+    ledger.close().await.unwrap();
+}
