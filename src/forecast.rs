@@ -96,21 +96,24 @@ impl Sketch {
 
     /// P(duration ≤ `secs`), with the mass of a bucket spread evenly over its log width.
     pub fn cdf(&self, secs: f64) -> f64 {
+        self.cdf_by(secs, |i| {
+            self.counts[..i].iter().map(|c| u64::from(*c)).sum()
+        })
+    }
+
+    /// [`Sketch::cdf`], with `below(i)` the samples in the buckets below `i` (summed, or read
+    /// from [`Sketch::prefix`] in constant time).
+    fn cdf_by(&self, secs: f64, below: impl Fn(usize) -> u64) -> f64 {
         if self.total == 0 {
             return 0.0;
         }
         let p = position(secs);
         let i = p.floor() as usize;
-        let below: u64 = self.counts[..i.min(BUCKETS)]
-            .iter()
-            .map(|c| u64::from(*c))
-            .sum();
-        let part = if i < BUCKETS {
-            f64::from(self.counts[i]) * (p - i as f64)
-        } else {
-            0.0
-        };
-        ((below as f64 + part) / self.total as f64).clamp(0.0, 1.0)
+        if i >= BUCKETS {
+            return 1.0;
+        }
+        let v = below(i) as f64 + f64::from(self.counts[i]) * (p - i as f64);
+        (v / self.total as f64).clamp(0.0, 1.0)
     }
 
     /// The duration (seconds) below which a share `q` of the samples lies.
@@ -159,27 +162,18 @@ impl Sketch {
         }
         prefix
     }
-
-    /// [`Sketch::cdf`] in constant time over [`Sketch::prefix`].
-    fn cdf_with(&self, prefix: &[u64], secs: f64) -> f64 {
-        if self.total == 0 || secs <= 0.0 {
-            return 0.0;
-        }
-        let p = position(secs);
-        let i = p.floor() as usize;
-        if i >= BUCKETS {
-            return 1.0;
-        }
-        let v = prefix[i] as f64 + f64::from(self.counts[i]) * (p - i as f64);
-        (v / self.total as f64).clamp(0.0, 1.0)
-    }
 }
 
 /// How long after `elapsed` (seconds spent queued) until the chance that the job has left the
-/// queue *and* completed its run reaches `q`: the queue's remaining time (conditioned on
-/// `elapsed`) plus a run, convolved over the queue's buckets; `None` when either sketch cannot
-/// tell.
-fn queued_step(queue: &Sketch, run: &Sketch, elapsed: f64, q: f64) -> Option<f64> {
+/// queue *and* completed its run reaches each of `levels`: the queue's remaining time
+/// (conditioned on `elapsed`) plus a run, convolved over the queue's buckets (built once for
+/// all levels); `None` when either sketch cannot tell.
+fn queued_steps<const N: usize>(
+    queue: &Sketch,
+    run: &Sketch,
+    elapsed: f64,
+    levels: [f64; N],
+) -> Option<[f64; N]> {
     let queue = queue.usable()?;
     let run = run.usable()?;
     let f = queue.cdf(elapsed);
@@ -211,21 +205,23 @@ fn queued_step(queue: &Sketch, run: &Sketch, elapsed: f64, q: f64) -> Option<f64
     let chance = |s: f64| -> f64 {
         points
             .iter()
-            .map(|(x, w)| w * run.cdf_with(&prefix, s - x))
+            .map(|(x, w)| w * run.cdf_by(s - x, |i| prefix[i]))
             .sum::<f64>()
             / mass
     };
-    // Bisection on the (monotone) chance.
-    let (mut lo, mut hi) = (0.0, seconds_at(BUCKETS as f64) * 2.0);
-    for _ in 0..48 {
-        let mid = 0.5 * (lo + hi);
-        if chance(mid) >= q {
-            hi = mid;
-        } else {
-            lo = mid;
+    // Bisection on the (monotone) chance, for each level.
+    Some(levels.map(|q| {
+        let (mut lo, mut hi) = (0.0, seconds_at(BUCKETS as f64) * 2.0);
+        for _ in 0..48 {
+            let mid = 0.5 * (lo + hi);
+            if chance(mid) >= q {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
         }
-    }
-    Some(hi)
+        hi
+    }))
 }
 
 impl Sketch {
@@ -560,10 +556,10 @@ impl History {
             _ if g.run.usable().is_none() => {
                 (g.queue.step(e, UNLIKELY)?, g.queue.median_remaining(e)?)
             }
-            _ => (
-                queued_step(&g.queue, &g.run, e, UNLIKELY)?,
-                queued_step(&g.queue, &g.run, e, 0.5)?,
-            ),
+            _ => {
+                let [unlikely_until, median] = queued_steps(&g.queue, &g.run, e, [UNLIKELY, 0.5])?;
+                (unlikely_until, median)
+            }
         };
         let delay = unlikely_until.max(DELAY_SHARE * age);
         Some(Forecast {

@@ -44,6 +44,7 @@ pub fn render(rows: &[StatusRow], history: &History, now_ms: u64, json: bool) ->
         let items: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
+                let expected = expected(r, history, now_ms);
                 serde_json::json!({
                     "watch": r.key.to_string(),
                     "workspace": r.key.workspace(),
@@ -55,11 +56,11 @@ pub fn render(rows: &[StatusRow], history: &History, now_ms: u64, json: bool) ->
                     "polls": r.polls,
                     "lastChangeAt": r.last_change_at_ms.map(rfc3339),
                     "nextPollAt": r.next_poll_at_ms.map(rfc3339),
-                    "expectedFinishAt": match expected(r, history, now_ms) {
+                    "expectedFinishAt": match expected {
                         Some(Expected::At(t)) => Some(rfc3339(t)),
                         _ => None,
                     },
-                    "overdue": expected(r, history, now_ms) == Some(Expected::Overdue),
+                    "overdue": expected == Some(Expected::Overdue),
                     "pendingDeliveries": r.pending_deliveries,
                     "parkedDeliveries": r.parked_deliveries,
                     "removed": r.removed,
