@@ -389,29 +389,7 @@ fn point(n: usize, m: usize, b: f64, medians: &[f64], seed: u64) {
         let f = simulate(kind, jobs(seed), m, b, five, &mut History::default());
         row(kind.name(), &f);
     }
-    for (label, lim) in [
-        ("adaptive (max_interval 5m)", five),
-        (
-            "adaptive (max_interval 15m)",
-            limits(Duration::from_secs(900)),
-        ),
-    ] {
-        // The history of an earlier batch of the same projects' jobs, learned as the daemon
-        // learns it (from its own polls), then the measured batch.
-        let mut history = History::default();
-        for warm in 1..=WARM_UP {
-            simulate(
-                Kind::Adaptive,
-                jobs(seed ^ (0xabcd * warm)),
-                0,
-                b,
-                lim,
-                &mut history,
-            );
-        }
-        let f = simulate(Kind::Adaptive, jobs(seed), m, b, lim, &mut history);
-        row(label, &f);
-    }
+    adaptive_rows(&jobs, seed, m, b);
     let f = simulate(
         Kind::Oracle,
         jobs(seed),
@@ -478,23 +456,35 @@ fn point_one_kind(seed: u64, spread: f64) {
         &mut History::default(),
     );
     row(Kind::Backoff.name(), &f);
+    adaptive_rows(&jobs, seed, 0, 10.0);
+}
+
+/// The adaptive policy's rows, at the default `max_interval` and at 15 minutes: the history of
+/// [`WARM_UP`] earlier batches of the same projects' jobs, learned as the daemon learns it (from
+/// its own polls), then the measured batch.
+fn adaptive_rows(jobs: &dyn Fn(u64) -> Vec<Job>, seed: u64, m: usize, b: f64) {
     for (label, lim) in [
-        ("adaptive (max_interval 5m)", five),
+        (
+            "adaptive (max_interval 5m)",
+            limits(Duration::from_secs(300)),
+        ),
         (
             "adaptive (max_interval 15m)",
             limits(Duration::from_secs(900)),
         ),
     ] {
         let mut history = History::default();
-        simulate(
-            Kind::Adaptive,
-            jobs(seed ^ 0xabcd),
-            0,
-            10.0,
-            lim,
-            &mut history,
-        );
-        let f = simulate(Kind::Adaptive, jobs(seed), 0, 10.0, lim, &mut history);
+        for warm in 1..=WARM_UP {
+            simulate(
+                Kind::Adaptive,
+                jobs(seed ^ (0xabcd * warm)),
+                0,
+                b,
+                lim,
+                &mut history,
+            );
+        }
+        let f = simulate(Kind::Adaptive, jobs(seed), m, b, lim, &mut history);
         row(label, &f);
     }
 }
