@@ -27,9 +27,36 @@ pub struct Health {
     phases: Mutex<HashMap<Phase, u64>>,
     /// The metrics, updated where things happen and read by `/metrics`.
     pub metrics: Metrics,
+    /// `state.replicated`: this replica's shards and lease, as of its last renewal.
+    pub replica: Mutex<Option<ReplicaHealth>>,
+}
+
+/// A replica's standing in the shared ledger (readiness shows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaHealth {
+    /// Its id (in the members table, the logs and the User-Agent).
+    pub id: String,
+    /// Shards it holds.
+    pub shards: u32,
+    /// Live replicas at the last renewal, itself included.
+    pub replicas: u64,
+    /// `state.lease`.
+    pub lease: Duration,
+    /// Wall-clock ms of its last successful renewal.
+    pub renewed_at_ms: u64,
 }
 
 impl Health {
+    /// This replica's standing, when it is one.
+    pub fn replica(&self) -> Option<ReplicaHealth> {
+        lock(&self.replica).clone()
+    }
+
+    /// Records this replica's standing.
+    pub fn set_replica(&self, r: ReplicaHealth) {
+        *lock(&self.replica) = Some(r);
+    }
+
     /// Records whether a sink is failing.
     pub fn set_sink_failing(&self, sink: &str, failing: bool) {
         lock(&self.sinks_failing).insert(sink.to_string(), failing);

@@ -44,6 +44,12 @@ pub struct Metrics {
     ledger_commit: Histogram,
     pruned: Family<Labels, Counter>,
     unrecognised: Family<Labels, Counter>,
+    shards_owned: Gauge,
+    replicas: Gauge,
+    lease_renewals: Counter,
+    lease_takeovers: Counter,
+    shards_lost: Counter,
+    lease_errors: Counter,
     /// Codes admitted as label values so far (at most [`MAX_CODE_LABELS`]).
     unrecognised_codes: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -257,6 +263,43 @@ impl Metrics {
             "Answers the client could not place and took as \"not ready\" (a result-call service error whose code is not in api.pending_codes), by call and code (at most 32 codes, then \"other\")",
             unrecognised.clone(),
         );
+        // Replicas (`state.replicated`): 0 and never increased on a single daemon.
+        let shards_owned = Gauge::default();
+        registry.register(
+            "shards_owned",
+            "Shards of the shared PostgreSQL ledger this replica holds a lease on (of 256; 0 unless state.replicated)",
+            shards_owned.clone(),
+        );
+        let replicas = Gauge::default();
+        registry.register(
+            "replicas",
+            "Live replicas sharing the ledger at this replica's last lease renewal, itself included (0 unless state.replicated)",
+            replicas.clone(),
+        );
+        let lease_renewals = Counter::default();
+        registry.register(
+            "lease_renewals",
+            "Shard leases this replica renewed",
+            lease_renewals.clone(),
+        );
+        let lease_takeovers = Counter::default();
+        registry.register(
+            "lease_takeovers",
+            "Shards this replica took over from a replica whose lease had expired (it died, was paused or cut off)",
+            lease_takeovers.clone(),
+        );
+        let shards_lost = Counter::default();
+        registry.register(
+            "shards_lost",
+            "Shards this replica lost without giving them up: its lease expired before it renewed it (paused, cut off from the database, or too slow)",
+            shards_lost.clone(),
+        );
+        let lease_errors = Counter::default();
+        registry.register(
+            "lease_errors",
+            "Lease renewals that failed to reach the PostgreSQL ledger",
+            lease_errors.clone(),
+        );
         Self {
             registry: root,
             polls,
@@ -281,6 +324,12 @@ impl Metrics {
             ledger_commit,
             pruned,
             unrecognised,
+            shards_owned,
+            replicas,
+            lease_renewals,
+            lease_takeovers,
+            shards_lost,
+            lease_errors,
             unrecognised_codes: std::sync::Mutex::default(),
         }
     }
@@ -379,6 +428,23 @@ impl Metrics {
     pub fn budget_cut(&self, rate: f64) {
         self.budget_cuts.inc();
         self.budget_rate.set(rate);
+    }
+
+    /// A lease renewal went through: the shards held after it, the live replicas, and what it
+    /// renewed, took over and found lost.
+    pub fn lease_tick(&self, owned: u32, replicas: u64, renewed: u64, taken_over: u64, lost: u64) {
+        self.shards_owned.set(i64::from(owned));
+        self.replicas
+            .set(i64::try_from(replicas).unwrap_or(i64::MAX));
+        self.lease_renewals.inc_by(renewed);
+        self.lease_takeovers.inc_by(taken_over);
+        self.shards_lost.inc_by(lost);
+    }
+
+    /// A lease renewal failed; `owned`: the shards the replica still polls.
+    pub fn lease_error(&self, owned: u32) {
+        self.lease_errors.inc();
+        self.shards_owned.set(i64::from(owned));
     }
 
     /// Whether polling is paused on refused credentials.

@@ -200,6 +200,7 @@ pub async fn once(
             },
             observer: options.observer,
             api: crate::ncp::http_api(),
+            replica: None,
         },
         rx,
         shutdown,

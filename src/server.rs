@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -81,8 +82,20 @@ async fn healthz(State(s): State<AppState>) -> Response {
 }
 
 /// Why the daemon is not ready, empty when it is.
-pub async fn not_ready_reasons(health: &Health, ledger: &dyn Ledger) -> Vec<String> {
+pub async fn not_ready_reasons(health: &Health, ledger: &dyn Ledger, now_ms: u64) -> Vec<String> {
     let mut reasons = Vec::new();
+    if let Some(r) = health.replica() {
+        let ago = now_ms.saturating_sub(r.renewed_at_ms);
+        if u128::from(ago) > r.lease.as_millis() {
+            reasons.push(format!(
+                "replica {}: its shard leases were not renewed for {} (longer than state.lease = {}): \
+                 it polls nothing until the PostgreSQL ledger answers again",
+                r.id,
+                humantime::format_duration(Duration::from_millis(ago / 1000 * 1000)),
+                humantime::format_duration(r.lease)
+            ));
+        }
+    }
     if !health.started.load(Ordering::Relaxed) {
         reasons.push("starting".to_string());
     }
@@ -105,15 +118,30 @@ pub async fn not_ready_reasons(health: &Health, ledger: &dyn Ledger) -> Vec<Stri
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    let reasons = not_ready_reasons(&s.health, s.ledger.as_ref()).await;
-    if reasons.is_empty() {
-        json(StatusCode::OK, serde_json::json!({"ready": true}))
+    let now = s.clock.now_ms();
+    let reasons = not_ready_reasons(&s.health, s.ledger.as_ref(), now).await;
+    let mut body = if reasons.is_empty() {
+        serde_json::json!({"ready": true})
     } else {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"ready": false, "reasons": reasons}),
-        )
+        serde_json::json!({"ready": false, "reasons": reasons})
+    };
+    if let Some(r) = s.health.replica() {
+        body["replica"] = serde_json::json!({
+            "id": r.id,
+            "shards": r.shards,
+            "replicas": r.replicas,
+            "lease": humantime::format_duration(r.lease).to_string(),
+            "lastRenewalAgoMs": now.saturating_sub(r.renewed_at_ms),
+        });
     }
+    json(
+        if reasons.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -196,6 +196,10 @@ pub struct RawState {
     pub schema: String,
     /// PEM file of CA certificates for TLS to PostgreSQL (default: the system's roots).
     pub ca_file: String,
+    /// `backend = "postgres"`: several daemons share the ledger, each holding shard leases.
+    pub replicated: bool,
+    /// How long a replica's shard lease lasts without renewal.
+    pub lease: String,
 }
 
 impl Default for RawState {
@@ -208,6 +212,8 @@ impl Default for RawState {
             password_env: String::new(),
             schema: "scenewatch".into(),
             ca_file: String::new(),
+            replicated: false,
+            lease: "15s".into(),
         }
     }
 }

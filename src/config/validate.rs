@@ -668,6 +668,14 @@ pub(crate) fn check_state(
 ) -> Option<crate::state::Backend> {
     match s.backend.trim() {
         "sqlite" => {
+            if s.replicated {
+                p.push(origins.problem(
+                    "state.replicated",
+                    "replicas share a PostgreSQL ledger; set state.backend = \"postgres\" (and \
+                     state.url), or remove state.replicated",
+                ));
+                return None;
+            }
             let set: Vec<&str> = [
                 ("url", s.url.as_str()),
                 ("password_file", s.password_file.as_str()),
@@ -712,6 +720,7 @@ pub(crate) fn check_state(
                 &s.password_env,
             );
             let schema = crate::pg::check_schema(origins, p, "state.schema", &s.schema);
+            let lease = check_lease(origins, p, &s.lease);
             let (url, password) = checked?;
             Some(crate::state::Backend::Postgres(
                 crate::state::PostgresTarget {
@@ -720,6 +729,7 @@ pub(crate) fn check_state(
                     schema: schema?,
                     ca_file: (!s.ca_file.trim().is_empty())
                         .then(|| PathBuf::from(s.ca_file.trim())),
+                    replicated: if s.replicated { Some(lease?) } else { None },
                 },
             ))
         }
@@ -731,6 +741,29 @@ pub(crate) fn check_state(
             None
         }
     }
+}
+
+/// The shortest and longest `state.lease`: below 3 s a garbage-collection pause or a slow
+/// database round trip loses leases of a healthy replica; above 5 min a dead replica's watches
+/// wait too long for their takeover.
+pub const LEASE_RANGE: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(300));
+
+#[cfg(feature = "postgres")]
+fn check_lease(origins: &Origins, p: &mut Vec<Problem>, value: &str) -> Option<Duration> {
+    let key = "state.lease";
+    let d = duration(origins, p, key, value)?;
+    if d < LEASE_RANGE.0 || d > LEASE_RANGE.1 {
+        p.push(origins.problem(
+            key,
+            format!(
+                "{} is outside 3s..5m; write e.g. \"15s\" (the default): a dead replica's shards \
+                 are taken over within two leases",
+                humantime::format_duration(d)
+            ),
+        ));
+        return None;
+    }
+    Some(d)
 }
 
 fn check_endpoint(

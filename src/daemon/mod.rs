@@ -3,6 +3,8 @@
 //! at its persisted time, serve health and metrics, talk to systemd, reload on SIGHUP or a
 //! watch-directory change, and drain on shutdown within `shutdown_timeout`. The polling itself is [`crate::engine`].
 
+#[cfg(feature = "postgres")]
+mod replica;
 mod systemd;
 
 use std::path::PathBuf;
@@ -52,31 +54,69 @@ pub async fn run(
     let _lock = lock_state_dir(&config.state_dir)?;
     let result_sinks = build_sinks(&config).await?;
     let event_sinks = build_event_sinks(&config).await?;
-    let ledger: SharedLedger = crate::state::open(
-        &config.ledger,
-        &config.state_dir,
-        result_sinks.iter().map(|s| s.name().to_string()).collect(),
-        event_sinks.iter().map(|s| s.name().to_string()).collect(),
-        crate::state::OpenFor::Daemon,
-    )
-    .await
-    .with_context(|| match &config.ledger {
-        crate::state::Backend::Sqlite => format!(
-            "cannot open the state database in {}",
-            config.state_dir.display()
-        ),
-        #[cfg(feature = "postgres")]
-        crate::state::Backend::Postgres(_) => "cannot open the PostgreSQL ledger".to_string(),
-    })?;
+    #[cfg(feature = "postgres")]
+    let replicated = match &config.ledger {
+        crate::state::Backend::Postgres(t) => t.replicated.map(|lease| (t.clone(), lease)),
+        crate::state::Backend::Sqlite => None,
+    };
+    #[cfg(feature = "postgres")]
+    let mut joining = None;
+    #[cfg(feature = "postgres")]
+    let ledger: SharedLedger = if let Some((target, lease)) = replicated {
+        // Several daemons share this ledger: no session lock, shard leases instead.
+        let l = crate::state::PostgresLedger::open(
+            &target,
+            result_sinks.iter().map(|s| s.name().to_string()).collect(),
+            event_sinks.iter().map(|s| s.name().to_string()).collect(),
+        )
+        .await
+        .context("cannot open the PostgreSQL ledger")?;
+        joining = Some((l.clone(), lease));
+        Arc::new(l)
+    } else {
+        open_ledger(&config, &result_sinks, &event_sinks).await?
+    };
+    #[cfg(not(feature = "postgres"))]
+    let ledger: SharedLedger = open_ledger(&config, &result_sinks, &event_sinks).await?;
     let origins: Vec<String> = config.selectors.iter().map(|s| s.origin()).collect();
     let records = ledger
         .sync_watches(&config.watches, &origins, clock.now_ms())
         .await
         .context("cannot record the configured watches in the ledger")?;
+    #[cfg(feature = "postgres")]
+    let replica = match joining {
+        Some((l, lease)) => {
+            let id = replica::replica_id();
+            match replica::Replica::join(l, id, lease, &health, clock).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let _ = ledger.close().await;
+                    return Err(anyhow::Error::new(e)
+                        .context("cannot join the shared PostgreSQL ledger as a replica"));
+                }
+            }
+        }
+        None => None,
+    };
+    #[cfg(feature = "postgres")]
+    let replica_start = replica.as_ref().map(|r| engine::ReplicaStart {
+        id: r.id.clone(),
+        owned: r.owned(),
+    });
+    #[cfg(not(feature = "postgres"))]
+    let replica_start: Option<engine::ReplicaStart> = None;
+    let api = match &replica_start {
+        Some(r) => replica_api(&r.id),
+        None => crate::ncp::http_api(),
+    };
 
     let side_tasks = TaskTracker::new();
     let stop_side = CancellationToken::new();
     let (commands, commands_rx) = mpsc::channel(8);
+    #[cfg(feature = "postgres")]
+    if let Some(r) = replica {
+        side_tasks.spawn(r.run(commands.clone(), health.clone(), clock, stop_side.clone()));
+    }
     let (reload_tx, reload_rx) = mpsc::channel(8);
     side_tasks.spawn(apply_reloads(
         sources.clone(),
@@ -141,7 +181,8 @@ pub async fn run(
             clock,
             mode: Mode::Daemon,
             observer: None,
-            api: crate::ncp::http_api(),
+            api,
+            replica: replica_start,
         },
         commands_rx,
         shutdown,
@@ -158,6 +199,41 @@ pub async fn run(
     ran?;
     info!("Stopped.");
     Ok(())
+}
+
+/// Opens the ledger of a daemon that owns it alone (SQLite, or PostgreSQL under a session lock).
+async fn open_ledger(
+    config: &Config,
+    result_sinks: &[Arc<dyn Sink>],
+    event_sinks: &[Arc<dyn EventSink>],
+) -> anyhow::Result<SharedLedger> {
+    crate::state::open(
+        &config.ledger,
+        &config.state_dir,
+        result_sinks.iter().map(|s| s.name().to_string()).collect(),
+        event_sinks.iter().map(|s| s.name().to_string()).collect(),
+        crate::state::OpenFor::Daemon,
+    )
+    .await
+    .with_context(|| match &config.ledger {
+        crate::state::Backend::Sqlite => format!(
+            "cannot open the state database in {}",
+            config.state_dir.display()
+        ),
+        #[cfg(feature = "postgres")]
+        crate::state::Backend::Postgres(_) => "cannot open the PostgreSQL ledger".to_string(),
+    })
+}
+
+/// The API client of a replica: its id in the User-Agent (`scenewatch/x.y.z replica/ID`), so
+/// the API's side can tell the replicas apart.
+fn replica_api(id: &str) -> crate::ncp::ApiFactory {
+    let id = id.to_string();
+    Arc::new(move |c: &crate::config::ApiConfig| {
+        let mut opts = c.client_options();
+        opts.user_agent = format!("{} replica/{id}", opts.user_agent);
+        Ok(Arc::new(crate::ncp::Client::new(opts)?) as Arc<dyn crate::ncp::Api>)
+    })
 }
 
 /// Marks the daemon draining as soon as shutdown begins (readiness fails, systemd is told).

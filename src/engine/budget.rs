@@ -115,6 +115,8 @@ struct BudgetState {
     share: Share,
     /// Grants by class since start.
     granted: [u64; 4],
+    /// This process's part of the configured budget (replicas: its shards over all shards).
+    portion: f64,
 }
 
 impl BudgetState {
@@ -196,6 +198,7 @@ impl RequestBudget {
                 next_ticket: 0,
                 share: Share::default(),
                 granted: [0; 4],
+                portion: 1.0,
             }),
             turn: Notify::new(),
         }
@@ -267,8 +270,59 @@ impl RequestBudget {
 
     fn refill(&self, s: &mut BudgetState, now: Instant) {
         let elapsed = now.saturating_duration_since(s.refilled_at).as_secs_f64();
-        s.tokens = (s.tokens + elapsed * s.rate).min(self.burst);
+        s.tokens = (s.tokens + elapsed * s.rate).min(self.burst_of(s));
         s.refilled_at = now;
+    }
+
+    /// The highest rate now: the configured one times this process's portion.
+    fn cap(&self, s: &BudgetState) -> f64 {
+        self.max_rate * s.portion
+    }
+
+    /// The burst now: the configured one times the portion, at least one request.
+    fn burst_of(&self, s: &BudgetState) -> f64 {
+        (self.burst * s.portion).max(1.0)
+    }
+
+    /// Sets this process's part of the configured budget (a replica: its shards over all
+    /// shards), in `1/256..=1`. A rate cut by throttling stays cut by the same fraction.
+    pub fn set_portion(&self, portion: f64) {
+        let portion = if portion.is_finite() {
+            portion.clamp(1.0 / 256.0, 1.0)
+        } else {
+            1.0
+        };
+        let mut s = self.lock();
+        let fraction = s.rate / self.cap(&s);
+        s.portion = portion;
+        s.rate = (self.cap(&s) * fraction).min(self.cap(&s));
+        s.tokens = s.tokens.min(self.burst_of(&s));
+        drop(s);
+        self.turn.notify_waiters();
+    }
+
+    /// The current rate as a fraction of the highest (1.0 unless throttling cut it).
+    pub fn fraction(&self) -> f64 {
+        let s = self.lock();
+        s.rate / self.cap(&s)
+    }
+
+    /// Another replica was throttled (its cut, shared through the ledger): slow to the same
+    /// `fraction` of the highest rate (never faster than now) and pause for `pause`.
+    pub fn throttled_elsewhere(&self, fraction: f64, pause: Duration) {
+        let mut s = self.lock();
+        let now = crate::clock::instant_now();
+        self.refill(&mut s, now);
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(MIN_RATE_FRACTION, 1.0)
+        } else {
+            MIN_RATE_FRACTION
+        };
+        s.rate = s.rate.min(self.cap(&s) * fraction);
+        s.last_cut = Some(now);
+        s.tokens = 0.0;
+        let until = now + pause.min(MAX_PAUSE);
+        s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
     }
 
     /// The gateway said 429: halve the rate, drop the saved-up burst, and pause for
@@ -282,7 +336,7 @@ impl RequestBudget {
             .last_cut
             .is_none_or(|t| now.saturating_duration_since(t) >= CUT_WINDOW);
         if cut {
-            s.rate = (s.rate / 2.0).max(self.max_rate * MIN_RATE_FRACTION);
+            s.rate = (s.rate / 2.0).max(self.cap(&s) * MIN_RATE_FRACTION);
             s.last_cut = Some(now);
         }
         s.tokens = 0.0;
@@ -295,8 +349,8 @@ impl RequestBudget {
     /// A request went through: win back some of the rate.
     pub fn succeeded(&self) {
         let mut s = self.lock();
-        s.rate = (s.rate + self.max_rate * RECOVERY_FRACTION + s.rate * RECOVERY_GROWTH)
-            .min(self.max_rate);
+        let cap = self.cap(&s);
+        s.rate = (s.rate + cap * RECOVERY_FRACTION + s.rate * RECOVERY_GROWTH).min(cap);
     }
 
     /// The current rate, in requests per second.
@@ -429,5 +483,42 @@ mod tests {
             10.0,
             "recovers, never above the configured rate"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_spends_its_portion_and_slows_when_another_is_throttled() {
+        // 40/s for the deployment, burst 8; this replica holds a quarter of the shards.
+        let budget = RequestBudget::new(40.0, 8);
+        budget.set_portion(0.25);
+        assert_eq!(budget.current_rate(), 10.0);
+        let start = crate::clock::instant_now();
+        for _ in 0..22 {
+            budget.acquire(Class::Waiting, 0).await;
+        }
+        // 2 from its part of the burst, then 20 at 10/s.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1900) && took <= Duration::from_millis(2100),
+            "{took:?}"
+        );
+        // Another replica's cut to half reaches this one: half its rate, and the pause.
+        budget.throttled_elsewhere(0.5, Duration::from_secs(2));
+        assert_eq!(budget.current_rate(), 5.0);
+        assert_eq!(budget.fraction(), 0.5);
+        let t = crate::clock::instant_now();
+        budget.acquire(Class::Waiting, 0).await;
+        assert!(t.elapsed() >= Duration::from_secs(2), "the pause is kept");
+        // Gaining shards keeps the cut fraction; recovery never goes above the portion.
+        budget.set_portion(0.5);
+        assert_eq!(budget.current_rate(), 10.0);
+        for _ in 0..200 {
+            budget.succeeded();
+        }
+        assert_eq!(budget.current_rate(), 20.0);
+        // A garbled fraction from the ledger slows to the floor, not to zero or infinity.
+        budget.throttled_elsewhere(f64::NAN, Duration::ZERO);
+        assert!(budget.current_rate() > 0.0 && budget.current_rate() < 1.0);
+        budget.set_portion(f64::NAN);
+        assert!(budget.current_rate().is_finite());
     }
 }

@@ -16,6 +16,7 @@ mod history;
 mod outbox;
 pub mod pause;
 mod poll;
+mod replica;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -39,6 +40,7 @@ use crate::health::Health;
 use crate::ncp::{Api, ApiFactory, AssetPage, IndexStatus, Target, Verdict};
 use crate::policy::first_poll_offset;
 use crate::sink::{EventSink, Sink};
+use crate::state::shards::ShardSet;
 use crate::state::{SharedLedger, WatchRecord};
 use crate::watch::{self, PauseReason, Phase};
 use discovery::{AssetRef, Discovery, Found};
@@ -91,6 +93,32 @@ pub struct Setup {
     pub observer: Option<Arc<dyn Observer>>,
     /// Builds the API client from the configuration (and again on reload).
     pub api: ApiFactory,
+    /// `state.replicated`: this replica and the shards it holds at start (`None`: a single
+    /// daemon, which polls every watch).
+    pub replica: Option<ReplicaStart>,
+}
+
+/// A replica's start (see [`Setup::replica`]).
+#[derive(Debug, Clone)]
+pub struct ReplicaStart {
+    /// Its id (unique among the replicas).
+    pub id: String,
+    /// The shards it holds after its first lease renewal.
+    pub owned: ShardSet,
+}
+
+/// What changed in a replica's shards (sent by the lease task, `daemon/replica.rs`).
+#[derive(Debug, Default)]
+pub struct ShardNews {
+    /// The shards it holds now: only their watches are polled and delivered.
+    pub owned: ShardSet,
+    /// The watches of shards just gained, as the ledger has them (their last owner may have
+    /// polled them since): each replaces what the engine had. With the selector that found it
+    /// (`None`: configured as an index watch).
+    pub reloaded: Vec<(Option<String>, WatchRecord)>,
+    /// Watches another replica added to the ledger in the held shards (found by discovery,
+    /// which runs on one replica): added unless known.
+    pub added: Vec<(Option<String>, WatchRecord)>,
 }
 
 /// Messages to a running engine.
@@ -99,6 +127,8 @@ pub enum Command {
     /// Apply a new, validated configuration: the watch list (added, removed, kept with their
     /// state and timers), the API settings and credentials.
     Apply(Box<Config>),
+    /// A replica's shards changed.
+    Shards(Box<ShardNews>),
 }
 
 /// What the engine tells an [`Observer`].
@@ -347,12 +377,37 @@ struct Entry {
     polled: bool,
     /// Its recent polls' timing, for the poll history.
     timing: crate::forecast::Timing,
+    /// Reloaded from the ledger while a poll of it was in flight (a replica regained its
+    /// shard): that poll's outcome is older news than the ledger's, and is not applied.
+    reloaded: bool,
+    /// Its shard is this process's (always, unless it is one of several replicas): only held
+    /// watches are polled and counted.
+    held: bool,
 }
 
 impl Entry {
-    /// The phase it is counted under (`None` once removed).
+    /// A watch the engine has not seen yet: unscheduled, never polled here.
+    fn new(spec: WatchSpec, record: WatchRecord, owned: &ShardSet) -> Entry {
+        Entry {
+            held: owned.holds(&record.key),
+            spec: Arc::new(spec),
+            record,
+            due_ms: None,
+            in_flight: false,
+            removed: false,
+            delivered: None,
+            locations: Vec::new(),
+            sink_error: None,
+            settled_at_ms: None,
+            polled: false,
+            timing: crate::forecast::Timing::default(),
+            reloaded: false,
+        }
+    }
+
+    /// The phase it is counted under (`None` once removed, or when another replica holds it).
     fn counted(&self) -> Option<Phase> {
-        (!self.removed).then_some(self.record.state.phase)
+        (!self.removed && self.held).then_some(self.record.state.phase)
     }
 
     /// Notes when it became settled, the first time it is.
@@ -410,6 +465,7 @@ pub async fn run(
         mode,
         observer,
         api,
+        replica,
     } = setup;
     let client = api(&config.api)?;
     let deadline = config.shutdown_timeout;
@@ -457,6 +513,18 @@ pub async fn run(
         config.api.requests_per_second,
         config.api.burst,
     ));
+    let owned = replica.as_ref().map_or(ShardSet::ALL, |r| r.owned);
+    let replica = replica.map(|r| Arc::new(replica::ReplicaCtx::new(&r.id)));
+    if let Some(me) = &replica {
+        budget.set_portion(owned.share());
+        tracker.spawn(replica::follow(
+            ledger.clone(),
+            budget.clone(),
+            clock,
+            me.clone(),
+            stop_work.clone(),
+        ));
+    }
     // A remembered observation of the API, not state to protect: if the ledger cannot say (it
     // failed just now; its own error is logged and shown by readiness), the removal is learned
     // again from the first gateway 404, as it was the first time.
@@ -489,6 +557,7 @@ pub async fn run(
             fitted_recheck_ms: Arc::default(),
             history: Arc::new(std::sync::Mutex::new(history::load(ledger.as_ref()).await)),
             adaptive: config.poll.policy == crate::config::PollPolicy::Adaptive,
+            replica,
         }),
         client,
         api,
@@ -508,6 +577,7 @@ pub async fn run(
         discovery,
         index_api_noted: index_api_gone,
         probe_discovery: false,
+        owned,
     };
     if index_api_gone {
         warn!(
@@ -566,6 +636,9 @@ struct Engine {
     index_api_noted: bool,
     /// The pause's probe is a discovery call.
     probe_discovery: bool,
+    /// The shards whose watches this process polls: all of them, unless it is one of several
+    /// replicas.
+    owned: ShardSet,
 }
 
 impl Engine {
@@ -598,19 +671,7 @@ impl Engine {
                     i
                 }
                 None => {
-                    self.entries.push(Entry {
-                        spec: Arc::new(spec),
-                        record,
-                        due_ms: None,
-                        in_flight: false,
-                        removed: false,
-                        delivered: None,
-                        locations: Vec::new(),
-                        sink_error: None,
-                        settled_at_ms: None,
-                        polled: false,
-                        timing: crate::forecast::Timing::default(),
-                    });
+                    self.entries.push(Entry::new(spec, record, &self.owned));
                     let i = self.entries.len() - 1;
                     self.counts.moved(None, self.entries[i].counted());
                     self.index.insert(key, i);
@@ -744,6 +805,7 @@ impl Engine {
                 Some(n) = notices.recv() => self.notice(n),
                 cmd = commands.recv(), if commands_open => match cmd {
                     Some(Command::Apply(c)) => self.apply(*c).await,
+                    Some(Command::Shards(news)) => self.shards(*news),
                     None => commands_open = false,
                 },
                 _ = phase_tick.tick() => self.refresh_phases(),
@@ -851,19 +913,7 @@ impl Engine {
                 i
             }
             None => {
-                self.entries.push(Entry {
-                    spec: Arc::new(spec),
-                    record,
-                    due_ms: None,
-                    in_flight: false,
-                    removed: false,
-                    delivered: None,
-                    locations: Vec::new(),
-                    sink_error: None,
-                    settled_at_ms: None,
-                    polled: false,
-                    timing: crate::forecast::Timing::default(),
-                });
+                self.entries.push(Entry::new(spec, record, &self.owned));
                 let i = self.entries.len() - 1;
                 self.counts.moved(None, self.entries[i].counted());
                 self.index.insert(key, i);
@@ -875,7 +925,8 @@ impl Engine {
     /// Starts the next discovery call that is due (one at a time: listings are cheap and rare,
     /// and waiting jobs come first).
     fn launch_discovery(&mut self, tasks: &mut JoinSet<(discovery::Call, Discovered)>, now: u64) {
-        if !tasks.is_empty() {
+        // Replicas: discovery runs on the one holding shard 0, so listings are not repeated.
+        if !tasks.is_empty() || !self.owned.contains(0) {
             return;
         }
         if self.pause.reason().is_some() {
@@ -1165,7 +1216,7 @@ impl Engine {
     fn take_put_off(&mut self) -> Option<usize> {
         let pos = self.put_off.iter().position(|&i| {
             let e = &self.entries[i];
-            !e.removed && !e.in_flight && !e.record.state.phase.is_terminal()
+            !e.removed && !e.in_flight && !e.record.state.phase.is_terminal() && e.held
         })?;
         Some(self.put_off.remove(pos))
     }
@@ -1192,9 +1243,15 @@ impl Engine {
             if due > now {
                 return None;
             }
-            let e = &self.entries[i];
+            let e = &mut self.entries[i];
             if e.removed || e.in_flight || e.due_ms != Some(due) {
                 queue.pop(); // stale heap item
+                continue;
+            }
+            if !e.held {
+                // Another replica's now: rescheduled from the ledger if its shard comes back.
+                e.due_ms = None;
+                queue.pop();
                 continue;
             }
             return Some(i);
@@ -1252,6 +1309,14 @@ impl Engine {
             return;
         };
         e.in_flight = false;
+        if std::mem::take(&mut e.reloaded) {
+            // The ledger's record, loaded while this poll ran, is the newer news (the poll
+            // committed before its shard was taken over, or was refused by the fencing check).
+            if let Some(due) = e.record.next_poll_at_ms.or(Some(now)) {
+                self.schedule(i, due);
+            }
+            return;
+        }
         if let Some(t) = o.timing {
             e.timing = t;
         }
@@ -1323,6 +1388,78 @@ impl Engine {
         if let Some(due) = due {
             self.schedule(i, due);
         }
+    }
+
+    /// A replica's shards changed: poll only the watches of `news.owned`, take the ledger's
+    /// records of gained shards and the watches others added, spend the matching portion of
+    /// the budget, and let the drainers look for the deliveries and events they now own.
+    fn shards(&mut self, news: ShardNews) {
+        let gained = !news.reloaded.is_empty() || news.owned != self.owned;
+        if news.owned != self.owned {
+            self.owned = news.owned;
+            for e in &mut self.entries {
+                let held = self.owned.holds(&e.record.key);
+                if held != e.held {
+                    let was = e.counted();
+                    e.held = held;
+                    self.counts.moved(was, e.counted());
+                }
+            }
+        }
+        self.ctx.budget.set_portion(self.owned.share());
+        let now = self.ctx.clock.now_ms();
+        for (reload, (origin, record)) in news
+            .reloaded
+            .into_iter()
+            .map(|r| (true, r))
+            .chain(news.added.into_iter().map(|r| (false, r)))
+        {
+            let known = self
+                .index
+                .get(&record.key)
+                .copied()
+                .filter(|&i| !self.entries[i].removed);
+            let i = match (known, origin) {
+                (Some(_), _) if !reload => continue,
+                (Some(i), _) => {
+                    let e = &mut self.entries[i];
+                    let was = e.counted();
+                    e.reloaded = e.in_flight;
+                    e.record = record;
+                    e.delivered = None;
+                    e.timing = crate::forecast::Timing::default();
+                    self.counts.moved(was, e.counted());
+                    i
+                }
+                (None, Some(origin)) => {
+                    let Some(sel) = self
+                        .discovery
+                        .selectors()
+                        .iter()
+                        .find(|s| s.origin() == origin)
+                        .cloned()
+                    else {
+                        continue; // a selector this replica's configuration does not have
+                    };
+                    let key = record.key.clone();
+                    self.insert_entry(sel.spec_for(key), record)
+                }
+                // A configured watch this replica's configuration does not have (a rolling
+                // update): the replicas running the other configuration poll it.
+                (None, None) => continue,
+            };
+            let e = &self.entries[i];
+            if !e.in_flight
+                && let Some(due) = self.initial_due(&e.record, now)
+            {
+                self.schedule(i, due);
+            }
+        }
+        if gained {
+            self.ctx.wakes.results();
+            self.ctx.wakes.events();
+        }
+        self.refresh_phases();
     }
 
     fn started_pause(&mut self, reason: PauseReason, error_text: &str) {
@@ -1623,12 +1760,8 @@ async fn discover(
                 client.list_assets(w, p, *page, discovery::PAGE_SIZE),
             )
             .await;
-            if let Verdict::Throttled { retry_after, .. } = &v
-                && ctx
-                    .budget
-                    .throttled(retry_after.map(|d| ctx.policy.server_delay(d)))
-            {
-                ctx.health.metrics.budget_cut(ctx.budget.current_rate());
+            if let Verdict::Throttled { retry_after, .. } = &v {
+                poll::throttled(&ctx, *retry_after);
             }
             sort(v).map_or_else(|d| d, Discovered::Page)
         }

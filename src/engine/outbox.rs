@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::{Notice, Observer, Update};
 use crate::clock::Clock;
@@ -263,6 +263,12 @@ pub async fn drain_results(o: Outbox, sink: Arc<dyn Sink>, wake: Arc<Notify>) {
             }
             match deliver_one(&o, sink.as_ref(), &row).await {
                 Ok(()) => episodes.succeeded(&o).await,
+                Err(Failure::Ledger(le @ StateError::LeaseLost { .. })) => {
+                    // The watch's shard moved to another replica, which delivers it from the
+                    // ledger (its sinks take the version again harmlessly, by its id).
+                    info!(sink = %name, version = %row.version_id, error = %le, "Delivered, but not recorded here: the watch's shard moved to another replica.");
+                    break;
+                }
                 Err(Failure::Ledger(le)) => {
                     // Delivered, but not recorded (a full disk): fetching again at once would
                     // deliver the same version again and again. Wait, with backoff.
@@ -462,7 +468,12 @@ pub async fn drain_events(o: Outbox, sink: Arc<dyn EventSink>, wake: Arc<Notify>
                 for ev in &due {
                     o.health.metrics.event_sent(&name, ev.kind.as_str());
                 }
-                if let Err(e) = o.ledger.events_sent(&name, &ids).await {
+                let recorded = o.ledger.events_sent(&name, &ids).await;
+                if let Err(e @ StateError::LeaseLost { .. }) = &recorded {
+                    info!(sink = %name, error = %e, "Events sent, but not recorded here: a shard moved to another replica, which sends them again (harmless, by their ids).");
+                    continue;
+                }
+                if let Err(e) = recorded {
                     // Sent, but not recorded (a full disk): sending again at once would repeat
                     // them again and again. Wait, with backoff.
                     let delay = episodes.ledger_failed();

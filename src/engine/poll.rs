@@ -51,6 +51,8 @@ pub(crate) struct PollCtx {
     pub history: Arc<std::sync::Mutex<History>>,
     /// `poll.policy = "adaptive"`: waiting jobs' next polls come from `history`.
     pub adaptive: bool,
+    /// `state.replicated`: this replica (its throttles are shared through the ledger).
+    pub replica: Option<Arc<super::replica::ReplicaCtx>>,
 }
 
 /// What a poll task reports back.
@@ -598,10 +600,7 @@ async fn finish(
     let mut refusal = None;
     match &step.action {
         Action::Throttle { retry_after } => {
-            let pause = retry_after.map(|d| ctx.policy.server_delay(d));
-            if ctx.budget.throttled(pause) {
-                ctx.health.metrics.budget_cut(ctx.budget.current_rate());
-            }
+            throttled(ctx, *retry_after);
         }
         Action::Deliver { version } => {
             if before.last_version_id.is_none()
@@ -782,6 +781,18 @@ fn log_failed_poll(key: &WatchKey, record: &WatchRecord, delay: Option<Duration>
     }
 }
 
+/// The gateway said 429: cut the budget (and, on a replica, tell the others through the
+/// ledger that it was cut; see `replica.rs`).
+pub(crate) fn throttled(ctx: &PollCtx, retry_after: Option<Duration>) {
+    let pause = retry_after.map(|d| ctx.policy.server_delay(d));
+    if ctx.budget.throttled(pause) {
+        ctx.health.metrics.budget_cut(ctx.budget.current_rate());
+        if let Some(me) = &ctx.replica {
+            super::replica::publish(&ctx.ledger, me, &ctx.budget, ctx.clock, pause);
+        }
+    }
+}
+
 /// Commits one step; on a ledger error keeps the old record and retries the poll soon. Events
 /// are logged (and counted) only once committed: nothing is said that the ledger does not hold.
 async fn commit(
@@ -824,6 +835,13 @@ async fn commit(
                 });
             }
             record
+        }
+        Err(e @ crate::state::StateError::LeaseLost { .. }) => {
+            // Not a failure of this replica's: the shard is another's now, which polls it.
+            tracing::info!(watch = %record.key, error = %e, "A poll's outcome was not recorded: the watch's shard moved to another replica, which polls it from the ledger's record.");
+            let mut old = before;
+            old.next_poll_at_ms = Some(ctx.clock.now_ms() + LEDGER_RETRY.as_millis() as u64);
+            old
         }
         Err(e) => {
             error!(watch = %record.key, error = %e, "Cannot commit a poll to the ledger; nothing of it is recorded and it will be polled again.");

@@ -497,6 +497,7 @@ impl Harness {
             mode,
             observer: Some(seen.clone() as Arc<dyn Observer>),
             api: factory,
+            replica: None,
         };
         let engine = tokio::spawn(super::run(setup, rx, shutdown.clone()));
         Harness {

@@ -14,6 +14,7 @@ pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod retention;
+pub mod shards;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -31,7 +32,7 @@ use crate::watch::{Phase, WatchState};
 
 pub use memory::MemoryLedger;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresLedger, PostgresTarget};
+pub use postgres::{LeaseTick, PostgresLedger, PostgresTarget, ShardWatch};
 pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteLedger};
 
 /// A ledger operation failed. Every message names the ledger (the database file).

@@ -94,15 +94,33 @@ impl PostgresLedger {
             .unwrap_or_default()
     }
 
-    /// The current records of the (not removed) watches in `shards`, as the ledger holds them:
-    /// for a replica to load the watches of shards it has just claimed (their last owner may
-    /// have polled them since this replica last saw them).
+    /// The (not removed) watches in `shards` with a `watch_id` above `after_id`, as the ledger
+    /// holds them, in `watch_id` order: with `after_id` 0, for a replica to load the watches of
+    /// shards it has just claimed (their last owner may have polled them since this replica
+    /// last saw them); with the highest id it has seen, for the watches another replica added
+    /// since (discovery runs on one replica).
     pub async fn records_in_shards(
         &self,
         shards: &[i32],
-    ) -> Result<Vec<crate::state::WatchRecord>, StateError> {
+        after_id: i64,
+    ) -> Result<Vec<super::ShardWatch>, StateError> {
         self.run("read", false, async move |i, c| {
-            super::store::records_in_shards(i, c, shards).await
+            super::store::records_in_shards(i, c, shards, after_id).await
+        })
+        .await
+    }
+
+    /// The highest `watch_id` in the ledger (0 when it has no watch): where a replica starts
+    /// looking for watches added by others.
+    pub async fn last_watch_id(&self) -> Result<i64, StateError> {
+        self.run("read", false, async |i, c| {
+            let row = c
+                .query_one(
+                    &i.sql("SELECT coalesce(max(watch_id), 0)::int8 FROM {s}.watches"),
+                    &[],
+                )
+                .await?;
+            Ok(row.try_get(0)?)
         })
         .await
     }

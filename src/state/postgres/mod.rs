@@ -38,7 +38,6 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
 use super::{
     Backlog, Ledger, LedgerFuture, PendingDelivery, Pruned, SinkHealth, StateError, StatusRow,
@@ -52,9 +51,7 @@ use crate::pg::{describe, lock_key, quote_ident, tls_connector};
 /// The schema version this build writes and reads (rows of `ledger_schema`).
 pub const SCHEMA_VERSION: u32 = schema::MIGRATIONS.len() as u32;
 
-/// Watch keys hash into this many shards (the `shard` column), fixed for the life of a ledger:
-/// the unit replicas will hold leases on.
-pub const SHARDS: u32 = 256;
+pub use crate::state::shards::{SHARDS, shard_of};
 
 /// How long connecting and each statement may take; a call gets twice that before its
 /// connection is dropped (a network that stopped answering).
@@ -63,12 +60,15 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections in the pool: the engine's concurrent poll steps, the drainers and the server.
 const POOL_SIZE: usize = 16;
 
-/// The shard of a watch: the first four bytes of SHA-256 of `w/p/a/i`, modulo [`SHARDS`]. Stable
-/// across processes, builds and platforms (it is stored).
-pub fn shard_of(key: &WatchKey) -> i32 {
-    let digest = Sha256::digest(key.to_string().as_bytes());
-    let n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
-    (n % SHARDS) as i32
+/// A watch of a shard, as [`PostgresLedger::records_in_shards`] reads it.
+#[derive(Debug, Clone)]
+pub struct ShardWatch {
+    /// Its row's id (ascending in insertion order).
+    pub watch_id: i64,
+    /// The selector that found it (`None`: configured as an index watch).
+    pub origin: Option<String>,
+    /// Its state.
+    pub record: WatchRecord,
 }
 
 /// `[state] backend = "postgres"`, validated: where the ledger is.
@@ -82,6 +82,9 @@ pub struct PostgresTarget {
     pub schema: String,
     /// Extra CA certificates (PEM) for TLS.
     pub ca_file: Option<PathBuf>,
+    /// `state.replicated`: the lease of this daemon's shard leases (`None`: one daemon owns
+    /// the whole ledger, under a session lock).
+    pub replicated: Option<Duration>,
 }
 
 impl fmt::Debug for PostgresTarget {
@@ -91,6 +94,7 @@ impl fmt::Debug for PostgresTarget {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("schema", &self.schema)
             .field("ca_file", &self.ca_file)
+            .field("replicated", &self.replicated)
             .finish()
     }
 }
@@ -1003,6 +1007,7 @@ pub(crate) mod testing {
                     password,
                     schema,
                     ca_file: None,
+                    replicated: None,
                 },
                 url,
             };

@@ -290,18 +290,25 @@ pub(super) async fn records_in_shards(
     i: &Inner,
     c: &mut Object,
     shards: &[i32],
-) -> Result<Vec<WatchRecord>, Fail> {
+    after_id: i64,
+) -> Result<Vec<super::ShardWatch>, Fail> {
     let st = c
         .prepare_cached(&i.sql(&format!(
-            "SELECT {WATCH_COLUMNS} FROM {{s}}.watches
-             WHERE NOT removed AND shard = ANY($1::int4[])
+            "SELECT {WATCH_COLUMNS}, origin, watch_id FROM {{s}}.watches
+             WHERE NOT removed AND shard = ANY($1::int4[]) AND watch_id > $2
              ORDER BY watch_id"
         )))
         .await?;
-    c.query(&st, &[&shards])
+    c.query(&st, &[&shards, &after_id])
         .await?
         .iter()
-        .map(watch_record)
+        .map(|row| {
+            Ok(super::ShardWatch {
+                origin: row.try_get(18)?,
+                watch_id: row.try_get(19)?,
+                record: watch_record(row)?,
+            })
+        })
         .collect()
 }
 

@@ -50,6 +50,7 @@ async fn an_unreachable_server_is_named_without_the_password() {
         password: Some(SecretString::from("hunter2-do-not-show".to_string())),
         schema: "scenewatch".into(),
         ca_file: None,
+        replicated: None,
     };
     let e = PostgresLedger::open(&target, vec![], vec![])
         .await
@@ -797,7 +798,13 @@ async fn a_replica_that_closes_hands_its_shards_over_at_once() {
     let mut loaded = 0;
     for r in [&a, &b] {
         let owned = r.owned_shards();
-        let got = r.records_in_shards(&owned).await.unwrap();
+        let got: Vec<_> = r
+            .records_in_shards(&owned, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.record)
+            .collect();
         assert!(got.iter().all(|w| owned.contains(&shard_of(&w.key))));
         let want = specs
             .iter()
@@ -807,6 +814,16 @@ async fn a_replica_that_closes_hands_its_shards_over_at_once() {
         loaded += got.len();
     }
     assert_eq!(loaded, 60, "every watch in one replica's shards");
+    // After the highest id seen, only watches added since (by any replica) are read.
+    let last = a.last_watch_id().await.unwrap();
+    let all: Vec<i32> = (0..256).collect();
+    assert!(a.records_in_shards(&all, last).await.unwrap().is_empty());
+    let added = spec("i-later");
+    b.add_watch(&added, 2).await.unwrap();
+    let got = a.records_in_shards(&all, last).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].record.key, added.key);
+    assert!(got[0].watch_id > last);
     let b_had = b.owned_shards();
     let epochs_before = epoch_of(&a, b_had[0]).await;
     b.close().await.unwrap();
