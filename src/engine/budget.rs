@@ -346,6 +346,14 @@ impl RequestBudget {
         cut
     }
 
+    /// A granted request was not sent after all: its token goes back to the bucket.
+    pub fn give_back(&self) {
+        let mut s = self.lock();
+        s.tokens = (s.tokens + 1.0).min(self.burst_of(&s));
+        drop(s);
+        self.turn.notify_waiters();
+    }
+
     /// A request went through: win back some of the rate.
     pub fn succeeded(&self) {
         let mut s = self.lock();

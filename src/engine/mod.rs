@@ -558,6 +558,7 @@ pub async fn run(
             history: Arc::new(std::sync::Mutex::new(history::load(ledger.as_ref()).await)),
             adaptive: config.poll.policy == crate::config::PollPolicy::Adaptive,
             replica,
+            held: Arc::new(std::sync::RwLock::new(owned)),
         }),
         client,
         api,
@@ -1397,6 +1398,11 @@ impl Engine {
         let gained = !news.reloaded.is_empty() || news.owned != self.owned;
         if news.owned != self.owned {
             self.owned = news.owned;
+            *self
+                .ctx
+                .held
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = self.owned;
             for e in &mut self.entries {
                 let held = self.owned.holds(&e.record.key);
                 if held != e.held {

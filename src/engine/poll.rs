@@ -20,6 +20,7 @@ use crate::forecast::{History, Observed, Polled, Timing};
 use crate::health::Health;
 use crate::ncp::{Api, ApiError, ErrorOrigin, Generation, SummaryResult, SummaryStatus, Verdict};
 use crate::policy::{Policy, jitter_seed};
+use crate::state::shards::ShardSet;
 use crate::state::{NewVersion, SharedLedger, StepCommit, WatchRecord};
 use crate::watch::{self, Action, Answer, Limits, PauseReason, Phase, Route, Step, WatchState};
 
@@ -53,6 +54,18 @@ pub(crate) struct PollCtx {
     pub adaptive: bool,
     /// `state.replicated`: this replica (its throttles are shared through the ledger).
     pub replica: Option<Arc<super::replica::ReplicaCtx>>,
+    /// The shards whose watches this process polls (see [`super::Engine`]'s `owned`).
+    pub held: Arc<std::sync::RwLock<ShardSet>>,
+}
+
+impl PollCtx {
+    /// Whether this process still holds the watch `key`'s shard.
+    pub fn holds(&self, key: &WatchKey) -> bool {
+        self.held
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .holds(key)
+    }
 }
 
 /// What a poll task reports back.
@@ -101,6 +114,33 @@ pub(crate) async fn call<T>(
     request: impl std::future::Future<Output = Verdict<T>>,
 ) -> (Verdict<T>, u64) {
     ctx.budget.acquire(class, due_ms).await;
+    send(ctx, operation, request).await
+}
+
+/// [`call`] for the first request of a watch's poll, which a replica makes only if it still
+/// holds the watch's shard once the budget lets it go (a poll launched just before its shard
+/// moved may wait for budget a while): `None`, with the budget given back, when it does not.
+async fn call_if_held<T>(
+    ctx: &PollCtx,
+    key: &WatchKey,
+    (class, due_ms): (Class, u64),
+    operation: &'static str,
+    request: impl std::future::Future<Output = Verdict<T>>,
+) -> Option<(Verdict<T>, u64)> {
+    ctx.budget.acquire(class, due_ms).await;
+    if !ctx.holds(key) {
+        ctx.budget.give_back();
+        return None;
+    }
+    Some(send(ctx, operation, request).await)
+}
+
+/// Sends one request whose budget was granted, and counts its answer.
+async fn send<T>(
+    ctx: &PollCtx,
+    operation: &'static str,
+    request: impl std::future::Future<Output = Verdict<T>>,
+) -> (Verdict<T>, u64) {
     let sent_ms = ctx.clock.now_ms();
     let started = ctx.clock.instant();
     let v = request.await;
@@ -176,8 +216,17 @@ pub(crate) async fn poll(
     let (route, keep_route) = match route_of(&spec, before.state.route, gone) {
         RouteChoice::Use(r) => (r, true),
         RouteChoice::Check => {
-            let (v, sent) =
-                call(&ctx, priority, "index_status", client.index_status(&target)).await;
+            let Some((v, sent)) = call_if_held(
+                &ctx,
+                &key,
+                priority,
+                "index_status",
+                client.index_status(&target),
+            )
+            .await
+            else {
+                return done(before, None, None, true);
+            };
             (now_ms, now) = (sent, Duration::from_millis(sent));
             match v.split::<SummaryStatus>() {
                 Ok(st) => {
@@ -231,11 +280,16 @@ pub(crate) async fn poll(
     let (status_gen, result_gen) = generations(route);
     let mut step = match status_gen {
         Some(g) => {
-            let (v, sent) = call(&ctx, priority, "status", client.status(g, &target)).await;
+            let held =
+                call_if_held(&ctx, &key, priority, "status", client.status(g, &target)).await;
+            let Some((v, sent)) = held else {
+                return done(before, None, None, true);
+            };
             (now_ms, now) = (sent, Duration::from_millis(sent));
             exchange.observe(&v, g);
             watch::step(&state, now, limits, Answer::Status(&v), seed)
         }
+        None if !ctx.holds(&key) => return done(before, None, None, true),
         None => {
             fetch(
                 &ctx,

@@ -23,6 +23,8 @@ mod parity;
 mod pg_ledger;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod replicas;
 #[cfg(feature = "s3")]
 mod s3;
 mod sim;

@@ -16,10 +16,10 @@ use scenewatch::domain::{VersionId, WatchKey};
 use crate::support::{Daemon, free_port, json_lines, run, scenewatch, start_sim, text, wait_for};
 
 const ENV: &str = "SCENEWATCH_TEST_PG";
-const SECRET: &str = "SK-pgledger-secret-81d3";
+pub(crate) const SECRET: &str = "SK-pgledger-secret-81d3";
 
 /// The server's URL; reaching here without it means the test was asked for by name.
-fn server(test: &str) -> String {
+pub(crate) fn server(test: &str) -> String {
     match std::env::var(ENV) {
         Ok(u) if !u.trim().is_empty() => u.trim().to_string(),
         _ => panic!(
@@ -29,11 +29,11 @@ fn server(test: &str) -> String {
 }
 
 /// A schema name unique to this test run.
-fn fresh_schema(test: &str) -> String {
+pub(crate) fn fresh_schema(test: &str) -> String {
     format!("sw_it_{test}_{}", std::process::id())
 }
 
-async fn exec(url: &str, sql: &str) {
+pub(crate) async fn exec(url: &str, sql: &str) {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("the test server answers");
@@ -45,7 +45,7 @@ async fn exec(url: &str, sql: &str) {
 
 /// `count` generated assets completing within a few seconds of the start, with `queue` and
 /// `run` ranges.
-fn scenario(count: u32, queue: &str, run: &str) -> String {
+pub(crate) fn scenario(count: u32, queue: &str, run: &str) -> String {
     format!(
         "seed = 7\n[[credentials]]\naccess_key = \"AK\"\nsecret_key = \"{SECRET}\"\n\
          [[generate]]\ncount = {count}\nworkspace = \"w\"\nproject_id = \"1\"\n\
@@ -113,7 +113,7 @@ fn pg_state(url: &str, schema: &str) -> String {
 }
 
 /// The version id of every index the simulator has completed.
-async fn completed_versions(sim: &str) -> Result<BTreeSet<String>, String> {
+pub(crate) async fn completed_versions(sim: &str) -> Result<BTreeSet<String>, String> {
     let v: serde_json::Value = reqwest::get(format!("{sim}/__sim/state"))
         .await
         .map_err(|e| e.to_string())?
@@ -150,7 +150,7 @@ fn lines_per_version(dir: &Path) -> BTreeMap<String, usize> {
 }
 
 /// Every `version` of every JSON document under the file sink's directory.
-fn file_sink_versions(dir: &Path) -> BTreeSet<String> {
+pub(crate) fn file_sink_versions(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut stack = vec![dir.join("results")];
     while let Some(d) = stack.pop() {
@@ -171,7 +171,7 @@ fn file_sink_versions(dir: &Path) -> BTreeSet<String> {
     out
 }
 
-async fn status_json(cfg: &Path) -> Result<Vec<serde_json::Value>, String> {
+pub(crate) async fn status_json(cfg: &Path) -> Result<Vec<serde_json::Value>, String> {
     let mut cmd = scenewatch();
     cmd.args(["status", "--json", "--config"]).arg(cfg);
     let out = run(cmd).await;

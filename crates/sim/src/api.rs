@@ -314,6 +314,23 @@ pub async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
             "URL not found.",
         )
     };
+    {
+        let mut inner = sim.lock();
+        if inner.stats.log.is_some() {
+            let t_ms = u64::try_from(
+                crate::clock::instant_now()
+                    .saturating_duration_since(sim.clock.start())
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX);
+            let agent = parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            inner.stats.log(t_ms, parts.uri.path(), agent);
+        }
+    }
     let Some(route) = Route::parse(&parts.method, parts.uri.path()) else {
         sim.lock().stats.record("unknown", 404, None);
         return url_not_found();

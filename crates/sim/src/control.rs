@@ -32,6 +32,7 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/listing", get(listing_get).post(listing_post))
         .route("/stats", get(stats))
         .route("/requests", get(requests))
+        .route("/requests/log", get(request_log).post(request_log_on))
         .route("/stats/reset", post(stats_reset))
         .route("/assets", post(add_asset))
         .route(
@@ -314,8 +315,31 @@ async fn requests(State(sim): S) -> Response {
     ok(json!({ "times_ms": times }))
 }
 
+/// `GET /__sim/requests/log`: every request since the log was turned on (time, path,
+/// User-Agent), oldest first.
+async fn request_log(State(sim): S) -> Response {
+    let inner = sim.lock();
+    match &inner.stats.log {
+        Some(log) => ok(json!({ "requests": log })),
+        None => err(
+            StatusCode::CONFLICT,
+            "the request log is off: POST /__sim/requests/log turns it on".into(),
+        ),
+    }
+}
+
+/// `POST /__sim/requests/log`: turn the request log on (empty).
+async fn request_log_on(State(sim): S) -> Response {
+    sim.lock().stats.log = Some(Default::default());
+    ok(json!({}))
+}
+
 async fn stats_reset(State(sim): S) -> Response {
-    sim.lock().stats = Default::default();
+    let mut inner = sim.lock();
+    let log = inner.stats.log.as_ref().map(|_| Default::default());
+    inner.stats = Default::default();
+    inner.stats.log = log;
+    drop(inner);
     ok(json!({}))
 }
 

@@ -66,9 +66,41 @@ pub struct Stats {
     pub by_fault: BTreeMap<String, u64>,
     /// `route status` pairs, e.g. `"index_status 200"`, for precise assertions.
     pub by_route_status: BTreeMap<String, u64>,
+    /// Each request's time, path and User-Agent, once `POST /__sim/requests/log` turned the
+    /// log on (at most [`MAX_LOGGED_REQUESTS`], the oldest dropped first).
+    #[serde(skip)]
+    pub log: Option<std::collections::VecDeque<LoggedRequest>>,
+}
+
+/// Most requests kept by the request log.
+pub const MAX_LOGGED_REQUESTS: usize = 200_000;
+
+/// One request in the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoggedRequest {
+    /// Milliseconds since the simulator started.
+    pub t_ms: u64,
+    /// The path, without the query.
+    pub path: String,
+    /// The `User-Agent` header (empty when absent).
+    pub agent: String,
 }
 
 impl Stats {
+    /// Logs a request, when the log is on.
+    pub fn log(&mut self, t_ms: u64, path: &str, agent: &str) {
+        if let Some(log) = &mut self.log {
+            if log.len() >= MAX_LOGGED_REQUESTS {
+                log.pop_front();
+            }
+            log.push_back(LoggedRequest {
+                t_ms,
+                path: path.to_owned(),
+                agent: agent.to_owned(),
+            });
+        }
+    }
+
     pub fn record(&mut self, route: &str, status: u16, fault: Option<&str>) {
         self.total += 1;
         if self.times.len() >= MAX_REQUEST_TIMES {
