@@ -920,6 +920,15 @@ fn state_backend_defaults_to_sqlite_and_postgres_keys_are_checked_by_name() {
     };
     assert_eq!(t.url, "postgres://sw@db.example/media");
     assert_eq!(t.schema, "scenewatch", "the default schema");
+    assert_eq!(t.replicated, None, "one daemon unless replicated");
+    // Replicas, from the environment as a container sets them: the default lease.
+    env.push(("SCENEWATCH__STATE__REPLICATED", "true"));
+    let c = load(&inline(watch, &env)).expect("valid");
+    let crate::state::Backend::Postgres(r) = &c.ledger else {
+        panic!("{:?}", c.ledger)
+    };
+    assert_eq!(r.replicated, Some(std::time::Duration::from_secs(15)));
+    env.pop();
     assert!(!format!("{c:?}").contains("in-url-pw"));
 
     let text = |ps: Vec<Problem>| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
@@ -944,6 +953,18 @@ fn state_backend_defaults_to_sqlite_and_postgres_keys_are_checked_by_name() {
         (
             "url = \"postgres://db/x\"",
             "state.url: is for backend = \"postgres\", but state.backend is \"sqlite\"",
+        ),
+        (
+            "replicated = true",
+            "state.replicated: replicas share a PostgreSQL ledger",
+        ),
+        (
+            "backend = \"postgres\"\nurl = \"postgres://db/x\"\nreplicated = true\nlease = \"1s\"",
+            "state.lease: 1s is outside 3s..5m",
+        ),
+        (
+            "backend = \"postgres\"\nurl = \"postgres://db/x\"\nreplicated = true\nlease = \"soon\"",
+            "state.lease",
         ),
     ] {
         let t = text(problems(&format!("[state]\n{state}\n{watch}"), CREDS));

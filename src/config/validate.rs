@@ -746,6 +746,7 @@ pub(crate) fn check_state(
 /// The shortest and longest `state.lease`: below 3 s a garbage-collection pause or a slow
 /// database round trip loses leases of a healthy replica; above 5 min a dead replica's watches
 /// wait too long for their takeover.
+#[cfg(feature = "postgres")]
 pub const LEASE_RANGE: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(300));
 
 #[cfg(feature = "postgres")]
