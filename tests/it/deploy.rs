@@ -39,6 +39,8 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
     m.event("com.scenewatch.summary.completed");
     m.event_sent("events", "com.scenewatch.summary.completed");
     m.ledger_commit(Duration::from_millis(1));
+    m.lease_tick(86, 3, 86, 1, 1);
+    m.lease_error(86);
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in m.render().lines().filter(|l| !l.starts_with('#')) {
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
