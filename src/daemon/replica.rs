@@ -181,31 +181,25 @@ impl Replica {
         if !t.lost.is_empty() {
             // Lost, not given up: its lease ran out before this renewal (a pause, a slow
             // database); another replica may have polled them meanwhile.
-            let lost: Vec<i32> = t
-                .lost
-                .iter()
-                .copied()
-                .filter(|s| before.contains(*s))
-                .collect();
-            if !lost.is_empty() {
-                info!(replica = %self.id, shards = ?lost, "Shards moved to other replicas.");
-            }
+            warn!(replica = %self.id, shards = ?t.lost, "Shards lost: their leases expired before this replica renewed them (it was paused, cut off or too slow); other replicas poll them now.");
+        }
+        if !t.released.is_empty() {
+            info!(replica = %self.id, shards = t.released.len(), replicas = t.members, "Gave up shards to make room for another replica.");
         }
         if t.taken_over > 0 {
             info!(replica = %self.id, taken_over = t.taken_over, "Took over the shards of a replica whose lease expired.");
         }
-        let reloaded = if t.gained.is_empty() {
+        // Shards the engine did not poll before: claimed now, or held all along on the server
+        // while renewals failed here for longer than a lease (the engine stopped polling
+        // them). Their watches are loaded from the ledger.
+        let (newly, kept): (Vec<i32>, Vec<i32>) =
+            t.owned.iter().partition(|s| !before.contains(**s));
+        let reloaded = if newly.is_empty() {
             Vec::new()
         } else {
-            self.ledger.records_in_shards(&t.gained, 0).await?
+            self.ledger.records_in_shards(&newly, 0).await?
         };
         // Watches others added (discovery runs on one replica), in the shards kept.
-        let kept: Vec<i32> = t
-            .owned
-            .iter()
-            .copied()
-            .filter(|s| !t.gained.contains(s))
-            .collect();
         let top = self.ledger.last_watch_id().await?;
         let added = if kept.is_empty() || top <= self.last_id {
             Vec::new()

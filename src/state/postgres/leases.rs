@@ -58,8 +58,11 @@ pub struct LeaseTick {
     pub owned: Vec<i32>,
     /// Shards claimed by this tick.
     pub gained: Vec<i32>,
-    /// Shards held before and not after (lost, or released to make room for another replica).
+    /// Shards held before and lost: their lease had expired or was taken over before this
+    /// tick renewed it (the replica was paused, cut off or too slow).
     pub lost: Vec<i32>,
+    /// Shards given up by this tick to make room for another replica (handed over, not lost).
+    pub released: Vec<i32>,
     /// Leases renewed.
     pub renewed: u64,
     /// Of `gained`, shards another replica still held when its lease expired (it died, was
@@ -248,7 +251,14 @@ async fn tick(
         held.insert(row.try_get(0)?, row.try_get(1)?);
     }
     let renewed = held.len() as u64;
+    let lost = me
+        .held
+        .keys()
+        .filter(|s| !held.contains_key(s))
+        .copied()
+        .collect();
     let share = SHARDS.div_ceil(members as u32) as usize;
+    let mut released = Vec::new();
     if held.len() > share {
         let extra: Vec<i32> = held
             .keys()
@@ -259,6 +269,8 @@ async fn tick(
         for s in &extra {
             held.remove(s);
         }
+        released.clone_from(&extra);
+        released.sort_unstable();
         c.execute(
             &i.sql(
                 "UPDATE {s}.shard_leases SET owner = NULL, expires_at = now()
@@ -303,17 +315,12 @@ async fn tick(
         }
         gained.sort_unstable();
     }
-    let lost = me
-        .held
-        .keys()
-        .filter(|s| !held.contains_key(s))
-        .copied()
-        .collect();
     Ok((
         LeaseTick {
             owned: held.keys().copied().collect(),
             gained,
             lost,
+            released,
             renewed,
             taken_over,
             members,

@@ -637,10 +637,14 @@ async fn two_replicas_split_the_shards_and_one_that_stops_renewing_is_taken_over
     // The first replica takes everything; the second joins and they settle at 128 each.
     a.lease_tick().await.unwrap();
     assert_eq!(a.owned_shards().len(), 256);
-    tick_until(&[&a, &b], Duration::from_secs(10), |o| {
+    let ticks = tick_until(&[&a, &b], Duration::from_secs(10), |o| {
         o[0].len() == 128 && o[1].len() == 128
     })
     .await;
+    // Making room for the second is a hand-over: released, not lost.
+    let released: usize = ticks.iter().map(|t| t.released.len()).sum();
+    assert_eq!(released, 128, "{ticks:?}");
+    assert!(ticks.iter().all(|t| t.lost.is_empty()), "{ticks:?}");
     let (oa, ob) = (a.owned_shards(), b.owned_shards());
     let all: std::collections::BTreeSet<i32> = oa.iter().chain(&ob).copied().collect();
     assert_eq!(all.len(), 256, "disjoint and every shard held");
