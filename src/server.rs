@@ -166,3 +166,37 @@ async fn metrics(State(s): State<AppState>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::ReplicaHealth;
+    use crate::state::MemoryLedger;
+
+    #[tokio::test]
+    async fn a_replica_whose_leases_went_unrenewed_for_a_lease_is_not_ready() {
+        let health = Health::default();
+        health.started.store(true, Ordering::Relaxed);
+        let ledger = MemoryLedger::new(vec![], vec![]);
+        assert!(not_ready_reasons(&health, &ledger, 100_000).await.is_empty());
+        health.set_replica(ReplicaHealth {
+            id: "pod-a-1".into(),
+            shards: 86,
+            replicas: 3,
+            lease: Duration::from_secs(15),
+            renewed_at_ms: 100_000,
+        });
+        assert!(
+            not_ready_reasons(&health, &ledger, 100_000 + 15_000)
+                .await
+                .is_empty(),
+            "within one lease of the last renewal"
+        );
+        let reasons = not_ready_reasons(&health, &ledger, 100_000 + 21_500).await;
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("replica pod-a-1: its shard leases were not renewed for 21s"),
+            "{reasons:?}"
+        );
+    }
+}
