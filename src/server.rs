@@ -178,7 +178,11 @@ mod tests {
         let health = Health::default();
         health.started.store(true, Ordering::Relaxed);
         let ledger = MemoryLedger::new(vec![], vec![]);
-        assert!(not_ready_reasons(&health, &ledger, 100_000).await.is_empty());
+        assert!(
+            not_ready_reasons(&health, &ledger, 100_000)
+                .await
+                .is_empty()
+        );
         health.set_replica(ReplicaHealth {
             id: "pod-a-1".into(),
             shards: 86,

@@ -447,6 +447,16 @@ impl Harness {
         mode: Mode,
         script: impl Fn(&Call) -> Reply + Send + Sync + 'static,
     ) -> Harness {
+        Self::start_with(config, mode, None, script).await
+    }
+
+    /// [`Harness::start`], as a replica holding `replica.owned` when given.
+    async fn start_with(
+        config: Config,
+        mode: Mode,
+        replica: Option<super::ReplicaStart>,
+        script: impl Fn(&Call) -> Reply + Send + Sync + 'static,
+    ) -> Harness {
         let clock = Clock::anchored_at(T0);
         let wake = Arc::new(Notify::new());
         let script = Arc::new(Script {
@@ -497,7 +507,7 @@ impl Harness {
             mode,
             observer: Some(seen.clone() as Arc<dyn Observer>),
             api: factory,
-            replica: None,
+            replica,
         };
         let engine = tokio::spawn(super::run(setup, rx, shutdown.clone()));
         Harness {
@@ -1734,4 +1744,86 @@ async fn once_sends_its_last_events_to_the_event_sinks_before_it_ends() {
             "run {run}: the event sink got {kinds:?}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_polls_and_counts_only_its_shards_and_takes_gained_ones_from_the_ledger() {
+    use crate::state::shards::ShardSet;
+    let names: Vec<String> = (0..24).map(|n| format!("a{n}")).collect();
+    let assets: Vec<&str> = names.iter().map(String::as_str).collect();
+    let poll = "initial_interval = \"10s\"\nmax_interval = \"20s\"";
+    let half = ShardSet::of(&(0..128).collect::<Vec<_>>());
+    let (mine, theirs): (Vec<&str>, Vec<&str>) = assets.iter().partition(|a| half.holds(&key(a)));
+    assert!(
+        !mine.is_empty() && !theirs.is_empty(),
+        "{mine:?} {theirs:?}"
+    );
+    let replica = super::ReplicaStart {
+        id: "replica-1".into(),
+        owned: half,
+    };
+    let mut h = Harness::start_with(
+        config("AK", "", poll, &assets),
+        daemon(),
+        Some(replica),
+        |_| waiting(),
+    )
+    .await;
+    h.until(
+        Duration::from_secs(120),
+        "every held watch polled twice",
+        |h| mine.iter().all(|a| h.polls(a).len() >= 2),
+    )
+    .await;
+    assert!(
+        theirs.iter().all(|a| h.polls(a).is_empty()),
+        "another replica's watches are not polled: {:?}",
+        h.calls()
+    );
+    let counted = |h: &Harness| h.health.phases().iter().map(|(_, n)| n).sum::<u64>();
+    assert_eq!(
+        counted(&h),
+        mine.len() as u64,
+        "only held watches are counted"
+    );
+
+    // The other half is gained, with the records the ledger holds for it.
+    let cfg = config("AK", "", poll, &assets);
+    let records = h
+        .ledger
+        .sync_watches(&cfg.watches, &[], h.clock.now_ms())
+        .await
+        .unwrap();
+    let reloaded = records
+        .into_iter()
+        .filter(|r| !half.holds(&r.key))
+        .map(|r| (None, r))
+        .collect();
+    h.commands
+        .send(Command::Shards(Box::new(super::ShardNews {
+            owned: ShardSet::ALL,
+            reloaded,
+            added: Vec::new(),
+        })))
+        .await
+        .unwrap();
+    h.until(Duration::from_secs(120), "the gained watches polled", |h| {
+        theirs.iter().all(|a| !h.polls(a).is_empty())
+    })
+    .await;
+    assert_eq!(counted(&h), assets.len() as u64);
+
+    // Every shard lost (the leases went unrenewed): nothing is polled any more.
+    h.commands
+        .send(Command::Shards(Box::default()))
+        .await
+        .unwrap();
+    settle().await;
+    let before = h.calls().len();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    settle().await;
+    let after = h.calls().len();
+    assert_eq!(after, before, "no request for a watch of a shard not held");
+    assert_eq!(counted(&h), 0);
+    h.stop().await;
 }
