@@ -856,13 +856,7 @@ impl Engine {
         };
         let now = self.ctx.clock.now_ms();
         for (origin, record) in found {
-            let Some(selector) = self
-                .discovery
-                .selectors()
-                .iter()
-                .find(|s| s.origin() == origin)
-                .cloned()
-            else {
+            let Some(selector) = self.selector(&origin) else {
                 continue;
             };
             let key = record.key.clone();
@@ -882,6 +876,15 @@ impl Engine {
                 self.schedule(i, due);
             }
         }
+    }
+
+    /// The configured selector named by a watch's `origin`.
+    fn selector(&self, origin: &str) -> Option<Selector> {
+        self.discovery
+            .selectors()
+            .iter()
+            .find(|s| s.origin() == origin)
+            .cloned()
     }
 
     /// One warning at start when watches use the index-level API explicitly.
@@ -1438,13 +1441,7 @@ impl Engine {
                     i
                 }
                 (None, Some(origin)) => {
-                    let Some(sel) = self
-                        .discovery
-                        .selectors()
-                        .iter()
-                        .find(|s| s.origin() == origin)
-                        .cloned()
-                    else {
+                    let Some(sel) = self.selector(&origin) else {
                         continue; // a selector this replica's configuration does not have
                     };
                     let key = record.key.clone();
