@@ -18,8 +18,9 @@ use crate::pg_ledger::{
 };
 use crate::support::{Daemon, free_port, json_lines, start_sim};
 
-/// The lease of these tests: the shortest allowed, so takeovers come quickly.
-const LEASE_S: u64 = 3;
+/// The lease of these tests: short, so takeovers come quickly, yet long enough that a replica
+/// starved of CPU for a moment on a loaded two-core machine keeps its leases.
+const LEASE_S: u64 = 5;
 /// The deployment's budget.
 const RATE: f64 = 30.0;
 const BURST: u32 = 10;
@@ -213,6 +214,37 @@ impl Deployment {
         }
     }
 
+    /// Waits until every replica in `live` has renewed its leases after `since` (its engine
+    /// has then heard of every change before that renewal).
+    async fn wait_renewed_since(
+        &self,
+        live: &[usize],
+        since: tokio::time::Instant,
+        within: Duration,
+    ) {
+        loop {
+            let elapsed = since.elapsed().as_millis() as u64;
+            let mut all = true;
+            for &n in live {
+                let ago = self
+                    .standing(n)
+                    .await
+                    .and_then(|r| r["lastRenewalAgoMs"].as_u64());
+                // Renewed after `since`: its last renewal is more recent than `since` is.
+                all &= ago.is_some_and(|a| a + 50 < elapsed);
+            }
+            if all {
+                return;
+            }
+            assert!(
+                since.elapsed() < within,
+                "replicas {live:?} did not renew within {within:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The simulator's request log: (ms since its start, path, User-Agent).
     async fn request_log(&self) -> Vec<(u64, String, String)> {
         let v: serde_json::Value = reqwest::get(format!("{}/__sim/requests/log", self.sim.url))
@@ -344,7 +376,12 @@ async fn three_replicas_share_the_watches_the_sinks_and_one_budget() {
     d.wait_balanced(&[0, 1, 2], Duration::from_secs(60)).await;
     // Shards settled: from the next renewal of each replica on, no shard moves.
     let log_from = d.request_log().await.len();
-    tokio::time::sleep(Duration::from_secs(LEASE_S)).await;
+    d.wait_renewed_since(
+        &[0, 1, 2],
+        tokio::time::Instant::now(),
+        Duration::from_secs(3 * LEASE_S),
+    )
+    .await;
     d.wait_balanced(&[0, 1, 2], Duration::from_secs(5)).await;
     let stable_from = d.request_log().await.len();
     d.wait_settled(Duration::from_secs(120)).await;
