@@ -29,7 +29,11 @@
 //! $e AND expires_at > now() FOR SHARE`: no row, and the transaction is rolled back with
 //! [`StateError::LeaseLost`], having written nothing. The `FOR SHARE` row lock makes a
 //! takeover's `UPDATE` wait for a write that passed the check to commit, so a write is either
-//! before the takeover or refused, never after it. The due queries (`due_deliveries`,
+//! before the takeover or refused, never after it. A replica stopped between its check and its
+//! `COMMIT` would hold that row lock, and the claim (`SKIP LOCKED`) would pass the shard by, for
+//! as long as it is stopped: its sessions have `idle_in_transaction_session_timeout` = the lease
+//! (see `PostgresLedger::build`), so the server ends such a transaction and the takeover
+//! follows at the next tick. The due queries (`due_deliveries`,
 //! `due_events`) return only rows of shards the replica holds; events of no watch (sink events)
 //! belong to shard 0.
 

@@ -264,6 +264,17 @@ impl PostgresLedger {
         // Statements are bounded on the server too; a read-only view cannot write by mistake.
         let mut options = t.pg.get_options().unwrap_or_default().to_string();
         options.push_str(&format!(" -c statement_timeout={}", TIMEOUT.as_millis()));
+        // A transaction left open by a process that stopped mid-call (SIGSTOP, a VM paused,
+        // a partition) is ended by the server, so its row locks do not outlive it: a replica's
+        // fencing check holds its shard's lease row FOR SHARE, and a takeover's claim skips a
+        // locked row. Within a lease, so a paused replica delays no takeover past two leases.
+        let idle = target
+            .replicated
+            .map_or(TIMEOUT, |lease| lease.min(TIMEOUT));
+        options.push_str(&format!(
+            " -c idle_in_transaction_session_timeout={}",
+            idle.as_millis()
+        ));
         if read_only {
             options.push_str(" -c default_transaction_read_only=on");
         }
