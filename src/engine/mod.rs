@@ -806,7 +806,7 @@ impl Engine {
                 Some(n) = notices.recv() => self.notice(n),
                 cmd = commands.recv(), if commands_open => match cmd {
                     Some(Command::Apply(c)) => self.apply(*c).await,
-                    Some(Command::Shards(news)) => self.shards(*news),
+                    Some(Command::Shards(news)) => self.shards(*news).await,
                     None => commands_open = false,
                 },
                 _ = phase_tick.tick() => self.refresh_phases(),
@@ -1397,7 +1397,7 @@ impl Engine {
     /// A replica's shards changed: poll only the watches of `news.owned`, take the ledger's
     /// records of gained shards and the watches others added, spend the matching portion of
     /// the budget, and let the drainers look for the deliveries and events they now own.
-    fn shards(&mut self, news: ShardNews) {
+    async fn shards(&mut self, news: ShardNews) {
         let gained = !news.reloaded.is_empty() || news.owned != self.owned;
         if news.owned != self.owned {
             self.owned = news.owned;
@@ -1417,6 +1417,7 @@ impl Engine {
         }
         self.ctx.budget.set_portion(self.owned.share());
         let now = self.ctx.clock.now_ms();
+        let mut completed = Vec::new();
         for (reload, (origin, record)) in news
             .reloaded
             .into_iter()
@@ -1452,11 +1453,19 @@ impl Engine {
                 (None, None) => continue,
             };
             let e = &self.entries[i];
+            if e.record.state.phase == Phase::Completed {
+                // Its last owner may have finished delivering it (a row the next poll would
+                // have made `watching`): as at start.
+                completed.push(e.record.key.clone());
+            }
             if !e.in_flight
                 && let Some(due) = self.initial_due(&e.record, now)
             {
                 self.schedule(i, due);
             }
+        }
+        if !completed.is_empty() {
+            self.settle_completed(&completed).await;
         }
         if gained {
             self.ctx.wakes.results();
