@@ -578,7 +578,6 @@ pub async fn run(
         discovery,
         index_api_noted: index_api_gone,
         probe_discovery: false,
-        owned,
     };
     if index_api_gone {
         warn!(
@@ -637,9 +636,6 @@ struct Engine {
     index_api_noted: bool,
     /// The pause's probe is a discovery call.
     probe_discovery: bool,
-    /// The shards whose watches this process polls: all of them, unless it is one of several
-    /// replicas.
-    owned: ShardSet,
 }
 
 impl Engine {
@@ -672,7 +668,7 @@ impl Engine {
                     i
                 }
                 None => {
-                    self.entries.push(Entry::new(spec, record, &self.owned));
+                    self.entries.push(Entry::new(spec, record, &self.owned()));
                     let i = self.entries.len() - 1;
                     self.counts.moved(None, self.entries[i].counted());
                     self.index.insert(key, i);
@@ -878,6 +874,16 @@ impl Engine {
         }
     }
 
+    /// The shards whose watches this process polls: all of them, unless it is one of several
+    /// replicas (the poll tasks read the same set, `PollCtx::held`).
+    fn owned(&self) -> ShardSet {
+        *self
+            .ctx
+            .held
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The configured selector named by a watch's `origin`.
     fn selector(&self, origin: &str) -> Option<Selector> {
         self.discovery
@@ -917,7 +923,7 @@ impl Engine {
                 i
             }
             None => {
-                self.entries.push(Entry::new(spec, record, &self.owned));
+                self.entries.push(Entry::new(spec, record, &self.owned()));
                 let i = self.entries.len() - 1;
                 self.counts.moved(None, self.entries[i].counted());
                 self.index.insert(key, i);
@@ -930,7 +936,7 @@ impl Engine {
     /// and waiting jobs come first).
     fn launch_discovery(&mut self, tasks: &mut JoinSet<(discovery::Call, Discovered)>, now: u64) {
         // Replicas: discovery runs on the one holding shard 0, so listings are not repeated.
-        if !tasks.is_empty() || !self.owned.contains(0) {
+        if !tasks.is_empty() || !self.owned().contains(0) {
             return;
         }
         if self.pause.reason().is_some() {
@@ -1315,8 +1321,9 @@ impl Engine {
         e.in_flight = false;
         if std::mem::take(&mut e.reloaded) {
             // The ledger's record, loaded while this poll ran, is the newer news (the poll
-            // committed before its shard was taken over, or was refused by the fencing check).
-            if let Some(due) = e.record.next_poll_at_ms.or(Some(now)) {
+            // committed before its shard was taken over, or was refused by the fencing check):
+            // scheduled as any loaded record is.
+            if let Some(due) = self.initial_due(&self.entries[i].record, now) {
                 self.schedule(i, due);
             }
             return;
@@ -1398,16 +1405,16 @@ impl Engine {
     /// records of gained shards and the watches others added, spend the matching portion of
     /// the budget, and let the drainers look for the deliveries and events they now own.
     async fn shards(&mut self, news: ShardNews) {
-        let gained = !news.reloaded.is_empty() || news.owned != self.owned;
-        if news.owned != self.owned {
-            self.owned = news.owned;
+        let changed = news.owned != self.owned();
+        let gained = !news.reloaded.is_empty() || changed;
+        if changed {
             *self
                 .ctx
                 .held
                 .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = self.owned;
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = news.owned;
             for e in &mut self.entries {
-                let held = self.owned.holds(&e.record.key);
+                let held = news.owned.holds(&e.record.key);
                 if held != e.held {
                     let was = e.counted();
                     e.held = held;
@@ -1415,7 +1422,7 @@ impl Engine {
                 }
             }
         }
-        self.ctx.budget.set_portion(self.owned.share());
+        self.ctx.budget.set_portion(news.owned.share());
         let now = self.ctx.clock.now_ms();
         let mut completed = Vec::new();
         for (reload, (origin, record)) in news
