@@ -125,21 +125,17 @@ impl Replica {
                 _ = stop.cancelled() => return,
             }
             match self.renew(&health, clock).await {
-                Ok(Some(news)) => {
-                    if commands
-                        .send(Command::Shards(Box::new(news)))
-                        .await
-                        .is_err()
+                Ok(news) => {
+                    if std::mem::take(&mut failing) {
+                        info!(replica = %self.id, "The shard leases are renewed again.");
+                    }
+                    if let Some(news) = news
+                        && commands
+                            .send(Command::Shards(Box::new(news)))
+                            .await
+                            .is_err()
                     {
                         return;
-                    }
-                    if std::mem::take(&mut failing) {
-                        info!(replica = %self.id, "The shard leases are renewed again.");
-                    }
-                }
-                Ok(None) => {
-                    if std::mem::take(&mut failing) {
-                        info!(replica = %self.id, "The shard leases are renewed again.");
                     }
                 }
                 Err(e) => {

@@ -120,6 +120,11 @@ struct BudgetState {
 }
 
 impl BudgetState {
+    /// Pauses every grant until `until` at least (a longer pause already set is kept).
+    fn hold_until(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+    }
+
     /// Which classes have waiters.
     fn waiting(&self) -> [bool; 4] {
         Class::ALL.map(|c| {
@@ -321,8 +326,7 @@ impl RequestBudget {
         s.rate = s.rate.min(self.cap(&s) * fraction);
         s.last_cut = Some(now);
         s.tokens = 0.0;
-        let until = now + pause.min(MAX_PAUSE);
-        s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+        s.hold_until(now + pause.min(MAX_PAUSE));
     }
 
     /// The gateway said 429: halve the rate, drop the saved-up burst, and pause for
@@ -341,8 +345,7 @@ impl RequestBudget {
         }
         s.tokens = 0.0;
         let pause = retry_after.unwrap_or_else(|| Duration::from_secs_f64(1.0 / s.rate));
-        let until = now + pause.min(MAX_PAUSE);
-        s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+        s.hold_until(now + pause.min(MAX_PAUSE));
         cut
     }
 

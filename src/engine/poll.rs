@@ -54,7 +54,8 @@ pub(crate) struct PollCtx {
     pub adaptive: bool,
     /// `state.replicated`: this replica (its throttles are shared through the ledger).
     pub replica: Option<Arc<super::replica::ReplicaCtx>>,
-    /// The shards whose watches this process polls (see [`super::Engine`]'s `owned`).
+    /// The shards whose watches this process polls: every shard unless it is one of several
+    /// replicas; the one copy, read by the engine too and written by its `shards`.
     pub held: Arc<std::sync::RwLock<ShardSet>>,
 }
 
@@ -890,15 +891,13 @@ async fn commit(
             }
             record
         }
-        Err(e @ crate::state::StateError::LeaseLost { .. }) => {
-            // Not a failure of this replica's: the shard is another's now, which polls it.
-            tracing::info!(watch = %record.key, error = %e, "A poll's outcome was not recorded: the watch's shard moved to another replica, which polls it from the ledger's record.");
-            let mut old = before;
-            old.next_poll_at_ms = Some(ctx.clock.now_ms() + LEDGER_RETRY.as_millis() as u64);
-            old
-        }
         Err(e) => {
-            error!(watch = %record.key, error = %e, "Cannot commit a poll to the ledger; nothing of it is recorded and it will be polled again.");
+            if matches!(e, crate::state::StateError::LeaseLost { .. }) {
+                // Not a failure of this replica's: the shard is another's now, which polls it.
+                tracing::info!(watch = %record.key, error = %e, "A poll's outcome was not recorded: the watch's shard moved to another replica, which polls it from the ledger's record.");
+            } else {
+                error!(watch = %record.key, error = %e, "Cannot commit a poll to the ledger; nothing of it is recorded and it will be polled again.");
+            }
             let mut old = before;
             old.next_poll_at_ms = Some(ctx.clock.now_ms() + LEDGER_RETRY.as_millis() as u64);
             old
