@@ -346,8 +346,8 @@ impl PostgresLedger {
                 at: i.at.clone(),
                 op: "take",
                 detail: "another scenewatch daemon is running on this ledger (it holds its lock); \
-                         stop it first, or give this one its own state.schema (replicas sharing \
-                         one ledger are not supported yet)"
+                         stop it first, give this one its own state.schema, or run every daemon \
+                         on it with state.replicated = true to share it as replicas"
                     .into(),
                 source: None,
             });
@@ -957,6 +957,15 @@ impl Ledger for PostgresLedger {
             self.inner.claimed.store(false, Ordering::Release);
             self.inner.pool.close();
             if let Some((client, task)) = self.inner.owner.lock().await.take() {
+                // Given back on the server before `close` returns, so a daemon started right
+                // after this one stopped is not refused while the server has yet to notice
+                // the dropped connection. If it fails, the connection's end releases it.
+                let key = lock_key("scenewatch ledger owner", &self.inner.schema);
+                let _ = tokio::time::timeout(
+                    TIMEOUT,
+                    client.execute("SELECT pg_advisory_unlock($1)", &[&key]),
+                )
+                .await;
                 drop(client);
                 task.abort();
             }
