@@ -347,4 +347,21 @@ mod tests {
         );
         ncp_answer(&answer);
     }
+    /// Found by the fuzzer (`envelope`, in CI): a payload holding a float that needs all 17
+    /// digits (`27777777777775553555554` as JSON, an integer too long for `u64`) printed in the
+    /// CloudEvent and read back as a different `f64`. serde_json's fast float parser is not
+    /// correctly rounded; the `float_roundtrip` feature makes print-then-parse exact, so a result
+    /// value written to a sink reads back as the value received.
+    #[test]
+    fn a_payload_float_reads_back_as_the_same_number() {
+        envelope(include_bytes!("../fuzz/regressions/envelope/float-payload"));
+        envelope(include_bytes!(
+            "../fuzz/regressions/envelope/long-integer-payload"
+        ));
+        for text in ["27777777777775553555554", "8888888e120", "0.30000000000000004", "1e-320"] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let back: Value = serde_json::from_str(&v.to_string()).unwrap();
+            assert_eq!(back, v, "{text} printed as {v} and read back as {back}");
+        }
+    }
 }
