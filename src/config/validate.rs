@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -141,11 +142,12 @@ pub struct WatchSpec {
     pub generation: GenerationChoice,
     /// Its deadline.
     pub max_wait: Duration,
-    /// Where it was declared, for messages (e.g. `watch[3] in /etc/scenewatch/scenewatch.toml`).
-    pub declared_at: String,
+    /// Where it was declared, for messages (e.g. `watch[3] in /etc/scenewatch/scenewatch.toml`);
+    /// for a watch a selector found, the selector's place (one text shared by all it found).
+    pub declared_at: Arc<str>,
     /// `None` for a watch of a configured index; for a watch found through a [`Selector`], that
     /// selector's [`Selector::origin`]: such a watch follows its asset's latest index.
-    pub origin: Option<String>,
+    pub origin: Option<Arc<str>>,
 }
 
 /// Which endpoint generation a watch uses (`api.generation`, per watch `generation`).
@@ -209,7 +211,7 @@ pub struct Selector {
     /// Their deadline.
     pub max_wait: Duration,
     /// Where it was declared, for messages.
-    pub declared_at: String,
+    pub declared_at: Arc<str>,
 }
 
 impl Selector {
@@ -256,8 +258,8 @@ impl Selector {
             scene_summary_id: None,
             generation: self.generation,
             max_wait: self.max_wait,
-            declared_at: format!("found through {}", self.declared_at),
-            origin: Some(self.origin()),
+            declared_at: Arc::clone(&self.declared_at),
+            origin: Some(self.origin().into()),
         }
     }
 }
@@ -465,7 +467,8 @@ pub fn validate(
             Some(m) => duration(origins, &mut p, &format!("{base}.max_wait"), m),
             None => max_wait,
         };
-        let declared_at = format!("{base} ({})", origins.of(&format!("{base}.workspace")));
+        let declared_at: Arc<str> =
+            format!("{base} ({})", origins.of(&format!("{base}.workspace"))).into();
         let (Some(generation), Some(max_wait), true) = (generation, wait, ok) else {
             continue;
         };

@@ -646,35 +646,21 @@ impl Engine {
             .into_iter()
             .map(|w| (w.key.clone(), w))
             .collect();
+        // Sized once: grown by doubling, the entries and the index would hold up to twice
+        // their room at the start's peak.
+        self.entries.reserve(records.len());
+        self.index.reserve(records.len());
         let now = self.ctx.clock.now_ms();
         let mut completed = Vec::new();
         for record in records {
             let Some(spec) = specs.remove(&record.key) else {
                 continue;
             };
-            let key = record.key.clone();
             let due = self.initial_due(&record, now);
             if record.state.phase == Phase::Completed {
-                completed.push(key.clone());
+                completed.push(record.key.clone());
             }
-            let i = match self.index.get(&key) {
-                Some(&i) => {
-                    let e = &mut self.entries[i];
-                    let was = e.counted();
-                    e.spec = Arc::new(spec);
-                    e.record = record;
-                    e.removed = false;
-                    self.counts.moved(was, e.counted());
-                    i
-                }
-                None => {
-                    self.entries.push(Entry::new(spec, record, &self.owned()));
-                    let i = self.entries.len() - 1;
-                    self.counts.moved(None, self.entries[i].counted());
-                    self.index.insert(key, i);
-                    i
-                }
-            };
+            let i = self.insert_entry(spec, record);
             if let Some(due) = due {
                 self.schedule(i, due);
             }
@@ -1304,7 +1290,7 @@ impl Engine {
                 .discovery
                 .selectors()
                 .iter()
-                .position(|s| s.origin() == origin)
+                .position(|s| *s.origin() == *origin)
         {
             let asset = asset_of(&e.record.key);
             info!(watch = %e.record.key, new_index_id = %new_index, "A re-index replaced the watch's index; following the asset's new latest index.");
@@ -1654,12 +1640,12 @@ impl Engine {
             self.ctx = Arc::new(ctx);
         }
         let new_keys: HashSet<&WatchKey> = new.watches.iter().map(|w| &w.key).collect();
-        let kept_origins: HashSet<&String> = origins.iter().collect();
+        let kept_origins: HashSet<&str> = origins.iter().map(String::as_str).collect();
         let mut removed = 0;
         for e in &mut self.entries {
             let stays = match &e.spec.origin {
                 None => new_keys.contains(&e.record.key),
-                Some(o) => kept_origins.contains(o),
+                Some(o) => kept_origins.contains(&**o),
             };
             if !e.removed && !stays {
                 self.counts.moved(e.counted(), None);

@@ -170,7 +170,7 @@ impl Mem {
             });
         row.scene_summary_id = spec.scene_summary_id.clone();
         row.generation = Some(spec.generation.as_str());
-        row.origin = spec.origin.clone();
+        row.origin = spec.origin.as_deref().map(str::to_string);
         row.removed = false;
         row.record.clone()
     }

@@ -198,7 +198,7 @@ async fn main() {
             scene_summary_id: None,
             generation: GenerationChoice::Asset,
             max_wait: Duration::from_secs(86_400),
-            declared_at: format!("watch[{i}]"),
+            declared_at: format!("watch[{i}]").into(),
             origin: None,
         })
         .collect();

@@ -17,7 +17,7 @@ fn spec(index: &str) -> WatchSpec {
         scene_summary_id: None,
         generation: crate::config::GenerationChoice::Index,
         max_wait: Duration::from_secs(3600),
-        declared_at: format!("watch {index} in test"),
+        declared_at: format!("watch {index} in test").into(),
         origin: None,
     }
 }

@@ -51,7 +51,7 @@ impl From<&WatchSpec> for SpecRow {
             key: spec.key.clone(),
             scene_summary_id: spec.scene_summary_id.clone(),
             generation: spec.generation.as_str(),
-            origin: spec.origin.clone(),
+            origin: spec.origin.as_deref().map(str::to_string),
         }
     }
 }
