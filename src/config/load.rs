@@ -44,13 +44,13 @@ impl Sources {
 /// was read (a TOML syntax error stops its own file only), each located at `file:line:column`
 /// where the file has it.
 pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
-    let loaded = load_all(sources);
+    let mut loaded = load_all(sources);
     let shape = loaded.problems.clone();
     // A file that could not be read or parsed contributes nothing: checking the meaning of the
     // rest would report everything it holds as missing.
     let semantic = if loaded.complete {
         match validate(
-            &loaded.raw,
+            &mut loaded.raw,
             &loaded.origins,
             sources.credentials_directory.as_deref(),
         ) {

@@ -34,8 +34,8 @@ pub use load::{Loaded, Sources, load, load_all, load_raw};
 pub use raw::{RawApi, RawConfig, RawPoll, RawServer, RawState, RawWatch};
 pub(crate) use validate::check_state;
 pub use validate::{
-    ApiConfig, Config, GenerationChoice, PollConfig, PollPolicy, Selector, SelectorKind, WatchSpec,
-    validate,
+    ApiConfig, Config, Declared, GenerationChoice, PollConfig, PollPolicy, Selector, SelectorKind,
+    WatchSpec, validate,
 };
 // Each sink kind's table, raw and validated, lives beside its sink; named here too so that
 // `config::…` stays the one place to find every part of the configuration.

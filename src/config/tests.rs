@@ -303,7 +303,7 @@ fn watch_dir_files_are_watches_and_duplicates_name_both_places() {
     let assets: Vec<_> = c.watches.iter().map(|w| w.key.asset_id()).collect();
     assert_eq!(assets, ["9", "10", "11"]);
     assert!(
-        c.watches[1].declared_at.contains("a.toml"),
+        c.watches[1].declared_at.to_string().contains("a.toml"),
         "{}",
         c.watches[1].declared_at
     );
@@ -609,7 +609,7 @@ project_id = "9"
     let found = c.selectors[1].spec_for(crate::domain::WatchKey::new("w", "9", "5", "6").unwrap());
     assert_eq!(found.origin.as_deref(), Some("project:w/9"));
     assert!(
-        found.declared_at.contains("watch[2]"),
+        found.declared_at.to_string().contains("watch[2]"),
         "{}",
         found.declared_at
     );

@@ -142,9 +142,9 @@ pub struct WatchSpec {
     pub generation: GenerationChoice,
     /// Its deadline.
     pub max_wait: Duration,
-    /// Where it was declared, for messages (e.g. `watch[3] in /etc/scenewatch/scenewatch.toml`);
-    /// for a watch a selector found, the selector's place (one text shared by all it found).
-    pub declared_at: Arc<str>,
+    /// Where it was declared, for messages (e.g. `watch[3] (/etc/scenewatch/scenewatch.toml)`);
+    /// for a watch a selector found, the selector's place.
+    pub declared_at: Declared,
     /// `None` for a watch of a configured index; for a watch found through a [`Selector`], that
     /// selector's [`Selector::origin`]: such a watch follows its asset's latest index.
     pub origin: Option<Arc<str>>,
@@ -211,7 +211,55 @@ pub struct Selector {
     /// Their deadline.
     pub max_wait: Duration,
     /// Where it was declared, for messages.
-    pub declared_at: Arc<str>,
+    pub declared_at: Declared,
+}
+
+/// Where a watch or a selector was declared, for messages: `watch[3] (/etc/scenewatch.toml)`.
+/// The place is one text shared by the watches read from the same source (100,000 watches of
+/// one file do not each hold its path), and by the watches a selector found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// Its `[[watch]]` table's number, if it is one.
+    table: Option<u32>,
+    /// The source (file, line, environment variable), or the whole text when `table` is `None`.
+    place: Arc<str>,
+}
+
+impl Declared {
+    /// Table `table` of `place`.
+    pub fn table(table: usize, place: Arc<str>) -> Declared {
+        Declared {
+            table: u32::try_from(table).ok(),
+            place,
+        }
+    }
+}
+
+impl fmt::Display for Declared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.table {
+            Some(i) => write!(f, "watch[{i}] ({})", self.place),
+            None => f.write_str(&self.place),
+        }
+    }
+}
+
+impl From<&str> for Declared {
+    fn from(text: &str) -> Declared {
+        Declared {
+            table: None,
+            place: text.into(),
+        }
+    }
+}
+
+impl From<String> for Declared {
+    fn from(text: String) -> Declared {
+        Declared {
+            table: None,
+            place: text.into(),
+        }
+    }
 }
 
 impl Selector {
@@ -258,7 +306,7 @@ impl Selector {
             scene_summary_id: None,
             generation: self.generation,
             max_wait: self.max_wait,
-            declared_at: Arc::clone(&self.declared_at),
+            declared_at: self.declared_at.clone(),
             origin: Some(self.origin().into()),
         }
     }
@@ -299,7 +347,7 @@ fn generation(
 
 /// Stage two: every problem at once, or a [`Config`].
 pub fn validate(
-    raw: &RawConfig,
+    raw: &mut RawConfig,
     origins: &Origins,
     credentials_directory: Option<&Path>,
 ) -> Result<Config, ConfigErrors> {
@@ -394,13 +442,16 @@ pub fn validate(
     }
 
     // [[watch]]: an index of an asset, one asset's latest index, or every asset of a project.
-    let mut watches = Vec::new();
+    // Each raw watch is dropped as its spec is made, so at 100,000 watches the two lists are
+    // not both held (the memory one frees is reused by the next); keys in `seen` share the
+    // specs' text.
+    let raw_watches = std::mem::take(&mut raw.watches);
+    let mut watches = Vec::with_capacity(raw_watches.len());
     let mut selectors: Vec<Selector> = Vec::new();
-    // Borrowed from `raw`, pointing into `watches`: 100,000 watches need no second copy of
-    // their keys.
-    let mut seen: HashMap<(&str, &str, &str, &str), usize> = HashMap::new();
+    let mut seen: HashMap<WatchKey, usize> = HashMap::with_capacity(raw_watches.len());
     let mut seen_selectors: HashMap<String, usize> = HashMap::new();
-    for (i, w) in raw.watches.iter().enumerate() {
+    let mut last_place: Option<Arc<str>> = None;
+    for (i, w) in raw_watches.into_iter().enumerate() {
         let base = format!("watch[{i}]");
         let mut ok = true;
         let has_asset = !w.asset_id.is_empty();
@@ -467,8 +518,11 @@ pub fn validate(
             Some(m) => duration(origins, &mut p, &format!("{base}.max_wait"), m),
             None => max_wait,
         };
-        let declared_at: Arc<str> =
-            format!("{base} ({})", origins.of(&format!("{base}.workspace"))).into();
+        let place = origins.of(&format!("{base}.workspace")).to_string();
+        if last_place.as_deref() != Some(place.as_str()) {
+            last_place = Some(place.into());
+        }
+        let declared_at = Declared::table(i, last_place.clone().unwrap_or_default());
         let (Some(generation), Some(max_wait), true) = (generation, wait, ok) else {
             continue;
         };
@@ -509,21 +563,10 @@ pub fn validate(
             continue;
         }
         // Every part was checked above; `new` cannot fail then, but stays the one constructor.
-        let Ok(key) = WatchKey::new(
-            w.workspace.clone(),
-            w.project_id.clone(),
-            w.asset_id.clone(),
-            w.index_id.clone(),
-        ) else {
+        let Ok(key) = WatchKey::new(&w.workspace, &w.project_id, &w.asset_id, &w.index_id) else {
             continue;
         };
-        let id = (
-            w.workspace.as_str(),
-            w.project_id.as_str(),
-            w.asset_id.as_str(),
-            w.index_id.as_str(),
-        );
-        if let Some(first) = seen.get(&id) {
+        if let Some(first) = seen.get(&key) {
             let first: &WatchSpec = &watches[*first];
             p.push(Problem {
                 key: base.clone(),
@@ -535,10 +578,10 @@ pub fn validate(
             });
             continue;
         }
-        seen.insert(id, watches.len());
+        seen.insert(key.clone(), watches.len());
         watches.push(WatchSpec {
             key,
-            scene_summary_id: w.scene_summary_id.clone(),
+            scene_summary_id: w.scene_summary_id,
             generation,
             max_wait,
             declared_at,

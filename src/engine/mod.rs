@@ -642,10 +642,13 @@ impl Engine {
     /// Adds `records` with their specs, taken out of the configuration: the entries keep the one
     /// copy of each spec.
     async fn add_watches(&mut self, records: Vec<WatchRecord>) {
-        let mut specs: HashMap<WatchKey, WatchSpec> = std::mem::take(&mut self.config.watches)
+        // The ledger returns the records of the configured watches in their order, so at the
+        // start each record meets its spec next in line and no map of 100,000 specs is built;
+        // the map is the fallback for records out of that order (a reload adds a subset).
+        let mut specs = std::mem::take(&mut self.config.watches)
             .into_iter()
-            .map(|w| (w.key.clone(), w))
-            .collect();
+            .peekable();
+        let mut rest: Option<HashMap<WatchKey, WatchSpec>> = None;
         // Sized once: grown by doubling, the entries and the index would hold up to twice
         // their room at the start's peak.
         self.entries.reserve(records.len());
@@ -653,7 +656,13 @@ impl Engine {
         let now = self.ctx.clock.now_ms();
         let mut completed = Vec::new();
         for record in records {
-            let Some(spec) = specs.remove(&record.key) else {
+            let spec = if rest.is_none() && specs.peek().is_some_and(|w| w.key == record.key) {
+                specs.next()
+            } else {
+                rest.get_or_insert_with(|| specs.by_ref().map(|w| (w.key.clone(), w)).collect())
+                    .remove(&record.key)
+            };
+            let Some(spec) = spec else {
                 continue;
             };
             let due = self.initial_due(&record, now);
