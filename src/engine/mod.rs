@@ -191,7 +191,9 @@ pub struct WatchEnd {
 /// What a run of the engine came to.
 #[derive(Debug, Clone, Default)]
 pub struct Finished {
-    /// Every watch, in configuration order.
+    /// Every watch, in configuration order, for the report of `once` and the demo; empty for
+    /// the daemon (nothing reads it, and a copy of 100,000 watches at SIGTERM would be the
+    /// process's highest memory).
     pub watches: Vec<WatchEnd>,
     /// Set when the run ended with polling paused on refused credentials (the error).
     pub auth_refused: Option<String>,
@@ -665,6 +667,9 @@ impl Engine {
             let Some(spec) = spec else {
                 continue;
             };
+            // The record and the spec share one key text (the ledger's read made its own).
+            let mut record = record;
+            record.key = spec.key.clone();
             let due = self.initial_due(&record, now);
             if record.state.phase == Phase::Completed {
                 completed.push(record.key.clone());
@@ -1142,7 +1147,7 @@ impl Engine {
             watches: self
                 .entries
                 .iter()
-                .filter(|e| !e.removed)
+                .filter(|e| !e.removed && self.once())
                 .map(|e| WatchEnd {
                     spec: (*e.spec).clone(),
                     record: e.record.clone(),

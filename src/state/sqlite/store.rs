@@ -24,9 +24,11 @@ use crate::watch::{Phase, Route, WatchState};
 /// checkpointing, a backup tool) before failing loudly.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Page cache of the writer, in KiB (negative `cache_size` means KiB): the watch table of
-/// 100,000 watches and the open-delivery indexes stay in memory.
-const CACHE_KIB: i64 = 32 * 1024;
+/// Page cache of the writer, in KiB (negative `cache_size` means KiB). Pages it does not hold
+/// are read from the kernel's page cache, which keeps the whole file of a busy ledger anyway;
+/// at 32 MiB this cache was a third of the daemon's memory at 100,000 watches, for a few
+/// microseconds per poll (docs/benchmarks.md, "Memory per watch").
+const CACHE_KIB: i64 = 8 * 1024;
 
 /// Prepared statements kept per connection: more than the ledger has (about 50), so each is
 /// prepared once (rusqlite keeps 16 by default, and evicting one means parsing it again).
