@@ -773,9 +773,7 @@ impl Store {
         Ok(())
     }
 
-    /// Takes the commit by value: the version's text is dropped as soon as SQLite holds its
-    /// own copy of it (see below).
-    pub(crate) fn commit_step(&mut self, mut c: StepCommit) -> Result<(), StateError> {
+    pub(crate) fn commit_step(&mut self, c: &StepCommit) -> Result<(), StateError> {
         let w = self.err("write");
         let r = &c.record;
         let s = &r.state;
@@ -827,7 +825,7 @@ impl Store {
             })
             .map_err(&w)?;
 
-        if let Some(v) = &mut c.new_version {
+        if let Some(v) = &c.new_version {
             let watch_id = self.watch_id(&v.key)?.ok_or_else(|| StateError::Io {
                 path: self.path.clone(),
                 op: "record a version in",
@@ -854,17 +852,15 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .and_then(|mut st| {
-                    st.raw_bind_parameter(1, v.version_id.as_str())?;
-                    st.raw_bind_parameter(2, watch_id)?;
-                    st.raw_bind_parameter(3, &v.last_analyzed_at)?;
-                    st.raw_bind_parameter(4, ms(v.fetched_at_ms))?;
-                    st.raw_bind_parameter(5, ms(v.scene_count))?;
-                    st.raw_bind_parameter(6, &ids)?;
-                    st.raw_bind_parameter(7, v.result_json.as_str())?;
-                    // SQLite binds a copy of the text: ours goes before the row is built from
-                    // it, so a result of megabytes is not held three times over.
-                    drop(std::mem::take(&mut v.result_json));
-                    st.raw_execute()
+                    st.execute(params![
+                        v.version_id.as_str(),
+                        watch_id,
+                        v.last_analyzed_at,
+                        ms(v.fetched_at_ms),
+                        ms(v.scene_count),
+                        ids,
+                        v.result_json,
+                    ])
                 })
                 .map_err(&w)?;
             // OR IGNORE: a version fetched again keeps its rows (a done delivery stays done);

@@ -397,7 +397,7 @@ impl Group {
         self.run(
             store,
             pending,
-            job(move |s: &mut Store| s.commit_step(commit), reply),
+            job(move |s: &mut Store| s.commit_step(&commit), reply),
             true,
         );
     }
