@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::{run, scenewatch, text, watch, watcher_config};
 
 const SECRET: &str = "SK-big-result";
-const SCENES: usize = 12_000;
+const SCENES: usize = 20_000;
 
 /// How the result is sent.
 #[derive(Clone, Copy, Debug)]
@@ -21,7 +21,7 @@ enum Framing {
     Gzip,
 }
 
-/// A result of `SCENES` scenes (some 5 MB), with escapes, non-ASCII text and odd spacing that
+/// A result of `SCENES` scenes (over 4 MB), with escapes, non-ASCII text and odd spacing that
 /// must all survive unchanged.
 fn big_result() -> String {
     let mut s = String::from(
