@@ -84,7 +84,7 @@ impl Sink for DryRunSink {
                 d.key,
                 d.version_id,
                 crate::status::escape_controls(&d.last_analyzed_at),
-                d.result.scenes.len(),
+                d.result.scene_count,
             );
             for t in &targets {
                 let _ = writeln!(line, "  {t}");

@@ -96,7 +96,7 @@ pub fn step_events(
             key,
             f.version_id,
             last,
-            f.result.scenes.len() as u64,
+            f.result.scene_count as u64,
             ids,
             now_ms,
         ));
@@ -129,5 +129,5 @@ pub fn stale_event(
         return None;
     }
     let scenes = result.stale_scenes();
-    (!scenes.is_empty()).then(|| Event::stale(key, version_id, &scenes, now_ms))
+    (!scenes.is_empty()).then(|| Event::stale(key, version_id, scenes, now_ms))
 }

@@ -257,11 +257,11 @@ pub async fn drain_results(o: Outbox, sink: Arc<dyn Sink>, wake: Arc<Notify>) {
     };
     while let Some(due) = next_due(&o, &wake, &name, "delivery", fetch, &mut episodes, check).await
     {
-        for row in due {
+        for mut row in due {
             if o.stop.is_cancelled() && !episodes.finishing {
                 break; // the final batch follows
             }
-            match deliver_one(&o, sink.as_ref(), &row).await {
+            match deliver_one(&o, sink.as_ref(), &mut row).await {
                 Ok(()) => episodes.succeeded(&o).await,
                 Err(Failure::Ledger(le @ StateError::LeaseLost { .. })) => {
                     // The watch's shard moved to another replica, which delivers it from the
@@ -375,7 +375,12 @@ impl From<SinkError> for Failure {
     }
 }
 
-async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Result<(), Failure> {
+/// Delivers `row`, taking its stored result (the text becomes the delivery's `raw` as it is).
+async fn deliver_one(
+    o: &Outbox,
+    sink: &dyn Sink,
+    row: &mut PendingDelivery,
+) -> Result<(), Failure> {
     if row.result_json.is_empty() {
         // Released once every sink configured at the time had it (see state::store); this row
         // belongs to a sink that was removed then and has been added back since.
@@ -390,13 +395,16 @@ async fn deliver_one(o: &Outbox, sink: &dyn Sink, row: &PendingDelivery) -> Resu
             source: None,
         }));
     }
-    let result = SummaryResult::from_result_json(&row.result_json).map_err(|e| SinkError {
-        kind: "outbox",
-        name: sink.name().to_string(),
-        message: format!("stored version {} cannot be read back: {e}", row.version_id),
-        disposition: Disposition::Park,
-        source: None,
-    })?;
+    let result =
+        SummaryResult::from_result_json(std::mem::take(&mut row.result_json)).map_err(|e| {
+            SinkError {
+                kind: "outbox",
+                name: sink.name().to_string(),
+                message: format!("stored version {} cannot be read back: {e}", row.version_id),
+                disposition: Disposition::Park,
+                source: None,
+            }
+        })?;
     let fetched_at = UNIX_EPOCH + Duration::from_millis(row.fetched_at_ms);
     let delivery = Delivery {
         key: row.key.clone(),

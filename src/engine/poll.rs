@@ -636,7 +636,7 @@ async fn finish(
     before: WatchRecord,
     step: Step,
     error: Option<ApiError>,
-    fetched: Option<SummaryResult>,
+    mut fetched: Option<SummaryResult>,
     now_ms: u64,
     probe: bool,
     index: usize,
@@ -663,20 +663,8 @@ async fn finish(
             {
                 ctx.health.metrics.completed(now.saturating_sub(started));
             }
-            if let Some(result) = &fetched {
+            if let Some(result) = fetched.take() {
                 let vid = VersionId::of(&key, version);
-                new_version = Some(NewVersion {
-                    version_id: vid.clone(),
-                    key: key.clone(),
-                    last_analyzed_at: version.clone(),
-                    fetched_at_ms: now_ms,
-                    scene_count: result.scenes.len() as u64,
-                    analyzed_scene_ids: result
-                        .info
-                        .as_ref()
-                        .and_then(|i| i.analyzed_scene_ids.clone()),
-                    result_json: result.raw.get().to_string(),
-                });
                 events.extend(facts::step_events(
                     &key,
                     &before,
@@ -684,14 +672,24 @@ async fn finish(
                     error.as_ref(),
                     Some(&Fetched {
                         version_id: &vid,
-                        result,
+                        result: &result,
                     }),
                     now_ms,
                 ));
-                if let Some(ev) = facts::stale_event(&key, &record, &vid, result, now_ms) {
+                if let Some(ev) = facts::stale_event(&key, &record, &vid, &result, now_ms) {
                     events.push(ev);
                     record.stale_version_id = Some(vid.clone());
                 }
+                new_version = Some(NewVersion {
+                    version_id: vid.clone(),
+                    key: key.clone(),
+                    last_analyzed_at: version.clone(),
+                    fetched_at_ms: now_ms,
+                    scene_count: result.scene_count as u64,
+                    analyzed_scene_ids: result.info.and_then(|i| i.analyzed_scene_ids),
+                    // The fetched text itself, moved, not copied: it can be megabytes.
+                    result_json: String::from(Box::<str>::from(result.raw)),
+                });
                 record.last_version_id = Some(vid);
             }
         }

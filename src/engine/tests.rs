@@ -125,7 +125,7 @@ fn api_error(op: Op, status: u16, code: Option<&str>) -> ApiError {
 }
 
 fn result_of(version: &str) -> SummaryResult {
-    SummaryResult::from_result_json(&format!(
+    SummaryResult::from_result_json(format!(
         r#"{{"indexId":1,"sceneSummaryInfo":{{"lastAnalyzedAt":"{version}","analyzedSceneIds":null}},"sceneSummaries":[{{"scene":1,"startMs":0,"endMs":1000,"sceneSummary":{{"description":"A scene.","metadataChangedAfterSummary":false,"analyzedAt":"{version}"}}}}]}}"#
     ))
     .expect("the fake result parses")

@@ -6,17 +6,20 @@
 //! scheduler's decision (DESIGN.md "Polling policy").
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use serde_json::value::RawValue;
 
 use super::classify::{Answer, Ctx, Success, classify};
 use super::error::{ErrorOrigin, Operation, Verdict};
 use super::model::{
     AssetPage, Generation, IndexStatus, RequestAccepted, SummaryResult, SummaryStatus, Target,
-    decode_accepted, decode_asset_page, decode_index_status, decode_result, decode_status,
+    decode_accepted, decode_asset_page, decode_index_status, decode_result_in, decode_status,
+    range_in,
 };
 use super::signing::{Credentials, sign};
 
@@ -213,16 +216,28 @@ impl Client {
     /// trace id) for the life of this client; a well-formed result without `sceneSummaryInfo` is
     /// `Ok` with `info: None`.
     pub async fn result(&self, generation: Generation, t: &Target) -> Verdict<SummaryResult> {
+        let op = Operation::Result;
+        let path = path_for(op, generation, t);
+        // Decoded in the answer's own buffer: a result of megabytes is not copied (the body
+        // becomes `raw`).
         let v = self
-            .call(Operation::Result, generation, t, None, |ctx, s| {
-                let Some(result) = s.result else {
-                    return ctx.decode_failure(None, "answer has no result object");
-                };
-                match decode_result(result) {
-                    Ok(r) => Verdict::Ok(r),
-                    Err(e) => ctx.decode_failure(None, format!("unexpected summary result: {e}")),
-                }
-            })
+            .call_owned(
+                op,
+                method_for(op, generation),
+                path,
+                None,
+                |ctx, body, at| {
+                    let Some(at) = at else {
+                        return ctx.decode_failure(None, "answer has no result object");
+                    };
+                    match decode_result_in(body, at) {
+                        Ok(r) => Verdict::Ok(r),
+                        Err(e) => {
+                            ctx.decode_failure(None, format!("unexpected summary result: {e}"))
+                        }
+                    }
+                },
+            )
             .await;
         if let Verdict::NotReady(e) = &v {
             self.warn_unrecognised(e);
@@ -398,11 +413,43 @@ impl Client {
         body: Option<Vec<u8>>,
         decode: impl FnOnce(&Ctx<'_>, Success<'_>) -> Verdict<T>,
     ) -> Verdict<T> {
+        self.call_owned(op, method, path, body, |ctx, body, at| {
+            // `at` is where the envelope's parser found `result`, so it is one JSON value.
+            let result = match at.map(|at| {
+                body.get(at)
+                    .and_then(|b| serde_json::from_slice::<&RawValue>(b).ok())
+            }) {
+                None => None,
+                Some(Some(r)) => Some(r),
+                Some(None) => return ctx.decode_failure(None, "answer has no result object"),
+            };
+            decode(
+                ctx,
+                Success {
+                    result,
+                    body: &body,
+                },
+            )
+        })
+        .await
+    }
+
+    /// One signed exchange, classified, then decoded on success by `decode`, which is given the
+    /// answer's body and where its `result` lies in it (`None`: no result).
+    async fn call_owned<T>(
+        &self,
+        op: Operation,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+        decode: impl FnOnce(&Ctx<'_>, Vec<u8>, Option<Range<usize>>) -> Verdict<T>,
+    ) -> Verdict<T> {
         let url = format!("{}{}", self.inner.base, path);
-        let raw = match self.exchange(op, method, &url, body).await {
+        let mut raw = match self.exchange(op, method, &url, body).await {
             Ok(raw) => raw,
             Err(v) => return v,
         };
+        let body_bytes = raw.body.len();
         let answer = Answer {
             http_status: raw.status,
             retry_after: raw.retry_after.as_deref(),
@@ -410,24 +457,24 @@ impl Client {
             apigw_origin: raw.apigw_origin,
             body: &raw.body,
         };
-        let verdict = match classify(
+        let classified = classify(
             op,
             &raw.path,
             &answer,
             &self.inner.pending_codes,
             crate::clock::wall_now(),
         )
-        .split()
-        {
-            Ok(success) => {
-                let ctx = Ctx {
-                    op,
-                    path: &raw.path,
-                    http_status: Some(raw.status),
-                    trace_id: raw.trace_id.as_deref(),
-                };
-                decode(&ctx, success)
-            }
+        .split::<T>()
+        .map(|s| s.result.map(|r| range_in(&raw.body, r.get())));
+        let ctx = Ctx {
+            op,
+            path: &raw.path,
+            http_status: Some(raw.status),
+            trace_id: raw.trace_id.as_deref(),
+        };
+        let verdict = match classified {
+            Ok(Some(None)) => ctx.decode_failure(None, "answer has no result object"),
+            Ok(at) => decode(&ctx, std::mem::take(&mut raw.body), at.flatten()),
             Err(failure) => failure,
         };
         tracing::debug!(
@@ -435,7 +482,7 @@ impl Client {
             path = %raw.path,
             http_status = raw.status,
             trace_id = raw.trace_id.as_deref().unwrap_or(""),
-            body_bytes = raw.body.len(),
+            body_bytes,
             verdict = verdict.kind(),
             "Media Intelligence answered."
         );
@@ -544,11 +591,11 @@ impl Client {
         } else {
             cap.min(ERROR_BODY_LIMIT)
         };
+        // One buffer of the announced size (capped), so a large body is read without the
+        // buffer doubling and copying itself. Without an announced size (gzip, chunked) it grows
+        // as the body arrives. A server announcing more than it sends costs at most the cap.
         let mut buf: Vec<u8> = Vec::with_capacity(
-            resp.content_length()
-                .unwrap_or(0)
-                .min(limit)
-                .min(1024 * 1024) as usize,
+            usize::try_from(resp.content_length().unwrap_or(0).min(limit)).unwrap_or(0),
         );
         loop {
             match resp.chunk().await {

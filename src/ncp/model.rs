@@ -5,7 +5,9 @@
 //! absent is an `Option` or defaults. Where the docs say "string" but public code has seen numbers
 //! (`errorCode`, ids), both are accepted and normalised to strings.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
@@ -123,6 +125,11 @@ pub struct SummaryStatus {
 }
 
 /// The result endpoint's answer.
+///
+/// Only what the engine decides on is decoded into fields (the scene count, the stale scenes,
+/// `sceneSummaryInfo`); the scenes themselves stay in `raw` and are read from it, borrowing its
+/// text, by the one sink that needs them ([`SummaryResult::scenes`]). A result of 20,000 scenes
+/// then lives once in memory, not twice (docs/benchmarks.md, "One large result").
 #[derive(Debug, Clone)]
 pub struct SummaryResult {
     /// The API's `result` object, byte for byte, for sinks that store it unchanged.
@@ -130,7 +137,10 @@ pub struct SummaryResult {
     pub index_id: Option<i64>,
     /// `None` until summarization has completed.
     pub info: Option<SceneSummaryInfo>,
-    pub scenes: Vec<Scene>,
+    /// How many entries `sceneSummaries` has.
+    pub scene_count: usize,
+    /// Scene numbers whose summary says `metadataChangedAfterSummary: true`, in their order.
+    pub stale: Vec<u64>,
 }
 
 /// `result.sceneSummaryInfo`: present once a summary has completed.
@@ -143,23 +153,24 @@ pub struct SceneSummaryInfo {
     pub analyzed_scene_ids: Option<Vec<String>>,
 }
 
-/// One entry of `result.sceneSummaries`.
+/// One entry of `result.sceneSummaries`, its texts borrowed from the result where they need no
+/// unescaping.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scene {
+pub struct Scene<'a> {
     pub scene: u64,
     pub start_ms: Option<u64>,
     pub end_ms: Option<u64>,
     /// `None` for scenes that were never analyzed.
-    pub summary: Option<SceneSummary>,
+    pub summary: Option<SceneSummary<'a>>,
 }
 
 /// `sceneSummary` of one scene.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SceneSummary {
-    pub description: String,
+pub struct SceneSummary<'a> {
+    pub description: Cow<'a, str>,
     /// Person labels or the script changed since this summary was made.
     pub metadata_changed_after_summary: bool,
-    pub analyzed_at: Option<String>,
+    pub analyzed_at: Option<Cow<'a, str>>,
 }
 
 /// `result.status` of the index (analysis) status call (API doc §6).
@@ -427,14 +438,77 @@ pub(crate) fn decode_asset_page(result: &RawValue) -> Result<AssetPage, serde_js
     })
 }
 
+/// The fields of `result` the engine decides on; the scenes are checked one by one (the same
+/// checks as [`SceneWire`]) and counted, and only the numbers of stale ones are kept.
 #[derive(Deserialize)]
 struct ResultWire {
     #[serde(default, rename = "indexId", deserialize_with = "opt_i64_lenient")]
     index_id: Option<i64>,
     #[serde(default, rename = "sceneSummaryInfo")]
     info: Option<InfoWire>,
-    #[serde(default, rename = "sceneSummaries", deserialize_with = "null_as_empty")]
-    scenes: Vec<SceneWire>,
+    #[serde(default, rename = "sceneSummaries")]
+    scenes: SceneTally,
+}
+
+/// The scenes of a result, as `ResultWire` sees them: how many, and which are stale.
+#[derive(Default)]
+struct SceneTally {
+    count: usize,
+    stale: Vec<u64>,
+}
+
+impl<'de> Deserialize<'de> for SceneTally {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Scenes;
+        impl<'de> de::Visitor<'de> for Scenes {
+            type Value = SceneTally;
+            // The wording of `Vec`'s own visitor, so a garbled result reads as it always did.
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<SceneTally, A::Error> {
+                let mut tally = SceneTally::default();
+                while let Some(s) = seq.next_element::<SceneWire<'de>>()? {
+                    tally.count += 1;
+                    if s.summary
+                        .is_some_and(|m| m.metadata_changed_after_summary == Some(true))
+                    {
+                        tally.stale.push(s.scene);
+                    }
+                }
+                Ok(tally)
+            }
+        }
+        struct OrNull;
+        impl<'de> de::Visitor<'de> for OrNull {
+            type Value = SceneTally;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("option")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<SceneTally, E> {
+                Ok(SceneTally::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<SceneTally, E> {
+                Ok(SceneTally::default())
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<SceneTally, D2::Error> {
+                d.deserialize_seq(Scenes)
+            }
+        }
+        d.deserialize_option(OrNull)
+    }
+}
+
+/// `result` with its scenes, for [`SummaryResult::scenes`].
+#[derive(Deserialize)]
+struct ScenesWire<'a> {
+    #[serde(
+        default,
+        borrow,
+        rename = "sceneSummaries",
+        deserialize_with = "null_as_empty"
+    )]
+    scenes: Vec<SceneWire<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -446,30 +520,31 @@ struct InfoWire {
 }
 
 #[derive(Deserialize)]
-struct SceneWire {
+struct SceneWire<'a> {
     #[serde(deserialize_with = "u64_lenient")]
     scene: u64,
     #[serde(default, rename = "startMs", deserialize_with = "opt_u64_lenient")]
     start_ms: Option<u64>,
     #[serde(default, rename = "endMs", deserialize_with = "opt_u64_lenient")]
     end_ms: Option<u64>,
-    #[serde(default, rename = "sceneSummary")]
-    summary: Option<SceneSummaryWire>,
+    #[serde(default, borrow, rename = "sceneSummary")]
+    summary: Option<SceneSummaryWire<'a>>,
 }
 
 #[derive(Deserialize)]
-struct SceneSummaryWire {
+struct SceneSummaryWire<'a> {
     // A summary without a description is odd but not worth rejecting the whole result for.
-    #[serde(default, deserialize_with = "opt_lenient_string")]
-    description: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_lenient_cow")]
+    description: Option<Cow<'a, str>>,
     #[serde(default, rename = "metadataChangedAfterSummary")]
     metadata_changed_after_summary: Option<bool>,
     #[serde(
         default,
+        borrow,
         rename = "analyzedAt",
-        deserialize_with = "opt_lenient_string"
+        deserialize_with = "opt_lenient_cow"
     )]
-    analyzed_at: Option<String>,
+    analyzed_at: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -491,38 +566,23 @@ pub(crate) fn decode_status(result: &RawValue) -> Result<SummaryStatus, serde_js
 }
 
 impl SummaryResult {
-    /// Rebuilds a result from the text of its `result` object, as stored by the ledger.
-    pub fn from_result_json(text: &str) -> Result<SummaryResult, serde_json::Error> {
-        let raw: Box<RawValue> = serde_json::from_str(text)?;
-        decode_result(&raw)
+    /// Rebuilds a result from the text of its `result` object, as stored by the ledger. The
+    /// text becomes `raw` as it is, without a copy.
+    pub fn from_result_json(text: String) -> Result<SummaryResult, serde_json::Error> {
+        let raw = RawValue::from_string(text)?;
+        decode_into(raw)
     }
 
     /// Scene numbers whose summary says `metadataChangedAfterSummary: true`.
-    pub fn stale_scenes(&self) -> Vec<u64> {
-        self.scenes
-            .iter()
-            .filter(|s| {
-                s.summary
-                    .as_ref()
-                    .is_some_and(|m| m.metadata_changed_after_summary)
-            })
-            .map(|s| s.scene)
-            .collect()
+    pub fn stale_scenes(&self) -> &[u64] {
+        &self.stale
     }
-}
 
-/// Decodes the result endpoint's `result`, keeping its exact bytes in `raw`.
-pub(crate) fn decode_result(result: &RawValue) -> Result<SummaryResult, serde_json::Error> {
-    let w: ResultWire = serde_json::from_str(result.get())?;
-    Ok(SummaryResult {
-        raw: result.to_owned(),
-        index_id: w.index_id,
-        info: w.info.map(|i| SceneSummaryInfo {
-            last_analyzed_at: i.last_analyzed_at,
-            analyzed_scene_ids: i.analyzed_scene_ids,
-        }),
-        scenes: w
-            .scenes
+    /// The scenes, read from `raw` (texts borrowed from it where they need no unescaping). `raw`
+    /// decoded once already, so this fails only if `raw` was changed since.
+    pub fn scenes(&self) -> Result<Vec<Scene<'_>>, serde_json::Error> {
+        let w: ScenesWire<'_> = serde_json::from_str(self.raw.get())?;
+        Ok(w.scenes
             .into_iter()
             .map(|s| Scene {
                 scene: s.scene,
@@ -536,7 +596,53 @@ pub(crate) fn decode_result(result: &RawValue) -> Result<SummaryResult, serde_js
                     analyzed_at: m.analyzed_at,
                 }),
             })
-            .collect(),
+            .collect())
+    }
+}
+
+/// Decodes the result endpoint's `result`, keeping its exact bytes in `raw` (a copy of them).
+pub(crate) fn decode_result(result: &RawValue) -> Result<SummaryResult, serde_json::Error> {
+    decode_into(result.to_owned())
+}
+
+/// Decodes the `result` that lies at `at` in an answer's `body` (as [`Envelope`] found it), and
+/// makes `raw` of that same buffer: the result's bytes move to its front and the rest is cut
+/// off, so a result of megabytes is never copied.
+pub(crate) fn decode_result_in(
+    body: Vec<u8>,
+    at: Range<usize>,
+) -> Result<SummaryResult, serde_json::Error> {
+    let mut body = body;
+    if at.end > body.len() || at.start > at.end {
+        return Err(de::Error::custom("the result lies outside the answer body"));
+    }
+    body.copy_within(at.clone(), 0);
+    body.truncate(at.len());
+    let text = String::from_utf8(body)
+        .map_err(|_| <serde_json::Error as de::Error>::custom("the result is not UTF-8"))?;
+    // `from_string` keeps the String's buffer when the text is exactly one JSON value, which
+    // the envelope's parser guarantees (no whitespace around it).
+    decode_into(RawValue::from_string(text)?)
+}
+
+/// Where `inner` (borrowed from `outer`) lies in `outer`, as a byte range.
+pub(crate) fn range_in(outer: &[u8], inner: &str) -> Option<Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(inner.len())?;
+    (end <= outer.len()).then_some(start..end)
+}
+
+fn decode_into(raw: Box<RawValue>) -> Result<SummaryResult, serde_json::Error> {
+    let w: ResultWire = serde_json::from_str(raw.get())?;
+    Ok(SummaryResult {
+        index_id: w.index_id,
+        info: w.info.map(|i| SceneSummaryInfo {
+            last_analyzed_at: i.last_analyzed_at,
+            analyzed_scene_ids: i.analyzed_scene_ids,
+        }),
+        scene_count: w.scenes.count,
+        stale: w.scenes.stale,
+        raw,
     })
 }
 
@@ -597,6 +703,54 @@ fn opt_lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
         serde_json::Value::String(s) => Some(s),
         other => Some(other.to_string()),
     })
+}
+
+/// [`opt_lenient_string`], borrowing the text when it needs no unescaping: any JSON value, a
+/// string as itself (`null` as `None`), anything else as its JSON text.
+fn opt_lenient_cow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Lenient;
+    impl<'de> de::Visitor<'de> for Lenient {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any valid JSON value")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(serde_json::Value::from(v).to_string())))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(serde_json::Value::from(v).to_string())))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(serde_json::Value::from(v).to_string())))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(serde_json::Value::from(v).to_string())))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            let v = serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+            Ok(Some(Cow::Owned(v.to_string())))
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let v = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            Ok(Some(Cow::Owned(v.to_string())))
+        }
+    }
+    d.deserialize_any(Lenient)
 }
 
 fn scalar_to_u64<E: de::Error>(s: Scalar) -> Result<u64, E> {
@@ -689,11 +843,13 @@ mod tests {
     fn documented_result_decodes() {
         let r = decode_result(&raw(DOC_RESULT)).unwrap();
         assert_eq!(r.index_id, Some(1001));
-        let info = r.info.unwrap();
+        let info = r.info.clone().unwrap();
         assert_eq!(info.last_analyzed_at, "2026-04-17T10:30:00");
         assert_eq!(info.analyzed_scene_ids, None);
+        assert_eq!(r.scene_count, 1);
+        assert!(r.stale.is_empty());
         assert_eq!(
-            r.scenes,
+            r.scenes().unwrap(),
             vec![Scene {
                 scene: 1,
                 start_ms: Some(1000),
@@ -728,7 +884,8 @@ mod tests {
         ] {
             let r = decode_result(&raw(body)).unwrap();
             assert!(r.info.is_none(), "{body}");
-            assert!(r.scenes.is_empty(), "{body}");
+            assert_eq!(r.scene_count, 0, "{body}");
+            assert!(r.scenes().unwrap().is_empty(), "{body}");
         }
     }
 
@@ -739,13 +896,14 @@ mod tests {
                 {"scene":"3","startMs":"10","endMs":null,"sceneSummary":{}}]}"#,
         ))
         .unwrap();
-        assert_eq!(r.scenes.len(), 3);
-        assert!(r.scenes[0].summary.is_none());
-        assert!(r.scenes[1].summary.is_none());
-        assert_eq!(r.scenes[2].scene, 3);
-        assert_eq!(r.scenes[2].start_ms, Some(10));
-        assert_eq!(r.scenes[2].end_ms, None);
-        let s = r.scenes[2].summary.as_ref().unwrap();
+        assert_eq!(r.scene_count, 3);
+        let scenes = r.scenes().unwrap();
+        assert!(scenes[0].summary.is_none());
+        assert!(scenes[1].summary.is_none());
+        assert_eq!(scenes[2].scene, 3);
+        assert_eq!(scenes[2].start_ms, Some(10));
+        assert_eq!(scenes[2].end_ms, None);
+        let s = scenes[2].summary.as_ref().unwrap();
         assert_eq!(s.description, "");
         assert!(!s.metadata_changed_after_summary);
         assert_eq!(s.analyzed_at, None);
@@ -783,9 +941,11 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(r.index_id, Some(7));
-        assert_eq!(r.scenes[0].scene, 2);
+        assert_eq!(r.stale_scenes(), [2]);
+        let scenes = r.scenes().unwrap();
+        assert_eq!(scenes[0].scene, 2);
         assert!(
-            r.scenes[0]
+            scenes[0]
                 .summary
                 .as_ref()
                 .unwrap()
@@ -892,6 +1052,55 @@ mod tests {
         );
         let r = raw("true");
         assert_eq!(decode_accepted(Some(&r), b"garbage").scene_summary_id, None);
+    }
+
+    /// The result decoded where it lies in the answer body is the same as decoded from a copy:
+    /// the same `raw`, counts, stale scenes and errors.
+    #[test]
+    fn a_result_decoded_in_its_body_is_the_one_decoded_from_a_copy() {
+        let results = [
+            DOC_RESULT.to_string(),
+            r#"{"sceneSummaryInfo":{"lastAnalyzedAt":"t"},"sceneSummaries":[{"scene":4,"sceneSummary":{"description":{"ko":"\u00e9"},"metadataChangedAfterSummary":true,"analyzedAt":7}},{"scene":5}]}"#.to_string(),
+            r#"{"sceneSummaries":[{"scene":-1}]}"#.to_string(),
+            r#"{"sceneSummaries":{}}"#.to_string(),
+            r#"{"sceneSummaries":[{"scene":1,"sceneSummary":{"metadataChangedAfterSummary":"yes"}}]}"#.to_string(),
+            r#"{"sceneSummaries":[{"scene":1,"sceneSummary":{"description":1e400}}]}"#.to_string(),
+        ];
+        for result in results {
+            let body = format!("{{\"code\":\"0\",\"result\":{result} }}");
+            let env: Envelope<'_> = serde_json::from_str(&body).unwrap();
+            let inner = env.result.unwrap();
+            let copied = decode_result(inner);
+            let at = range_in(body.as_bytes(), inner.get()).unwrap();
+            let moved = decode_result_in(body.clone().into_bytes(), at);
+            match (copied, moved) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.raw.get(), b.raw.get());
+                    assert_eq!(b.raw.get(), result);
+                    assert_eq!(a.scene_count, b.scene_count);
+                    assert_eq!(a.stale, b.stale);
+                    assert_eq!(a.info, b.info);
+                    assert_eq!(a.scenes().unwrap(), b.scenes().unwrap());
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{result}"),
+                (a, b) => panic!("{result}: {a:?} vs {b:?}"),
+            }
+        }
+        assert!(decode_result_in(b"{}".to_vec(), 1..5).is_err());
+        assert!(range_in(b"abc", "xyz").is_none());
+    }
+
+    #[test]
+    fn scenes_borrow_plain_texts_and_unescape_the_others() {
+        let r = SummaryResult::from_result_json(
+            r#"{"sceneSummaries":[{"scene":1,"sceneSummary":{"description":"plain","analyzedAt":"a\"b"}},{"scene":2,"sceneSummary":{"description":[1,true]}}]}"#.to_string(),
+        )
+        .unwrap();
+        let scenes = r.scenes().unwrap();
+        let first = scenes[0].summary.as_ref().unwrap();
+        assert!(matches!(first.description, Cow::Borrowed("plain")));
+        assert_eq!(first.analyzed_at.as_deref(), Some("a\"b"));
+        assert_eq!(scenes[1].summary.as_ref().unwrap().description, "[1,true]");
     }
 
     #[test]

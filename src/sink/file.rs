@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cause::{Context as _, Fault};
 
-use super::latest::{Stamp, envelope_stamp, supersedes};
+use super::latest::{Stamp, envelope_stamp_from, supersedes};
 use super::{Delivery, Receipt, Sink, SinkError};
 
 /// Writes JSON documents under a directory.
@@ -81,13 +81,22 @@ impl Sink for FileSink {
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
-            let body = d.body("file", &self.config.name, false)?;
             let latest = self.latest_path(d);
             let version = self.config.keep_versions.then(|| self.version_path(d));
             let stamp = Stamp::of(d);
+            // The envelope is encoded straight into each file (a clone of `d` shares the
+            // result): a result of megabytes is not built a second time in memory.
+            let owned = d.clone();
             let (location, kept) = tokio::task::spawn_blocking(move || {
+                let write = |path: &Path| {
+                    write_atomic_with(path, |f| {
+                        let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+                        owned.write_envelope(&mut w)?;
+                        w.flush().map_err(Fill::Io)
+                    })
+                };
                 if let Some(v) = &version {
-                    write_atomic(v, &body)?;
+                    write(v)?;
                 }
                 match read_stamp(&latest)? {
                     Some(current) if !supersedes(&stamp, &current) => {
@@ -96,14 +105,17 @@ impl Sink for FileSink {
                         Ok((version.unwrap_or(latest), Some(current)))
                     }
                     _ => {
-                        write_atomic(&latest, &body)?;
-                        Ok::<_, Fault>((latest, None))
+                        write(&latest)?;
+                        Ok::<_, Failed>((latest, None))
                     }
                 }
             })
             .await
             .map_err(|e| self.error(format!("writer task failed: {e}")))?
-            .map_err(|f| self.error(f.message).with_source(f.source))?;
+            .map_err(|f| match f {
+                Failed::Encode(e) => d.encode_error("file", &self.config.name, &e),
+                Failed::Fault(f) => self.error(f.message).with_source(f.source),
+            })?;
             if let Some(current) = kept {
                 tracing::info!(sink = %self.config.name, version = %d.version_id, last_analyzed_at = %d.last_analyzed_at, latest_version = %current.version, latest_last_analyzed_at = %current.last_analyzed_at, "The latest file holds a newer version; left as it is.");
             }
@@ -139,15 +151,18 @@ impl Sink for FileSink {
 /// envelope (then the next version replaces it). A file that exists but cannot be read fails
 /// the delivery, to be retried: replacing it blindly could put an older version back.
 fn read_stamp(path: &Path) -> Result<Option<Stamp>, Fault> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(envelope_stamp(&bytes)),
+    let what = || {
+        format!(
+            "cannot read {} to compare its version with the new one",
+            path.display()
+        )
+    };
+    match std::fs::File::open(path) {
+        // Read as it is parsed: the file can hold a result of megabytes, and only its stamp
+        // is wanted.
+        Ok(f) => envelope_stamp_from(std::io::BufReader::with_capacity(64 * 1024, f)).fault(what),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).fault(|| {
-            format!(
-                "cannot read {} to compare its version with the new one",
-                path.display()
-            )
-        }),
+        Err(e) => Err(e).fault(what),
     }
 }
 
@@ -164,9 +179,51 @@ fn probe_writable(dir: &Path) -> Result<(), Fault> {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// What filling a file can fail with.
+pub(crate) enum Fill {
+    /// Writing to it.
+    Io(std::io::Error),
+    /// Encoding what goes in it (nothing was wrong with the file).
+    Encode(serde_json::Error),
+}
+
+impl From<serde_json::Error> for Fill {
+    fn from(e: serde_json::Error) -> Self {
+        if e.is_io() {
+            Fill::Io(e.into())
+        } else {
+            Fill::Encode(e)
+        }
+    }
+}
+
+/// Why a file was not written: the file system (retried), or an envelope that cannot be encoded
+/// (parked, see [`Delivery::encode_error`](super::Delivery::encode_error)).
+pub(crate) enum Failed {
+    Fault(Fault),
+    Encode(serde_json::Error),
+}
+
+impl From<Fault> for Failed {
+    fn from(f: Fault) -> Self {
+        Failed::Fault(f)
+    }
+}
+
 /// Writes `body` to `path` so that readers see the old file or the new one, never a mix, and
 /// the new one survives a power cut once this returns.
 pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), Fault> {
+    write_atomic_with(path, |f| f.write_all(body).map_err(Fill::Io)).map_err(|e| match e {
+        Failed::Fault(f) => f,
+        Failed::Encode(e) => Fault::from(format!("cannot encode {}: {e}", path.display())),
+    })
+}
+
+/// [`write_atomic`] of what `fill` writes into the (temporary) file, as it writes it.
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<(), Fill>,
+) -> Result<(), Failed> {
     let dir = path
         .parent()
         .ok_or_else(|| Fault::from(format!("{} has no parent directory", path.display())))?;
@@ -183,16 +240,29 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), Fault> {
     let result = (|| {
         let mut f =
             std::fs::File::create(&tmp).fault(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(body)
-            .fault(|| format!("cannot write {}", tmp.display()))?;
+        if let Err(e) = fill(&mut f) {
+            return Err(match e {
+                Fill::Io(e) => Failed::Fault(Fault {
+                    message: format!("cannot write {}: {e}", tmp.display()),
+                    source: crate::cause::of(e),
+                }),
+                Fill::Encode(e) => Failed::Encode(e),
+            });
+        }
         f.sync_all()
             .fault(|| format!("cannot fsync {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            Fault::from(format!(
+                "cannot rename {} to {}: {e}",
+                tmp.display(),
+                path.display()
+            ))
+        })?;
         // The rename is durable only once the directory entry is.
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .fault(|| format!("cannot fsync directory {}", dir.display()))
+            .fault(|| format!("cannot fsync directory {}", dir.display()))?;
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -305,7 +375,9 @@ mod tests {
     /// The version id in the latest file.
     fn latest_version(s: &FileSink, d: &Delivery) -> String {
         let bytes = std::fs::read(s.latest_path(d)).unwrap();
-        envelope_stamp(&bytes).expect("an envelope").version
+        super::super::latest::envelope_stamp(&bytes)
+            .expect("an envelope")
+            .version
     }
 
     #[tokio::test]

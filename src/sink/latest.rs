@@ -42,20 +42,36 @@ impl Stamp {
 /// string `version` and `lastAnalyzedAt` (a file someone else wrote or truncated, which the next
 /// version may replace). The `result` is skipped without being built, however deep it nests.
 pub fn envelope_stamp(bytes: &[u8]) -> Option<Stamp> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Head {
-        version: String,
-        last_analyzed_at: String,
-        #[serde(default)]
-        fetched_at: Option<String>,
+    serde_json::from_slice::<Head>(bytes).ok().map(Head::stamp)
+}
+
+/// [`envelope_stamp`] of what `r` reads, parsed as it is read (the envelope is never held
+/// whole). `Err` only when reading fails; anything that is not an envelope is `Ok(None)`.
+pub fn envelope_stamp_from(r: impl std::io::Read) -> Result<Option<Stamp>, std::io::Error> {
+    match serde_json::from_reader::<_, Head>(r) {
+        Ok(h) => Ok(Some(h.stamp())),
+        Err(e) if e.is_io() => Err(e.into()),
+        Err(_) => Ok(None),
     }
-    let h: Head = serde_json::from_slice(bytes).ok()?;
-    Some(Stamp {
-        version: h.version,
-        last_analyzed_at: h.last_analyzed_at,
-        fetched_at: h.fetched_at,
-    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    version: String,
+    last_analyzed_at: String,
+    #[serde(default)]
+    fetched_at: Option<String>,
+}
+
+impl Head {
+    fn stamp(self) -> Stamp {
+        Stamp {
+            version: self.version,
+            last_analyzed_at: self.last_analyzed_at,
+            fetched_at: self.fetched_at,
+        }
+    }
 }
 
 /// `fetchedAt` as every envelope writes it.
@@ -190,6 +206,10 @@ mod tests {
             d.envelope_json_compact().unwrap(),
         ] {
             assert_eq!(envelope_stamp(&body), Some(Stamp::of(&d)));
+            assert_eq!(
+                envelope_stamp_from(body.as_slice()).unwrap(),
+                Some(Stamp::of(&d))
+            );
         }
         for junk in [
             &b""[..],
@@ -198,6 +218,7 @@ mod tests {
             br#"{"version":1,"lastAnalyzedAt":"t"}"#,
         ] {
             assert_eq!(envelope_stamp(junk), None);
+            assert_eq!(envelope_stamp_from(junk).unwrap(), None);
         }
     }
 

@@ -181,20 +181,39 @@ impl Delivery {
         } else {
             self.envelope_json()
         };
-        encoded.map_err(|e| SinkError {
+        encoded.map_err(|e| self.encode_error(sink_kind, sink_name, &e))
+    }
+
+    /// The error a sink reports when this version cannot be encoded: parked, since encoding it
+    /// again fails the same way.
+    pub fn encode_error(
+        &self,
+        sink_kind: &'static str,
+        sink_name: &str,
+        e: &serde_json::Error,
+    ) -> SinkError {
+        SinkError {
             kind: sink_kind,
             name: sink_name.to_string(),
             message: format!("cannot encode version {}: {e}", self.version_id),
             disposition: Disposition::Park,
             source: None,
-        })
+        }
     }
 
     /// The JSON document sinks write: an envelope around the API's `result`, unchanged.
     pub fn envelope_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let mut out = serde_json::to_vec_pretty(&self.envelope(&self.result.raw))?;
-        out.push(b'\n');
+        let mut out = Vec::with_capacity(self.result.raw.get().len() + 1024);
+        self.write_envelope(&mut out)?;
         Ok(out)
+    }
+
+    /// [`Delivery::envelope_json`], written to `w` as it is encoded (the file sink streams it
+    /// to the file, so a large result is not held a second time). An error writing to `w` is
+    /// the error's [`serde_json::Error::io_error_kind`].
+    pub fn write_envelope(&self, mut w: impl std::io::Write) -> Result<(), serde_json::Error> {
+        serde_json::to_writer_pretty(&mut w, &self.envelope(&self.result.raw))?;
+        w.write_all(b"\n").map_err(serde_json::Error::io)
     }
 
     /// The envelope as one line (no trailing newline), for line-oriented sinks (stdout, JSON
@@ -209,7 +228,10 @@ impl Delivery {
         } else {
             &self.result.raw
         };
-        serde_json::to_vec(&self.envelope(result))
+        // Sized for the result and the envelope's few fields: no doubling copies on the way.
+        let mut out = Vec::with_capacity(result.get().len() + 1024);
+        serde_json::to_writer(&mut out, &self.envelope(result))?;
+        Ok(out)
     }
 
     fn envelope<'a>(&'a self, result: &'a RawValue) -> Envelope<'a> {
@@ -225,7 +247,7 @@ impl Delivery {
             version: &self.version_id,
             last_analyzed_at: &self.last_analyzed_at,
             analyzed_scene_ids: info.and_then(|i| i.analyzed_scene_ids.as_deref()),
-            scene_count: self.result.scenes.len(),
+            scene_count: self.result.scene_count,
             fetched_at: latest::fetched_at_text(self.fetched_at),
             result,
         }

@@ -191,7 +191,11 @@ struct SceneColumns<'a> {
 impl<'a> SceneColumns<'a> {
     /// Fails (naming the scene) only for numbers PostgreSQL's `bigint` cannot hold.
     fn of(d: &'a Delivery) -> Result<Self, String> {
-        let scenes = &d.result.scenes;
+        // Read from the stored text, borrowing it: the scenes are not kept beside it.
+        let scenes = d
+            .result
+            .scenes()
+            .map_err(|e| format!("the scenes cannot be read from the result: {e}"))?;
         let mut c = SceneColumns {
             scene: Vec::with_capacity(scenes.len()),
             start_ms: Vec::with_capacity(scenes.len()),
@@ -220,13 +224,14 @@ impl<'a> SceneColumns<'a> {
                 .push(s.start_ms.map(|v| big(v, "startMs", s.scene)).transpose()?);
             c.end_ms
                 .push(s.end_ms.map(|v| big(v, "endMs", s.scene)).transpose()?);
-            let summary = s.summary.as_ref();
-            c.description
-                .push(summary.map(|m| text_column(&m.description)));
             c.stale
-                .push(summary.map(|m| m.metadata_changed_after_summary));
-            c.analyzed_at
-                .push(summary.and_then(|m| m.analyzed_at.as_deref().map(text_column)));
+                .push(s.summary.as_ref().map(|m| m.metadata_changed_after_summary));
+            let (description, analyzed_at) = match s.summary {
+                Some(m) => (Some(text_cow(m.description)), m.analyzed_at.map(text_cow)),
+                None => (None, None),
+            };
+            c.description.push(description);
+            c.analyzed_at.push(analyzed_at);
         }
         Ok(c)
     }
@@ -241,6 +246,14 @@ fn text_column(s: &str) -> Cow<'_, str> {
     } else {
         // Borrowed: a 20,000-scene version would otherwise copy every description once more.
         Cow::Borrowed(s)
+    }
+}
+
+/// [`text_column`] of a text that may be borrowed already.
+fn text_cow(s: Cow<'_, str>) -> Cow<'_, str> {
+    match text_column(&s) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(o) => Cow::Owned(o),
     }
 }
 
@@ -664,9 +677,7 @@ impl Sink for PostgresSink {
             ),
             format!(
                 "{}#{}.scenes ({} rows)",
-                self.shown,
-                self.schema,
-                d.result.scenes.len()
+                self.shown, self.schema, d.result.scene_count
             ),
         ]
     }
@@ -948,7 +959,7 @@ mod tests {
 
     fn delivery(result: &str) -> Delivery {
         let key = WatchKey::new("ws", "p", "a", "i").unwrap();
-        let r = SummaryResult::from_result_json(result).unwrap();
+        let r = SummaryResult::from_result_json(result.to_string()).unwrap();
         Delivery::new(key, Arc::new(r), crate::clock::wall_now()).unwrap()
     }
 

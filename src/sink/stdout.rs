@@ -121,7 +121,8 @@ pub(crate) fn test_delivery(raw: &str) -> Delivery {
             last_analyzed_at: "2026-04-17T10:30:00".into(),
             analyzed_scene_ids: None,
         }),
-        scenes: Vec::new(),
+        scene_count: 0,
+        stale: Vec::new(),
     };
     Delivery::new(
         key,

@@ -49,7 +49,8 @@ fn result(last: Option<&str>) -> Verdict<SummaryResult> {
             last_analyzed_at: l.into(),
             analyzed_scene_ids: None,
         }),
-        scenes: Vec::new(),
+        scene_count: 0,
+        stale: Vec::new(),
     })
 }
 

@@ -252,7 +252,7 @@ fn nats(_: &Path) -> Prepared {
         }
         fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Receipt, SinkError>> {
             Box::pin(async move {
-                let events: Vec<Event> = (0..d.result.scenes.len())
+                let events: Vec<Event> = (0..d.result.scene_count)
                     .map(|i| Event::delivered(&d.key, &d.version_id, &format!("s{i}"), "-", 0))
                     .collect();
                 self.0.send(&events).await?;
@@ -360,8 +360,7 @@ fn child(name: &str, scenes: usize) {
     rt.block_on(async {
         let t = Instant::now();
         let text = result_text(scenes);
-        let result = SummaryResult::from_result_json(&text).expect("the generated result parses");
-        drop(text);
+        let result = SummaryResult::from_result_json(text).expect("the generated result parses");
         let key = WatchKey::new("bench", "p", "a", "1001").unwrap();
         let d = Delivery::new(key, Arc::new(result), SystemTime::now()).expect("completed");
         let build = ms(t.elapsed());

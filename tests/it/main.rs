@@ -6,6 +6,7 @@
 )]
 
 mod api_truth;
+mod big_result;
 mod cli;
 mod client;
 mod crash;

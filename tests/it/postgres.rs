@@ -179,7 +179,7 @@ fn result_json(last: &str, analyzed: Option<&[&str]>, scenes: &[SceneSpec<'_>]) 
 }
 
 fn delivery(key: WatchKey, result: &str) -> Delivery {
-    let r = SummaryResult::from_result_json(result).expect("test result parses");
+    let r = SummaryResult::from_result_json(result.to_string()).expect("test result parses");
     Delivery::new(key, Arc::new(r), SystemTime::now()).expect("a completed result")
 }
 
