@@ -358,7 +358,12 @@ mod tests {
         envelope(include_bytes!(
             "../fuzz/regressions/envelope/long-integer-payload"
         ));
-        for text in ["27777777777775553555554", "8888888e120", "0.30000000000000004", "1e-320"] {
+        for text in [
+            "27777777777775553555554",
+            "8888888e120",
+            "0.30000000000000004",
+            "1e-320",
+        ] {
             let v: Value = serde_json::from_str(text).unwrap();
             let back: Value = serde_json::from_str(&v.to_string()).unwrap();
             assert_eq!(back, v, "{text} printed as {v} and read back as {back}");
