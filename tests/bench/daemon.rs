@@ -367,10 +367,11 @@ fn main() {
             );
             let f = rate_bench(&sim_bin, &bin, r, window, &knobs);
             println!(
-                "   scenewatch: {:.1} polls/s, {:.1} µs CPU per poll ({:.2}% of a core), simulator {:.1} µs per request",
+                "   scenewatch: {:.1} polls/s, {:.1} µs CPU per poll ({:.2}% of a core), {:.2} context switches per poll, simulator {:.1} µs per request",
                 f.polls_per_s,
                 f.cpu_us_per_poll,
                 f.cpu_share * 100.0,
+                f.switches_per_poll,
                 f.sim_us_daemon
             );
             println!(
@@ -551,6 +552,7 @@ struct RateFigures {
     cpu_us_per_poll: f64,
     cpu_share: f64,
     sim_us_daemon: f64,
+    switches_per_poll: f64,
     floor_per_s: f64,
     floor_us_per_req: f64,
     floor_errors: u64,
@@ -580,6 +582,7 @@ fn rate_bench(sim_bin: &Path, bin: &Path, rate: u64, window: Duration, k: &Knobs
     if first.is_none() {
         f.note = "not every watch was polled once before the window; measuring anyway. ".into();
     }
+    let x0 = ctx_switches(pair.daemon.pid());
     let (p0, c0, s0, t0) = (
         sim_total(pair.sim_port).unwrap_or(0),
         cpu_ns(pair.daemon.pid()),
@@ -593,12 +596,14 @@ fn rate_bench(sim_bin: &Path, bin: &Path, rate: u64, window: Duration, k: &Knobs
         cpu_ns(pair.sim.pid()),
         Instant::now(),
     );
+    let x1 = ctx_switches(pair.daemon.pid());
     let dt = (t1 - t0).as_secs_f64();
     let polls = p1.saturating_sub(p0) as f64;
     f.polls_per_s = polls / dt;
     f.cpu_us_per_poll = c1.saturating_sub(c0) as f64 / 1000.0 / polls;
     f.cpu_share = c1.saturating_sub(c0) as f64 / 1e9 / dt;
     f.sim_us_daemon = s1.saturating_sub(s0) as f64 / 1000.0 / polls;
+    f.switches_per_poll = x1.saturating_sub(x0) as f64 / polls;
     pair.daemon.signal("TERM");
     if pair.daemon.wait_exit(Duration::from_secs(60)).is_none() {
         f.note.push_str("the daemon did not stop within 60 s. ");
