@@ -17,7 +17,8 @@
 //!
 //! - CPU per poll at about 10 and about 1,000 polls/s (`SCENEWATCH_BENCH_RATES`): R × 10
 //!   watches polled every 10 s, measured after every watch was polled once, as the daemon's
-//!   on-CPU time (`/proc/PID/task/*/schedstat`, nanoseconds) over the window;
+//!   on-CPU time (`/proc/PID/task/*/schedstat`, nanoseconds) over the window, and its context
+//!   switches per poll (`/proc/PID/task/*/status`), the thread hand-offs;
 //! - the floor at the same rates, against the same simulator and the same status route right
 //!   after the daemon stopped: a minimal keep-alive HTTP/1.1 client written here on a
 //!   current-thread tokio runtime (one connection, a timer per request, the request written by
