@@ -29,10 +29,7 @@ fn main() -> ExitCode {
             live
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -40,4 +37,31 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(runtime.block_on(cli::dispatch(cli.command, live)))
+}
+
+/// One thread runs every task (the SQLite writer and blocking file work have threads of their
+/// own): measured cheaper per poll than a worker per core, which hands tasks and wake-ups
+/// between threads (docs/benchmarks.md, "CPU per poll"). `SCENEWATCH_WORKER_THREADS=N` (N ≥ 1)
+/// asks for N worker threads instead, for a deployment that needs more than one core's worth
+/// of polling.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var("SCENEWATCH_WORKER_THREADS").ok().and_then(|v| {
+        let n = v.trim().parse::<usize>().ok().filter(|&n| n > 0);
+        if n.is_none() {
+            tracing::warn!(
+                value = %v,
+                "SCENEWATCH_WORKER_THREADS is not a whole number above zero; running on one thread."
+            );
+        }
+        n
+    });
+    match workers {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
 }

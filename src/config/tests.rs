@@ -217,13 +217,16 @@ fn secret_from_file_and_systemd_credential() {
     );
     let c = load(&inline(&toml, &[])).expect("valid");
     use secrecy::ExposeSecret;
-    assert_eq!(c.api.credentials.secret_key.expose_secret(), "FROM-FILE");
+    assert_eq!(c.api.credentials.secret_key().expose_secret(), "FROM-FILE");
 
     std::fs::write(dir.path().join(validate::CREDENTIAL_NAME), "FROM-SYSTEMD").unwrap();
     let mut s = inline("[api]\naccess_key = \"AK\"\n", &[]);
     s.credentials_directory = Some(dir.path().to_path_buf());
     let c = load(&s).expect("valid");
-    assert_eq!(c.api.credentials.secret_key.expose_secret(), "FROM-SYSTEMD");
+    assert_eq!(
+        c.api.credentials.secret_key().expose_secret(),
+        "FROM-SYSTEMD"
+    );
 
     let ps = problems(
         "[api]\naccess_key = \"AK\"\nsecret_key_file = \"/nonexistent/key\"\n",

@@ -1,17 +1,20 @@
 //! The Media Intelligence HTTP client: the only code that knows its URLs, headers and JSON.
 //!
-//! Each call builds the path for its endpoint generation, signs it afresh with the wall clock,
-//! reads the answer under a size cap and hands it to [`classify`](super::classify) for the one
-//! [`Verdict`] the scheduler reads. It does not retry or sleep: when to call again is the
+//! Each call builds its URL once, into one string that starts with the endpoint parsed when the
+//! client was made, signs its path afresh with the wall clock (the HMAC keyed once, in
+//! [`Credentials`]), sends it with the headers that never change prepared once, reads the answer
+//! under a size cap and hands it to [`classify`](super::classify) for the one [`Verdict`] the
+//! scheduler reads. It does not retry or sleep: when to call again is the
 //! scheduler's decision (DESIGN.md "Polling policy").
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::value::RawValue;
 
 use super::classify::{Answer, Ctx, Success, classify};
@@ -21,7 +24,9 @@ use super::model::{
     decode_accepted, decode_asset_page, decode_index_status, decode_result_in, decode_status,
     range_in,
 };
-use super::signing::{Credentials, sign};
+use super::signing::{
+    Credentials, HEADER_ACCESS_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, Timestamp,
+};
 
 /// Default whole-request timeout (`api.timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +106,15 @@ struct Inner {
     http: reqwest::Client,
     /// The endpoint without a trailing slash.
     base: String,
+    /// The endpoint as the URL parser writes it (scheme and host in lower case, the path
+    /// prefix percent-encoded), without a trailing slash: the start of every request's URL.
+    url_start: String,
+    /// How much of `url_start` is scheme, host and port; the rest (the path prefix) is signed.
+    origin_len: usize,
+    /// The headers every request sends (content type, accept, the access key), made once.
+    headers: HeaderMap,
+    /// Why the access key cannot be sent as a header, if it cannot.
+    bad_access_key: Option<String>,
     credentials: Credentials,
     timeout: Duration,
     max_body_bytes: u64,
@@ -147,6 +161,22 @@ impl Client {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(bad("must not contain a query or fragment"));
         }
+        // Without a query or fragment (refused above) the parser's text is origin + path.
+        let origin_len = url.as_str().len() - url.path().len();
+        let url_start = url.as_str().trim_end_matches('/').to_owned();
+        let mut headers = HeaderMap::with_capacity(8);
+        // Documented as required on GETs too (API doc §4).
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let bad_access_key = match HeaderValue::from_str(&opts.credentials.access_key) {
+            Ok(v) => {
+                headers.insert(HeaderName::from_static(HEADER_ACCESS_KEY), v);
+                None
+            }
+            // Refused at every call, as the request builder would (config validation should
+            // have caught it first).
+            Err(e) => Some(format!("the access key is not a valid header value: {e}")),
+        };
         if opts.timeout.is_zero() {
             return Err(ClientBuildError::ZeroTimeout);
         }
@@ -166,6 +196,10 @@ impl Client {
             inner: Arc::new(Inner {
                 http,
                 base,
+                url_start,
+                origin_len,
+                headers,
+                bad_access_key,
                 credentials: opts.credentials,
                 timeout: opts.timeout,
                 max_body_bytes: opts.max_body_bytes,
@@ -217,14 +251,15 @@ impl Client {
     /// `Ok` with `info: None`.
     pub async fn result(&self, generation: Generation, t: &Target) -> Verdict<SummaryResult> {
         let op = Operation::Result;
-        let path = path_for(op, generation, t);
+        let mut url = self.url_buf();
+        push_path(&mut url, op, generation, t);
         // Decoded in the answer's own buffer: a result of megabytes is not copied (the body
         // becomes `raw`).
         let v = self
             .call_owned(
                 op,
                 method_for(op, generation),
-                path,
+                url,
                 None,
                 |ctx, body, at| {
                     let Some(at) = at else {
@@ -352,8 +387,10 @@ impl Client {
     /// Reads the asset's index (analysis) status: its latest index, once analysis completed
     /// (API doc §6).
     pub async fn index_status(&self, t: &Target) -> Verdict<IndexStatus> {
-        let path = format!("{}/index/status", asset_path(t));
-        self.call_at(Operation::IndexStatus, Method::GET, path, None, |ctx, s| {
+        let mut url = self.url_buf();
+        push_asset_path(&mut url, t);
+        url.push_str("/index/status");
+        self.call_at(Operation::IndexStatus, Method::GET, url, None, |ctx, s| {
             let Some(result) = s.result else {
                 return ctx.decode_failure(None, "answer has no result object");
             };
@@ -373,12 +410,8 @@ impl Client {
         page_num: u64,
         page_size: u64,
     ) -> Verdict<AssetPage> {
-        let path = format!(
-            "/api/v1/workspaces/{}/projects/{}/assets?pageNum={page_num}&pageSize={page_size}",
-            seg(workspace),
-            seg(project_id)
-        );
-        self.call_at(Operation::ListAssets, Method::GET, path, None, |ctx, s| {
+        let url = self.list_url(workspace, project_id, page_num, page_size);
+        self.call_at(Operation::ListAssets, Method::GET, url, None, |ctx, s| {
             let Some(result) = s.result else {
                 return ctx.decode_failure(None, "answer has no result object");
             };
@@ -400,20 +433,39 @@ impl Client {
         decode: impl FnOnce(&Ctx<'_>, Success<'_>) -> Verdict<T>,
     ) -> Verdict<T> {
         let method = method_for(op, generation);
-        self.call_at(op, method, path_for(op, generation, t), body, decode)
-            .await
+        let mut url = self.url_buf();
+        push_path(&mut url, op, generation, t);
+        self.call_at(op, method, url, body, decode).await
     }
 
-    /// [`Client::call`] for a path built by the caller.
+    /// The URL of one page of a project's assets.
+    fn list_url(&self, workspace: &str, project_id: &str, page_num: u64, page_size: u64) -> String {
+        let mut url = self.url_buf();
+        url.push_str("/api/v1/workspaces/");
+        push_seg(&mut url, workspace);
+        url.push_str("/projects/");
+        push_seg(&mut url, project_id);
+        let _ = write!(url, "/assets?pageNum={page_num}&pageSize={page_size}");
+        url
+    }
+
+    /// A string holding the start of every request's URL (the endpoint), with room for a path.
+    fn url_buf(&self) -> String {
+        let mut url = String::with_capacity(self.inner.url_start.len() + 160);
+        url.push_str(&self.inner.url_start);
+        url
+    }
+
+    /// [`Client::call`] for a URL built by the caller on [`Client::url_buf`].
     async fn call_at<T>(
         &self,
         op: Operation,
         method: Method,
-        path: String,
+        url: String,
         body: Option<Vec<u8>>,
         decode: impl FnOnce(&Ctx<'_>, Success<'_>) -> Verdict<T>,
     ) -> Verdict<T> {
-        self.call_owned(op, method, path, body, |ctx, body, at| {
+        self.call_owned(op, method, url, body, |ctx, body, at| {
             // `at` is where the envelope's parser found `result`, so it is one JSON value.
             let result = match at.map(|at| {
                 body.get(at)
@@ -440,12 +492,11 @@ impl Client {
         &self,
         op: Operation,
         method: Method,
-        path: String,
+        url: String,
         body: Option<Vec<u8>>,
         decode: impl FnOnce(&Ctx<'_>, Vec<u8>, Option<Range<usize>>) -> Verdict<T>,
     ) -> Verdict<T> {
-        let url = format!("{}{}", self.inner.base, path);
-        let mut raw = match self.exchange(op, method, &url, body).await {
+        let mut raw = match self.exchange(op, method, url, body).await {
             Ok(raw) => raw,
             Err(v) => return v,
         };
@@ -499,15 +550,15 @@ impl Client {
         &self,
         op: Operation,
         method: Method,
-        url: &str,
+        url: String,
         body: Option<Vec<u8>>,
     ) -> Result<RawAnswer, Verdict<T>> {
-        let url = match reqwest::Url::parse(url) {
+        let (parsed, path) = match self.split_url(url) {
             Ok(u) => u,
-            Err(e) => {
+            Err((url, e)) => {
                 let ctx = Ctx {
                     op,
-                    path: url,
+                    path: &url,
                     http_status: None,
                     trace_id: None,
                 };
@@ -519,33 +570,37 @@ impl Client {
                 )));
             }
         };
-        // Sign exactly what goes on the wire, after URL normalisation, including any prefix of
-        // the endpoint. None of our calls has a query, but keep it if one ever appears.
-        let path = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        };
         let ctx = Ctx {
             op,
             path: &path,
             http_status: None,
             trace_id: None,
         };
-        let signed = sign(&self.inner.credentials, method.as_str(), &path, now_ms());
-        let mut rb = self
-            .inner
-            .http
-            .request(method, url)
-            // Documented as required on GETs too (API doc §4).
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json");
-        for (name, value) in signed.headers() {
-            rb = rb.header(name, value);
+        if let Some(why) = &self.inner.bad_access_key {
+            return Err(Verdict::Permanent(ctx.error(
+                ErrorOrigin::Client,
+                None,
+                format!("cannot build the request: {why}"),
+                None,
+            )));
         }
+        let ts = now_ms();
+        let signature = self.inner.credentials.signature(method.as_str(), &path, ts);
+        let mut headers = self.inner.headers.clone();
+        // Digits and base64: always valid header values.
+        if let (Ok(ts), Ok(sig)) = (
+            HeaderValue::from_str(Timestamp::new(ts).as_str()),
+            HeaderValue::from_bytes(signature.as_bytes()),
+        ) {
+            headers.insert(HeaderName::from_static(HEADER_TIMESTAMP), ts);
+            headers.insert(HeaderName::from_static(HEADER_SIGNATURE), sig);
+        }
+        let mut req = reqwest::Request::new(method, parsed);
+        *req.headers_mut() = headers;
         if let Some(b) = body {
-            rb = rb.body(b);
+            *req.body_mut() = Some(b.into());
         }
-        let mut resp = match rb.send().await {
+        let mut resp = match self.inner.http.execute(req).await {
             Ok(r) => r,
             Err(e) => return Err(self.transport_failure(&ctx, &e, "sending the request failed")),
         };
@@ -632,6 +687,36 @@ impl Client {
         })
     }
 
+    /// Parses a URL built on [`Client::url_buf`] and gives it back with the path (and query)
+    /// to sign: exactly what goes on the wire, after the parser's normalisation, including any
+    /// prefix of the endpoint. That is the path as built (the string itself, the endpoint cut
+    /// off, no copy) whenever the parser left it as it was, which [`seg`]'s encoding makes
+    /// always; else the parser's. `Err` gives the URL back with the parser's complaint.
+    fn split_url(&self, url: String) -> Result<(reqwest::Url, String), (String, String)> {
+        let parsed = match reqwest::Url::parse(&url) {
+            Ok(u) => u,
+            Err(e) => return Err((url, e.to_string())),
+        };
+        let origin = self.inner.origin_len;
+        let built = url.get(origin..).unwrap_or_default();
+        let as_built = url.starts_with(parsed.as_str().get(..origin).unwrap_or_default())
+            && match built.split_once('?') {
+                Some((p, q)) => parsed.path() == p && parsed.query() == Some(q),
+                None => parsed.path() == built && parsed.query().is_none(),
+            };
+        let path = if as_built {
+            let mut path = url;
+            path.replace_range(..origin, "");
+            path
+        } else {
+            match parsed.query() {
+                Some(q) => format!("{}?{q}", parsed.path()),
+                None => parsed.path().to_owned(),
+            }
+        };
+        Ok((parsed, path))
+    }
+
     fn transport_failure<T>(&self, ctx: &Ctx<'_>, e: &reqwest::Error, what: &str) -> Verdict<T> {
         if e.is_builder() {
             // An invalid header value (say, an access key with a newline): no retry will fix it.
@@ -709,40 +794,46 @@ fn method_for(op: Operation, generation: Generation) -> Method {
     }
 }
 
-/// `/api/v1/workspaces/{w}/projects/{p}/assets/{a}`, the start of every asset's path.
-fn asset_path(t: &Target) -> String {
-    format!(
-        "/api/v1/workspaces/{}/projects/{}/assets/{}",
-        seg(&t.workspace),
-        seg(&t.project_id),
-        seg(&t.asset_id)
-    )
+/// Appends `/api/v1/workspaces/{w}/projects/{p}/assets/{a}`, the start of every asset's path.
+fn push_asset_path(p: &mut String, t: &Target) {
+    p.push_str("/api/v1/workspaces/");
+    push_seg(p, &t.workspace);
+    p.push_str("/projects/");
+    push_seg(p, &t.project_id);
+    p.push_str("/assets/");
+    push_seg(p, &t.asset_id);
 }
 
 /// The path of one call (API doc §1).
 pub(crate) fn path_for(op: Operation, generation: Generation, t: &Target) -> String {
-    let mut p = asset_path(t);
-    let sid = || {
-        t.scene_summary_id
-            .as_deref()
-            .map_or_else(|| "{scene_summary_id}".to_owned(), seg)
+    let mut p = String::with_capacity(160);
+    push_path(&mut p, op, generation, t);
+    p
+}
+
+/// Appends the path of one call (API doc §1) to `p`.
+fn push_path(p: &mut String, op: Operation, generation: Generation, t: &Target) {
+    push_asset_path(p, t);
+    let sid = |p: &mut String| match t.scene_summary_id.as_deref() {
+        Some(sid) => push_seg(p, sid),
+        None => p.push_str("{scene_summary_id}"),
     };
     match generation {
         Generation::Index => {
             p.push_str("/indexes/");
-            p.push_str(&seg(&t.index_id));
+            push_seg(p, &t.index_id);
             p.push_str("/scene-summaries");
             match op {
                 Operation::Request | Operation::Result => {}
                 Operation::IndexStatus | Operation::ListAssets => {}
                 Operation::Status => {
                     p.push('/');
-                    p.push_str(&sid());
+                    sid(p);
                     p.push_str("/status");
                 }
                 Operation::Cancel => {
                     p.push('/');
-                    p.push_str(&sid());
+                    sid(p);
                 }
             }
         }
@@ -756,21 +847,18 @@ pub(crate) fn path_for(op: Operation, generation: Generation, t: &Target) -> Str
             }
         }
     }
-    p
 }
 
-/// Percent-encodes one path segment. Ids are validated upstream to `[A-Za-z0-9._-]`, which pass
-/// unchanged; anything else is encoded so it can never add a segment or a query.
-fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Appends one path segment, percent-encoded. Ids are validated upstream to `[A-Za-z0-9._-]`,
+/// which pass unchanged; anything else is encoded so it can never add a segment or a query.
+fn push_seg(out: &mut String, s: &str) {
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
-    out
 }
 
 /// `{"sceneIds":[…]}` for a partial run, `{"locale":…}` for a full asset-level run, else `{}`.
@@ -794,6 +882,13 @@ fn request_body(
 mod tests {
     use super::*;
     use crate::ncp::ApiError;
+    use crate::ncp::signing::sign;
+
+    fn seg(s: &str) -> String {
+        let mut out = String::new();
+        push_seg(&mut out, s);
+        out
+    }
 
     fn target(sid: Option<&str>) -> Target {
         Target {
@@ -890,6 +985,90 @@ mod tests {
         );
         assert_eq!(seg("A-z_0.9~"), "A-z_0.9~");
         assert_eq!(seg("한"), "%ED%95%9C");
+    }
+
+    /// The URL a call builds in one string on the parsed endpoint, and the path it signs, are
+    /// what the former construction gave: the configured endpoint and the call's path joined,
+    /// parsed, and the path (and query) read back from the parsed URL.
+    #[test]
+    fn built_urls_and_signed_paths_are_the_fresh_ones() {
+        let odd = [
+            "plain-1.2_3~",
+            "w s?x#y%",
+            "a/b",
+            "한국",
+            "%2e%2E",
+            "..",
+            ";,=&+$@!'()*[]",
+            "\\ back\tslash\n",
+            "{scene_summary_id}",
+        ];
+        let endpoints = [
+            "https://mi.apigw.ntruss.com",
+            "https://mi.apigw.ntruss.com/",
+            "HTTP://Example.COM:80/Pre fix/",
+            "http://127.0.0.1:8080/a%2Fb/c",
+            "http://[::1]:9/x/../y",
+        ];
+        let ops = [
+            (Operation::Status, Generation::Index),
+            (Operation::Result, Generation::Index),
+            (Operation::Cancel, Generation::Index),
+            (Operation::Request, Generation::Asset),
+            (Operation::Status, Generation::Asset),
+            (Operation::Cancel, Generation::Asset),
+        ];
+        let fresh = |c: &Client, path: &str| {
+            let url = reqwest::Url::parse(&format!("{}{}", c.endpoint(), path)).unwrap();
+            let signed = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_owned(),
+            };
+            (url, signed)
+        };
+        for ep in endpoints {
+            let c = client(ep);
+            for id in odd {
+                let t = Target {
+                    workspace: id.into(),
+                    project_id: format!("p{id}"),
+                    asset_id: format!("{id}a"),
+                    index_id: id.into(),
+                    scene_summary_id: Some(id.into()),
+                };
+                for (op, generation) in ops {
+                    let mut url = c.url_buf();
+                    push_path(&mut url, op, generation, &t);
+                    let built = c.split_url(url).unwrap();
+                    assert_eq!(
+                        built,
+                        fresh(&c, &path_for(op, generation, &t)),
+                        "{ep} {id:?} {op}"
+                    );
+                }
+                let mut url = c.url_buf();
+                push_asset_path(&mut url, &t);
+                url.push_str("/index/status");
+                let path = format!(
+                    "{}/index/status",
+                    &path_for(Operation::Request, Generation::Asset, &t)[..path_for(
+                        Operation::Request,
+                        Generation::Asset,
+                        &t
+                    )
+                    .len()
+                        - "/scene-summary".len()]
+                );
+                assert_eq!(c.split_url(url).unwrap(), fresh(&c, &path), "{ep} {id:?}");
+                let path = format!(
+                    "/api/v1/workspaces/{}/projects/{}/assets?pageNum=3&pageSize=1000",
+                    seg(id),
+                    seg(&format!("p{id}"))
+                );
+                let url = c.list_url(id, &format!("p{id}"), 3, 1000);
+                assert_eq!(c.split_url(url).unwrap(), fresh(&c, &path), "{ep} {id:?}");
+            }
+        }
     }
 
     #[test]

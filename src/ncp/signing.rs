@@ -4,6 +4,10 @@
 //! string_to_sign = METHOD + " " + PATH_WITH_QUERY + "\n" + TIMESTAMP + "\n" + ACCESS_KEY
 //! signature      = base64_standard(hmac_sha256(key = SECRET_KEY, msg = string_to_sign))
 //! ```
+//!
+//! The HMAC is keyed once, when the [`Credentials`] are made (the key's inner and outer pads
+//! hashed); each signature clones that state and feeds it the string to sign piece by piece, so
+//! a poll neither re-keys nor builds the string unless it is asked for ([`sign`]).
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
@@ -17,13 +21,16 @@ pub const HEADER_ACCESS_KEY: &str = "x-ncp-iam-access-key";
 /// Header carrying the signature.
 pub const HEADER_SIGNATURE: &str = "x-ncp-apigw-signature-v2";
 
-/// An NCP key pair. The secret half is a [`SecretString`]: `Debug` never shows it.
+/// An NCP key pair, with the HMAC keyed by its secret half. The secret is a [`SecretString`]
+/// and the keyed state is derived from it: `Debug` shows neither.
 #[derive(Clone)]
 pub struct Credentials {
     /// The access key id; not secret, shown in logs and by `scenewatch sign`.
     pub access_key: String,
     /// The secret key; only ever exposed to the HMAC below.
-    pub secret_key: SecretString,
+    secret_key: SecretString,
+    /// HMAC-SHA256 keyed with the secret key, cloned for each signature.
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -38,10 +45,92 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// A key pair from its two halves.
     pub fn new(access_key: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        let secret_key = SecretString::from(secret_key.into());
+        // HMAC accepts keys of any length, so this cannot fail.
+        let keyed =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(secret_key.expose_secret().as_bytes())
+                .expect("hmac accepts any key length");
         Self {
             access_key: access_key.into(),
-            secret_key: SecretString::from(secret_key.into()),
+            secret_key,
+            keyed,
         }
+    }
+
+    /// The secret key.
+    pub fn secret_key(&self) -> &SecretString {
+        &self.secret_key
+    }
+
+    /// The signature of one request (what [`sign`] puts in [`SignedHeaders::signature`]),
+    /// without building the string to sign: the keyed HMAC is cloned and fed its pieces.
+    pub fn signature(&self, method: &str, path_with_query: &str, timestamp_ms: u64) -> Signature {
+        let mut mac = self.keyed.clone();
+        mac.update(method.as_bytes());
+        mac.update(b" ");
+        mac.update(path_with_query.as_bytes());
+        mac.update(b"\n");
+        mac.update(Timestamp::new(timestamp_ms).as_str().as_bytes());
+        mac.update(b"\n");
+        mac.update(self.access_key.as_bytes());
+        let mut out = [0u8; 44];
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(mac.finalize().into_bytes(), &mut out)
+            .expect("32 bytes are 44 characters of base64");
+        debug_assert_eq!(n, 44);
+        Signature(out)
+    }
+}
+
+/// A signature: 44 characters of standard base64, kept on the stack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature([u8; 44]);
+
+impl Signature {
+    /// The signature as text.
+    pub fn as_str(&self) -> &str {
+        // Base64 is ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The signature as bytes (ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A timestamp in decimal, kept on the stack (`u64::MAX` has 20 digits).
+#[derive(Clone, Copy)]
+pub struct Timestamp {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Timestamp {
+    /// `ms` in decimal, as the timestamp header and the string to sign carry it.
+    pub fn new(mut ms: u64) -> Self {
+        let mut digits = [b'0'; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (ms % 10) as u8;
+            ms /= 10;
+            if ms == 0 {
+                break;
+            }
+        }
+        Self { digits, start }
+    }
+
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[self.start..]).unwrap_or_default()
     }
 }
 
@@ -87,31 +176,20 @@ pub fn sign(
     path_with_query: &str,
     timestamp_ms: u64,
 ) -> SignedHeaders {
-    let string_to_sign = string_to_sign(
-        method,
-        path_with_query,
-        timestamp_ms,
-        &credentials.access_key,
-    );
-    let signature = hmac_base64(
-        credentials.secret_key.expose_secret().as_bytes(),
-        string_to_sign.as_bytes(),
-    );
     SignedHeaders {
-        string_to_sign,
+        string_to_sign: string_to_sign(
+            method,
+            path_with_query,
+            timestamp_ms,
+            &credentials.access_key,
+        ),
         timestamp: timestamp_ms.to_string(),
         access_key: credentials.access_key.clone(),
-        signature,
+        signature: credentials
+            .signature(method, path_with_query, timestamp_ms)
+            .as_str()
+            .to_owned(),
     }
-}
-
-/// Standard base64 of HMAC-SHA256(key, msg).
-fn hmac_base64(key: &[u8], msg: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("hmac accepts any key length");
-    mac.update(msg);
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 #[cfg(test)]
@@ -163,6 +241,31 @@ mod tests {
             assert_eq!(got.timestamp, "1700000000000");
             assert_eq!(got.access_key, "AK_TEST");
         }
+    }
+
+    /// The keyed state prepared once and fed in pieces signs what a fresh HMAC over the whole
+    /// string to sign does, and a clone is not changed by signing with the original.
+    #[test]
+    fn prepared_key_signs_as_a_fresh_one() {
+        let creds = Credentials::new("AK_TEST", "SK_TEST");
+        let copy = creds.clone();
+        for (method, path, ts) in [
+            ("GET", "/a/b", 0),
+            ("POST", "/x?y=z", 1),
+            ("DELETE", "/", u64::MAX),
+            ("GET", "/api/v1/workspaces/w%20x/projects/1", TS),
+        ] {
+            let mut fresh = <Hmac<Sha256> as KeyInit>::new_from_slice(b"SK_TEST").unwrap();
+            fresh.update(string_to_sign(method, path, ts, "AK_TEST").as_bytes());
+            let want =
+                base64::engine::general_purpose::STANDARD.encode(fresh.finalize().into_bytes());
+            assert_eq!(creds.signature(method, path, ts).as_str(), want);
+            assert_eq!(copy.signature(method, path, ts).as_str(), want);
+            assert_eq!(sign(&creds, method, path, ts).signature, want);
+        }
+        assert_eq!(Timestamp::new(0).as_str(), "0");
+        assert_eq!(Timestamp::new(u64::MAX).as_str(), u64::MAX.to_string());
+        assert_eq!(Timestamp::new(TS).as_str(), "1700000000000");
     }
 
     #[test]

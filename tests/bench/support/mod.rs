@@ -325,3 +325,44 @@ pub fn push_watches(s: &mut String, n: u64) {
         ));
     }
 }
+
+/// On-CPU time of every live thread of a process, in nanoseconds (`/proc/PID/task/*/schedstat`,
+/// the scheduler's own count): precise where `/proc/PID/stat`'s clock ticks (10 ms) are too
+/// coarse for a few hundred polls. A thread that exits between two readings takes its time with
+/// it; the daemon's threads (runtime workers, the SQLite writer) live as long as it does.
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// On-CPU time of the calling thread, in nanoseconds (`/proc/thread-self/schedstat`).
+pub fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Context switches (voluntary and not) of every live thread of a process: each is a thread
+/// going to sleep or being put aside, so their count per poll is the poll's hand-offs.
+pub fn ctx_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
