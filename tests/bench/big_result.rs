@@ -133,32 +133,21 @@ fn run_once(bin: &Path, scenes: u64, body_bytes: &mut Option<usize>) -> Run {
     let d = dir.path();
     let sim_port = free_port();
     let port = free_port();
-    let scenario_file = d.join("scenario.toml");
-    std::fs::write(&scenario_file, scenario(scenes)).expect("write the scenario");
     let cfg = d.join("scenewatch.toml");
     std::fs::write(&cfg, config(d, sim_port, port)).expect("write the configuration");
-    let listen = format!("127.0.0.1:{sim_port}");
-    let sim_args = [
-        "simulate",
-        "--listen",
-        &listen,
-        "--scenario",
-        scenario_file.to_str().expect("a UTF-8 temporary path"),
-    ];
-    let sim = spawn(
+    let sim = match start_simulator(
         bin,
-        &sim_args,
-        &d.join("sim.log"),
-        &[("RUST_LOG", "warn")],
-        "simulator",
-    );
-    if wait_until(Duration::from_secs(120), || sim_total(sim_port).is_some()).is_none() {
-        r.note = format!(
-            "the simulator did not come up: {}",
-            std::fs::read_to_string(d.join("sim.log")).unwrap_or_default()
-        );
-        return r;
-    }
+        d,
+        sim_port,
+        &scenario(scenes),
+        Duration::from_secs(120),
+    ) {
+        Ok(sim) => sim,
+        Err(e) => {
+            r.note = e;
+            return r;
+        }
+    };
     let cfg_s = cfg.to_str().expect("a UTF-8 temporary path").to_string();
     let env = [
         ("SCENEWATCH__API__SECRET_KEY", SECRET),

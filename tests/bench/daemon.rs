@@ -133,34 +133,15 @@ fn bench(sim_bin: &Path, bin: &Path, n: u64, window: Duration, k: &Knobs, tck: f
     let d = dir.path();
     let sim_port = free_port();
     let port = free_port();
-    let scenario_file = d.join("scenario.toml");
-    std::fs::write(&scenario_file, scenario(n)).expect("write the scenario");
     let cfg = d.join("scenewatch.toml");
     std::fs::write(&cfg, config(d, sim_port, port, n, k)).expect("write the configuration");
-
-    let listen = format!("127.0.0.1:{sim_port}");
-    let sim_args = [
-        "simulate",
-        "--listen",
-        &listen,
-        "--scenario",
-        scenario_file.to_str().expect("a UTF-8 temporary path"),
-    ];
-    // Warnings only: a log line per request would cost the simulator more than the answer.
-    let sim = spawn(
-        sim_bin,
-        &sim_args,
-        &d.join("sim.log"),
-        &[("RUST_LOG", "warn")],
-        "simulator",
-    );
-    if wait_until(Duration::from_secs(120), || sim_total(sim_port).is_some()).is_none() {
-        f.note = format!(
-            "the simulator did not come up: {}",
-            std::fs::read_to_string(d.join("sim.log")).unwrap_or_default()
-        );
-        return f;
-    }
+    let sim = match start_simulator(sim_bin, d, sim_port, &scenario(n), Duration::from_secs(120)) {
+        Ok(sim) => sim,
+        Err(e) => {
+            f.note = e;
+            return f;
+        }
+    };
 
     let cfg_s = cfg.to_str().expect("a UTF-8 temporary path").to_string();
     let run_args = ["run", "--config", cfg_s.as_str()];
@@ -484,9 +465,6 @@ fn start_pair(
     let d = dir.path().to_path_buf();
     let sim_port = free_port();
     let port = free_port();
-    let scenario_file = d.join("scenario.toml");
-    // The simulator needs at least one index; a daemon without watches does not ask for it.
-    std::fs::write(&scenario_file, scenario(n.max(1))).expect("write the scenario");
     let cfg = d.join("scenewatch.toml");
     let knobs = Knobs {
         rps: k.rps,
@@ -494,26 +472,14 @@ fn start_pair(
         concurrency: k.concurrency,
     };
     std::fs::write(&cfg, config(&d, sim_port, port, n, &knobs)).expect("write the configuration");
-    let listen = format!("127.0.0.1:{sim_port}");
-    let sim = spawn(
+    // The simulator needs at least one index; a daemon without watches does not ask for it.
+    let sim = start_simulator(
         sim_bin,
-        &[
-            "simulate",
-            "--listen",
-            &listen,
-            "--scenario",
-            scenario_file.to_str().expect("a UTF-8 temporary path"),
-        ],
-        &d.join("sim.log"),
-        &[("RUST_LOG", "warn")],
-        "simulator",
-    );
-    if wait_until(Duration::from_secs(600), || sim_total(sim_port).is_some()).is_none() {
-        return Err(format!(
-            "the simulator did not come up: {}",
-            tail(&d.join("sim.log"))
-        ));
-    }
+        &d,
+        sim_port,
+        &scenario(n.max(1)),
+        Duration::from_secs(600),
+    )?;
     let before = sim_total(sim_port).unwrap_or(0);
     let log = d.join("daemon.log");
     let cfg_s = cfg.to_str().expect("a UTF-8 temporary path").to_string();

@@ -479,30 +479,13 @@ fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let d = dir.path();
     let sim_port = free_port();
-    let scenario_file = d.join("scenario.toml");
-    std::fs::write(&scenario_file, scenario(k.n)).expect("write the scenario");
-    let listen = format!("127.0.0.1:{sim_port}");
-    let sim_args = [
-        "simulate",
-        "--listen",
-        &listen,
-        "--scenario",
-        scenario_file.to_str().expect("a UTF-8 temporary path"),
-    ];
-    let sim = spawn(
-        &bin,
-        &sim_args,
-        &d.join("sim.log"),
-        &[("RUST_LOG", "warn")],
-        "simulator",
-    );
-    if wait_until(Duration::from_secs(120), || sim_total(sim_port).is_some()).is_none() {
-        println!(
-            "the simulator did not come up: {}",
-            std::fs::read_to_string(d.join("sim.log")).unwrap_or_default()
-        );
-        return;
-    }
+    let sim = match start_simulator(&bin, d, sim_port, &scenario(k.n), Duration::from_secs(120)) {
+        Ok(sim) => sim,
+        Err(e) => {
+            println!("{e}");
+            return;
+        }
+    };
 
     let mut ports = Vec::new();
     let mut cfgs = Vec::new();

@@ -1,6 +1,7 @@
-//! What the benchmarks that drive the release binary share (`daemon.rs`, `replicas.rs`): child
-//! processes that die with the guard, a blocking loopback HTTP client, the simulator's and the
-//! daemon's counters, `/proc` readings, the generated scenario, the machine's description.
+//! What the benchmarks that drive the release binary share (`daemon.rs`, `replicas.rs`,
+//! `big_result.rs`): the simulator started on a scenario, child processes that die with the
+//! guard, a blocking loopback HTTP client, the simulator's and the daemon's counters, `/proc`
+//! readings, the generated scenario, the machine's description.
 
 #![allow(
     dead_code,
@@ -27,6 +28,34 @@ pub fn env_num(name: &str, default: u64) -> u64 {
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
         Err(_) => default,
     }
+}
+
+/// Starts the simulator (`bin simulate`, warnings only: a log line per request would cost it
+/// more than the answer) on `port` with `scenario` written to `dir/scenario.toml`, and waits up
+/// to `within` for it to answer; `Err` says why, with the end of its log.
+pub fn start_simulator(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    scenario: &str,
+    within: Duration,
+) -> Result<Proc, String> {
+    let file = dir.join("scenario.toml");
+    std::fs::write(&file, scenario).map_err(|e| format!("writing the scenario: {e}"))?;
+    let listen = format!("127.0.0.1:{port}");
+    let log = dir.join("sim.log");
+    let args = [
+        "simulate",
+        "--listen",
+        &listen,
+        "--scenario",
+        file.to_str().expect("a UTF-8 temporary path"),
+    ];
+    let sim = spawn(bin, &args, &log, &[("RUST_LOG", "warn")], "simulator");
+    if wait_until(within, || sim_total(port).is_some()).is_none() {
+        return Err(format!("the simulator did not come up: {}", tail(&log)));
+    }
+    Ok(sim)
 }
 
 /// A child process that is killed when the guard drops (a panicking bench leaves nothing).
