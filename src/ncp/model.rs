@@ -697,12 +697,7 @@ fn opt_str_or_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 /// Any JSON value as an optional string: text fields that should not fail a whole answer if a
 /// server sends a number or an object there. Non-scalars are kept as their JSON text.
 fn opt_lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    Ok(match v {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s),
-        other => Some(other.to_string()),
-    })
+    Ok(opt_lenient_cow(d)?.map(Cow::into_owned))
 }
 
 /// [`opt_lenient_string`], borrowing the text when it needs no unescaping: any JSON value, a
