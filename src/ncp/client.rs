@@ -251,8 +251,7 @@ impl Client {
     /// `Ok` with `info: None`.
     pub async fn result(&self, generation: Generation, t: &Target) -> Verdict<SummaryResult> {
         let op = Operation::Result;
-        let mut url = self.url_buf();
-        push_path(&mut url, op, generation, t);
+        let url = self.url_for(op, generation, t);
         // Decoded in the answer's own buffer: a result of megabytes is not copied (the body
         // becomes `raw`).
         let v = self
@@ -433,9 +432,15 @@ impl Client {
         decode: impl FnOnce(&Ctx<'_>, Success<'_>) -> Verdict<T>,
     ) -> Verdict<T> {
         let method = method_for(op, generation);
+        let url = self.url_for(op, generation, t);
+        self.call_at(op, method, url, body, decode).await
+    }
+
+    /// The URL of one call on `t`.
+    fn url_for(&self, op: Operation, generation: Generation, t: &Target) -> String {
         let mut url = self.url_buf();
         push_path(&mut url, op, generation, t);
-        self.call_at(op, method, url, body, decode).await
+        url
     }
 
     /// The URL of one page of a project's assets.
@@ -1037,9 +1042,7 @@ mod tests {
                     scene_summary_id: Some(id.into()),
                 };
                 for (op, generation) in ops {
-                    let mut url = c.url_buf();
-                    push_path(&mut url, op, generation, &t);
-                    let built = c.split_url(url).unwrap();
+                    let built = c.split_url(c.url_for(op, generation, &t)).unwrap();
                     assert_eq!(
                         built,
                         fresh(&c, &path_for(op, generation, &t)),
