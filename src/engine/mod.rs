@@ -657,7 +657,7 @@ impl Engine {
         self.index.reserve(records.len());
         let now = self.ctx.clock.now_ms();
         let mut completed = Vec::new();
-        for record in records {
+        for mut record in records {
             let spec = if rest.is_none() && specs.peek().is_some_and(|w| w.key == record.key) {
                 specs.next()
             } else {
@@ -668,7 +668,6 @@ impl Engine {
                 continue;
             };
             // The record and the spec share one key text (the ledger's read made its own).
-            let mut record = record;
             record.key = spec.key.clone();
             let due = self.initial_due(&record, now);
             if record.state.phase == Phase::Completed {
@@ -1143,11 +1142,11 @@ impl Engine {
     fn finished(&mut self, timed_out: bool) -> Finished {
         let reason = self.give_up.or(self.pause.reason());
         let refusal = self.last_refusal.clone().unwrap_or_default();
-        Finished {
-            watches: self
-                .entries
+        // Only `once` and the demo report the watches (see `Finished::watches`).
+        let watches = if self.once() {
+            self.entries
                 .iter()
-                .filter(|e| !e.removed && self.once())
+                .filter(|e| !e.removed)
                 .map(|e| WatchEnd {
                     spec: (*e.spec).clone(),
                     record: e.record.clone(),
@@ -1155,7 +1154,12 @@ impl Engine {
                     sink_error: e.sink_error.clone(),
                     settled_at_ms: e.settled_at_ms,
                 })
-                .collect(),
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Finished {
+            watches,
             auth_refused: (reason == Some(PauseReason::Auth)).then(|| refusal.clone()),
             quota_exceeded: (reason == Some(PauseReason::Quota)).then_some(refusal),
             timed_out: timed_out && !self.all_settled(),
