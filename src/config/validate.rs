@@ -450,7 +450,8 @@ pub fn validate(
     let mut selectors: Vec<Selector> = Vec::new();
     let mut seen: HashMap<WatchKey, usize> = HashMap::with_capacity(raw_watches.len());
     let mut seen_selectors: HashMap<String, usize> = HashMap::new();
-    let mut last_place: Option<Arc<str>> = None;
+    // The place of the previous watch: watches of one source share its text.
+    let mut last_place: Arc<str> = Arc::from("");
     for (i, w) in raw_watches.into_iter().enumerate() {
         let base = format!("watch[{i}]");
         let mut ok = true;
@@ -519,10 +520,10 @@ pub fn validate(
             None => max_wait,
         };
         let place = origins.of(&format!("{base}.workspace")).to_string();
-        if last_place.as_deref() != Some(place.as_str()) {
-            last_place = Some(place.into());
+        if *last_place != *place {
+            last_place = place.into();
         }
-        let declared_at = Declared::table(i, last_place.clone().unwrap_or_default());
+        let declared_at = Declared::table(i, Arc::clone(&last_place));
         let (Some(generation), Some(max_wait), true) = (generation, wait, ok) else {
             continue;
         };
