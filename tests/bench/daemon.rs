@@ -614,7 +614,7 @@ fn floor(port: u16, n: u64, rate: u64, window: Duration) -> FloorFigures {
         let mut f = FloorFigures::default();
         let r: Result<(), String> = rt.block_on(async {
             use hmac::{Hmac, KeyInit, Mac};
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            use tokio::io::AsyncWriteExt;
             let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -673,14 +673,7 @@ fn floor(port: u16, n: u64, rate: u64, window: Duration) -> FloorFigures {
                 conn.write_all(&req).await.map_err(|e| e.to_string())?;
                 let mut have = 0;
                 let need = loop {
-                    let got = conn
-                        .read(&mut buf[have..])
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if got == 0 {
-                        return Err("the simulator closed the connection".into());
-                    }
-                    have += got;
+                    have += read_some(&mut conn, &mut buf[have..]).await?;
                     let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
                         continue;
                     };
@@ -699,14 +692,7 @@ fn floor(port: u16, n: u64, rate: u64, window: Duration) -> FloorFigures {
                     break end + 4 + len;
                 };
                 while have < need {
-                    let got = conn
-                        .read(&mut buf[have..])
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if got == 0 {
-                        return Err("the simulator closed the connection".into());
-                    }
-                    have += got;
+                    have += read_some(&mut conn, &mut buf[have..]).await?;
                 }
                 if i > 0 {
                     f.requests += 1;
@@ -719,6 +705,15 @@ fn floor(port: u16, n: u64, rate: u64, window: Duration) -> FloorFigures {
     })
     .join()
     .expect("the floor thread")
+}
+
+/// Reads what the floor client's connection has into `buf`: at least one byte, or why not.
+async fn read_some(conn: &mut tokio::net::TcpStream, buf: &mut [u8]) -> Result<usize, String> {
+    use tokio::io::AsyncReadExt;
+    match conn.read(buf).await.map_err(|e| e.to_string())? {
+        0 => Err("the simulator closed the connection".into()),
+        got => Ok(got),
+    }
 }
 
 struct MemFigures {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{run, scenewatch, text, watch, watcher_config};
+use crate::support::{run_once, text, watch, watcher_config};
 
 const SECRET: &str = "SK-big-result";
 const SCENES: usize = 20_000;
@@ -168,12 +168,7 @@ async fn a_large_result_reaches_the_file_sink_intact_however_it_is_framed() {
         let config = watcher_config(&url, dir.path(), &watch("10", "20", None, "asset"))
             .replace("timeout = \"2s\"", "timeout = \"30s\"");
         std::fs::write(&cfg, config).unwrap();
-        let mut cmd = scenewatch();
-        cmd.arg("once")
-            .arg("--config")
-            .arg(&cfg)
-            .env("SCENEWATCH__API__SECRET_KEY", SECRET);
-        let out = run(cmd).await;
+        let out = run_once(&cfg, SECRET).await;
         assert_eq!(out.status.code(), Some(0), "{framing:?}: {}", text(&out));
         let file = std::fs::read(dir.path().join("results/w/1/10/20.json")).unwrap();
         #[derive(serde::Deserialize)]

@@ -1,6 +1,6 @@
 //! `scenewatch once` end to end: the real binary against the simulator on loopback.
 
-use crate::support::{run, scenewatch, start_sim, text, watch, watcher_config};
+use crate::support::{run, run_once, scenewatch, start_sim, text, watch, watcher_config};
 
 const SECRET: &str = "SK-never-printed-9f3a";
 
@@ -116,12 +116,7 @@ async fn completed_results_are_written_unchanged_inside_the_envelope() {
         watcher_config(&sim.url, dir.path(), &completing_watches()),
     )
     .unwrap();
-    let mut cmd = scenewatch();
-    cmd.arg("once")
-        .arg("--config")
-        .arg(&cfg)
-        .env("SCENEWATCH__API__SECRET_KEY", SECRET);
-    let out = run(cmd).await;
+    let out = run_once(&cfg, SECRET).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
@@ -202,12 +197,7 @@ async fn terminal_outcomes_exit_2_and_are_named() {
         "max_wait = \"30s\"\nnot_requested_grace = \"500ms\"",
     );
     std::fs::write(&cfg, config).unwrap();
-    let mut cmd = scenewatch();
-    cmd.arg("once")
-        .arg("--config")
-        .arg(&cfg)
-        .env("SCENEWATCH__API__SECRET_KEY", SECRET);
-    let out = run(cmd).await;
+    let out = run_once(&cfg, SECRET).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(2), "{all}");
     // The ending events, as the daemon logs them.
@@ -294,12 +284,7 @@ async fn faults_and_throttling_are_survived() {
         watcher_config(&sim.url, dir.path(), &completing_watches()),
     )
     .unwrap();
-    let mut cmd = scenewatch();
-    cmd.arg("once")
-        .arg("--config")
-        .arg(&cfg)
-        .env("SCENEWATCH__API__SECRET_KEY", SECRET);
-    let out = run(cmd).await;
+    let out = run_once(&cfg, SECRET).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
@@ -321,12 +306,7 @@ async fn unwritable_sink_directory_is_named_and_nothing_starts() {
         &format!("dir = \"{}/results\"", blocker.display()),
     );
     std::fs::write(&cfg, config).unwrap();
-    let mut cmd = scenewatch();
-    cmd.arg("once")
-        .arg("--config")
-        .arg(&cfg)
-        .env("SCENEWATCH__API__SECRET_KEY", SECRET);
-    let out = run(cmd).await;
+    let out = run_once(&cfg, SECRET).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(74), "{all}");
     assert!(

@@ -76,6 +76,16 @@ pub fn scenewatch() -> assert_cmd::Command {
     cmd
 }
 
+/// `scenewatch once --config cfg` with `secret` as the API's secret key, run to its end.
+pub async fn run_once(cfg: &std::path::Path, secret: &str) -> std::process::Output {
+    let mut cmd = scenewatch();
+    cmd.arg("once")
+        .arg("--config")
+        .arg(cfg)
+        .env("SCENEWATCH__API__SECRET_KEY", secret);
+    run(cmd).await
+}
+
 /// Runs a prepared command off the async runtime (the simulator keeps serving meanwhile).
 pub async fn run(mut cmd: assert_cmd::Command) -> std::process::Output {
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
