@@ -33,4 +33,5 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod watch;

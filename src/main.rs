@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::ERROR);
         }
     };
-    ExitCode::from(runtime.block_on(cli::dispatch(cli.command, live)))
+    ExitCode::from(cli::block_on(&runtime, cli.command, live))
 }
 
 /// One thread runs every task (the SQLite writer and blocking file work have threads of their

@@ -159,7 +159,7 @@ pub(crate) fn tls_connector(
     mode: TlsMode,
     ca_file: Option<&Path>,
 ) -> Result<MakeRustlsConnect, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = crate::tls::provider();
     let roots = match (mode, ca_file) {
         (TlsMode::Disable, _) => None,
         (_, Some(path)) => Some(roots_from_file(path)?),

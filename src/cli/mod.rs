@@ -57,6 +57,14 @@ where
 
 /// Runs one verb to its end; the process exit code. `live` is the progress display `main` set
 /// the logs up around (off for every verb but `once` and the demo).
+/// Runs a command to its exit code on `runtime`: the binary's whole run. It lives here, not in
+/// `main.rs`, so that the program's future (every command's state machine) is compiled once,
+/// in this crate; a `block_on` in the binary compiled it all again in the binary's crate (about
+/// 40 s of CPU of a cold release build, docs/benchmarks.md, "Build time and binary size").
+pub fn block_on(runtime: &tokio::runtime::Runtime, command: Command, live: Live) -> u8 {
+    runtime.block_on(dispatch(command, live))
+}
+
 pub async fn dispatch(command: Command, live: Live) -> u8 {
     let outcome = match command {
         Command::Run { config } => run::run(&config).await,
@@ -108,7 +116,7 @@ pub async fn dispatch(command: Command, live: Live) -> u8 {
                 Err(exit::UsageError(
                     "ledger migrate copies into a PostgreSQL ledger, which is not in this build: \
                      scenewatch was compiled without the cargo feature \"postgres\"; rebuild \
-                     with --features postgres (the default features include it)"
+                     with --features postgres (or --features full, every sink)"
                         .into(),
                 )
                 .into())

@@ -751,8 +751,8 @@ pub(crate) fn check_state(
             p.push(origins.problem(
                 "state.backend",
                 "the PostgreSQL ledger is not in this build: scenewatch was compiled without the \
-                 cargo feature \"postgres\"; rebuild with --features postgres (the default \
-                 features include it), or use backend = \"sqlite\"",
+                 cargo feature \"postgres\"; rebuild with --features postgres (or --features \
+                 full, every sink), or use backend = \"sqlite\"",
             ));
             None
         }

@@ -97,8 +97,8 @@ pub fn compiled_out(list: &str, kind: &str, name: &str, feature: &str) -> String
     };
     format!(
         "the {kind} {what} {name:?} is not in this build: scenewatch was compiled without the \
-         cargo feature {feature:?}; rebuild with `--features {feature}` (the default features \
-         include every sink), see the README, \"Cargo features\""
+         cargo feature {feature:?}; rebuild with `--features {feature}` (`--features full`: \
+         every sink), see the README, \"Cargo features\""
     )
 }
 
@@ -307,8 +307,8 @@ mod tests {
         assert_eq!(
             m,
             "the postgres sink \"archive\" is not in this build: scenewatch was compiled \
-             without the cargo feature \"postgres\"; rebuild with `--features postgres` (the \
-             default features include every sink), see the README, \"Cargo features\""
+             without the cargo feature \"postgres\"; rebuild with `--features postgres` \
+             (`--features full`: every sink), see the README, \"Cargo features\""
         );
         let m = compiled_out(
             "event_sink",

@@ -150,6 +150,8 @@ impl NatsSink {
     }
 
     async fn connect(&self) -> Result<jetstream::Context, SinkError> {
+        // A `tls://` server is reached through rustls on the process's provider.
+        crate::tls::install();
         let mut opts = ConnectOptions::new()
             .name(concat!("scenewatch/", env!("CARGO_PKG_VERSION")))
             .connection_timeout(self.timeout)

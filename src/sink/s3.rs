@@ -99,6 +99,8 @@ impl S3Sink {
             retry_timeout: config.timeout,
             ..RetryConfig::default()
         };
+        // object_store builds its reqwest client on the process's provider.
+        crate::tls::install();
         let mut builder = AmazonS3Builder::new()
             .with_region(&config.region)
             .with_bucket_name(&config.bucket)

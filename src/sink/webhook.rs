@@ -110,6 +110,7 @@ impl WebhookSink {
             .map_err(|e| fail(format!("url is not valid ({e})")))?;
         let shown_url = shown(&url);
         let key = webhook_key(config.secret.expose_secret()).map_err(fail)?;
+        crate::tls::install();
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)

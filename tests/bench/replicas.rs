@@ -28,7 +28,7 @@
 //! per second by default, each replica spending its share), so the figures are those of
 //! scenewatch and PostgreSQL, not of the budget. The database (or schema) is dropped at the end.
 //!
-//! Run: `cargo bench --bench replicas` (needs the `postgres` feature, a default one). Without a
+//! Run: `cargo bench --features postgres --bench replicas` (needs the `postgres` feature). Without a
 //! reachable server it prints that it was skipped and why. Knobs (environment):
 //! `SCENEWATCH_TEST_PG`, `SCENEWATCH_BENCH_WATCHES` (default 100000), `SCENEWATCH_BENCH_SECS`
 //! (the window, default 60), `SCENEWATCH_BENCH_RPS` (the deployment's budget, default 50000),
@@ -439,7 +439,10 @@ fn main() {
         })
     })
     .collect();
-    println!("command: {}cargo bench --bench replicas", set.concat());
+    println!(
+        "command: {}cargo bench --features postgres --bench replicas",
+        set.concat()
+    );
     println!(
         "setup:   {REPLICAS} replicas, one PostgreSQL ledger on {}, lease {}; \
          {} watches, every index queued (status polls only); deployment budget {} rps (each \

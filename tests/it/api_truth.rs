@@ -271,7 +271,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 async fn control(url: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
-    let resp = reqwest::Client::new()
+    let resp = crate::support::http()
         .post(format!("{url}/__sim/{path}"))
         .json(&body)
         .send()

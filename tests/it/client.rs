@@ -90,7 +90,7 @@ async fn start_scenario(scenario: Scenario, tune: impl FnOnce(&mut ClientOptions
     Env {
         sim,
         shutdown,
-        control: reqwest::Client::new(),
+        control: crate::support::http(),
         client,
     }
 }

@@ -702,7 +702,7 @@ async fn edited_metadata_raises_stale_once_per_version() {
         d.log_text()
     );
     // Someone edits person labels of scenes 1 and 3 after the summary was made.
-    let marked = reqwest::Client::new()
+    let marked = crate::support::http()
         .post(format!("{}/__sim/assets/w/1/60/metadata-changed", sim.url))
         .json(&serde_json::json!({"scenes": [1, 3]}))
         .send()
@@ -754,7 +754,7 @@ async fn an_operator_resets_an_ended_watch_and_the_running_daemon_polls_it_again
         d.log_text()
     );
     // The team re-runs the summary by hand and it succeeds.
-    let forced = reqwest::Client::new()
+    let forced = crate::support::http()
         .post(format!("{}/__sim/assets/w/1/80/force", sim.url))
         .json(&serde_json::json!({"status": "SUMMARIZE_COMPLETED"}))
         .send()

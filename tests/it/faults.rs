@@ -105,7 +105,7 @@ async fn queue_fault(url: &str, kind: &str, retry_after: Option<&str>) {
     if let Some(v) = retry_after {
         body["retry_after"] = v.into();
     }
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .post(format!("{url}/__sim/faults/next"))
         .json(&body)
         .send()

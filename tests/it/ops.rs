@@ -139,7 +139,7 @@ async fn live_ready_metrics_and_draining() {
     assert!(!metrics.contains(SECRET));
 
     // Draining: a slow answer keeps a poll in flight while the daemon stops.
-    let client = reqwest::Client::new();
+    let client = crate::support::http();
     let set = client
         .put(format!("{}/__sim/faults/rates", sim.url))
         .json(&serde_json::json!({"slow_delay": "4s"}))

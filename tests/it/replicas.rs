@@ -112,7 +112,7 @@ impl Deployment {
         let schema = fresh_schema(test);
         exec(&pg, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
         let sim = start_sim(&scenario(count, queue, run)).await;
-        let http = reqwest::Client::new();
+        let http = crate::support::http();
         http.post(format!("{}/__sim/requests/log", sim.url))
             .send()
             .await
