@@ -59,6 +59,19 @@ fn main() {
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=SCENEWATCH_COMMIT={commit}");
+    // The optional sinks this build has, for --version: the default build is the lean one,
+    // and an operator needs to know whether a binary can take a PostgreSQL, S3 or NATS sink
+    // (README, "Cargo features"). Cargo reruns this script when the features change.
+    let features: Vec<&str> = ["postgres", "s3", "nats"]
+        .into_iter()
+        .filter(|f| std::env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some())
+        .collect();
+    let features = if features.is_empty() {
+        "none".to_string()
+    } else {
+        features.join(" ")
+    };
+    println!("cargo:rustc-env=SCENEWATCH_FEATURES={features}");
 }
 
 /// The trimmed output of a git command, when git is there and it succeeds.

@@ -25,11 +25,14 @@ Exit codes (the same meaning for every verb):
   78  the configuration is invalid (every problem is listed)
   130 interrupted by SIGINT or SIGTERM";
 
-/// The version with the commit it was built from.
+/// The version with the commit it was built from and the optional sinks it has (`none` for the
+/// lean default build; README, "Cargo features").
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("SCENEWATCH_COMMIT"),
+    "; optional sinks: ",
+    env!("SCENEWATCH_FEATURES"),
     ")"
 );
 

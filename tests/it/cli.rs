@@ -277,6 +277,21 @@ fn version_names_the_commit_and_completions_and_man_page_are_generated() {
         v.starts_with("scenewatch ") && v.contains("(commit "),
         "{v}"
     );
+    // The optional sinks the binary has: what this test build was compiled with.
+    let sinks: Vec<&str> = [
+        cfg!(feature = "postgres").then_some("postgres"),
+        cfg!(feature = "s3").then_some("s3"),
+        cfg!(feature = "nats").then_some("nats"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let sinks = if sinks.is_empty() {
+        "none".to_string()
+    } else {
+        sinks.join(" ")
+    };
+    assert!(v.contains(&format!("; optional sinks: {sinks})")), "{v}");
     let out = scenewatch().args(["completions", "bash"]).output().unwrap();
     let bash = text(&out);
     assert_eq!(out.status.code(), Some(0));
