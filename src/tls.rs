@@ -8,8 +8,9 @@
 //! RSA, Ed25519) that *ring* has as well (docs/benchmarks.md, "Build time and binary size").
 //!
 //! reqwest is built with `rustls-no-provider`, so it takes the process-wide default provider,
-//! which [`install`] sets. Every place that builds a reqwest client calls it first (it is cheap
-//! and idempotent), so that no client, in the daemon or in a test, can be built without it.
+//! which [`install`] sets. Every reqwest client is built from [`client_builder`], which installs
+//! it first (cheap and idempotent), so that no client, in the daemon or in a test, can be built
+//! without it; the clients that build their own (object_store, async-nats) call [`install`].
 
 use std::sync::Arc;
 
@@ -21,6 +22,13 @@ pub fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// A reqwest client builder on the process's provider: how every reqwest client of scenewatch
+/// (and of its tests) starts.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    install();
+    reqwest::Client::builder()
 }
 
 /// Installs *ring* as the process's default rustls provider, once. Called before any reqwest
@@ -42,7 +50,7 @@ mod tests {
         install();
         install();
         assert!(CryptoProvider::get_default().is_some());
-        reqwest::Client::builder()
+        client_builder()
             .build()
             .expect("an HTTP client with the process's TLS provider");
         assert!(!provider().cipher_suites.is_empty());

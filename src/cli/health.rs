@@ -51,8 +51,7 @@ pub fn endpoint(url: &str) -> anyhow::Result<String> {
 }
 
 async fn probe(url: &str, timeout: Duration) -> Probe {
-    crate::tls::install();
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
+    let client = match crate::tls::client_builder().timeout(timeout).build() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("unhealthy: cannot build an HTTP client: {e}");

@@ -183,8 +183,7 @@ impl Client {
         if opts.max_body_bytes == 0 {
             return Err(ClientBuildError::ZeroBodyCap);
         }
-        crate::tls::install();
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout)
             .user_agent(opts.user_agent.clone())

@@ -110,8 +110,7 @@ impl WebhookSink {
             .map_err(|e| fail(format!("url is not valid ({e})")))?;
         let shown_url = shown(&url);
         let key = webhook_key(config.secret.expose_secret()).map_err(fail)?;
-        crate::tls::install();
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             // A redirect would replay a signed body to a URL nobody configured.

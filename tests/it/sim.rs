@@ -103,7 +103,7 @@ async fn start(toml: &str) -> TestSim {
         .unwrap();
     let base = handle.base_url();
     // No pooling: a fault that breaks a connection must not leak into the next request.
-    let http = crate::support::http_builder()
+    let http = scenewatch::tls::client_builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
@@ -1830,7 +1830,7 @@ async fn demo_asset_walks_on_paused_time() {
     let path =
         "/api/v1/workspaces/demo/projects/100/assets/2001/indexes/3001/scene-summaries/4001/status";
     // No idle pool: its timer could let paused time jump ahead while a request is in flight.
-    let http = crate::support::http_builder()
+    let http = scenewatch::tls::client_builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();

@@ -203,19 +203,15 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A loopback port that was free a moment ago.
 /// An HTTP client for the tests' own requests, on the process's TLS provider
 /// (`scenewatch::tls`: reqwest is built without one of its own).
 pub fn http() -> reqwest::Client {
-    http_builder().build().expect("an HTTP client for the test")
+    scenewatch::tls::client_builder()
+        .build()
+        .expect("an HTTP client for the test")
 }
 
-/// A builder for a test's HTTP client with options of its own.
-pub fn http_builder() -> reqwest::ClientBuilder {
-    scenewatch::tls::install();
-    reqwest::Client::builder()
-}
-
+/// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
