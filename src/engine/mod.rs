@@ -372,9 +372,9 @@ struct Entry {
     /// The latest version every sink confirmed (so a commit racing with the last delivery
     /// cannot leave the watch `completed`).
     delivered: Option<VersionId>,
-    locations: Vec<String>,
-    sink_error: Option<String>,
-    settled_at_ms: Option<u64>,
+    /// How it ended up, for `once`'s report; `None` in the daemon, which reports no watch (a
+    /// daemon's entry would otherwise gain a location at every delivery for as long as it runs).
+    report: Option<Box<Report>>,
     /// Polled since the process started (see `poll`: the deadline of a first poll).
     polled: bool,
     /// Its recent polls' timing, for the poll history.
@@ -387,9 +387,18 @@ struct Entry {
     held: bool,
 }
 
+/// What `once` reports of a watch beyond its record (see [`WatchEnd`]).
+#[derive(Debug, Default)]
+struct Report {
+    locations: Vec<String>,
+    sink_error: Option<String>,
+    settled_at_ms: Option<u64>,
+}
+
 impl Entry {
-    /// A watch the engine has not seen yet: unscheduled, never polled here.
-    fn new(spec: WatchSpec, record: WatchRecord, owned: &ShardSet) -> Entry {
+    /// A watch the engine has not seen yet: unscheduled, never polled here. `report`: keep what
+    /// `once`'s report says of it.
+    fn new(spec: WatchSpec, record: WatchRecord, owned: &ShardSet, report: bool) -> Entry {
         Entry {
             held: owned.holds(&record.key),
             spec: Arc::new(spec),
@@ -398,9 +407,7 @@ impl Entry {
             in_flight: false,
             removed: false,
             delivered: None,
-            locations: Vec::new(),
-            sink_error: None,
-            settled_at_ms: None,
+            report: report.then(Box::default),
             polled: false,
             timing: crate::forecast::Timing::default(),
             reloaded: false,
@@ -414,17 +421,35 @@ impl Entry {
 
     /// Notes when it became settled, the first time it is.
     fn note_settled(&mut self, now_ms: u64) {
-        if self.settled_at_ms.is_none() && self.settled() {
-            self.settled_at_ms = Some(now_ms);
+        let settled = self.settled();
+        if let Some(r) = &mut self.report
+            && r.settled_at_ms.is_none()
+            && settled
+        {
+            r.settled_at_ms = Some(now_ms);
         }
     }
 
     /// `once` is done with it: ended, delivered to every sink, or given up on by a sink.
     fn settled(&self) -> bool {
         let phase = self.record.state.phase;
-        phase.is_terminal() || phase == Phase::Watching || self.sink_error.is_some()
+        phase.is_terminal()
+            || phase == Phase::Watching
+            || self.report.as_ref().is_some_and(|r| r.sink_error.is_some())
     }
 }
+
+/// Gives a list's unused room back to the allocator once it reaches [`GIVE_BACK_ROOM`] items,
+/// for lists emptied from their end: a shrink in place, which for a large block returns its
+/// pages to the system.
+fn give_back<T>(list: &mut Vec<T>) {
+    if list.capacity() - list.len() >= GIVE_BACK_ROOM {
+        list.shrink_to_fit();
+    }
+}
+
+/// See [`give_back`]: at 100,000 watches, some 25 shrinks of each list at the start.
+const GIVE_BACK_ROOM: usize = 4096;
 
 /// Who to wake when the ledger gains work.
 pub(crate) struct Wakes {
@@ -643,13 +668,16 @@ struct Engine {
 impl Engine {
     /// Adds `records` with their specs, taken out of the configuration: the entries keep the one
     /// copy of each spec.
-    async fn add_watches(&mut self, records: Vec<WatchRecord>) {
+    async fn add_watches(&mut self, mut records: Vec<WatchRecord>) {
         // The ledger returns the records of the configured watches in their order, so at the
         // start each record meets its spec next in line and no map of 100,000 specs is built;
-        // the map is the fallback for records out of that order (a reload adds a subset).
-        let mut specs = std::mem::take(&mut self.config.watches)
-            .into_iter()
-            .peekable();
+        // the map is the fallback for records out of that order (a reload adds a subset). Both
+        // lists are taken from their end (reversed in place first), and their room is given
+        // back as they empty, so the start does not hold them whole beside the entries (at
+        // 100,000 watches 33 MB, a third of the start's peak).
+        let mut specs = std::mem::take(&mut self.config.watches);
+        specs.reverse();
+        records.reverse();
         let mut rest: Option<HashMap<WatchKey, WatchSpec>> = None;
         // Sized once: grown by doubling, the entries and the index would hold up to twice
         // their room at the start's peak.
@@ -657,11 +685,14 @@ impl Engine {
         self.index.reserve(records.len());
         let now = self.ctx.clock.now_ms();
         let mut completed = Vec::new();
-        for mut record in records {
-            let spec = if rest.is_none() && specs.peek().is_some_and(|w| w.key == record.key) {
-                specs.next()
+        while let Some(mut record) = records.pop() {
+            give_back(&mut records);
+            let spec = if rest.is_none() && specs.last().is_some_and(|w| w.key == record.key) {
+                let spec = specs.pop();
+                give_back(&mut specs);
+                spec
             } else {
-                rest.get_or_insert_with(|| specs.by_ref().map(|w| (w.key.clone(), w)).collect())
+                rest.get_or_insert_with(|| specs.drain(..).map(|w| (w.key.clone(), w)).collect())
                     .remove(&record.key)
             };
             let Some(spec) = spec else {
@@ -922,7 +953,9 @@ impl Engine {
                 i
             }
             None => {
-                self.entries.push(Entry::new(spec, record, &self.owned()));
+                let report = self.once();
+                self.entries
+                    .push(Entry::new(spec, record, &self.owned(), report));
                 let i = self.entries.len() - 1;
                 self.counts.moved(None, self.entries[i].counted());
                 self.index.insert(key, i);
@@ -1147,12 +1180,15 @@ impl Engine {
             self.entries
                 .iter()
                 .filter(|e| !e.removed)
-                .map(|e| WatchEnd {
-                    spec: (*e.spec).clone(),
-                    record: e.record.clone(),
-                    locations: e.locations.clone(),
-                    sink_error: e.sink_error.clone(),
-                    settled_at_ms: e.settled_at_ms,
+                .map(|e| {
+                    let r = e.report.as_deref();
+                    WatchEnd {
+                        spec: (*e.spec).clone(),
+                        record: e.record.clone(),
+                        locations: r.map(|r| r.locations.clone()).unwrap_or_default(),
+                        sink_error: r.and_then(|r| r.sink_error.clone()),
+                        settled_at_ms: r.and_then(|r| r.settled_at_ms),
+                    }
                 })
                 .collect()
         } else {
@@ -1549,7 +1585,9 @@ impl Engine {
                     return;
                 };
                 let e = &mut self.entries[i];
-                e.locations.push(location);
+                if let Some(r) = &mut e.report {
+                    r.locations.push(location);
+                }
                 if complete {
                     let was = e.counted();
                     e.delivered = Some(version);
@@ -1561,7 +1599,9 @@ impl Engine {
             Notice::GaveUp { key, error } => {
                 if let Some(&i) = self.index.get(&key) {
                     let e = &mut self.entries[i];
-                    e.sink_error.get_or_insert(error);
+                    if let Some(r) = &mut e.report {
+                        r.sink_error.get_or_insert(error);
+                    }
                     e.note_settled(now);
                 }
             }
