@@ -13,6 +13,7 @@ mod budget;
 mod discovery;
 pub mod facts;
 mod history;
+mod keys;
 mod outbox;
 pub mod pause;
 mod poll;
@@ -592,7 +593,7 @@ pub async fn run(
         config,
         mode,
         entries: Vec::new(),
-        index: HashMap::new(),
+        index: keys::KeyIndex::default(),
         queues: Default::default(),
         launch_share: Share::default(),
         recheck_fit: RecheckFit::default(),
@@ -639,7 +640,8 @@ struct Engine {
     config: Config,
     mode: Mode,
     entries: Vec<Entry>,
-    index: HashMap<WatchKey, usize>,
+    /// Entries by key (their positions in `entries`).
+    index: keys::KeyIndex,
     /// The next polls, one min-heap per [`Class`] (index: `Class as usize`): due polls are
     /// launched best class first, with the recheck share (see `budget`).
     queues: [BinaryHeap<Reverse<(u64, usize)>>; 4],
@@ -682,7 +684,9 @@ impl Engine {
         // Sized once: grown by doubling, the entries and the index would hold up to twice
         // their room at the start's peak.
         self.entries.reserve(records.len());
-        self.index.reserve(records.len());
+        let entries = &self.entries;
+        self.index
+            .reserve(records.len(), |i| &entries[i].record.key);
         let now = self.ctx.clock.now_ms();
         let mut completed = Vec::new();
         while let Some(mut record) = records.pop() {
@@ -725,7 +729,7 @@ impl Engine {
             if wanted.contains(&row.key)
                 && row.pending_deliveries == 0
                 && row.parked_deliveries == 0
-                && let Some(&i) = self.index.get(&row.key)
+                && let Some(i) = self.find(&row.key)
             {
                 let e = &mut self.entries[i];
                 let was = e.counted();
@@ -886,11 +890,7 @@ impl Engine {
                 continue;
             };
             let key = record.key.clone();
-            if self
-                .index
-                .get(&key)
-                .is_some_and(|&i| !self.entries[i].removed)
-            {
+            if self.find(&key).is_some_and(|i| !self.entries[i].removed) {
                 continue; // configured as an index watch too: that one wins
             }
             if !record.state.phase.is_terminal() {
@@ -938,11 +938,16 @@ impl Engine {
         }
     }
 
+    /// The position of `key`'s entry, if it has one.
+    fn find(&self, key: &WatchKey) -> Option<usize> {
+        self.index.get(key, |i| &self.entries[i].record.key)
+    }
+
     /// Adds (or replaces) the entry of a watch; returns its index.
     fn insert_entry(&mut self, spec: WatchSpec, record: WatchRecord) -> usize {
         let key = record.key.clone();
-        match self.index.get(&key) {
-            Some(&i) => {
+        match self.find(&key) {
+            Some(i) => {
                 let e = &mut self.entries[i];
                 let was = e.counted();
                 e.spec = Arc::new(spec);
@@ -958,7 +963,8 @@ impl Engine {
                     .push(Entry::new(spec, record, &self.owned(), report));
                 let i = self.entries.len() - 1;
                 self.counts.moved(None, self.entries[i].counted());
-                self.index.insert(key, i);
+                let entries = &self.entries;
+                self.index.insert(&key, i, |j| &entries[j].record.key);
                 i
             }
         }
@@ -1073,9 +1079,8 @@ impl Engine {
             }
         };
         if self
-            .index
-            .get(&key)
-            .is_some_and(|&i| !self.entries[i].removed && self.entries[i].spec.origin.is_none())
+            .find(&key)
+            .is_some_and(|i| !self.entries[i].removed && self.entries[i].spec.origin.is_none())
         {
             return; // configured as an index watch: that one covers it
         }
@@ -1471,11 +1476,7 @@ impl Engine {
             .map(|r| (true, r))
             .chain(news.added.into_iter().map(|r| (false, r)))
         {
-            let known = self
-                .index
-                .get(&record.key)
-                .copied()
-                .filter(|&i| !self.entries[i].removed);
+            let known = self.find(&record.key).filter(|&i| !self.entries[i].removed);
             let i = match (known, origin) {
                 (Some(_), _) if !reload => continue,
                 (Some(i), _) => {
@@ -1581,7 +1582,7 @@ impl Engine {
                 location,
                 complete,
             } => {
-                let Some(&i) = self.index.get(&key) else {
+                let Some(i) = self.find(&key) else {
                     return;
                 };
                 let e = &mut self.entries[i];
@@ -1597,7 +1598,7 @@ impl Engine {
                 e.note_settled(now);
             }
             Notice::GaveUp { key, error } => {
-                if let Some(&i) = self.index.get(&key) {
+                if let Some(i) = self.find(&key) {
                     let e = &mut self.entries[i];
                     if let Some(r) = &mut e.report {
                         r.sink_error.get_or_insert(error);
@@ -1717,7 +1718,7 @@ impl Engine {
         let mut kept = 0;
         let mut reset = Vec::new();
         for w in &new.watches {
-            let Some(&i) = self.index.get(&w.key) else {
+            let Some(i) = self.find(&w.key) else {
                 continue;
             };
             let e = &mut self.entries[i];
@@ -1745,11 +1746,7 @@ impl Engine {
         }
         let added: Vec<WatchRecord> = records
             .into_iter()
-            .filter(|r| {
-                self.index
-                    .get(&r.key)
-                    .is_none_or(|&i| self.entries[i].removed)
-            })
+            .filter(|r| self.find(&r.key).is_none_or(|i| self.entries[i].removed))
             .collect();
         let n_added = added.len();
         let now = self.ctx.clock.now_ms();
