@@ -193,6 +193,23 @@ async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state() {
     assert_eq!(generation, "asset/other");
 }
 
+/// The start's list of configured watches is a temporary table in memory: once a sync is done
+/// its pages are given back (not left on the temporary database's free list), and a second
+/// sync of the same watches works the same.
+#[tokio::test]
+async fn the_start_list_of_watches_gives_its_memory_back_after_each_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let specs: Vec<WatchSpec> = (0..20_000).map(|i| spec(&format!("i{i}"))).collect();
+    for at in [0, 1] {
+        let records = ledger.sync_watches(&specs, &[], at).await.unwrap();
+        assert_eq!(records.len(), specs.len());
+        assert_eq!(records[19_999].key, key("i19999"), "in specs order");
+        // 20,000 rows fill over a hundred pages while the sync runs.
+        assert!(count(&ledger, "PRAGMA temp.page_count").await < 10);
+    }
+}
+
 #[tokio::test]
 async fn a_step_that_fails_midway_leaves_no_trace_and_others_in_the_group_commit() {
     let dir = tempfile::tempdir().unwrap();
