@@ -92,8 +92,10 @@ const TABLES: &[Table] = &[
     WATCHES,
     Table {
         name: "versions",
+        // The SQLite ledger stores a result as a BLOB of its UTF-8 text (rows written before
+        // that: TEXT); PostgreSQL's column is text.
         select: "SELECT rowid, version_id, watch_id, last_analyzed_at, fetched_at_ms,
-                        scene_count, analyzed_scene_ids, result_json
+                        scene_count, analyzed_scene_ids, CAST(result_json AS TEXT)
                  FROM versions ORDER BY rowid",
         columns: &[
             ("seq", Int),

@@ -29,7 +29,8 @@
 //!                  configured), route (schema 2: which calls it uses, NULL until decided)
 //! versions         version_id TEXT PK, watch_id, last_analyzed_at, fetched_at_ms, scene_count,
 //!                  analyzed_scene_ids (JSON array or NULL), result_json (the API's `result`,
-//!                  byte for byte)
+//!                  byte for byte: a BLOB of its UTF-8 text, written in place by incremental
+//!                  I/O; TEXT in rows written before; `CAST(result_json AS TEXT)` reads both)
 //! deliveries       (version_id, sink) PK WITHOUT ROWID, state pending|done|parked, attempts,
 //!                  next_attempt_at_ms, last_error, location, created_at_ms, done_at_ms
 //! events           seq INTEGER PK AUTOINCREMENT, id TEXT UNIQUE, type, watch_key, time_ms,

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::blob::ZeroBlob;
+use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, Row, params};
 
 use super::schema::{self, Found};
 use super::{
@@ -854,7 +855,14 @@ impl Store {
                 })?),
                 None => None,
             };
-            self.conn
+            // The result (megabytes for a long video) goes in as a zero-filled BLOB of its
+            // size, written in place through SQLite's incremental I/O: bound as text it was
+            // copied twice by SQLite (the bound value and the row built from it), and the
+            // poll's peak held three copies of the body at once (docs/benchmarks.md, "One
+            // large result"). So the column holds the result's UTF-8 bytes as a BLOB (rows
+            // of older versions: as TEXT); `read_result` reads either.
+            let inserted = self
+                .conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO versions
                        (version_id, watch_id, last_analyzed_at, fetched_at_ms, scene_count,
@@ -869,10 +877,20 @@ impl Store {
                         ms(v.fetched_at_ms),
                         ms(v.scene_count),
                         ids,
-                        v.result_json,
+                        ZeroBlob(v.result_json.len() as u64),
                     ])
                 })
                 .map_err(&w)?;
+            if inserted == 1 && !v.result_json.is_empty() {
+                let rowid = self.conn.last_insert_rowid();
+                self.conn
+                    .blob_open(MAIN_DB, "versions", "result_json", rowid, false)
+                    .and_then(|mut blob| {
+                        blob.write_at(v.result_json.as_bytes(), 0)?;
+                        blob.close()
+                    })
+                    .map_err(&w)?;
+            }
             // OR IGNORE: a version fetched again keeps its rows (a done delivery stays done);
             // a sink added since gets its row.
             let mut st = self
@@ -1100,17 +1118,53 @@ impl Store {
         let mut st = self.conn.prepare_cached(DUE_DELIVERIES).map_err(&r)?;
         let rows = st
             .query_map(params![sink, ms(now_ms), limit], |row| {
-                Ok(PendingDelivery {
-                    version_id: VersionId::from_stored(row.get(0)?),
-                    key: key_at(row, 1)?,
-                    last_analyzed_at: row.get(5)?,
-                    fetched_at_ms: u64_at(row, 6)?,
-                    result_json: row.get(7)?,
-                    attempts: row.get(8)?,
-                })
+                Ok((
+                    row.get::<_, i64>(7)?,
+                    PendingDelivery {
+                        version_id: VersionId::from_stored(row.get(0)?),
+                        key: key_at(row, 1)?,
+                        last_analyzed_at: row.get(5)?,
+                        fetched_at_ms: u64_at(row, 6)?,
+                        result_json: String::new(),
+                        attempts: row.get(8)?,
+                    },
+                ))
+            })
+            .map_err(&r)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&r)?;
+        rows.into_iter()
+            .map(|(rowid, mut due)| {
+                due.result_json = self.read_result(rowid, &due.version_id)?;
+                Ok(due)
+            })
+            .collect()
+    }
+
+    /// The stored result of the version at `rowid`, read through SQLite's incremental I/O
+    /// into one buffer of its size: a column read is SQLite's copy of the value and then
+    /// ours. Reads the BLOB the ledger writes and the TEXT that older versions wrote alike.
+    fn read_result(&self, rowid: i64, version: &VersionId) -> Result<String, StateError> {
+        let r = self.err("read");
+        let bytes = self
+            .conn
+            .blob_open(MAIN_DB, "versions", "result_json", rowid, true)
+            .and_then(|blob| {
+                let mut bytes = vec![0; usize::try_from(blob.size()).unwrap_or(0)];
+                blob.read_at_exact(&mut bytes, 0)?;
+                Ok(bytes)
             })
             .map_err(&r)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(&r)
+        String::from_utf8(bytes).map_err(|e| StateError::Io {
+            path: self.path.clone(),
+            op: "read",
+            detail: format!(
+                "the stored result of version {version} is not UTF-8 text ({}): the ledger \
+                 file is damaged",
+                e.utf8_error()
+            ),
+            source: None,
+        })
     }
 
     pub(crate) fn delivery_succeeded(
@@ -1151,7 +1205,7 @@ impl Store {
             // no longer needed, and keeping it would grow the ledger by every version forever.
             self.conn
                 .prepare_cached(
-                    "UPDATE versions SET result_json = '' WHERE version_id = ?1 AND result_json <> ''",
+                    "UPDATE versions SET result_json = '' WHERE version_id = ?1 AND octet_length(result_json) > 0",
                 )
                 .and_then(|mut st| st.execute([version_id]))
                 .map_err(&w)?;
@@ -1412,7 +1466,7 @@ impl Store {
 /// statistics the planner may prefer the primary key and walk every done row of the sink.
 pub(crate) const DUE_DELIVERIES: &str = "
     SELECT d.version_id, w.workspace, w.project_id, w.asset_id, w.index_id,
-           v.last_analyzed_at, v.fetched_at_ms, v.result_json, d.attempts
+           v.last_analyzed_at, v.fetched_at_ms, v.rowid, d.attempts
     FROM deliveries AS d INDEXED BY deliveries_open
     JOIN versions AS v ON v.version_id = d.version_id
     JOIN watches AS w ON w.watch_id = v.watch_id

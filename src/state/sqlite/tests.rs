@@ -906,3 +906,98 @@ async fn timing_only_steps_are_written_in_batches_and_survive_a_restart() {
     );
     ledger.close().await.unwrap();
 }
+
+/// A large result is stored as a BLOB of its bytes, written in place, and read back byte for
+/// byte (multi-byte text included); a row an older scenewatch stored as TEXT reads the same;
+/// once every sink has it, the stored result is released.
+#[tokio::test]
+async fn a_large_result_is_stored_as_its_bytes_and_read_back_exactly_old_text_rows_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
+    let text: String = format!(
+        r#"{{"sceneSummaries":[{}],"end":"장면 ✓"}}"#,
+        (0..20_000)
+            .map(|i| format!(r#"{{"sceneId":{i},"summary":"요약 {i} — \"quoted\""}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut step = completed_step("i1", "v1", vec![]);
+    if let Some(v) = step.new_version.as_mut() {
+        v.result_json = text.clone();
+    }
+    ledger.commit_step(step.clone()).await.unwrap();
+    assert_eq!(
+        count(
+            &ledger,
+            "SELECT count(*) FROM versions WHERE typeof(result_json) = 'blob'"
+        )
+        .await,
+        1
+    );
+    let due = ledger.due_deliveries("files", 1_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert!(due[0].result_json == text, "the result came back changed");
+
+    // The same version fetched again keeps its row (and its bytes).
+    ledger.commit_step(step).await.unwrap();
+    let due = ledger.due_deliveries("files", 1_000, 10).await.unwrap();
+    assert!(due[0].result_json == text);
+
+    // A row written as TEXT (scenewatch before this change) reads back the same.
+    ledger
+        .with_store(|s| {
+            s.exec(
+                "write",
+                "UPDATE versions SET result_json = CAST(result_json AS TEXT)",
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &ledger,
+            "SELECT count(*) FROM versions WHERE typeof(result_json) = 'text'"
+        )
+        .await,
+        1
+    );
+    let due = ledger.due_deliveries("hook", 1_000, 10).await.unwrap();
+    assert!(due[0].result_json == text, "the TEXT row came back changed");
+
+    // Every sink has it: released, whatever its type.
+    let id = due[0].version_id.clone();
+    for sink in ["files", "hook"] {
+        ledger
+            .delivery_succeeded(&id, sink, "somewhere", vec![], 2_000)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        count(&ledger, "SELECT octet_length(result_json) FROM versions").await,
+        0
+    );
+}
+
+/// A stored result that is not UTF-8 (a damaged file) is a loud error naming the version and
+/// the file, not a panic or a garbled delivery.
+#[tokio::test]
+async fn a_damaged_stored_result_is_an_error_naming_the_version_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&[spec("i1")], &[], 0).await.unwrap();
+    ledger
+        .commit_step(completed_step("i1", "v1", vec![]))
+        .await
+        .unwrap();
+    ledger
+        .with_store(|s| s.exec("write", "UPDATE versions SET result_json = X'7B22FF227D'"))
+        .await
+        .unwrap();
+    let err = ledger.due_deliveries("files", 1_000, 10).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("not UTF-8"), "{msg}");
+    assert!(msg.contains(DB_FILE), "{msg}");
+    let id = crate::domain::VersionId::of(&key("i1"), "v1");
+    assert!(msg.contains(id.as_str()), "{msg}");
+}
