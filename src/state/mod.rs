@@ -457,7 +457,8 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     fn commit_step(&self, commit: StepCommit) -> LedgerFuture<'_, ()>;
 
     /// Due pending deliveries of one sink (`next_attempt_at_ms <= now_ms`), earliest due first
-    /// (then by version id), with the stored result; at most `limit`. Versions of one watch come
+    /// (then by version id), with the stored result; at most `limit` (the SQLite ledger also
+    /// ends a batch once its results reach 16 MiB, so large ones come a few at a time). Versions of one watch come
     /// in the order they were fetched: a newer one is not due while an older one of the same
     /// watch is pending for the sink (parked ones do not hold it up).
     fn due_deliveries<'a>(

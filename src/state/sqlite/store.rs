@@ -36,6 +36,10 @@ const CACHE_KIB: i64 = 2 * 1024;
 /// prepared once (rusqlite keeps 16 by default, and evicting one means parsing it again).
 const STATEMENT_CACHE: usize = 128;
 
+/// The stored results one batch of due deliveries holds at most, beyond its last one (which
+/// may be larger: a batch always has at least one row).
+pub(crate) const DUE_RESULT_BYTES: usize = 16 * 1024 * 1024;
+
 /// The WAL is truncated back to this size after a checkpoint, so one large sync does not leave a
 /// large file behind.
 const WAL_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
@@ -1133,12 +1137,20 @@ impl Store {
             .map_err(&r)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(&r)?;
-        rows.into_iter()
-            .map(|(rowid, mut due)| {
-                due.result_json = self.read_result(rowid, &due.version_id)?;
-                Ok(due)
-            })
-            .collect()
+        // Results are read one by one, and the batch ends once they hold `DUE_RESULT_BYTES`:
+        // a backlog of long videos' results (a sink that was down) is then delivered a few at
+        // a time, not 64 of them held at once; the rest is due at the next round.
+        let mut out = Vec::with_capacity(rows.len());
+        let mut bytes = 0usize;
+        for (rowid, mut due) in rows {
+            if bytes >= DUE_RESULT_BYTES {
+                break;
+            }
+            due.result_json = self.read_result(rowid, &due.version_id)?;
+            bytes = bytes.saturating_add(due.result_json.len());
+            out.push(due);
+        }
+        Ok(out)
     }
 
     /// The stored result of the version at `rowid`, read through SQLite's incremental I/O

@@ -1001,3 +1001,73 @@ async fn a_damaged_stored_result_is_an_error_naming_the_version_and_the_file() {
     let id = crate::domain::VersionId::of(&key("i1"), "v1");
     assert!(msg.contains(id.as_str()), "{msg}");
 }
+
+/// A backlog of large results is handed out a few at a time (a batch ends once its results
+/// reach `DUE_RESULT_BYTES`), in due order, until every one was delivered; small ones still
+/// come up to the limit at once.
+#[tokio::test]
+async fn a_backlog_of_large_results_comes_a_few_at_a_time_and_all_of_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let specs: Vec<WatchSpec> = (0..12).map(|i| spec(&format!("i{i}"))).collect();
+    ledger.sync_watches(&specs, &[], 0).await.unwrap();
+    let big = store::DUE_RESULT_BYTES / 4 + 1;
+    for i in 0..12 {
+        let mut step = completed_step(&format!("i{i}"), "v1", vec![]);
+        if let Some(v) = step.new_version.as_mut() {
+            v.fetched_at_ms = 1_000 + i;
+            v.result_json = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(big));
+        }
+        ledger.commit_step(step).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    loop {
+        let due = ledger.due_deliveries("files", 10_000, 64).await.unwrap();
+        if due.is_empty() {
+            break;
+        }
+        assert!(due.len() <= 4, "a batch of {} large results", due.len());
+        for d in due {
+            assert!(d.result_json.len() > big);
+            seen.push(d.key.index_id().to_string());
+            ledger
+                .delivery_succeeded(&d.version_id, "files", "somewhere", vec![], 20_000)
+                .await
+                .unwrap();
+        }
+    }
+    let mut want: Vec<String> = (0..12).map(|i| format!("i{i}")).collect();
+    want.sort();
+    seen.sort();
+    assert_eq!(seen, want, "every result was handed out once");
+    // The other sink's backlog is untouched by that: the same first batch.
+    let hook = ledger.due_deliveries("hook", 10_000, 64).await.unwrap();
+    assert_eq!(hook.len(), 4, "16 MiB of results reached with the fourth");
+
+    // Small results are not held back by the budget: all up to the limit at once.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.sync_watches(&specs, &[], 0).await.unwrap();
+    for i in 0..12 {
+        ledger
+            .commit_step(completed_step(&format!("i{i}"), "v1", vec![]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        ledger
+            .due_deliveries("files", 10_000, 64)
+            .await
+            .unwrap()
+            .len(),
+        12
+    );
+    assert_eq!(
+        ledger
+            .due_deliveries("files", 10_000, 5)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+}
