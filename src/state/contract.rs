@@ -173,6 +173,7 @@ contract!(
     versions_of_a_watch_reach_a_sink_in_order,
     retention_forgets_only_what_is_done_old_and_cannot_come_again,
     timing_only_steps_are_seen_by_reads_and_a_later_full_step_wins,
+    a_backlog_of_large_results_comes_a_few_at_a_time_and_all_of_it_comes,
 );
 
 /// `i1` polled again and again while it stays as it was: only its timing moves.
@@ -935,4 +936,56 @@ async fn retention_forgets_only_what_is_done_old_and_cannot_come_again(l: &dyn L
     assert!(due_ids(l, "files").await.contains(&i1_v1_id));
     l.record_events(vec![old_sink_event]).await.unwrap();
     assert_eq!(pending_events(l, "log").await, 2);
+}
+
+/// A backlog of large results is handed out a few at a time (a batch ends once its results
+/// reach `DUE_RESULT_BYTES`), in due order, until every one was delivered; small results still
+/// come up to the limit at once.
+async fn a_backlog_of_large_results_comes_a_few_at_a_time_and_all_of_it_comes(l: &dyn Ledger) {
+    let small: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    let large: Vec<String> = (0..12).map(|i| format!("i{i}")).collect();
+    let specs: Vec<WatchSpec> = small.iter().chain(&large).map(|i| spec(i)).collect();
+    l.sync_watches(&specs, &[], 0).await.unwrap();
+    for i in &small {
+        l.commit_step(completed_step(i, "v1", vec![]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(l.due_deliveries("files", 10_000, 5).await.unwrap().len(), 5);
+    let due = l.due_deliveries("files", 10_000, 64).await.unwrap();
+    assert_eq!(due.len(), 12, "small results: all of them at once");
+    for d in due {
+        l.delivery_succeeded(&d.version_id, "files", "somewhere", vec![], 20_000)
+            .await
+            .unwrap();
+    }
+
+    let big = DUE_RESULT_BYTES / 4 + 1;
+    for (n, i) in large.iter().enumerate() {
+        let mut step = completed_step(i, "v1", vec![]);
+        if let Some(v) = step.new_version.as_mut() {
+            v.fetched_at_ms = 1_000 + n as u64;
+            v.result_json = format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(big));
+        }
+        l.commit_step(step).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    loop {
+        let due = l.due_deliveries("files", 10_000, 64).await.unwrap();
+        if due.is_empty() {
+            break;
+        }
+        assert!(due.len() <= 4, "a batch of {} large results", due.len());
+        for d in due {
+            assert!(d.result_json.len() > big && d.result_json.ends_with("\"}"));
+            seen.push(d.key.index_id().to_string());
+            l.delivery_succeeded(&d.version_id, "files", "somewhere", vec![], 20_000)
+                .await
+                .unwrap();
+        }
+    }
+    seen.sort();
+    let mut want = large.clone();
+    want.sort();
+    assert_eq!(seen, want, "every large result was handed out once");
 }

@@ -378,6 +378,8 @@ impl Ledger for MemoryLedger {
                 })
             };
             due.retain(|(_, vid, _)| !held_up(vid));
+            // A batch ends once its results reach the budget (see the trait).
+            let mut bytes = 0usize;
             Ok(due
                 .into_iter()
                 .filter_map(|(_, vid, row)| {
@@ -392,6 +394,11 @@ impl Ledger for MemoryLedger {
                     })
                 })
                 .take(limit)
+                .take_while(|d| {
+                    let under = bytes < super::DUE_RESULT_BYTES;
+                    bytes = bytes.saturating_add(d.result_json.len());
+                    under
+                })
                 .collect())
         })
     }

@@ -35,6 +35,11 @@ pub use memory::MemoryLedger;
 pub use postgres::{LeaseTick, PostgresLedger, PostgresTarget, ShardWatch};
 pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteLedger};
 
+/// The stored results one batch of due deliveries holds at most, beyond its last row (which may
+/// be larger: a batch always has at least one): a backlog of long videos' results (a sink that
+/// was down) is delivered a few at a time, not a whole batch of them held at once.
+pub const DUE_RESULT_BYTES: usize = 16 * 1024 * 1024;
+
 /// A ledger operation failed. Every message names the ledger (the database file).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StateError {
@@ -457,8 +462,8 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     fn commit_step(&self, commit: StepCommit) -> LedgerFuture<'_, ()>;
 
     /// Due pending deliveries of one sink (`next_attempt_at_ms <= now_ms`), earliest due first
-    /// (then by version id), with the stored result; at most `limit` (the SQLite ledger also
-    /// ends a batch once its results reach 16 MiB, so large ones come a few at a time). Versions of one watch come
+    /// (then by version id), with the stored result; at most `limit`, and the batch ends once
+    /// its results reach [`DUE_RESULT_BYTES`], so large ones come a few at a time. Versions of one watch come
     /// in the order they were fetched: a newer one is not due while an older one of the same
     /// watch is pending for the sink (parked ones do not hold it up).
     fn due_deliveries<'a>(

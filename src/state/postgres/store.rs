@@ -549,9 +549,19 @@ pub(super) async fn insert_events(
 
 /// Due deliveries of one sink; as in SQLite, versions of one watch reach one sink in the order
 /// they were fetched. A replica (`$4`, NULL otherwise) sees only those of the shards it holds.
+/// The batch ends once its results reach `$5` bytes (`DUE_RESULT_BYTES`; at least one row):
+/// the window sums `octet_length`, which PostgreSQL reads off a TOASTed value's header without
+/// fetching it, over the at most `$3` rows due, and the rows past the budget are never sent.
 const DUE_DELIVERIES: &str = "
+    SELECT version_id, workspace, project_id, asset_id, index_id,
+           last_analyzed_at, fetched_at_ms, result_json, attempts
+    FROM (
+      SELECT due.*, coalesce(sum(octet_length(due.result_json)) OVER (
+                      ORDER BY due.next_attempt_at_ms, due.version_id
+                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before_bytes
+      FROM (
     SELECT d.version_id, w.workspace, w.project_id, w.asset_id, w.index_id,
-           v.last_analyzed_at, v.fetched_at_ms, v.result_json, d.attempts
+           v.last_analyzed_at, v.fetched_at_ms, v.result_json, d.attempts, d.next_attempt_at_ms
     FROM {s}.deliveries AS d
     JOIN {s}.versions AS v ON v.version_id = d.version_id
     JOIN {s}.watches AS w ON w.watch_id = v.watch_id
@@ -567,7 +577,11 @@ const DUE_DELIVERIES: &str = "
             AND (ov.fetched_at_ms < v.fetched_at_ms
                  OR (ov.fetched_at_ms = v.fetched_at_ms AND ov.version_id < v.version_id)))
     ORDER BY d.next_attempt_at_ms, d.version_id
-    LIMIT $3";
+    LIMIT $3
+      ) AS due
+    ) AS budgeted
+    WHERE before_bytes < $5
+    ORDER BY next_attempt_at_ms, version_id";
 
 pub(super) async fn due_deliveries(
     i: &Inner,
@@ -579,7 +593,8 @@ pub(super) async fn due_deliveries(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let st = c.prepare_cached(&i.sql(DUE_DELIVERIES)).await?;
     let owner = i.fencing_owner();
-    c.query(&st, &[&sink, &ms(now_ms), &limit, &owner])
+    let budget = i64::try_from(crate::state::DUE_RESULT_BYTES).unwrap_or(i64::MAX);
+    c.query(&st, &[&sink, &ms(now_ms), &limit, &owner, &budget])
         .await?
         .iter()
         .map(|row| {

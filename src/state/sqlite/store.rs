@@ -36,10 +36,6 @@ const CACHE_KIB: i64 = 2 * 1024;
 /// prepared once (rusqlite keeps 16 by default, and evicting one means parsing it again).
 const STATEMENT_CACHE: usize = 128;
 
-/// The stored results one batch of due deliveries holds at most, beyond its last one (which
-/// may be larger: a batch always has at least one row).
-pub(crate) const DUE_RESULT_BYTES: usize = 16 * 1024 * 1024;
-
 /// The WAL is truncated back to this size after a checkpoint, so one large sync does not leave a
 /// large file behind.
 const WAL_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
@@ -1143,7 +1139,7 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         let mut bytes = 0usize;
         for (rowid, mut due) in rows {
-            if bytes >= DUE_RESULT_BYTES {
+            if bytes >= crate::state::DUE_RESULT_BYTES {
                 break;
             }
             due.result_json = self.read_result(rowid, &due.version_id)?;
