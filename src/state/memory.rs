@@ -378,26 +378,25 @@ impl Ledger for MemoryLedger {
                 })
             };
             due.retain(|(_, vid, _)| !held_up(vid));
-            // A batch ends once its results reach the budget (see the trait).
-            let mut bytes = 0usize;
+            // A batch ends once its results reach the budget (see the trait); a result past it
+            // is not copied.
+            let mut budget = super::ResultBudget::default();
             Ok(due
                 .into_iter()
-                .filter_map(|(_, vid, row)| {
-                    let v = m.versions.get(vid)?;
-                    Some(PendingDelivery {
-                        version_id: vid.clone(),
-                        key: v.key.clone(),
-                        last_analyzed_at: v.last_analyzed_at.clone(),
-                        fetched_at_ms: v.fetched_at_ms,
-                        result_json: v.result_json.clone(),
-                        attempts: row.attempts,
-                    })
-                })
+                .filter_map(|(_, vid, row)| Some((vid, row, m.versions.get(vid)?)))
                 .take(limit)
-                .take_while(|d| {
-                    let under = bytes < super::DUE_RESULT_BYTES;
-                    bytes = bytes.saturating_add(d.result_json.len());
-                    under
+                .take_while(|(_, _, v)| {
+                    let room = budget.has_room();
+                    budget.spend(v.result_json.len());
+                    room
+                })
+                .map(|(vid, row, v)| PendingDelivery {
+                    version_id: vid.clone(),
+                    key: v.key.clone(),
+                    last_analyzed_at: v.last_analyzed_at.clone(),
+                    fetched_at_ms: v.fetched_at_ms,
+                    result_json: v.result_json.clone(),
+                    attempts: row.attempts,
                 })
                 .collect())
         })

@@ -40,6 +40,26 @@ pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteLedger};
 /// was down) is delivered a few at a time, not a whole batch of them held at once.
 pub const DUE_RESULT_BYTES: usize = 16 * 1024 * 1024;
 
+/// The rule of [`DUE_RESULT_BYTES`] for a ledger that reads a batch's results one by one (the
+/// PostgreSQL ledger applies it in its query): a row is taken while the results before it are
+/// under the budget.
+#[derive(Debug, Default)]
+pub(crate) struct ResultBudget {
+    taken: usize,
+}
+
+impl ResultBudget {
+    /// Whether the batch takes another row.
+    pub(crate) fn has_room(&self) -> bool {
+        self.taken < DUE_RESULT_BYTES
+    }
+
+    /// Counts a row's result of `len` bytes.
+    pub(crate) fn spend(&mut self, len: usize) {
+        self.taken = self.taken.saturating_add(len);
+    }
+}
+
 /// A ledger operation failed. Every message names the ledger (the database file).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StateError {
@@ -463,9 +483,9 @@ pub trait Ledger: Send + Sync + fmt::Debug {
 
     /// Due pending deliveries of one sink (`next_attempt_at_ms <= now_ms`), earliest due first
     /// (then by version id), with the stored result; at most `limit`, and the batch ends once
-    /// its results reach [`DUE_RESULT_BYTES`], so large ones come a few at a time. Versions of one watch come
-    /// in the order they were fetched: a newer one is not due while an older one of the same
-    /// watch is pending for the sink (parked ones do not hold it up).
+    /// its results reach [`DUE_RESULT_BYTES`], so large ones come a few at a time. Versions of
+    /// one watch come in the order they were fetched: a newer one is not due while an older one
+    /// of the same watch is pending for the sink (parked ones do not hold it up).
     fn due_deliveries<'a>(
         &'a self,
         sink: &'a str,

@@ -1137,13 +1137,13 @@ impl Store {
         // a backlog of long videos' results (a sink that was down) is then delivered a few at
         // a time, not 64 of them held at once; the rest is due at the next round.
         let mut out = Vec::with_capacity(rows.len());
-        let mut bytes = 0usize;
+        let mut budget = crate::state::ResultBudget::default();
         for (rowid, mut due) in rows {
-            if bytes >= crate::state::DUE_RESULT_BYTES {
+            if !budget.has_room() {
                 break;
             }
             due.result_json = self.read_result(rowid, &due.version_id)?;
-            bytes = bytes.saturating_add(due.result_json.len());
+            budget.spend(due.result_json.len());
             out.push(due);
         }
         Ok(out)
