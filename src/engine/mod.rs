@@ -13,6 +13,7 @@ mod budget;
 mod discovery;
 pub mod facts;
 mod history;
+mod kept;
 mod keys;
 mod outbox;
 pub mod pause;
@@ -45,6 +46,7 @@ use crate::state::shards::ShardSet;
 use crate::state::{SharedLedger, WatchRecord};
 use crate::watch::{self, PauseReason, Phase};
 use discovery::{AssetRef, Discovery, Found};
+use kept::{Kept, Ms};
 use pause::{ClientPause, Probe, Refusal};
 
 /// The deployment fact recorded once the index-level API answered "URL not found.".
@@ -315,7 +317,7 @@ fn round_s(d: Duration) -> Duration {
 
 /// The budget class of a watch's next poll (see `budget`).
 fn class_of(e: &Entry) -> Class {
-    match e.record.state.phase {
+    match e.kept.phase {
         Phase::Pending => Class::First,
         Phase::Watching => Class::Recheck,
         _ => Class::Waiting,
@@ -364,22 +366,23 @@ impl PhaseCounts {
 
 struct Entry {
     spec: Arc<WatchSpec>,
-    record: WatchRecord,
+    /// Its record, less the key (`spec.key` is the same), and the latest version every sink
+    /// confirmed (so a commit racing with the last delivery cannot leave the watch
+    /// `completed`).
+    kept: Kept,
     /// When it is due, if scheduled; heap items that disagree are stale and skipped.
-    due_ms: Option<u64>,
-    in_flight: bool,
-    /// No longer configured (kept so indexes stay stable; not polled).
-    removed: bool,
-    /// The latest version every sink confirmed (so a commit racing with the last delivery
-    /// cannot leave the watch `completed`).
-    delivered: Option<VersionId>,
+    due: Ms,
     /// How it ended up, for `once`'s report; `None` in the daemon, which reports no watch (a
     /// daemon's entry would otherwise gain a location at every delivery for as long as it runs).
     report: Option<Box<Report>>,
+    /// Its recent polls' timing, for the poll history (`forecast::Timing`, 16 bytes here).
+    last_poll: Ms,
+    change_est: Ms,
+    in_flight: bool,
+    /// No longer configured (kept so indexes stay stable; not polled).
+    removed: bool,
     /// Polled since the process started (see `poll`: the deadline of a first poll).
     polled: bool,
-    /// Its recent polls' timing, for the poll history.
-    timing: crate::forecast::Timing,
     /// Reloaded from the ledger while a poll of it was in flight (a replica regained its
     /// shard): that poll's outcome is older news than the ledger's, and is not applied.
     reloaded: bool,
@@ -400,24 +403,53 @@ impl Entry {
     /// A watch the engine has not seen yet: unscheduled, never polled here. `report`: keep what
     /// `once`'s report says of it.
     fn new(spec: WatchSpec, record: WatchRecord, owned: &ShardSet, report: bool) -> Entry {
+        debug_assert!(record.key == spec.key);
         Entry {
-            held: owned.holds(&record.key),
+            held: owned.holds(&spec.key),
             spec: Arc::new(spec),
-            record,
-            due_ms: None,
+            kept: Kept::new(record),
+            due: Ms::NONE,
             in_flight: false,
             removed: false,
-            delivered: None,
             report: report.then(Box::default),
             polled: false,
-            timing: crate::forecast::Timing::default(),
+            last_poll: Ms::NONE,
+            change_est: Ms::NONE,
             reloaded: false,
         }
     }
 
+    /// Its key.
+    fn key(&self) -> &WatchKey {
+        &self.spec.key
+    }
+
+    /// Its record (a copy).
+    fn record(&self) -> WatchRecord {
+        self.kept.record(&self.spec.key)
+    }
+
+    /// When it is due, if scheduled.
+    fn due_ms(&self) -> Option<u64> {
+        self.due.get()
+    }
+
+    /// Its recent polls' timing.
+    fn timing(&self) -> crate::forecast::Timing {
+        crate::forecast::Timing {
+            last_poll_ms: self.last_poll.get(),
+            change_est_ms: self.change_est.get(),
+        }
+    }
+
+    fn set_timing(&mut self, t: crate::forecast::Timing) {
+        self.last_poll = Ms::new(t.last_poll_ms);
+        self.change_est = Ms::new(t.change_est_ms);
+    }
+
     /// The phase it is counted under (`None` once removed, or when another replica holds it).
     fn counted(&self) -> Option<Phase> {
-        (!self.removed && self.held).then_some(self.record.state.phase)
+        (!self.removed && self.held).then_some(self.kept.phase)
     }
 
     /// Notes when it became settled, the first time it is.
@@ -433,7 +465,7 @@ impl Entry {
 
     /// `once` is done with it: ended, delivered to every sink, or given up on by a sink.
     fn settled(&self) -> bool {
-        let phase = self.record.state.phase;
+        let phase = self.kept.phase;
         phase.is_terminal()
             || phase == Phase::Watching
             || self.report.as_ref().is_some_and(|r| r.sink_error.is_some())
@@ -685,8 +717,7 @@ impl Engine {
         // their room at the start's peak.
         self.entries.reserve(records.len());
         let entries = &self.entries;
-        self.index
-            .reserve(records.len(), |i| &entries[i].record.key);
+        self.index.reserve(records.len(), |i| entries[i].key());
         let now = self.ctx.clock.now_ms();
         let mut completed = Vec::new();
         while let Some(mut record) = records.pop() {
@@ -704,7 +735,8 @@ impl Engine {
             };
             // The record and the spec share one key text (the ledger's read made its own).
             record.key = spec.key.clone();
-            let due = self.initial_due(&record, now);
+            let due =
+                self.initial_due(&record.key, record.state.phase, record.next_poll_at_ms, now);
             if record.state.phase == Phase::Completed {
                 completed.push(record.key.clone());
             }
@@ -733,7 +765,7 @@ impl Engine {
             {
                 let e = &mut self.entries[i];
                 let was = e.counted();
-                e.delivered = e.record.last_version_id.clone();
+                e.kept.set_delivered(e.kept.last_version_id().cloned());
                 apply_delivered(e);
                 self.counts.moved(was, e.counted());
             }
@@ -744,13 +776,18 @@ impl Engine {
     /// spot spread over the initial interval by its key, so a restart after a long stop does not
     /// fire every watch at once. Ended watches are not scheduled; in `once`, delivered ones
     /// neither.
-    fn initial_due(&self, record: &WatchRecord, now: u64) -> Option<u64> {
-        let phase = record.state.phase;
+    fn initial_due(
+        &self,
+        key: &WatchKey,
+        phase: Phase,
+        next_poll_at_ms: Option<u64>,
+        now: u64,
+    ) -> Option<u64> {
         if phase.is_terminal() || (self.once() && phase == Phase::Watching) {
             return None;
         }
-        let spread = now
-            + first_poll_offset(&record.key, self.config.poll.initial_interval).as_millis() as u64;
+        let spread =
+            now + first_poll_offset(key, self.config.poll.initial_interval).as_millis() as u64;
         // No schedule is ever further ahead than the longest interval (rechecks, the longest
         // pause): a time beyond that was saved by a clock that ran ahead (or this one jumped
         // back across a restart) and is not waited for.
@@ -760,10 +797,16 @@ impl Engine {
             .max(p.recheck_interval)
             .max(pause::QUOTA_PAUSE.1)
             .as_millis() as u64;
-        Some(match record.next_poll_at_ms {
+        Some(match next_poll_at_ms {
             Some(t) if t >= now && t <= now.saturating_add(horizon) => t,
             _ => spread,
         })
+    }
+
+    /// [`Engine::initial_due`] of entry `i`.
+    fn entry_due(&self, i: usize, now: u64) -> Option<u64> {
+        let e = &self.entries[i];
+        self.initial_due(e.key(), e.kept.phase, e.kept.next_poll_at_ms(), now)
     }
 
     fn once(&self) -> bool {
@@ -774,7 +817,7 @@ impl Engine {
         if let Some(e) = self.entries.get_mut(i)
             && !e.removed
         {
-            e.due_ms = Some(due);
+            e.due = Ms::new(Some(due));
             self.queues[class_of(e) as usize].push(Reverse((due, i)));
         }
     }
@@ -896,7 +939,7 @@ impl Engine {
             if !record.state.phase.is_terminal() {
                 self.discovery.known(asset_of(&key), &origin);
             }
-            let due = self.initial_due(&record, now);
+            let due = self.initial_due(&key, record.state.phase, record.next_poll_at_ms, now);
             let i = self.insert_entry(selector.spec_for(key), record);
             if let Some(due) = due {
                 self.schedule(i, due);
@@ -940,7 +983,7 @@ impl Engine {
 
     /// The position of `key`'s entry, if it has one.
     fn find(&self, key: &WatchKey) -> Option<usize> {
-        self.index.get(key, |i| &self.entries[i].record.key)
+        self.index.get(key, |i| self.entries[i].key())
     }
 
     /// Adds (or replaces) the entry of a watch; returns its index.
@@ -951,9 +994,9 @@ impl Engine {
                 let e = &mut self.entries[i];
                 let was = e.counted();
                 e.spec = Arc::new(spec);
-                e.record = record;
+                e.kept.set(record);
                 e.removed = false;
-                e.due_ms = None;
+                e.due = Ms::NONE;
                 self.counts.moved(was, e.counted());
                 i
             }
@@ -964,7 +1007,7 @@ impl Engine {
                 let i = self.entries.len() - 1;
                 self.counts.moved(None, self.entries[i].counted());
                 let entries = &self.entries;
-                self.index.insert(&key, i, |j| &entries[j].record.key);
+                self.index.insert(&key, i, |j| entries[j].key());
                 i
             }
         }
@@ -1107,7 +1150,7 @@ impl Engine {
             }
         }
         self.discovery.known(asset.clone(), &origin);
-        let due = self.initial_due(&record, now);
+        let due = self.initial_due(&key, record.state.phase, record.next_poll_at_ms, now);
         let i = self.insert_entry(spec, record);
         if let Some(due) = due {
             self.schedule(i, due);
@@ -1116,7 +1159,7 @@ impl Engine {
             let e = &self.entries[i];
             o.update(&Update::Polled {
                 spec: &e.spec,
-                record: &e.record,
+                record: &e.record(),
                 events: std::slice::from_ref(&ev),
             });
         }
@@ -1137,12 +1180,12 @@ impl Engine {
         for e in &mut self.entries {
             if !e.removed
                 && e.spec.origin.as_deref() == Some(origin.as_str())
-                && gone.contains(&asset_of(&e.record.key))
+                && gone.contains(&asset_of(e.key()))
             {
                 self.counts.moved(e.counted(), None);
                 e.removed = true;
-                e.due_ms = None;
-                keys.push(e.record.key.clone());
+                e.due = Ms::NONE;
+                keys.push(e.key().clone());
             }
         }
         if keys.is_empty() {
@@ -1189,7 +1232,7 @@ impl Engine {
                     let r = e.report.as_deref();
                     WatchEnd {
                         spec: (*e.spec).clone(),
-                        record: e.record.clone(),
+                        record: e.record(),
                         locations: r.map(|r| r.locations.clone()).unwrap_or_default(),
                         sink_error: r.and_then(|r| r.sink_error.clone()),
                         settled_at_ms: r.and_then(|r| r.settled_at_ms),
@@ -1271,7 +1314,7 @@ impl Engine {
     fn take_put_off(&mut self) -> Option<usize> {
         let pos = self.put_off.iter().position(|&i| {
             let e = &self.entries[i];
-            !e.removed && !e.in_flight && !e.record.state.phase.is_terminal() && e.held
+            !e.removed && !e.in_flight && !e.kept.phase.is_terminal() && e.held
         })?;
         Some(self.put_off.remove(pos))
     }
@@ -1299,13 +1342,13 @@ impl Engine {
                 return None;
             }
             let e = &mut self.entries[i];
-            if e.removed || e.in_flight || e.due_ms != Some(due) {
+            if e.removed || e.in_flight || e.due_ms() != Some(due) {
                 queue.pop(); // stale heap item
                 continue;
             }
             if !e.held {
                 // Another replica's now: rescheduled from the ledger if its shard comes back.
-                e.due_ms = None;
+                e.due = Ms::NONE;
                 queue.pop();
                 continue;
             }
@@ -1317,7 +1360,7 @@ impl Engine {
         let e = &mut self.entries[i];
         e.in_flight = true;
         let class = class_of(e);
-        if let Some(due) = e.due_ms.take() {
+        if let Some(due) = std::mem::replace(&mut e.due, Ms::NONE).get() {
             let late = Duration::from_millis(self.ctx.clock.now_ms().saturating_sub(due));
             self.ctx.health.metrics.poll_lateness(class.as_str(), late);
         }
@@ -1328,11 +1371,11 @@ impl Engine {
             self.client.clone(),
             i,
             e.spec.clone(),
-            e.record.clone(),
+            e.record(),
             probe,
             first_of_run,
             class,
-            e.timing,
+            e.timing(),
         ));
     }
 
@@ -1351,8 +1394,8 @@ impl Engine {
                 .iter()
                 .position(|s| *s.origin() == *origin)
         {
-            let asset = asset_of(&e.record.key);
-            info!(watch = %e.record.key, new_index_id = %new_index, "A re-index replaced the watch's index; following the asset's new latest index.");
+            let asset = asset_of(e.key());
+            info!(watch = %e.key(), new_index_id = %new_index, "A re-index replaced the watch's index; following the asset's new latest index.");
             self.discovery.forget(&asset);
             self.add_discovered(sel, &asset, new_index).await;
         }
@@ -1368,19 +1411,19 @@ impl Engine {
             // The ledger's record, loaded while this poll ran, is the newer news (the poll
             // committed before its shard was taken over, or was refused by the fencing check):
             // scheduled as any loaded record is.
-            if let Some(due) = self.initial_due(&self.entries[i].record, now) {
+            if let Some(due) = self.entry_due(i, now) {
                 self.schedule(i, due);
             }
             return;
         }
         if let Some(t) = o.timing {
-            e.timing = t;
+            e.set_timing(t);
         }
         let mut record = o.record;
         // A job's first completion (a re-run of a delivered watch counts from its start).
-        if e.record.state.phase == Phase::Waiting
+        if e.kept.phase == Phase::Waiting
             && record.state.phase == Phase::Completed
-            && e.delivered.is_none()
+            && e.kept.delivered().is_none()
         {
             self.ctx
                 .health
@@ -1411,7 +1454,7 @@ impl Engine {
                     record =
                         poll::reject_alone(&self.ctx, &spec, record, o.error.as_ref(), now).await;
                     let was = self.entries[i].counted();
-                    self.entries[i].record = record;
+                    self.entries[i].kept.set(record);
                     self.counts.moved(was, self.entries[i].counted());
                     self.entries[i].note_settled(now);
                     return;
@@ -1419,7 +1462,7 @@ impl Engine {
             }
             let e = &mut self.entries[i];
             let was = e.counted();
-            e.record = record;
+            e.kept.set(record);
             self.counts.moved(was, e.counted());
             self.put_off.push(i);
             return;
@@ -1430,7 +1473,7 @@ impl Engine {
         }
         let e = &mut self.entries[i];
         let was = e.counted();
-        e.record = record;
+        e.kept.set(record);
         apply_delivered(e);
         self.counts.moved(was, e.counted());
         e.note_settled(now);
@@ -1439,7 +1482,7 @@ impl Engine {
         let due = if once && e.settled() {
             None
         } else {
-            e.record.next_poll_at_ms
+            e.kept.next_poll_at_ms()
         };
         if let Some(due) = due {
             self.schedule(i, due);
@@ -1459,7 +1502,7 @@ impl Engine {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = news.owned;
             for e in &mut self.entries {
-                let held = news.owned.holds(&e.record.key);
+                let held = news.owned.holds(e.key());
                 if held != e.held {
                     let was = e.counted();
                     e.held = held;
@@ -1483,9 +1526,9 @@ impl Engine {
                     let e = &mut self.entries[i];
                     let was = e.counted();
                     e.reloaded = e.in_flight;
-                    e.record = record;
-                    e.delivered = None;
-                    e.timing = crate::forecast::Timing::default();
+                    e.kept.set(record);
+                    e.kept.set_delivered(None);
+                    e.set_timing(crate::forecast::Timing::default());
                     self.counts.moved(was, e.counted());
                     i
                 }
@@ -1501,13 +1544,13 @@ impl Engine {
                 (None, None) => continue,
             };
             let e = &self.entries[i];
-            if e.record.state.phase == Phase::Completed {
+            if e.kept.phase == Phase::Completed {
                 // Its last owner may have finished delivering it (a row the next poll would
                 // have made `watching`): as at start.
-                completed.push(e.record.key.clone());
+                completed.push(e.key().clone());
             }
             if !e.in_flight
-                && let Some(due) = self.initial_due(&e.record, now)
+                && let Some(due) = self.entry_due(i, now)
             {
                 self.schedule(i, due);
             }
@@ -1564,11 +1607,11 @@ impl Engine {
             let Some(e) = self.entries.get(i) else {
                 continue;
             };
-            if e.in_flight || e.removed || e.record.state.phase.is_terminal() {
+            if e.in_flight || e.removed || e.kept.phase.is_terminal() {
                 continue;
             }
-            let spread = first_poll_offset(&e.record.key, self.config.poll.initial_interval)
-                .as_millis() as u64;
+            let spread =
+                first_poll_offset(e.key(), self.config.poll.initial_interval).as_millis() as u64;
             self.schedule(i, now + spread);
         }
     }
@@ -1591,7 +1634,7 @@ impl Engine {
                 }
                 if complete {
                     let was = e.counted();
-                    e.delivered = Some(version);
+                    e.kept.set_delivered(Some(version));
                     apply_delivered(e);
                     self.counts.moved(was, e.counted());
                 }
@@ -1703,13 +1746,13 @@ impl Engine {
         let mut removed = 0;
         for e in &mut self.entries {
             let stays = match &e.spec.origin {
-                None => new_keys.contains(&e.record.key),
+                None => new_keys.contains(e.key()),
                 Some(o) => kept_origins.contains(&**o),
             };
             if !e.removed && !stays {
                 self.counts.moved(e.counted(), None);
                 e.removed = true;
-                e.due_ms = None;
+                e.due = Ms::NONE;
                 removed += 1;
             }
         }
@@ -1728,20 +1771,20 @@ impl Engine {
             e.spec = Arc::new(w.clone());
             kept += 1;
             // `scenewatch reset` put an ended watch back to pending in the ledger.
-            if e.record.state.phase.is_terminal()
+            if e.kept.phase.is_terminal()
                 && !e.in_flight
                 && let Some(r) = ledger_records.get(&w.key)
                 && !r.state.phase.is_terminal()
             {
                 let was = e.counted();
-                e.record = (*r).clone();
+                e.kept.set((*r).clone());
                 self.counts.moved(was, e.counted());
                 reset.push(i);
             }
         }
         let now = self.ctx.clock.now_ms();
         for &i in &reset {
-            info!(watch = %self.entries[i].record.key, "Watch reset by an operator; polling it again.");
+            info!(watch = %self.entries[i].key(), "Watch reset by an operator; polling it again.");
             self.schedule(i, now);
         }
         let added: Vec<WatchRecord> = records
@@ -1849,13 +1892,15 @@ async fn discover(
 /// A watch whose latest version every sink confirmed is `watching`, even if the step that
 /// fetched it committed `completed` after the last confirmation.
 fn apply_delivered(e: &mut Entry) {
-    let r = &mut e.record;
-    if r.state.phase == Phase::Completed
-        && e.delivered.is_some()
-        && r.last_version_id == e.delivered
-        && let Some(v) = r.state.last_version.clone()
+    if e.kept.phase == Phase::Completed
+        && e.kept.delivered().is_some()
+        && e.kept.last_version_id() == e.kept.delivered()
     {
-        r.state = watch::delivered(&r.state, &v);
+        let mut r = e.record();
+        if let Some(v) = r.state.last_version.clone() {
+            r.state = watch::delivered(&r.state, &v);
+            e.kept.set(r);
+        }
     }
 }
 
