@@ -16,6 +16,7 @@ pub mod forecast;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub(crate) mod key_index;
 pub mod metrics;
 pub mod ncp;
 pub mod once;

@@ -14,6 +14,7 @@ use reqwest::Url;
 use super::checks::{duration, is_loopback};
 use super::{ConfigErrors, EventSinkConfig, Origins, Problem, RawConfig, SinkConfig};
 use crate::domain::{WatchKey, validate_id};
+use crate::key_index::{KeyIndex, give_back};
 use crate::ncp::signing::Credentials;
 use std::fmt;
 
@@ -442,17 +443,23 @@ pub fn validate(
     }
 
     // [[watch]]: an index of an asset, one asset's latest index, or every asset of a project.
-    // Each raw watch is dropped as its spec is made, so at 100,000 watches the two lists are
-    // not both held (the memory one frees is reused by the next); keys in `seen` share the
-    // specs' text.
-    let raw_watches = std::mem::take(&mut raw.watches);
-    let mut watches = Vec::with_capacity(raw_watches.len());
+    // Each raw watch is taken from the end of the (reversed) list as its spec is made, and the
+    // list's room given back as it empties, so at 100,000 watches the two lists are not both
+    // held whole; `seen` holds positions in `watches` (4 bytes each, not a copy of each key).
+    let mut raw_watches = std::mem::take(&mut raw.watches);
+    raw_watches.reverse();
+    let mut watches: Vec<WatchSpec> = Vec::with_capacity(raw_watches.len());
     let mut selectors: Vec<Selector> = Vec::new();
-    let mut seen: HashMap<WatchKey, usize> = HashMap::with_capacity(raw_watches.len());
+    let mut seen = KeyIndex::default();
+    seen.reserve(raw_watches.len(), |i| &watches[i].key);
     let mut seen_selectors: HashMap<String, usize> = HashMap::new();
     // The place of the previous watch: watches of one source share its text.
     let mut last_place: Arc<str> = Arc::from("");
-    for (i, w) in raw_watches.into_iter().enumerate() {
+    let mut next = 0;
+    while let Some(w) = raw_watches.pop() {
+        give_back(&mut raw_watches);
+        let i = next;
+        next += 1;
         let base = format!("watch[{i}]");
         let mut ok = true;
         let has_asset = !w.asset_id.is_empty();
@@ -567,8 +574,8 @@ pub fn validate(
         let Ok(key) = WatchKey::new(&w.workspace, &w.project_id, &w.asset_id, &w.index_id) else {
             continue;
         };
-        if let Some(first) = seen.get(&key) {
-            let first: &WatchSpec = &watches[*first];
+        if let Some(first) = seen.get(&key, |j| &watches[j].key) {
+            let first: &WatchSpec = &watches[first];
             p.push(Problem {
                 key: base.clone(),
                 origin: origins.of(&format!("{base}.workspace")),
@@ -579,7 +586,7 @@ pub fn validate(
             });
             continue;
         }
-        seen.insert(key.clone(), watches.len());
+        seen.insert(&key, watches.len(), |j| &watches[j].key);
         watches.push(WatchSpec {
             key,
             scene_summary_id: w.scene_summary_id,

@@ -14,7 +14,6 @@ mod discovery;
 pub mod facts;
 mod history;
 mod kept;
-mod keys;
 mod outbox;
 pub mod pause;
 mod poll;
@@ -39,6 +38,7 @@ use crate::config::{Config, GenerationChoice, Selector, WatchSpec};
 use crate::domain::{VersionId, WatchKey};
 use crate::events::Event;
 use crate::health::Health;
+use crate::key_index::{KeyIndex, give_back};
 use crate::ncp::{Api, ApiFactory, AssetPage, IndexStatus, Target, Verdict};
 use crate::policy::first_poll_offset;
 use crate::sink::{EventSink, Sink};
@@ -365,7 +365,9 @@ impl PhaseCounts {
 }
 
 struct Entry {
-    spec: Arc<WatchSpec>,
+    /// Its settings, held here and nowhere else (a poll takes a copy): as an `Arc` of its own
+    /// it was a 144-byte allocation per watch among the small ones the start leaves behind.
+    spec: WatchSpec,
     /// Its record, less the key (`spec.key` is the same), and the latest version every sink
     /// confirmed (so a commit racing with the last delivery cannot leave the watch
     /// `completed`).
@@ -406,7 +408,7 @@ impl Entry {
         debug_assert!(record.key == spec.key);
         Entry {
             held: owned.holds(&spec.key),
-            spec: Arc::new(spec),
+            spec,
             kept: Kept::new(record),
             due: Ms::NONE,
             in_flight: false,
@@ -471,18 +473,6 @@ impl Entry {
             || self.report.as_ref().is_some_and(|r| r.sink_error.is_some())
     }
 }
-
-/// Gives a list's unused room back to the allocator once it reaches [`GIVE_BACK_ROOM`] items,
-/// for lists emptied from their end: a shrink in place, which for a large block returns its
-/// pages to the system.
-fn give_back<T>(list: &mut Vec<T>) {
-    if list.capacity() - list.len() >= GIVE_BACK_ROOM {
-        list.shrink_to_fit();
-    }
-}
-
-/// See [`give_back`]: at 100,000 watches, some 25 shrinks of each list at the start.
-const GIVE_BACK_ROOM: usize = 4096;
 
 /// Who to wake when the ledger gains work.
 pub(crate) struct Wakes {
@@ -625,7 +615,7 @@ pub async fn run(
         config,
         mode,
         entries: Vec::new(),
-        index: keys::KeyIndex::default(),
+        index: KeyIndex::default(),
         queues: Default::default(),
         launch_share: Share::default(),
         recheck_fit: RecheckFit::default(),
@@ -673,7 +663,7 @@ struct Engine {
     mode: Mode,
     entries: Vec<Entry>,
     /// Entries by key (their positions in `entries`).
-    index: keys::KeyIndex,
+    index: KeyIndex,
     /// The next polls, one min-heap per [`Class`] (index: `Class as usize`): due polls are
     /// launched best class first, with the recheck share (see `budget`).
     queues: [BinaryHeap<Reverse<(u64, usize)>>; 4],
@@ -993,7 +983,7 @@ impl Engine {
             Some(i) => {
                 let e = &mut self.entries[i];
                 let was = e.counted();
-                e.spec = Arc::new(spec);
+                e.spec = spec;
                 e.kept.set(record);
                 e.removed = false;
                 e.due = Ms::NONE;
@@ -1231,7 +1221,7 @@ impl Engine {
                 .map(|e| {
                     let r = e.report.as_deref();
                     WatchEnd {
-                        spec: (*e.spec).clone(),
+                        spec: e.spec.clone(),
                         record: e.record(),
                         locations: r.map(|r| r.locations.clone()).unwrap_or_default(),
                         sink_error: r.and_then(|r| r.sink_error.clone()),
@@ -1768,7 +1758,7 @@ impl Engine {
             if e.removed {
                 continue; // re-added: handled with the new ones below
             }
-            e.spec = Arc::new(w.clone());
+            e.spec = w.clone();
             kept += 1;
             // `scenewatch reset` put an ended watch back to pending in the ledger.
             if e.kept.phase.is_terminal()

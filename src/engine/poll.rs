@@ -168,7 +168,7 @@ pub(crate) async fn poll(
     ctx: Arc<PollCtx>,
     client: Arc<dyn Api>,
     index: usize,
-    spec: Arc<WatchSpec>,
+    spec: WatchSpec,
     before: WatchRecord,
     probe: bool,
     first_of_run: bool,

@@ -1,4 +1,6 @@
-//! The engine's entries by key: positions only, hashed by the key the entry itself holds.
+//! Lists of watches by key: positions only, hashed by the key the list's item itself holds
+//! (the engine's entries, and the configuration's watches while they are checked for
+//! duplicates), and [`give_back`] for lists emptied from their end.
 //!
 //! A `HashMap<WatchKey, usize>` kept a second copy of every key beside its position: a
 //! 32-byte bucket per slot, 4.3 MB at 100,000 watches. This table keeps the 4-byte position
@@ -15,21 +17,21 @@ use crate::domain::WatchKey;
 
 /// Positions of entries in the engine's `Vec`, by their key.
 #[derive(Debug, Default)]
-pub(super) struct KeyIndex {
+pub(crate) struct KeyIndex {
     table: HashTable<u32>,
     hasher: RandomState,
 }
 
 impl KeyIndex {
     /// Room for `more` entries beyond those in the table; `key_of` gives the key at a position.
-    pub(super) fn reserve<'a>(&mut self, more: usize, key_of: impl Fn(usize) -> &'a WatchKey) {
+    pub(crate) fn reserve<'a>(&mut self, more: usize, key_of: impl Fn(usize) -> &'a WatchKey) {
         let hasher = &self.hasher;
         self.table
             .reserve(more, |&i| hasher.hash_one(key_of(i as usize)));
     }
 
     /// The position of `key`'s entry, if it has one.
-    pub(super) fn get<'a>(
+    pub(crate) fn get<'a>(
         &self,
         key: &WatchKey,
         key_of: impl Fn(usize) -> &'a WatchKey,
@@ -41,7 +43,7 @@ impl KeyIndex {
 
     /// Records that the entry at `position` has `key`, which has no entry yet. Positions past
     /// `u32::MAX` (four billion watches) are not indexed.
-    pub(super) fn insert<'a>(
+    pub(crate) fn insert<'a>(
         &mut self,
         key: &WatchKey,
         position: usize,
@@ -57,6 +59,18 @@ impl KeyIndex {
             });
     }
 }
+
+/// Gives a list's unused room back to the allocator once it reaches [`GIVE_BACK_ROOM`] items,
+/// for lists emptied from their end: a shrink in place, which for a large block returns its
+/// pages to the system.
+pub(crate) fn give_back<T>(list: &mut Vec<T>) {
+    if list.capacity() - list.len() >= GIVE_BACK_ROOM {
+        list.shrink_to_fit();
+    }
+}
+
+/// See [`give_back`]: at 100,000 watches, some 25 shrinks of each list at the start.
+const GIVE_BACK_ROOM: usize = 4096;
 
 #[cfg(test)]
 mod tests {
