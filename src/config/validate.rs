@@ -138,7 +138,7 @@ pub struct WatchSpec {
     /// Its identity.
     pub key: WatchKey,
     /// Known scene summary id, if any.
-    pub scene_summary_id: Option<String>,
+    pub scene_summary_id: Option<Arc<str>>,
     /// Which endpoints it uses.
     pub generation: GenerationChoice,
     /// Its deadline.
@@ -321,7 +321,7 @@ impl WatchSpec {
             project_id: self.key.project_id().to_string(),
             asset_id: self.key.asset_id().to_string(),
             index_id: self.key.index_id().to_string(),
-            scene_summary_id: self.scene_summary_id.clone(),
+            scene_summary_id: self.scene_summary_id.as_deref().map(str::to_owned),
         }
     }
 }
@@ -589,7 +589,7 @@ pub fn validate(
         seen.insert(&key, watches.len(), |j| &watches[j].key);
         watches.push(WatchSpec {
             key,
-            scene_summary_id: w.scene_summary_id,
+            scene_summary_id: w.scene_summary_id.map(Arc::from),
             generation,
             max_wait,
             declared_at,

@@ -20,7 +20,7 @@ fn key(index: &str) -> WatchKey {
 fn spec(index: &str) -> WatchSpec {
     WatchSpec {
         key: key(index),
-        scene_summary_id: Some(format!("ss-{index}")),
+        scene_summary_id: Some(format!("ss-{index}").into()),
         generation: crate::config::GenerationChoice::Index,
         max_wait: Duration::from_secs(3600),
         declared_at: format!("watch {index} in test").into(),

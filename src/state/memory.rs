@@ -168,7 +168,7 @@ impl Mem {
                 origin: None,
                 removed: false,
             });
-        row.scene_summary_id = spec.scene_summary_id.clone();
+        row.scene_summary_id = spec.scene_summary_id.as_deref().map(str::to_owned);
         row.generation = Some(spec.generation.as_str());
         row.origin = spec.origin.as_deref().map(str::to_string);
         row.removed = false;

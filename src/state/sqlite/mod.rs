@@ -265,7 +265,7 @@ impl Ledger for SqliteLedger {
     ) -> LedgerFuture<'a, Vec<WatchRecord>> {
         let specs: Vec<store::SpecRow> = specs.iter().map(store::SpecRow::from).collect();
         let origins = origins.to_vec();
-        Box::pin(self.run_watches(true, move |s| s.sync_watches(&specs, &origins, now_ms)))
+        Box::pin(self.run_watches(true, move |s| s.sync_watches(specs, &origins, now_ms)))
     }
 
     fn add_watch<'a>(&'a self, spec: &'a WatchSpec, now_ms: u64) -> LedgerFuture<'a, WatchRecord> {

@@ -3,6 +3,7 @@
 //! the writability probe and close.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::blob::ZeroBlob;
@@ -44,9 +45,9 @@ const WAL_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct SpecRow {
     key: WatchKey,
-    scene_summary_id: Option<String>,
+    scene_summary_id: Option<Arc<str>>,
     generation: &'static str,
-    origin: Option<String>,
+    origin: Option<Arc<str>>,
 }
 
 impl From<&WatchSpec> for SpecRow {
@@ -55,7 +56,7 @@ impl From<&WatchSpec> for SpecRow {
             key: spec.key.clone(),
             scene_summary_id: spec.scene_summary_id.clone(),
             generation: spec.generation.as_str(),
-            origin: spec.origin.as_deref().map(str::to_string),
+            origin: spec.origin.clone(),
         }
     }
 }
@@ -140,12 +141,40 @@ fn opt_u64_at(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<u64>> {
 /// A key from four columns; ids that are not valid (an edited file) read as a damaged ledger.
 fn key_at(row: &Row<'_>, first: usize) -> rusqlite::Result<WatchKey> {
     WatchKey::new(
-        row.get::<_, String>(first)?,
-        row.get::<_, String>(first + 1)?,
-        row.get::<_, String>(first + 2)?,
-        row.get::<_, String>(first + 3)?,
+        str_at(row, first)?,
+        str_at(row, first + 1)?,
+        str_at(row, first + 2)?,
+        str_at(row, first + 3)?,
     )
     .map_err(|e| bad_value(first, format!("stored watch key: {e}")))
+}
+
+/// [`key_at`], or `known` when the four columns spell it (no copy of the text is made: the
+/// start reads every configured watch's row, and 100,000 keys made here to be dropped for the
+/// configuration's were 4 MB of small allocations on the ledger's thread).
+fn key_known_at(
+    row: &Row<'_>,
+    first: usize,
+    known: Option<&WatchKey>,
+) -> rusqlite::Result<WatchKey> {
+    if let Some(k) = known {
+        let parts = k.parts();
+        let mut same = true;
+        for (i, part) in parts.iter().enumerate() {
+            same &= str_at(row, first + i)? == *part;
+        }
+        if same {
+            return Ok(k.clone());
+        }
+    }
+    key_at(row, first)
+}
+
+/// A text column, borrowed from the row.
+fn str_at<'r>(row: &'r Row<'_>, col: usize) -> rusqlite::Result<&'r str> {
+    row.get_ref(col)?.as_str().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn phase_at(row: &Row<'_>, col: usize) -> rusqlite::Result<Phase> {
@@ -154,6 +183,11 @@ fn phase_at(row: &Row<'_>, col: usize) -> rusqlite::Result<Phase> {
 }
 
 fn watch_record(row: &Row<'_>) -> rusqlite::Result<WatchRecord> {
+    watch_record_of(row, None)
+}
+
+/// [`watch_record`] of a row that should be the watch `known`'s (see [`key_known_at`]).
+fn watch_record_of(row: &Row<'_>, known: Option<&WatchKey>) -> rusqlite::Result<WatchRecord> {
     let remote: Option<String> = row.get(5)?;
     let started = opt_u64_at(row, 8)?;
     let before = opt_u64_at(row, 9)?;
@@ -177,7 +211,7 @@ fn watch_record(row: &Row<'_>) -> rusqlite::Result<WatchRecord> {
         last_error: row.get(11)?,
     };
     Ok(WatchRecord {
-        key: key_at(row, 0)?,
+        key: key_known_at(row, 0, known)?,
         state,
         next_poll_at_ms: opt_u64_at(row, 13)?,
         last_version_id: row
@@ -475,7 +509,7 @@ impl Store {
 
     pub(crate) fn sync_watches(
         &mut self,
-        specs: &[SpecRow],
+        specs: Vec<SpecRow>,
         origins: &[String],
         now_ms: u64,
     ) -> Result<Vec<WatchRecord>, StateError> {
@@ -503,6 +537,11 @@ impl Store {
                 [ms(now_ms)],
             )
             .map_err(&w)?;
+        // Only the keys are needed from here on (the records share them): the rest of the list
+        // (a copy of every configured watch's settings, 10 MB at 100,000) is given back before
+        // the records are read, the start's highest point.
+        let mut keys: Vec<WatchKey> = specs.into_iter().map(|s| s.key).collect();
+        keys.shrink_to_fit();
         let kept: std::collections::HashSet<&str> = origins.iter().map(String::as_str).collect();
         let found: Vec<(i64, String)> = self
             .conn
@@ -528,17 +567,23 @@ impl Store {
         // sort), straight into a list of the right size: at 100,000 watches a map of the
         // records by id and the list grown by doubling were 57 MB at the start's peak. A key
         // listed twice (config forbids it) is returned once.
-        let mut records = Vec::with_capacity(specs.len());
+        let mut records = Vec::with_capacity(keys.len());
         {
             let r = self.err("read");
             let mut st = self
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT {WATCH_COLUMNS} FROM temp.sync_seen s JOIN watches w ON w.watch_id = s.watch_id
+                    "SELECT {WATCH_COLUMNS}, s.pos FROM temp.sync_seen s JOIN watches w ON w.watch_id = s.watch_id
                      WHERE w.removed = 0 ORDER BY s.pos"
                 ))
                 .map_err(&r)?;
-            let rows = st.query_map([], watch_record).map_err(&r)?;
+            // The row at `pos` is the watch of `keys[pos]`: its key is shared, not re-made.
+            let rows = st
+                .query_map([], |row| {
+                    let pos = usize::try_from(row.get::<_, i64>(18)?).ok();
+                    watch_record_of(row, pos.and_then(|p| keys.get(p)))
+                })
+                .map_err(&r)?;
             for row in rows {
                 records.push(row.map_err(&r)?);
             }
@@ -589,10 +634,10 @@ impl Store {
                             k.project_id(),
                             k.asset_id(),
                             k.index_id(),
-                            spec.scene_summary_id,
+                            spec.scene_summary_id.as_deref(),
                             spec.generation,
                             ms(now_ms),
-                            spec.origin,
+                            spec.origin.as_deref(),
                         ])
                     })
                     .map_err(&w)?;
@@ -600,9 +645,9 @@ impl Store {
             }
             Some((id, summary_id, generation, removed, origin)) => {
                 if removed
-                    || summary_id != spec.scene_summary_id
+                    || summary_id.as_deref() != spec.scene_summary_id.as_deref()
                     || generation.as_deref() != Some(spec.generation)
-                    || origin != spec.origin
+                    || origin.as_deref() != spec.origin.as_deref()
                 {
                     self.conn
                         .prepare_cached(
@@ -614,9 +659,9 @@ impl Store {
                         .and_then(|mut st| {
                             st.execute(params![
                                 id,
-                                spec.scene_summary_id,
+                                spec.scene_summary_id.as_deref(),
                                 spec.generation,
-                                spec.origin
+                                spec.origin.as_deref()
                             ])
                         })
                         .map_err(&w)?;
