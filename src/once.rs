@@ -191,6 +191,7 @@ pub async fn once(
             config,
             ledger: ledger.clone(),
             records,
+            paged: false,
             sinks,
             event_sinks,
             health: Arc::new(Health::default()),

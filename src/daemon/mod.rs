@@ -79,10 +79,24 @@ pub async fn run(
     #[cfg(not(feature = "postgres"))]
     let ledger: SharedLedger = open_ledger(&config, &result_sinks, &event_sinks).await?;
     let origins: Vec<String> = config.selectors.iter().map(|s| s.origin()).collect();
-    let records = ledger
-        .sync_watches(&config.watches, &origins, clock.now_ms())
-        .await
-        .context("cannot record the configured watches in the ledger")?;
+    // The SQLite ledger keeps the records for the engine to read a page at a time (the start
+    // of 100,000 watches does not hold them all at once); the others return them.
+    let (records, paged) =
+        match ledger.sync_watches_paged(&config.watches, &origins, clock.now_ms()) {
+            Some(synced) => {
+                synced
+                    .await
+                    .context("cannot record the configured watches in the ledger")?;
+                (Vec::new(), true)
+            }
+            None => {
+                let records = ledger
+                    .sync_watches(&config.watches, &origins, clock.now_ms())
+                    .await
+                    .context("cannot record the configured watches in the ledger")?;
+                (records, false)
+            }
+        };
     #[cfg(feature = "postgres")]
     let replica = match joining {
         Some((l, lease)) => {
@@ -175,6 +189,7 @@ pub async fn run(
             config,
             ledger: ledger.clone(),
             records,
+            paged,
             sinks: result_sinks,
             event_sinks,
             health: health.clone(),

@@ -80,8 +80,11 @@ pub struct Setup {
     pub config: Config,
     /// The ledger, already synced with `config.watches`.
     pub ledger: SharedLedger,
-    /// The records `Ledger::sync_watches` returned for `config.watches`.
+    /// The records `Ledger::sync_watches` returned for `config.watches`; empty when `paged`.
     pub records: Vec<WatchRecord>,
+    /// `Ledger::sync_watches_paged` synced `config.watches`: the engine reads their records a
+    /// page at a time (`Ledger::synced_records`) as it makes their entries.
+    pub paged: bool,
     /// Result sinks, in configuration order.
     pub sinks: Vec<Arc<dyn Sink>>,
     /// Event sinks, in configuration order.
@@ -324,7 +327,20 @@ fn class_of(e: &Entry) -> Class {
     }
 }
 
-/// One watch as the engine holds it.
+/// Records read a page at a time at the start (see `Engine::add_watches`): some 0.9 MB each.
+const START_PAGE: usize = 4096;
+
+/// The start's progress through the configured watches (see `Engine::add_watches`).
+struct Start {
+    /// The specs not yet paired, reversed: the next one in line is last.
+    specs: Vec<WatchSpec>,
+    /// The specs by key, once a record came out of their order.
+    rest: Option<HashMap<WatchKey, WatchSpec>>,
+    /// Watches loaded `completed`, to settle.
+    completed: Vec<WatchKey>,
+    now: u64,
+}
+
 /// Watches per phase, kept incrementally (see `Engine::counts`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct PhaseCounts([u64; Phase::ALL.len()]);
@@ -364,6 +380,7 @@ impl PhaseCounts {
     }
 }
 
+/// One watch as the engine holds it.
 struct Entry {
     /// Its settings, held here and nowhere else (a poll takes a copy): as an `Arc` of its own
     /// it was a 144-byte allocation per watch among the small ones the start leaves behind.
@@ -508,6 +525,7 @@ pub async fn run(
         config,
         ledger,
         records,
+        paged,
         sinks,
         event_sinks,
         health,
@@ -634,7 +652,20 @@ pub async fn run(
             "The index-level API was found gone earlier (recorded in the ledger): watches with generation = \"auto\" use the asset-level calls; those with generation = \"index\" end rejected."
         );
     }
-    engine.add_watches(records).await;
+    let added = if paged {
+        engine.add_watches_paged().await
+    } else {
+        engine.add_watches(records).await;
+        Ok(())
+    };
+    if let Err(e) = added {
+        // Nothing was polled yet; the drainers stop with what they were doing.
+        stop_work.cancel();
+        tracker.close();
+        tracker.wait().await;
+        return Err(anyhow::Error::new(e)
+            .context("cannot read the configured watches' records from the ledger"));
+    }
     engine.load_discovered().await;
     engine.deprecation_notice();
     engine.refresh_phases();
@@ -692,51 +723,93 @@ struct Engine {
 impl Engine {
     /// Adds `records` with their specs, taken out of the configuration: the entries keep the one
     /// copy of each spec.
-    async fn add_watches(&mut self, mut records: Vec<WatchRecord>) {
-        // The ledger returns the records of the configured watches in their order, so at the
-        // start each record meets its spec next in line and no map of 100,000 specs is built;
-        // the map is the fallback for records out of that order (a reload adds a subset). Both
-        // lists are taken from their end (reversed in place first), and their room is given
-        // back as they empty, so the start does not hold them whole beside the entries (at
-        // 100,000 watches 33 MB, a third of the start's peak).
+    async fn add_watches(&mut self, records: Vec<WatchRecord>) {
+        let mut start = self.start(records.len());
+        self.add_records(&mut start, records);
+        self.settle_start(start).await;
+    }
+
+    /// [`Engine::add_watches`] of the records the ledger keeps (`Ledger::sync_watches_paged`),
+    /// read a page at a time.
+    async fn add_watches_paged(&mut self) -> Result<(), crate::state::StateError> {
+        let mut start = self.start(0);
+        let mut from = Some(0);
+        while let Some(at) = from {
+            let (page, next) = self.ctx.ledger.synced_records(at, START_PAGE).await?;
+            self.add_records(&mut start, page);
+            from = next;
+        }
+        self.settle_start(start).await;
+        Ok(())
+    }
+
+    /// The start of [`Engine::add_watches`]: the configuration's specs taken, room made.
+    ///
+    /// The ledger returns the records of the configured watches in their order, so at the start
+    /// each record meets its spec next in line and no map of 100,000 specs is built; the map is
+    /// the fallback for records out of that order (a reload adds a subset). The specs are taken
+    /// from their end (reversed in place first), and their room is given back as they empty;
+    /// the records come a page at a time from the ledger (the daemon), or as one list taken
+    /// from its end alike, so the start does not hold them whole beside the entries.
+    fn start(&mut self, records: usize) -> Start {
         let mut specs = std::mem::take(&mut self.config.watches);
         specs.reverse();
-        records.reverse();
-        let mut rest: Option<HashMap<WatchKey, WatchSpec>> = None;
         // Sized once: grown by doubling, the entries and the index would hold up to twice
         // their room at the start's peak.
-        self.entries.reserve(records.len());
+        let room = specs.len().max(records);
+        self.entries.reserve(room);
         let entries = &self.entries;
-        self.index.reserve(records.len(), |i| entries[i].key());
-        let now = self.ctx.clock.now_ms();
-        let mut completed = Vec::new();
+        self.index.reserve(room, |i| entries[i].key());
+        Start {
+            specs,
+            rest: None,
+            completed: Vec::new(),
+            now: self.ctx.clock.now_ms(),
+        }
+    }
+
+    /// The end of [`Engine::add_watches`]: watches loaded `completed` are settled.
+    async fn settle_start(&mut self, start: Start) {
+        if !start.completed.is_empty() {
+            self.settle_completed(&start.completed).await;
+        }
+    }
+
+    /// [`Engine::add_watches`] of one list of records, in the specs' order.
+    fn add_records(&mut self, start: &mut Start, mut records: Vec<WatchRecord>) {
+        records.reverse();
         while let Some(mut record) = records.pop() {
             give_back(&mut records);
-            let spec = if rest.is_none() && specs.last().is_some_and(|w| w.key == record.key) {
+            let specs = &mut start.specs;
+            let spec = if start.rest.is_none() && specs.last().is_some_and(|w| w.key == record.key)
+            {
                 let spec = specs.pop();
-                give_back(&mut specs);
+                give_back(specs);
                 spec
             } else {
-                rest.get_or_insert_with(|| specs.drain(..).map(|w| (w.key.clone(), w)).collect())
+                start
+                    .rest
+                    .get_or_insert_with(|| specs.drain(..).map(|w| (w.key.clone(), w)).collect())
                     .remove(&record.key)
             };
             let Some(spec) = spec else {
                 continue;
             };
-            // The record and the spec share one key text (the ledger's read made its own).
+            // The record and the spec share one key text.
             record.key = spec.key.clone();
-            let due =
-                self.initial_due(&record.key, record.state.phase, record.next_poll_at_ms, now);
+            let due = self.initial_due(
+                &record.key,
+                record.state.phase,
+                record.next_poll_at_ms,
+                start.now,
+            );
             if record.state.phase == Phase::Completed {
-                completed.push(record.key.clone());
+                start.completed.push(record.key.clone());
             }
             let i = self.insert_entry(spec, record);
             if let Some(due) = due {
                 self.schedule(i, due);
             }
-        }
-        if !completed.is_empty() {
-            self.settle_completed(&completed).await;
         }
     }
 

@@ -500,6 +500,7 @@ impl Harness {
             config,
             ledger: ledger.clone(),
             records,
+            paged: false,
             sinks: vec![sink.clone() as Arc<dyn Sink>],
             event_sinks: vec![events.clone() as Arc<dyn EventSink>],
             health: health.clone(),

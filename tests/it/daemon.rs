@@ -616,6 +616,40 @@ async fn a_damaged_state_database_is_refused_and_left_alone() {
     );
 }
 
+/// A watch row the start cannot read (here an edited phase) stops the daemon with an error
+/// naming the file and the value, and the file is left as it was: the records are read a page
+/// at a time after the sync, so the failure comes from the engine's read, not the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_row_the_start_cannot_read_stops_the_daemon_with_the_file_and_the_value() {
+    let sim = start_sim(&scenario(&asset("1", "1", None, "queue = \"1h\""), "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, first) = start_daemon(&sim.url, dir.path(), &watch("1", "1", None, "index"));
+    assert!(
+        wait_for(Duration::from_secs(15), || first
+            .log_text()
+            .contains("Daemon started."))
+        .await
+    );
+    stop(first).await;
+    let db = dir.path().join("state").join("scenewatch.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute("UPDATE watches SET phase = 'bogus'", [])
+            .unwrap();
+    }
+    let (_, mut again) = start_daemon(&sim.url, dir.path(), &watch("1", "1", None, "index"));
+    let status = again.wait_exit(Duration::from_secs(15)).await;
+    let log = again.log_text();
+    assert_ne!(status.and_then(|s| s.code()), Some(0), "{log}");
+    assert!(log.contains("scenewatch.db"), "{log}");
+    assert!(log.contains("bogus"), "{log}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let phase: String = conn
+        .query_row("SELECT phase FROM watches", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(phase, "bogus", "the row was left alone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_state_is_refused() {
     let sim = start_sim(&scenario(&asset("1", "1", None, "queue = \"1h\""), "")).await;

@@ -268,6 +268,28 @@ impl Ledger for SqliteLedger {
         Box::pin(self.run_watches(true, move |s| s.sync_watches(specs, &origins, now_ms)))
     }
 
+    fn sync_watches_paged<'a>(
+        &'a self,
+        specs: &'a [WatchSpec],
+        origins: &'a [String],
+        now_ms: u64,
+    ) -> Option<LedgerFuture<'a, usize>> {
+        let specs: Vec<store::SpecRow> = specs.iter().map(store::SpecRow::from).collect();
+        let origins = origins.to_vec();
+        Some(Box::pin(self.run_watches(true, move |s| {
+            s.sync_watches_paged(specs, &origins, now_ms)
+        })))
+    }
+
+    fn synced_records(
+        &self,
+        from: usize,
+        max: usize,
+    ) -> LedgerFuture<'_, (Vec<WatchRecord>, Option<usize>)> {
+        // A write: the last page drops the list (`temp.sync_seen`).
+        Box::pin(self.run_watches(true, move |s| s.synced_page(from, max)))
+    }
+
     fn add_watch<'a>(&'a self, spec: &'a WatchSpec, now_ms: u64) -> LedgerFuture<'a, WatchRecord> {
         let spec = store::SpecRow::from(spec);
         Box::pin(self.run_watches(true, move |s| s.add_watch(&spec, now_ms)))

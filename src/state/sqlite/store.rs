@@ -76,6 +76,9 @@ pub(crate) struct Store {
     pub(crate) file_id: Option<(u64, u64)>,
     /// Where retention's walk is (see [`Store::prune`]).
     pub(crate) prune_walk: PruneWalk,
+    /// The keys of the watches the last sync listed in `temp.sync_seen`, by position, while
+    /// their records are still to be read ([`Store::synced_page`]).
+    pub(crate) synced: Option<Vec<WatchKey>>,
 }
 
 /// The position of one retention walk over `versions` (by rowid) and `events` (by seq).
@@ -309,6 +312,7 @@ impl Store {
             last_write_error: None,
             file_id,
             prune_walk: PruneWalk::default(),
+            synced: None,
         })
     }
 
@@ -374,6 +378,7 @@ impl Store {
             last_write_error: None,
             file_id: None,
             prune_walk: PruneWalk::default(),
+            synced: None,
         })
     }
 
@@ -507,12 +512,39 @@ impl Store {
             .map_err(self.err("read"))
     }
 
+    /// `Ledger::sync_watches`: [`Store::sync_write`], then every record read at once.
     pub(crate) fn sync_watches(
         &mut self,
         specs: Vec<SpecRow>,
         origins: &[String],
         now_ms: u64,
     ) -> Result<Vec<WatchRecord>, StateError> {
+        self.sync_write(specs, origins, now_ms)?;
+        let (records, _) = self.synced_page(0, usize::MAX)?;
+        Ok(records)
+    }
+
+    /// `Ledger::sync_watches_paged`: the watches recorded, the list of them kept in
+    /// `temp.sync_seen` (and their keys here) for [`Store::synced_page`]. Returns how many.
+    pub(crate) fn sync_watches_paged(
+        &mut self,
+        specs: Vec<SpecRow>,
+        origins: &[String],
+        now_ms: u64,
+    ) -> Result<usize, StateError> {
+        self.sync_write(specs, origins, now_ms)?;
+        Ok(self.synced.as_ref().map_or(0, Vec::len))
+    }
+
+    /// Upserts `specs`, lists them in `temp.sync_seen` by position, flags removed the watches
+    /// no longer configured, and keeps the specs' keys in `self.synced` for the read.
+    fn sync_write(
+        &mut self,
+        specs: Vec<SpecRow>,
+        origins: &[String],
+        now_ms: u64,
+    ) -> Result<(), StateError> {
+        self.synced = None;
         let w = self.err("write");
         self.conn
             .execute("DELETE FROM temp.sync_seen", [])
@@ -539,7 +571,7 @@ impl Store {
             .map_err(&w)?;
         // Only the keys are needed from here on (the records share them): the rest of the list
         // (a copy of every configured watch's settings, 10 MB at 100,000) is given back before
-        // the records are read, the start's highest point.
+        // the records are read.
         let mut keys: Vec<WatchKey> = specs.into_iter().map(|s| s.key).collect();
         keys.shrink_to_fit();
         let kept: std::collections::HashSet<&str> = origins.iter().map(String::as_str).collect();
@@ -563,35 +595,60 @@ impl Store {
                     .map_err(&w)?;
             }
         }
+        drop(w);
+        self.synced = Some(keys);
+        Ok(())
+    }
+
+    /// Up to `max` records of the watches [`Store::sync_write`] listed, from position `from` of
+    /// its specs on, in their order, and the position to read next; `None` once every record
+    /// is read, when the list is dropped. Without a list (none made, or dropped): nothing.
+    pub(crate) fn synced_page(
+        &mut self,
+        from: usize,
+        max: usize,
+    ) -> Result<(Vec<WatchRecord>, Option<usize>), StateError> {
+        let Some(keys) = self.synced.take() else {
+            return Ok((Vec::new(), None));
+        };
         // In `specs` order (the scan of `sync_seen` by `pos` meets each watch by its key, no
         // sort), straight into a list of the right size: at 100,000 watches a map of the
         // records by id and the list grown by doubling were 57 MB at the start's peak. A key
         // listed twice (config forbids it) is returned once.
-        let mut records = Vec::with_capacity(keys.len());
+        let mut records = Vec::with_capacity(keys.len().saturating_sub(from).min(max));
+        let mut next = None;
         {
             let r = self.err("read");
             let mut st = self
                 .conn
                 .prepare_cached(&format!(
                     "SELECT {WATCH_COLUMNS}, s.pos FROM temp.sync_seen s JOIN watches w ON w.watch_id = s.watch_id
-                     WHERE w.removed = 0 ORDER BY s.pos"
+                     WHERE w.removed = 0 AND s.pos >= ?1 ORDER BY s.pos LIMIT ?2"
                 ))
                 .map_err(&r)?;
+            let from_pos = i64::try_from(from).unwrap_or(i64::MAX);
+            let limit = i64::try_from(max).unwrap_or(i64::MAX);
             // The row at `pos` is the watch of `keys[pos]`: its key is shared, not re-made.
             let rows = st
-                .query_map([], |row| {
+                .query_map([from_pos, limit], |row| {
                     let pos = usize::try_from(row.get::<_, i64>(18)?).ok();
-                    watch_record_of(row, pos.and_then(|p| keys.get(p)))
+                    Ok((pos, watch_record_of(row, pos.and_then(|p| keys.get(p)))?))
                 })
                 .map_err(&r)?;
             for row in rows {
-                records.push(row.map_err(&r)?);
+                let (pos, record) = row.map_err(&r)?;
+                records.push(record);
+                next = pos.map(|p| p + 1);
             }
+        }
+        if records.len() == max && next.is_some() {
+            self.synced = Some(keys);
+            return Ok((records, next));
         }
         self.conn
             .execute("DELETE FROM temp.sync_seen", [])
-            .map_err(&w)?;
-        Ok(records)
+            .map_err(self.err("write"))?;
+        Ok((records, None))
     }
 
     /// Inserts a watch, or refreshes its settings and un-removes it (its state is kept). Only

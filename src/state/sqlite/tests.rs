@@ -110,6 +110,69 @@ async fn count(ledger: &SqliteLedger, sql: &'static str) -> i64 {
 }
 
 #[tokio::test]
+async fn the_daemon_s_start_reads_the_synced_records_a_page_at_a_time_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let names: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+    let specs: Vec<WatchSpec> = names.iter().map(|n| spec(n)).collect();
+    ledger.sync_watches(&specs[..4], &[], 1).await.unwrap();
+    let record = waiting_record("i2");
+    ledger
+        .commit_step(StepCommit {
+            record: record.clone(),
+            events: vec![],
+            new_version: None,
+        })
+        .await
+        .unwrap();
+
+    let n = ledger
+        .sync_watches_paged(&specs, &[], 2)
+        .expect("the SQLite ledger pages")
+        .await
+        .unwrap();
+    assert_eq!(n, 10);
+    let mut read = Vec::new();
+    let mut from = Some(0);
+    let mut pages = 0;
+    while let Some(at) = from {
+        let (page, next) = ledger.synced_records(at, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        read.extend(page);
+        from = next;
+        pages += 1;
+    }
+    assert_eq!(pages, 4, "3 + 3 + 3 + 1");
+    let keys: Vec<WatchKey> = read.iter().map(|r| r.key.clone()).collect();
+    let wanted: Vec<WatchKey> = specs.iter().map(|s| s.key.clone()).collect();
+    assert_eq!(keys, wanted, "every record once, in the specs' order");
+    assert_eq!(read[2], record, "the stored state, not a fresh one");
+    assert_eq!(read[7].state, WatchState::default());
+    // The list is dropped with its last page.
+    let (after, next) = ledger.synced_records(0, 3).await.unwrap();
+    assert!(after.is_empty() && next.is_none());
+    assert_eq!(
+        count(&ledger, "SELECT count(*) FROM temp.sync_seen").await,
+        0
+    );
+
+    // A configured watch no longer listed is flagged removed, as `sync_watches` does.
+    ledger
+        .sync_watches_paged(&specs[1..], &[], 3)
+        .unwrap()
+        .await
+        .unwrap();
+    let (first, _) = ledger.synced_records(0, 100).await.unwrap();
+    assert_eq!(first.len(), 9);
+    assert_eq!(first[0].key, key("i1"));
+    assert_eq!(
+        count(&ledger, "SELECT count(*) FROM watches WHERE removed = 1").await,
+        1
+    );
+    ledger.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn restart_resumes_each_watch_at_its_persisted_state() {
     let dir = tempfile::tempdir().unwrap();
     let specs = [spec("i1"), spec("i2")];
