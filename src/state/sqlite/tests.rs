@@ -94,6 +94,20 @@ fn waiting_event(index: &str, status: &str, time_ms: u64) -> Event {
     Event::waiting(&key(index), status, "", time_ms)
 }
 
+/// Commits the watch `index` as [`waiting_record`] makes it, and returns that record.
+async fn commit_waiting(ledger: &SqliteLedger, index: &str) -> WatchRecord {
+    let record = waiting_record(index);
+    ledger
+        .commit_step(StepCommit {
+            record: record.clone(),
+            events: vec![],
+            new_version: None,
+        })
+        .await
+        .unwrap();
+    record
+}
+
 /// Runs one query on the ledger thread and returns its single integer.
 async fn count(ledger: &SqliteLedger, sql: &'static str) -> i64 {
     let r = ledger
@@ -116,15 +130,7 @@ async fn the_daemon_s_start_reads_the_synced_records_a_page_at_a_time_in_order()
     let names: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
     let specs: Vec<WatchSpec> = names.iter().map(|n| spec(n)).collect();
     ledger.sync_watches(&specs[..4], &[], 1).await.unwrap();
-    let record = waiting_record("i2");
-    ledger
-        .commit_step(StepCommit {
-            record: record.clone(),
-            events: vec![],
-            new_version: None,
-        })
-        .await
-        .unwrap();
+    let record = commit_waiting(&ledger, "i2").await;
 
     let n = ledger
         .sync_watches_paged(&specs, &[], 2)
@@ -183,15 +189,7 @@ async fn restart_resumes_each_watch_at_its_persisted_state() {
     assert_eq!(fresh[0].state, WatchState::default());
     assert_eq!(fresh[0].next_poll_at_ms, None);
 
-    let record = waiting_record("i1");
-    ledger
-        .commit_step(StepCommit {
-            record: record.clone(),
-            events: vec![],
-            new_version: None,
-        })
-        .await
-        .unwrap();
+    let record = commit_waiting(&ledger, "i1").await;
     ledger.close().await.unwrap();
 
     let ledger = open(dir.path()).await;
@@ -210,15 +208,7 @@ async fn removed_watches_are_kept_flagged_and_readded_ones_keep_their_state() {
         .sync_watches(&[spec("i1"), spec("i2")], &[], 0)
         .await
         .unwrap();
-    let record = waiting_record("i2");
-    ledger
-        .commit_step(StepCommit {
-            record: record.clone(),
-            events: vec![],
-            new_version: None,
-        })
-        .await
-        .unwrap();
+    let record = commit_waiting(&ledger, "i2").await;
 
     let active = ledger.sync_watches(&[spec("i1")], &[], 1).await.unwrap();
     assert_eq!(active.len(), 1);
