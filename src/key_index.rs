@@ -15,7 +15,8 @@ use hashbrown::HashTable;
 
 use crate::domain::WatchKey;
 
-/// Positions of entries in the engine's `Vec`, by their key.
+/// Positions of items in a list of watches (the engine's entries, the validated specs), by
+/// their key.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
     table: HashTable<u32>,

@@ -210,9 +210,22 @@ impl Kept {
 
     /// Sets [`Kept::delivered`].
     pub(super) fn set_delivered(&mut self, version: Option<VersionId>) {
-        let mut texts = self.texts.take().map(|b| *b).unwrap_or_default();
-        texts.delivered = version;
-        self.put_texts(texts);
+        match &mut self.texts {
+            // In the box held (a delivery does not reallocate it), dropped once empty.
+            Some(b) => {
+                b.delivered = version;
+                if b.is_empty() {
+                    self.texts = None;
+                }
+            }
+            None if version.is_some() => {
+                self.texts = Some(Box::new(Texts {
+                    delivered: version,
+                    ..Texts::default()
+                }));
+            }
+            None => {}
+        }
     }
 }
 

@@ -797,12 +797,7 @@ impl Engine {
             };
             // The record and the spec share one key text.
             record.key = spec.key.clone();
-            let due = self.initial_due(
-                &record.key,
-                record.state.phase,
-                record.next_poll_at_ms,
-                start.now,
-            );
+            let due = self.record_due(&record, start.now);
             if record.state.phase == Phase::Completed {
                 start.completed.push(record.key.clone());
             }
@@ -864,6 +859,11 @@ impl Engine {
             Some(t) if t >= now && t <= now.saturating_add(horizon) => t,
             _ => spread,
         })
+    }
+
+    /// [`Engine::initial_due`] of a record not yet in an entry.
+    fn record_due(&self, record: &WatchRecord, now: u64) -> Option<u64> {
+        self.initial_due(&record.key, record.state.phase, record.next_poll_at_ms, now)
     }
 
     /// [`Engine::initial_due`] of entry `i`.
@@ -1002,7 +1002,7 @@ impl Engine {
             if !record.state.phase.is_terminal() {
                 self.discovery.known(asset_of(&key), &origin);
             }
-            let due = self.initial_due(&key, record.state.phase, record.next_poll_at_ms, now);
+            let due = self.record_due(&record, now);
             let i = self.insert_entry(selector.spec_for(key), record);
             if let Some(due) = due {
                 self.schedule(i, due);
@@ -1213,7 +1213,7 @@ impl Engine {
             }
         }
         self.discovery.known(asset.clone(), &origin);
-        let due = self.initial_due(&key, record.state.phase, record.next_poll_at_ms, now);
+        let due = self.record_due(&record, now);
         let i = self.insert_entry(spec, record);
         if let Some(due) = due {
             self.schedule(i, due);

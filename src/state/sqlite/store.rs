@@ -160,17 +160,15 @@ fn key_known_at(
     first: usize,
     known: Option<&WatchKey>,
 ) -> rusqlite::Result<WatchKey> {
-    if let Some(k) = known {
-        let parts = k.parts();
-        let mut same = true;
-        for (i, part) in parts.iter().enumerate() {
-            same &= str_at(row, first + i)? == *part;
-        }
-        if same {
-            return Ok(k.clone());
+    let Some(k) = known else {
+        return key_at(row, first);
+    };
+    for (i, part) in k.parts().iter().enumerate() {
+        if str_at(row, first + i)? != *part {
+            return key_at(row, first);
         }
     }
-    key_at(row, first)
+    Ok(k.clone())
 }
 
 /// A text column, borrowed from the row.
