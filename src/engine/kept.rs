@@ -1,17 +1,19 @@
 //! A watch's record as the engine keeps it between polls: the fields of a [`WatchRecord`] less
-//! its key (the entry's spec holds the same one), in 80 bytes instead of 216.
+//! its key (the entry's spec holds the same one), in 64 bytes instead of 216.
 //!
 //! At 100,000 watches the entries were the largest part of the daemon's memory (304 bytes
 //! each, 30 MB; docs/benchmarks.md, "The entry kept small"). Most of a record's room went to
 //! what most watches do not have: the last error, the last version's `lastAnalyzedAt`, three
 //! version ids, an unknown remote status's text, each an `Option` of 16 or 24 bytes. Those
 //! live together in one box that only a watch with one of them pays for; optional times are
-//! a `u64` with a sentinel; the remote status is a byte. A poll takes the whole
-//! [`WatchRecord`] out ([`Kept::record`], the same copy the entry's `clone` was) and puts the
-//! committed one back ([`Kept::set`], reusing the box).
+//! a `u64` with a sentinel (ms, or ns for the two `Duration`s); the remote status is a byte.
+//! A poll takes the whole [`WatchRecord`] out ([`Kept::record`], the same copy the entry's
+//! `clone` was) and puts the committed one back ([`Kept::set`], reusing the box).
 //!
 //! Invariant: `Kept::new(r).record(&r.key) == r` for every record (tests below), except that
-//! a time of `u64::MAX` ms reads back one ms earlier (the sentinel; 584 million years on).
+//! a time of `u64::MAX` ms reads back one ms earlier (the sentinel; 584 million years on), and
+//! a `started_at` or `before_since` from `u64::MAX` ns on (the year 2554) reads back as one ns
+//! before it.
 
 use std::time::Duration;
 
@@ -33,6 +35,23 @@ impl Ms {
 
     pub(super) fn get(self) -> Option<u64> {
         (self.0 != u64::MAX).then_some(self.0)
+    }
+}
+
+/// An optional `Duration` in ns: `u64::MAX` is "none" (8 bytes against 16). Exact up to some
+/// 584 years, which a time since 1970 is until 2554; later ones read back as the last ns kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Nanos(u64);
+
+impl Nanos {
+    fn new(t: Option<Duration>) -> Nanos {
+        Nanos(t.map_or(u64::MAX, |t| {
+            u64::try_from(t.as_nanos()).map_or(u64::MAX - 1, |n| n.min(u64::MAX - 1))
+        }))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self.0 != u64::MAX).then(|| Duration::from_nanos(self.0))
     }
 }
 
@@ -78,8 +97,8 @@ pub(super) struct Kept {
     consecutive_errors: u32,
     attempt: u32,
     polls: u64,
-    started_at: Option<Duration>,
-    before_since: Option<Duration>,
+    started_at: Nanos,
+    before_since: Nanos,
     next_poll_at_ms: Ms,
     last_change_at_ms: Ms,
     texts: Option<Box<Texts>>,
@@ -95,8 +114,8 @@ impl Kept {
             consecutive_errors: 0,
             attempt: 0,
             polls: 0,
-            started_at: None,
-            before_since: None,
+            started_at: Nanos(u64::MAX),
+            before_since: Nanos(u64::MAX),
             next_poll_at_ms: Ms::NONE,
             last_change_at_ms: Ms::NONE,
             texts: None,
@@ -129,8 +148,8 @@ impl Kept {
                 consecutive_errors: self.consecutive_errors,
                 attempt: self.attempt,
                 route: self.route,
-                started_at: self.started_at,
-                before_since: self.before_since,
+                started_at: self.started_at.get(),
+                before_since: self.before_since.get(),
                 last_version: t.and_then(|t| t.last_version.clone()),
                 last_error: t.and_then(|t| t.last_error.clone()),
             },
@@ -167,8 +186,8 @@ impl Kept {
         self.consecutive_errors = state.consecutive_errors;
         self.attempt = state.attempt;
         self.polls = state.polls;
-        self.started_at = state.started_at;
-        self.before_since = state.before_since;
+        self.started_at = Nanos::new(state.started_at);
+        self.before_since = Nanos::new(state.before_since);
         self.next_poll_at_ms = Ms::new(next_poll_at_ms);
         self.last_change_at_ms = Ms::new(last_change_at_ms);
         let delivered = self.texts.as_mut().and_then(|t| t.delivered.take());
@@ -249,7 +268,7 @@ mod tests {
                 attempt: u32::MAX,
                 route: Some(Route::AssetStatusIndexResult),
                 started_at: Some(Duration::new(1_700_000_000, 123_456_789)),
-                before_since: Some(Duration::MAX),
+                before_since: Some(Duration::from_nanos(u64::MAX - 1)),
                 last_version: Some("2026-12-07T10:00:00Z".into()),
                 last_error: Some("HTTP 503 from the gateway".into()),
             },
@@ -312,6 +331,17 @@ mod tests {
     }
 
     #[test]
+    fn a_duration_past_the_year_2554_reads_back_as_the_last_nanosecond_kept() {
+        let mut r = full();
+        r.state.started_at = Some(Duration::MAX);
+        r.state.before_since = Some(Duration::from_nanos(u64::MAX));
+        let back = Kept::new(r).record(&key());
+        let last = Some(Duration::from_nanos(u64::MAX - 1));
+        assert_eq!(back.state.started_at, last, "not taken for none");
+        assert_eq!(back.state.before_since, last);
+    }
+
+    #[test]
     fn the_confirmed_version_outlives_a_new_record_and_the_box_goes_with_the_last_text() {
         let mut kept = Kept::new(full());
         let v = VersionId::of(&key(), "2026-12-07T10:00:00Z");
@@ -332,8 +362,8 @@ mod tests {
 
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn an_entry_s_record_takes_80_bytes() {
+    fn an_entry_s_record_takes_64_bytes() {
         // The figure docs/benchmarks.md and this module's documentation give.
-        assert_eq!(size_of::<Kept>(), 80);
+        assert_eq!(size_of::<Kept>(), 64);
     }
 }

@@ -391,9 +391,6 @@ struct Entry {
     kept: Kept,
     /// When it is due, if scheduled; heap items that disagree are stale and skipped.
     due: Ms,
-    /// How it ended up, for `once`'s report; `None` in the daemon, which reports no watch (a
-    /// daemon's entry would otherwise gain a location at every delivery for as long as it runs).
-    report: Option<Box<Report>>,
     /// Its recent polls' timing, for the poll history (`forecast::Timing`, 16 bytes here).
     last_poll: Ms,
     change_est: Ms,
@@ -410,7 +407,8 @@ struct Entry {
     held: bool,
 }
 
-/// What `once` reports of a watch beyond its record (see [`WatchEnd`]).
+/// What `once` reports of a watch beyond its record (see [`WatchEnd`]), kept beside the entries
+/// (`Engine::reports`): the daemon reports no watch, and its entries do not pay for it.
 #[derive(Debug, Default)]
 struct Report {
     locations: Vec<String>,
@@ -419,9 +417,8 @@ struct Report {
 }
 
 impl Entry {
-    /// A watch the engine has not seen yet: unscheduled, never polled here. `report`: keep what
-    /// `once`'s report says of it.
-    fn new(spec: WatchSpec, record: WatchRecord, owned: &ShardSet, report: bool) -> Entry {
+    /// A watch the engine has not seen yet: unscheduled, never polled here.
+    fn new(spec: WatchSpec, record: WatchRecord, owned: &ShardSet) -> Entry {
         debug_assert!(record.key == spec.key);
         Entry {
             held: owned.holds(&spec.key),
@@ -430,7 +427,6 @@ impl Entry {
             due: Ms::NONE,
             in_flight: false,
             removed: false,
-            report: report.then(Box::default),
             polled: false,
             last_poll: Ms::NONE,
             change_est: Ms::NONE,
@@ -469,25 +465,6 @@ impl Entry {
     /// The phase it is counted under (`None` once removed, or when another replica holds it).
     fn counted(&self) -> Option<Phase> {
         (!self.removed && self.held).then_some(self.kept.phase)
-    }
-
-    /// Notes when it became settled, the first time it is.
-    fn note_settled(&mut self, now_ms: u64) {
-        let settled = self.settled();
-        if let Some(r) = &mut self.report
-            && r.settled_at_ms.is_none()
-            && settled
-        {
-            r.settled_at_ms = Some(now_ms);
-        }
-    }
-
-    /// `once` is done with it: ended, delivered to every sink, or given up on by a sink.
-    fn settled(&self) -> bool {
-        let phase = self.kept.phase;
-        phase.is_terminal()
-            || phase == Phase::Watching
-            || self.report.as_ref().is_some_and(|r| r.sink_error.is_some())
     }
 }
 
@@ -633,6 +610,7 @@ pub async fn run(
         config,
         mode,
         entries: Vec::new(),
+        reports: Vec::new(),
         index: KeyIndex::default(),
         queues: Default::default(),
         launch_share: Share::default(),
@@ -693,6 +671,9 @@ struct Engine {
     config: Config,
     mode: Mode,
     entries: Vec<Entry>,
+    /// `once`'s report of each entry, at the entry's position; empty in the daemon (whose
+    /// reports would otherwise gain a location at every delivery for as long as it runs).
+    reports: Vec<Report>,
     /// Entries by key (their positions in `entries`).
     index: KeyIndex,
     /// The next polls, one min-heap per [`Class`] (index: `Class as usize`): due polls are
@@ -874,6 +855,25 @@ impl Engine {
 
     fn once(&self) -> bool {
         matches!(self.mode, Mode::Once { .. })
+    }
+
+    /// `once` is done with entry `i`: ended, delivered to every sink, or given up on by a sink.
+    fn settled(&self, i: usize) -> bool {
+        let phase = self.entries[i].kept.phase;
+        phase.is_terminal()
+            || phase == Phase::Watching
+            || self.reports.get(i).is_some_and(|r| r.sink_error.is_some())
+    }
+
+    /// Notes when entry `i` became settled, the first time it is (`once` only).
+    fn note_settled(&mut self, i: usize, now_ms: u64) {
+        let settled = self.settled(i);
+        if let Some(r) = self.reports.get_mut(i)
+            && r.settled_at_ms.is_none()
+            && settled
+        {
+            r.settled_at_ms = Some(now_ms);
+        }
     }
 
     fn schedule(&mut self, i: usize, due: u64) {
@@ -1064,9 +1064,10 @@ impl Engine {
                 i
             }
             None => {
-                let report = self.once();
-                self.entries
-                    .push(Entry::new(spec, record, &self.owned(), report));
+                self.entries.push(Entry::new(spec, record, &self.owned()));
+                if self.once() {
+                    self.reports.push(Report::default());
+                }
                 let i = self.entries.len() - 1;
                 self.counts.moved(None, self.entries[i].counted());
                 let entries = &self.entries;
@@ -1280,7 +1281,8 @@ impl Engine {
     }
 
     fn all_settled(&self) -> bool {
-        self.discovery.settled() && self.entries.iter().all(|e| e.removed || e.settled())
+        self.discovery.settled()
+            && (0..self.entries.len()).all(|i| self.entries[i].removed || self.settled(i))
     }
 
     fn finished(&mut self, timed_out: bool) -> Finished {
@@ -1290,9 +1292,10 @@ impl Engine {
         let watches = if self.once() {
             self.entries
                 .iter()
-                .filter(|e| !e.removed)
-                .map(|e| {
-                    let r = e.report.as_deref();
+                .zip(&self.reports)
+                .filter(|(e, _)| !e.removed)
+                .map(|(e, r)| {
+                    let r = Some(r);
                     WatchEnd {
                         spec: e.spec.clone(),
                         record: e.record(),
@@ -1519,7 +1522,7 @@ impl Engine {
                     let was = self.entries[i].counted();
                     self.entries[i].kept.set(record);
                     self.counts.moved(was, self.entries[i].counted());
-                    self.entries[i].note_settled(now);
+                    self.note_settled(i, now);
                     return;
                 }
             }
@@ -1539,13 +1542,11 @@ impl Engine {
         e.kept.set(record);
         apply_delivered(e);
         self.counts.moved(was, e.counted());
-        e.note_settled(now);
-        let once = self.once();
-        let e = &self.entries[i];
-        let due = if once && e.settled() {
+        self.note_settled(i, now);
+        let due = if self.once() && self.settled(i) {
             None
         } else {
-            e.kept.next_poll_at_ms()
+            self.entries[i].kept.next_poll_at_ms()
         };
         if let Some(due) = due {
             self.schedule(i, due);
@@ -1691,25 +1692,24 @@ impl Engine {
                 let Some(i) = self.find(&key) else {
                     return;
                 };
-                let e = &mut self.entries[i];
-                if let Some(r) = &mut e.report {
+                if let Some(r) = self.reports.get_mut(i) {
                     r.locations.push(location);
                 }
                 if complete {
+                    let e = &mut self.entries[i];
                     let was = e.counted();
                     e.kept.set_delivered(Some(version));
                     apply_delivered(e);
                     self.counts.moved(was, e.counted());
                 }
-                e.note_settled(now);
+                self.note_settled(i, now);
             }
             Notice::GaveUp { key, error } => {
                 if let Some(i) = self.find(&key) {
-                    let e = &mut self.entries[i];
-                    if let Some(r) = &mut e.report {
+                    if let Some(r) = self.reports.get_mut(i) {
                         r.sink_error.get_or_insert(error);
                     }
-                    e.note_settled(now);
+                    self.note_settled(i, now);
                 }
             }
         }

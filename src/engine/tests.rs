@@ -1828,3 +1828,10 @@ async fn a_replica_polls_and_counts_only_its_shards_and_takes_gained_ones_from_t
     assert_eq!(counted(&h), 0);
     h.stop().await;
 }
+
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn a_watch_s_entry_takes_200_bytes() {
+    // The per-watch figure docs/benchmarks.md breaks the million-watch memory into.
+    assert_eq!(size_of::<super::Entry>(), 200);
+}
