@@ -17,6 +17,7 @@ pub mod forecast;
 pub mod fuzzing;
 pub mod health;
 pub(crate) mod key_index;
+pub mod memory;
 pub mod metrics;
 pub mod ncp;
 pub mod once;

@@ -46,6 +46,9 @@ pub async fn run(
     on_start: impl FnOnce(Running),
 ) -> anyhow::Result<()> {
     let config = config::load(&sources)?;
+    // What reading the file made and freed (a large one's raw watches and their strings) goes
+    // back to the system before the ledger and the engine build theirs (`crate::memory`).
+    crate::memory::give_back();
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -284,7 +287,12 @@ async fn apply_reloads(
             return;
         }
         let sources = sources.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&sources)).await;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let loaded = config::load(&sources);
+            crate::memory::give_back();
+            loaded
+        })
+        .await;
         match loaded {
             Ok(Ok(c)) => {
                 if commands.send(Command::Apply(Box::new(c))).await.is_err() {

@@ -29,7 +29,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use budget::{Class, RequestBudget, SHARE_EVERY, Share};
 
@@ -750,9 +750,19 @@ impl Engine {
     }
 
     /// The end of [`Engine::add_watches`]: watches loaded `completed` are settled.
+    /// What the start made and freed on the way (pages of records, the specs' list) is then
+    /// handed back to the system (`crate::memory`).
     async fn settle_start(&mut self, start: Start) {
         if !start.completed.is_empty() {
             self.settle_completed(&start.completed).await;
+        }
+        drop(start);
+        if let Some(took) = crate::memory::give_back() {
+            debug!(
+                watches = self.entries.len(),
+                took_ms = took.as_millis() as u64,
+                "Freed memory handed back to the system."
+            );
         }
     }
 
