@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use config::{File, FileFormat, Map, Value, ValueKind};
 
-use super::split::{WatchItem, describe_toml_error, split_watches};
+use super::split::{WatchItem, describe_toml_error, split_watches, split_watches_streamed};
 use super::walk::Walker;
 use super::{Config, ConfigErrors, Origin, Origins, Problem, RawConfig, RawWatch, validate};
 
@@ -89,9 +89,9 @@ pub struct Loaded {
     pub problems: Vec<Problem>,
     /// Every source was read and parsed (problems, if any, are about keys).
     pub complete: bool,
-    /// The text of each file read (for locating problems), and the key prefix of its keys
-    /// (`watch[N]` for a watch file).
-    texts: Vec<(PathBuf, String, String)>,
+    /// The text of each file read (for locating problems; `None` for a large file, read again
+    /// when needed), and the key prefix of its keys (`watch[N]` for a watch file).
+    texts: Vec<(PathBuf, Option<String>, String)>,
 }
 
 impl Loaded {
@@ -122,7 +122,7 @@ impl Loaded {
                     .texts
                     .iter()
                     .filter(|(file, _, _)| file == path)
-                    .map(|(_, text, prefix)| super::spans::key_positions(text, prefix))
+                    .map(|(file, text, prefix)| positions_in(file, text.as_deref(), prefix))
                     .fold(HashMap::new(), |mut all, one| {
                         all.extend(one);
                         all
@@ -140,11 +140,25 @@ impl Loaded {
     pub fn positions(&self) -> HashMap<PathBuf, HashMap<String, (usize, usize)>> {
         let mut out: HashMap<PathBuf, HashMap<String, (usize, usize)>> = HashMap::new();
         for (file, text, prefix) in &self.texts {
-            out.entry(file.clone())
-                .or_default()
-                .extend(super::spans::key_positions(text, prefix));
+            out.entry(file.clone()).or_default().extend(positions_in(
+                file,
+                text.as_deref(),
+                prefix,
+            ));
         }
         out
+    }
+}
+
+/// The line and column of every key of `file`, from its `text` or, where that was not kept,
+/// from the file read again (none if it can no longer be read: the problems keep the file's
+/// name without a line).
+fn positions_in(file: &Path, text: Option<&str>, prefix: &str) -> HashMap<String, (usize, usize)> {
+    match text {
+        Some(text) => super::spans::key_positions(text, prefix),
+        None => std::fs::read_to_string(file)
+            .map(|text| super::spans::key_positions(&text, prefix))
+            .unwrap_or_default(),
     }
 }
 
@@ -158,10 +172,19 @@ pub fn load_all(sources: &Sources) -> Loaded {
     // `config` crate's value tree (copied while merging, an origin string per value) would cost
     // hundreds of MiB.
     let mut file_watches: Vec<(PathBuf, Vec<WatchItem>)> = Vec::new();
-    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    let mut files: Vec<(PathBuf, FileText)> = Vec::new();
     if let Some(path) = &sources.file {
-        // Read it ourselves so that a missing or unreadable file gets a message naming it.
-        match std::fs::read_to_string(path) {
+        // Read it ourselves so that a missing or unreadable file gets a message naming it. A
+        // large one is read as it is parsed (`split_watches_streamed`) and its text not kept:
+        // placing a problem reads it again.
+        let large = std::fs::metadata(path)
+            .is_ok_and(|m| m.len() > super::split::CHUNKED_ABOVE_BYTES as u64);
+        let read = if large {
+            std::fs::File::open(path).map(FileText::Streamed)
+        } else {
+            std::fs::read_to_string(path).map(FileText::Whole)
+        };
+        match read {
             Ok(text) => files.push((path.clone(), text)),
             Err(e) => {
                 complete = false;
@@ -174,10 +197,17 @@ pub fn load_all(sources: &Sources) -> Loaded {
         }
     }
     if let Some((name, text)) = &sources.inline {
-        files.push((PathBuf::from(name), text.clone()));
+        files.push((PathBuf::from(name), FileText::Whole(text.clone())));
     }
-    for (path, text) in files {
-        match split_watches(&text, &path) {
+    for (path, file) in files {
+        let (split, text) = match file {
+            FileText::Whole(text) => (split_watches(&text, &path), Some(text)),
+            FileText::Streamed(f) => {
+                let reader = std::io::BufReader::with_capacity(1 << 16, f);
+                (split_watches_streamed(reader, &path), None)
+            }
+        };
+        match split {
             Ok((rest, watches)) => {
                 file_watches.push((path.clone(), watches));
                 builder = builder.add_source(NamedToml::new(path.display().to_string(), rest));
@@ -245,12 +275,19 @@ pub fn load_all(sources: &Sources) -> Loaded {
     }
 }
 
+/// A configuration file as it was opened: its text, or (above `CHUNKED_ABOVE_BYTES`) the file
+/// to read as it is parsed.
+enum FileText {
+    Whole(String),
+    Streamed(std::fs::File),
+}
+
 /// Appends the watches of every `*.toml` file in `dir` (sorted by name), one watch per file.
 fn watch_dir(
     walker: &mut Walker,
     dir: &Path,
     watches: &mut Vec<RawWatch>,
-    texts: &mut Vec<(PathBuf, String, String)>,
+    texts: &mut Vec<(PathBuf, Option<String>, String)>,
 ) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -282,7 +319,7 @@ fn watch_dir(
                 continue;
             }
         };
-        texts.push((file.clone(), text.clone(), path.clone()));
+        texts.push((file.clone(), Some(text.clone()), path.clone()));
         let source = NamedToml::new(file.display().to_string(), text);
         match config::Source::collect(&source) {
             Ok(table) => {

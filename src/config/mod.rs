@@ -31,7 +31,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use load::{Loaded, Sources, load, load_all, load_raw};
-pub use raw::{RawApi, RawConfig, RawPoll, RawServer, RawState, RawWatch};
+pub use raw::{RawApi, RawConfig, RawPoll, RawServer, RawState, RawText, RawWatch};
 pub(crate) use validate::check_state;
 pub use validate::{
     ApiConfig, Config, Declared, GenerationChoice, PollConfig, PollPolicy, Selector, SelectorKind,

@@ -147,19 +147,151 @@ impl Default for RawPoll {
 #[serde(deny_unknown_fields, default)]
 pub struct RawWatch {
     /// Workspace name.
-    pub workspace: String,
+    pub workspace: RawText,
     /// Project id.
-    pub project_id: String,
+    pub project_id: RawText,
     /// Asset id; empty: every asset of the project.
-    pub asset_id: String,
+    pub asset_id: RawText,
     /// Index id; empty: the asset's latest index.
-    pub index_id: String,
+    pub index_id: RawText,
     /// Scene summary id, when known (lets the index-level status endpoint be used).
-    pub scene_summary_id: Option<String>,
+    pub scene_summary_id: Option<RawText>,
     /// Overrides `api.generation` for this watch.
-    pub generation: Option<String>,
+    pub generation: Option<RawText>,
     /// Overrides `poll.max_wait` for this watch.
-    pub max_wait: Option<String>,
+    pub max_wait: Option<RawText>,
+}
+
+/// A text of a [`RawWatch`]: held in place when it is short (ids, names, durations: nearly
+/// always), in a box otherwise; the size of a `String`.
+///
+/// A file of a million `[[watch]]` tables is read whole before it is checked, and its watches'
+/// texts as `String`s were five million small allocations alive together, freed one watch at a
+/// time as the checked keys were made among them: glibc could give none of those pages back
+/// (80 MB of holes at a million watches, docs/benchmarks.md "Memory at a million watches").
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawText(Repr);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Repr {
+    Inline {
+        len: u8,
+        bytes: [u8; RAW_TEXT_INLINE],
+    },
+    Boxed(Box<str>),
+}
+
+/// The longest text a [`RawText`] holds in place (with its length and the variant's tag, 24
+/// bytes like a `String`).
+const RAW_TEXT_INLINE: usize = 22;
+
+impl RawText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Only ever filled from a `&str` (see `From<&str>`), cut at its end.
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Repr::Boxed(b) => b,
+        }
+    }
+}
+
+impl Default for RawText {
+    fn default() -> Self {
+        RawText(Repr::Inline {
+            len: 0,
+            bytes: [0; RAW_TEXT_INLINE],
+        })
+    }
+}
+
+impl From<&str> for RawText {
+    fn from(s: &str) -> Self {
+        if s.len() <= RAW_TEXT_INLINE {
+            let mut bytes = [0; RAW_TEXT_INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            RawText(Repr::Inline {
+                len: s.len() as u8,
+                bytes,
+            })
+        } else {
+            RawText(Repr::Boxed(s.into()))
+        }
+    }
+}
+
+impl From<String> for RawText {
+    fn from(s: String) -> Self {
+        if s.len() <= RAW_TEXT_INLINE {
+            RawText::from(s.as_str())
+        } else {
+            RawText(Repr::Boxed(s.into_boxed_str()))
+        }
+    }
+}
+
+impl std::ops::Deref for RawText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for RawText {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<str> for RawText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for RawText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Debug for RawText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for RawText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RawText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RawText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawText, E> {
+                Ok(RawText::from(s))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<RawText, E> {
+                Ok(RawText::from(s))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// `[server]`.

@@ -1,10 +1,12 @@
 //! The large-file splitter: a file's `[[watch]]` tables are taken out before the rest is merged,
 //! deserialized straight into [`RawWatch`] (or kept as TOML for the walk when one does not fit),
-//! and a file above [`CHUNKED_ABOVE_BYTES`] is parsed one `[[watch]]` table at a time, so that
-//! 100,000 watches cost neither the `config` crate's value tree nor the TOML parser's peak.
+//! and a file above [`CHUNKED_ABOVE_BYTES`] is read and parsed one `[[watch]]` table at a time,
+//! so that 100,000 watches cost neither the `config` crate's value tree nor the TOML parser's
+//! peak, nor the whole text of the file.
 //! Syntax errors are described from the parser's span, never by quoting the file.
 
 use std::fmt;
+use std::io::BufRead;
 use std::path::Path;
 
 use super::{ConfigErrors, Origin, Problem, RawWatch};
@@ -29,31 +31,78 @@ pub(super) fn split_watches_above(
     path: &Path,
     chunk_above: usize,
 ) -> Result<(String, Vec<WatchItem>), ConfigErrors> {
-    let invalid = |message: String| {
-        ConfigErrors(vec![Problem {
-            key: "(file)".into(),
-            origin: Origin::File(path.to_path_buf()),
-            message,
-        }])
-    };
-    // Chunks are parsed on their own; their errors are placed by the line the chunk starts at.
-    let syntax = |e: &toml::de::Error, chunk: &str, first_line: usize| {
-        invalid(describe_toml_error(e, chunk, first_line))
-    };
-    let mut rest = toml::Table::new();
-    let mut items = Vec::new();
+    let mut splitter = Splitter::new(path);
     for (first_line, chunk) in chunks(text, chunk_above) {
-        let Rest { rest: part } =
-            toml::from_str(chunk).map_err(|e| syntax(&e, chunk, first_line))?;
+        splitter.piece(first_line, chunk)?;
+    }
+    splitter.finish()
+}
+
+/// [`split_watches`] of a large file read as it is parsed, one `[[watch]]` table at a time (the
+/// pieces of [`chunks`]), so that its whole text is never held: at a million watches that text
+/// was 112 MiB of the start's peak. A read error, or text that is not UTF-8, is the same
+/// problem as a file that cannot be read at all.
+pub(super) fn split_watches_streamed(
+    mut reader: impl BufRead,
+    path: &Path,
+) -> Result<(String, Vec<WatchItem>), ConfigErrors> {
+    let mut splitter = Splitter::new(path);
+    let (mut chunk, mut line) = (String::new(), String::new());
+    let (mut first_line, mut line_no) = (0, 0);
+    loop {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .map_err(|e| splitter.invalid(format!("cannot read the configuration file: {e}")))?;
+        if read == 0 || (is_watch_header(&line) && !chunk.is_empty()) {
+            splitter.piece(first_line, &chunk)?;
+            chunk.clear();
+            first_line = line_no;
+        }
+        if read == 0 {
+            break;
+        }
+        chunk.push_str(&line);
+        line_no += 1;
+    }
+    splitter.finish()
+}
+
+/// The state of a split: everything but `watch` merged so far, and the watches.
+struct Splitter<'p> {
+    path: &'p Path,
+    rest: toml::Table,
+    items: Vec<WatchItem>,
+}
+
+impl<'p> Splitter<'p> {
+    fn new(path: &'p Path) -> Self {
+        Splitter {
+            path,
+            rest: toml::Table::new(),
+            items: Vec::new(),
+        }
+    }
+
+    fn invalid(&self, message: String) -> ConfigErrors {
+        invalid(self.path, message)
+    }
+
+    /// One piece of the file, starting at line `first_line` (0-based): its errors are placed by
+    /// that line.
+    fn piece(&mut self, first_line: usize, chunk: &str) -> Result<(), ConfigErrors> {
+        let path = self.path;
+        let syntax = |e: &toml::de::Error| invalid(path, describe_toml_error(e, chunk, first_line));
+        let Rest { rest: part } = toml::from_str(chunk).map_err(|e| syntax(&e))?;
         for (k, v) in part {
-            match (rest.get_mut(&k), v) {
+            match (self.rest.get_mut(&k), v) {
                 (None, v) => {
-                    rest.insert(k, v);
+                    self.rest.insert(k, v);
                 }
                 // `[[sink]]` tables on both sides of some watches: one array, in order.
                 (Some(toml::Value::Array(a)), toml::Value::Array(b)) => a.extend(b),
                 (Some(_), _) => {
-                    return Err(invalid(format!(
+                    return Err(self.invalid(format!(
                         "not valid TOML (in the [[watch]] table starting at line {}): duplicate key `{k}`",
                         first_line + 1
                     )));
@@ -61,26 +110,33 @@ pub(super) fn split_watches_above(
             }
         }
         match toml::from_str::<Fast>(chunk) {
-            Ok(fast) => items.extend(fast.watch.into_iter().map(WatchItem::Typed)),
+            Ok(fast) => self
+                .items
+                .extend(fast.watch.into_iter().map(WatchItem::Typed)),
             Err(_) => {
-                let mut table: toml::Table =
-                    toml::from_str(chunk).map_err(|e| syntax(&e, chunk, first_line))?;
+                let mut table: toml::Table = toml::from_str(chunk).map_err(|e| syntax(&e))?;
                 match table.remove("watch") {
-                    Some(toml::Value::Array(a)) => items.extend(a.into_iter().map(WatchItem::Raw)),
+                    Some(toml::Value::Array(a)) => {
+                        self.items.extend(a.into_iter().map(WatchItem::Raw));
+                    }
                     // Not an array of tables: the walker says so.
                     Some(other) => {
-                        rest.insert("watch".into(), other);
+                        self.rest.insert("watch".into(), other);
                     }
                     None => {}
                 }
             }
         }
+        Ok(())
     }
-    // Writing back what was just read fails only for values TOML cannot write; the message
-    // names the kind of problem, not the value.
-    let rest_text = toml::to_string(&rest)
-        .map_err(|e| invalid(format!("cannot be re-encoded as TOML: {e}")))?;
-    Ok((rest_text, items))
+
+    fn finish(self) -> Result<(String, Vec<WatchItem>), ConfigErrors> {
+        // Writing back what was just read fails only for values TOML cannot write; the message
+        // names the kind of problem, not the value.
+        let rest_text = toml::to_string(&self.rest)
+            .map_err(|e| self.invalid(format!("cannot be re-encoded as TOML: {e}")))?;
+        Ok((rest_text, self.items))
+    }
 }
 
 /// Where a TOML syntax error is and what it is: `not valid TOML at line L, column C: description`,
@@ -124,11 +180,7 @@ pub(super) fn chunks(text: &str, chunk_above: usize) -> Vec<(usize, &str)> {
     let mut out = Vec::new();
     let (mut start, mut start_line, mut pos) = (0, 0, 0);
     for (line_no, line) in text.split_inclusive('\n').enumerate() {
-        let t = line.trim();
-        let header = t.strip_prefix("[[watch]]").is_some_and(|after| {
-            after.trim_start().is_empty() || after.trim_start().starts_with('#')
-        });
-        if header && pos > start {
+        if is_watch_header(line) && pos > start {
             out.push((start_line, &text[start..pos]));
             start = pos;
             start_line = line_no;
@@ -137,6 +189,22 @@ pub(super) fn chunks(text: &str, chunk_above: usize) -> Vec<(usize, &str)> {
     }
     out.push((start_line, &text[start..]));
     out
+}
+
+/// A problem with the whole file at `path`.
+fn invalid(path: &Path, message: String) -> ConfigErrors {
+    ConfigErrors(vec![Problem {
+        key: "(file)".into(),
+        origin: Origin::File(path.to_path_buf()),
+        message,
+    }])
+}
+
+/// A line that opens a `[[watch]]` table (a comment may follow).
+fn is_watch_header(line: &str) -> bool {
+    line.trim()
+        .strip_prefix("[[watch]]")
+        .is_some_and(|after| after.trim_start().is_empty() || after.trim_start().starts_with('#'))
 }
 
 /// Everything but `watch`, which is skipped without being built (serde's `flatten` would buffer

@@ -412,6 +412,9 @@ fn big_files_parse_one_watch_at_a_time_with_the_same_result() {
     let chunked = super::split::split_watches_above(&text, &path, 0).unwrap();
     assert_eq!(chunked.1.len(), 50);
     assert_eq!(whole.1, chunked.1, "same watches");
+    // Read as it is parsed (a large file), the same again.
+    let streamed = super::split::split_watches_streamed(text.as_bytes(), &path).unwrap();
+    assert_eq!(streamed, chunked, "same rest and watches, read as parsed");
     let whole_rest: toml::Table = toml::from_str(&whole.0).unwrap();
     let chunked_rest: toml::Table = toml::from_str(&chunked.0).unwrap();
     assert_eq!(
@@ -986,4 +989,67 @@ fn state_backend_defaults_to_sqlite_and_postgres_keys_are_checked_by_name() {
         "{t:#?}"
     );
     assert!(!t.iter().any(|l| l.contains("leaky-pw")), "{t:#?}");
+}
+
+#[test]
+fn a_large_file_that_stops_being_readable_text_names_the_file_and_the_read() {
+    // Read as it is parsed: bytes that are not UTF-8 half-way through are the same problem as a
+    // file that cannot be read at all, named by its path, never quoted.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.toml");
+    let mut bytes = b"[api]\naccess_key = \"AK\"\n".to_vec();
+    while bytes.len() <= super::split::CHUNKED_ABOVE_BYTES {
+        bytes.extend_from_slice(
+            b"[[watch]]\nworkspace = \"w\"\nproject_id = \"1\"\nasset_id = \"2\"\nindex_id = \"3\"\n",
+        );
+    }
+    bytes.extend_from_slice(b"# \xff\xfe SK_NOT_SHOWN\n");
+    std::fs::write(&file, &bytes).unwrap();
+    let s = Sources {
+        file: Some(file.clone()),
+        env: Some(
+            CREDS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Sources::default()
+    };
+    let e = load(&s).unwrap_err().to_string();
+    assert!(e.contains("cannot read the configuration file"), "{e}");
+    assert!(e.contains(&file.display().to_string()), "{e}");
+    assert!(!e.contains("SK_NOT_SHOWN"), "{e}");
+}
+
+#[test]
+fn raw_texts_hold_short_ones_in_place_and_read_back_any_length() {
+    for text in [
+        "",
+        "1",
+        "newsroom",
+        &"x".repeat(22),
+        &"y".repeat(23),
+        &"é".repeat(40),
+    ] {
+        let raw = RawText::from(text);
+        assert_eq!(raw.as_str(), text);
+        assert_eq!(RawText::from(text.to_string()), raw);
+        assert_eq!(format!("{raw}"), text);
+        assert_eq!(format!("{raw:?}"), format!("{text:?}"));
+    }
+    assert_eq!(size_of::<RawText>(), size_of::<String>());
+    // Read from TOML and written back as the same string.
+    let w: RawWatch = toml::from_str(
+        "workspace = \"newsroom\"\nproject_id = \"1\"\nasset_id = \"an-asset-id-longer-than-22\"\nindex_id = \"3\"\n",
+    )
+    .unwrap();
+    assert_eq!(w.workspace, "newsroom");
+    assert_eq!(w.asset_id, "an-asset-id-longer-than-22");
+    let back: RawWatch = toml::from_str(&toml::to_string(&w).unwrap()).unwrap();
+    assert_eq!(back, w);
+    // Not a string: the key's problem, as before.
+    let e = toml::from_str::<RawWatch>("workspace = 3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a string"), "{e}");
 }

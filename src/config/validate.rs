@@ -537,14 +537,14 @@ pub fn validate(
         if !has_asset || !has_index {
             let kind = if has_asset {
                 SelectorKind::Asset {
-                    workspace: w.workspace.clone(),
-                    project_id: w.project_id.clone(),
-                    asset_id: w.asset_id.clone(),
+                    workspace: w.workspace.to_string(),
+                    project_id: w.project_id.to_string(),
+                    asset_id: w.asset_id.to_string(),
                 }
             } else {
                 SelectorKind::Project {
-                    workspace: w.workspace.clone(),
-                    project_id: w.project_id.clone(),
+                    workspace: w.workspace.to_string(),
+                    project_id: w.project_id.to_string(),
                 }
             };
             let selector = Selector {
@@ -589,7 +589,7 @@ pub fn validate(
         seen.insert(&key, watches.len(), |j| &watches[j].key);
         watches.push(WatchSpec {
             key,
-            scene_summary_id: w.scene_summary_id.map(Arc::from),
+            scene_summary_id: w.scene_summary_id.as_deref().map(Arc::from),
             generation,
             max_wait,
             declared_at,
