@@ -433,16 +433,7 @@ fn big_files_parse_one_watch_at_a_time_with_the_same_result() {
         "x".repeat(super::split::CHUNKED_ABOVE_BYTES)
     ));
     std::fs::write(&file, &padded).unwrap();
-    let s = Sources {
-        file: Some(file.clone()),
-        env: Some(
-            CREDS
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ..Sources::default()
-    };
+    let s = file_with_creds(&file);
     let e = load(&s).unwrap_err().to_string();
     assert!(e.contains("watch[33].colour: unknown key"), "{e}");
     // Placed by line in the large file too (the 34th watch of the file, in its own piece).
@@ -1005,16 +996,7 @@ fn a_large_file_that_stops_being_readable_text_names_the_file_and_the_read() {
     }
     bytes.extend_from_slice(b"# \xff\xfe SK_NOT_SHOWN\n");
     std::fs::write(&file, &bytes).unwrap();
-    let s = Sources {
-        file: Some(file.clone()),
-        env: Some(
-            CREDS
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ..Sources::default()
-    };
+    let s = file_with_creds(&file);
     let e = load(&s).unwrap_err().to_string();
     assert!(e.contains("cannot read the configuration file"), "{e}");
     assert!(e.contains(&file.display().to_string()), "{e}");
@@ -1052,4 +1034,18 @@ fn raw_texts_hold_short_ones_in_place_and_read_back_any_length() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("a string"), "{e}");
+}
+
+/// `file` as the configuration file, with [`CREDS`] as the whole environment.
+fn file_with_creds(file: &std::path::Path) -> Sources {
+    Sources {
+        file: Some(file.to_path_buf()),
+        env: Some(
+            CREDS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Sources::default()
+    }
 }
