@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use config::{File, FileFormat, Map, Value, ValueKind};
 
-use super::split::{WatchItem, describe_toml_error, split_watches, split_watches_streamed};
+use super::split::{
+    WatchItem, cannot_read, describe_toml_error, split_watches, split_watches_streamed,
+};
 use super::walk::Walker;
 use super::{Config, ConfigErrors, Origin, Origins, Problem, RawConfig, RawWatch, validate};
 
@@ -188,11 +190,7 @@ pub fn load_all(sources: &Sources) -> Loaded {
             Ok(text) => files.push((path.clone(), text)),
             Err(e) => {
                 complete = false;
-                problems.push(Problem {
-                    key: "(file)".into(),
-                    origin: Origin::File(path.clone()),
-                    message: format!("cannot read the configuration file: {e}"),
-                });
+                problems.push(cannot_read(path, &e));
             }
         }
     }

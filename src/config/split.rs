@@ -53,7 +53,7 @@ pub(super) fn split_watches_streamed(
         line.clear();
         let read = reader
             .read_line(&mut line)
-            .map_err(|e| splitter.invalid(format!("cannot read the configuration file: {e}")))?;
+            .map_err(|e| ConfigErrors(vec![cannot_read(path, &e)]))?;
         if read == 0 || (is_watch_header(&line) && !chunk.is_empty()) {
             splitter.piece(first_line, &chunk)?;
             chunk.clear();
@@ -84,10 +84,6 @@ impl<'p> Splitter<'p> {
         }
     }
 
-    fn invalid(&self, message: String) -> ConfigErrors {
-        invalid(self.path, message)
-    }
-
     /// One piece of the file, starting at line `first_line` (0-based): its errors are placed by
     /// that line.
     fn piece(&mut self, first_line: usize, chunk: &str) -> Result<(), ConfigErrors> {
@@ -102,10 +98,13 @@ impl<'p> Splitter<'p> {
                 // `[[sink]]` tables on both sides of some watches: one array, in order.
                 (Some(toml::Value::Array(a)), toml::Value::Array(b)) => a.extend(b),
                 (Some(_), _) => {
-                    return Err(self.invalid(format!(
-                        "not valid TOML (in the [[watch]] table starting at line {}): duplicate key `{k}`",
-                        first_line + 1
-                    )));
+                    return Err(invalid(
+                        self.path,
+                        format!(
+                            "not valid TOML (in the [[watch]] table starting at line {}): duplicate key `{k}`",
+                            first_line + 1
+                        ),
+                    ));
                 }
             }
         }
@@ -134,7 +133,7 @@ impl<'p> Splitter<'p> {
         // Writing back what was just read fails only for values TOML cannot write; the message
         // names the kind of problem, not the value.
         let rest_text = toml::to_string(&self.rest)
-            .map_err(|e| self.invalid(format!("cannot be re-encoded as TOML: {e}")))?;
+            .map_err(|e| invalid(self.path, format!("cannot be re-encoded as TOML: {e}")))?;
         Ok((rest_text, self.items))
     }
 }
@@ -189,6 +188,15 @@ pub(super) fn chunks(text: &str, chunk_above: usize) -> Vec<(usize, &str)> {
     }
     out.push((start_line, &text[start..]));
     out
+}
+
+/// The file at `path` could not be read (opened, or read to its end as UTF-8 text).
+pub(super) fn cannot_read(path: &Path, e: &std::io::Error) -> Problem {
+    Problem {
+        key: "(file)".into(),
+        origin: Origin::File(path.to_path_buf()),
+        message: format!("cannot read the configuration file: {e}"),
+    }
 }
 
 /// A problem with the whole file at `path`.

@@ -1304,15 +1304,12 @@ impl Engine {
                 .iter()
                 .zip(&self.reports)
                 .filter(|(e, _)| !e.removed)
-                .map(|(e, r)| {
-                    let r = Some(r);
-                    WatchEnd {
-                        spec: e.spec.clone(),
-                        record: e.record(),
-                        locations: r.map(|r| r.locations.clone()).unwrap_or_default(),
-                        sink_error: r.and_then(|r| r.sink_error.clone()),
-                        settled_at_ms: r.and_then(|r| r.settled_at_ms),
-                    }
+                .map(|(e, r)| WatchEnd {
+                    spec: e.spec.clone(),
+                    record: e.record(),
+                    locations: r.locations.clone(),
+                    sink_error: r.sink_error.clone(),
+                    settled_at_ms: r.settled_at_ms,
                 })
                 .collect()
         } else {
